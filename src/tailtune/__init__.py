@@ -1,0 +1,10 @@
+"""tailtune: long-tailed image classification with foundation models and lightweight fine-tuning."""
+
+__version__ = "0.1.0"
+
+from .api import build, evaluate, fit, load_run, zeroshot  # noqa: E402
+from .config import Config, load_config  # noqa: E402
+from .errors import CheckpointError, ConfigError, DataError, TailtuneError  # noqa: E402
+
+__all__ = ["Config", "load_config", "build", "fit", "evaluate", "load_run", "zeroshot",
+           "TailtuneError", "ConfigError", "DataError", "CheckpointError", "__version__"]

@@ -1,0 +1,84 @@
+"""Indexable datasets yielding ``(PIL.Image RGB, label)``; transforms are applied later."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Images held in a uint8 array (N, H, W) or (N, H, W, 3)."""
+
+    def __init__(self, images: np.ndarray, targets: Sequence[int]):
+        if len(images) != len(targets):
+            raise DataError(f"{len(images)} images but {len(targets)} labels")
+        self.images = images
+        self.targets = [int(t) for t in targets]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        img = Image.fromarray(self.images[i])
+        return img.convert("RGB"), self.targets[i]
+
+
+class FileDataset(torch.utils.data.Dataset):
+    """Images read from files; a file that does not decode is a clear error naming it."""
+
+    def __init__(self, paths: Sequence[str | Path], targets: Sequence[int]):
+        if len(paths) != len(targets):
+            raise DataError(f"{len(paths)} image paths but {len(targets)} labels")
+        self.paths = [str(p) for p in paths]
+        self.targets = [int(t) for t in targets]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        path = self.paths[i]
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB"), self.targets[i]
+        except FileNotFoundError:
+            raise DataError(f"image file {path} does not exist (listed as sample {i}).") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise DataError(f"image file {path} is corrupt or not an image ({e}); "
+                            "replace or remove it from the dataset.") from None
+
+
+class Subset(torch.utils.data.Dataset):
+    """A view of some indices of a dataset with ``targets``."""
+
+    def __init__(self, base, indices: Sequence[int]):
+        self.base = base
+        self.indices = [int(i) for i in indices]
+        self.targets = [base.targets[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        return self.base[self.indices[i]]
+
+
+class Transformed(torch.utils.data.Dataset):
+    """Applies ``transform`` to the image of each ``(image, label)`` item."""
+
+    def __init__(self, base, transform: Callable):
+        self.base = base
+        self.transform = transform
+        self.targets = base.targets
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        img, y = self.base[i]
+        return self.transform(img), y

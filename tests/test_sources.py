@@ -1,0 +1,128 @@
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+from tailtune.config import DataConfig
+from tailtune.data.sources import SOURCES, build_data, read_cifar100, read_fashion_mnist, read_idx
+from tailtune.errors import DataError
+
+
+def write_idx(path, arr: np.ndarray, gz: bool = False):
+    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    data = header + arr.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(data)
+
+
+def test_idx_reader_roundtrip(tmp_path):
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    write_idx(tmp_path / "a-idx3-ubyte", arr)
+    write_idx(tmp_path / "b-idx3-ubyte.gz", arr, gz=True)
+    assert np.array_equal(read_idx(tmp_path / "a-idx3-ubyte"), arr)
+    assert np.array_equal(read_idx(tmp_path / "b-idx3-ubyte.gz"), arr)
+
+
+def test_idx_reader_rejects_bad_and_truncated_files(tmp_path):
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(DataError, match="bad magic"):
+        read_idx(tmp_path / "bad")
+    arr = np.zeros((2, 2), dtype=np.uint8)
+    write_idx(tmp_path / "t", arr)
+    (tmp_path / "t").write_bytes((tmp_path / "t").read_bytes()[:-1])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(tmp_path / "t")
+
+
+def fake_fashion_mnist(folder, per_class=70):
+    rng = np.random.default_rng(0)
+    ytr = np.repeat(np.arange(10), per_class)
+    write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 255, (len(ytr), 28, 28)))
+    write_idx(folder / "train-labels-idx1-ubyte", ytr)
+    yte = np.repeat(np.arange(10), 3)
+    write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 255, (len(yte), 28, 28)))
+    write_idx(folder / "t10k-labels-idx1-ubyte", yte)
+
+
+def test_fashion_mnist_lt_from_a_folder(tmp_path):
+    fake_fashion_mnist(tmp_path, per_class=70)
+    with pytest.warns(UserWarning, match="70 images per class, not the standard 6000"):
+        data = build_data(DataConfig(name="fashion_mnist_lt", root=str(tmp_path), imb_ratio=1))
+    assert data.num_classes == 10 and len(data.train) == 700 and len(data.test) == 30
+    assert data.group_names == ("head", "middle", "tail")
+    img, y = data.train[0]
+    assert img.mode == "RGB" and img.size == (28, 28)
+    assert "thirds" in data.notes[0]
+
+
+def test_fashion_mnist_missing_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr("tailtune.data.sources.FASHION_MNIST_DEBIAN", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        read_fashion_mnist(str(tmp_path / "empty"))
+
+
+def fake_cifar100(root, per_class=500, test_per_class=2):
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        labels = list(np.tile(np.arange(100), n))
+        data = rng.integers(0, 255, (len(labels), 3072), dtype=np.uint8)
+        pickle.dump({"data": data, "fine_labels": labels}, open(folder / split, "wb"))
+    names = [f"class_{i}" for i in range(100)]
+    pickle.dump({"fine_label_names": names}, open(folder / "meta", "wb"))
+
+
+def test_cifar100_lt_counts_and_groups(tmp_path):
+    fake_cifar100(tmp_path)
+    data = build_data(DataConfig(name="cifar100_lt", root=str(tmp_path), imb_ratio=100))
+    assert len(data.train) == 10847
+    counts = data.train_counts
+    assert counts[0] == 500 and counts[-1] == 5
+    assert data.classnames[0] == "class 0"
+    assert [int((data.groups == g).sum()) for g in range(3)] == [35, 35, 30]
+
+
+def test_cifar100_ir50_uses_ir100_groups(tmp_path):
+    fake_cifar100(tmp_path)
+    data = build_data(DataConfig(name="cifar100_lt", root=str(tmp_path), imb_ratio=50, group_imb_ratio=100))
+    assert len(data.train) == 12608
+    assert [int((data.groups == g).sum()) for g in range(3)] == [35, 35, 30]
+    assert any("imbalance ratio 100" in n for n in data.notes)
+
+
+def test_cifar_reader_refuses_code_in_pickles(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for n in ("train", "test", "meta"):
+        pickle.dump({"x": print}, open(folder / n, "wb"))
+    with pytest.raises(DataError, match="refusing to load builtins.print"):
+        read_cifar100(tmp_path)
+
+
+def test_cifar_missing_files_message(tmp_path):
+    with pytest.raises(DataError, match="cifar-100-python.*data.download=true"):
+        read_cifar100(tmp_path)
+
+
+def test_image_folder_source(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", [6, 3, 1]), ("test", [2, 2, 2])):
+        for c, k in enumerate(n):
+            d = tmp_path / split / f"cls_{c}"
+            d.mkdir(parents=True)
+            for i in range(k):
+                Image.new("RGB", (8, 8), (c * 80, 0, 0)).save(d / f"{i}.png")
+    data = build_data(DataConfig(name="folder", root=str(tmp_path), imb_ratio=1))
+    assert data.classnames == ["cls 0", "cls 1", "cls 2"]
+    assert data.train_counts.tolist() == [6, 3, 1]
+    (tmp_path / "train" / "cls_0" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="0.png is corrupt"):
+        data.train[0]
+
+
+@pytest.mark.parametrize("name", SOURCES.names())
+def test_every_source_has_help(name):
+    assert SOURCES.help(name)
