@@ -7,7 +7,6 @@ import struct
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 
 from tailtune.config import load_config

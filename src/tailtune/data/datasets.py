@@ -82,3 +82,28 @@ class Transformed(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         img, y = self.base[i]
         return self.transform(img), y
+
+
+class SeededTransformed(Transformed):
+    """Random augmentation that is a pure function of (seed, epoch, sample index).
+
+    Each item's transform runs under its own torch seed (the global stream is saved and
+    restored around it), so the views of an epoch do not depend on the number of loader
+    workers, on the rank in distributed training, or on where a resumed run restarts.
+    """
+
+    def __init__(self, base, transform: Callable, seed: int = 0):
+        super().__init__(base, transform)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.transform, "set_epoch"):
+            self.transform.set_epoch(epoch)
+
+    def __getitem__(self, i: int):
+        img, y = self.base[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+            return self.transform(img), y

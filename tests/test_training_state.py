@@ -1,0 +1,42 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from tailtune.errors import CheckpointError
+from tailtune.training_state import load_state, save_state, set_rng_state
+
+
+def test_state_roundtrip_restores_optimizer_and_every_rng(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    random.seed(3)
+    np.random.set_state(np.random.RandomState(3).get_state())  # the global stream is what is saved
+    torch.manual_seed(3)
+    path = tmp_path / "state.safetensors"
+    save_state(path, {"w": model.weight}, opt, {"epoch": 1, "step": 7}, {"history": [1.5]})
+    want = (random.random(), np.random.rand(), torch.rand(1))
+    random.random(), np.random.rand(), torch.rand(1)  # move every stream on
+
+    st = load_state(path)
+    assert st["counters"] == {"epoch": 1, "step": 7} and st["extra"] == {"history": [1.5]}
+    assert torch.equal(st["model"]["w"], model.weight.detach())
+    fresh = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    fresh.load_state_dict(st["optimizer"])
+    for a, b in zip(opt.state.values(), fresh.state.values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+    set_rng_state(*st["rng"])
+    got = (random.random(), np.random.rand(), torch.rand(1))
+    assert got[0] == want[0] and got[1] == want[1] and torch.equal(got[2], want[2])
+    assert not (tmp_path / "state.safetensors.tmp").exists()
+
+
+def test_missing_and_truncated_state(tmp_path):
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        load_state(tmp_path / "none.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_state(tmp_path / "bad.safetensors")
