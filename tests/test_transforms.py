@@ -1,25 +1,105 @@
+import math
+
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from tailtune.data import transforms as T
-from tailtune.data.transforms import FiveCropStack, Preprocess
+from tailtune.data.transforms import (
+    TTE_MODES,
+    FiveCropStack,
+    Preprocess,
+    TTEOptions,
+    eval_transform,
+)
 
 P = Preprocess(16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear")
+NEAREST = Preprocess(16, (0, 0, 0), (1, 1, 1), "nearest")
+
+
+def position_image() -> Image.Image:
+    """A 40x40 image whose pixel value encodes its position."""
+    yy, xx = np.mgrid[0:40, 0:40]
+    return Image.fromarray(np.stack([xx * 6, yy * 6, np.zeros_like(xx)], -1).astype(np.uint8))
+
+
+def resized(img: Image.Image, side: int) -> torch.Tensor:
+    return torch.from_numpy(np.array(img.resize((side, side), Image.NEAREST))).permute(2, 0, 1).float() / 255
+
+
+def crops_of(r: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Top-left, top-right, bottom-left, bottom-right, center (torchvision's FiveCrop order)."""
+    side = r.shape[-1]
+    c = (side - size) // 2
+    return [r[:, :size, :size], r[:, :size, side - size:], r[:, side - size:, :size],
+            r[:, side - size:, side - size:], r[:, c:c + size, c:c + size]]
 
 
 def test_five_crops_are_corners_and_center_of_resized_image():
-    # A 40x40 image whose pixel value encodes its position; resize to 16 + 4 = 20 is exact 2x.
-    yy, xx = np.mgrid[0:40, 0:40]
-    arr = np.stack([xx * 6, yy * 6, np.zeros_like(xx)], -1).astype(np.uint8)
-    img = Image.fromarray(arr)
-    out = FiveCropStack(Preprocess(16, (0, 0, 0), (1, 1, 1), "nearest"), expand=4)(img)
+    # resize to 16 + 4 = 20 is an exact 2x reduction
+    img = position_image()
+    out = FiveCropStack(NEAREST, TTEOptions(expand=4))(img)
     assert out.shape == (5, 3, 16, 16)
-    resized = torch.from_numpy(np.array(img.resize((20, 20), Image.NEAREST))).permute(2, 0, 1).float() / 255
-    want = [resized[:, :16, :16], resized[:, :16, 4:], resized[:, 4:, :16], resized[:, 4:, 4:],
-            resized[:, 2:18, 2:18]]
-    for got, w in zip(out, want):
+    for got, w in zip(out, crops_of(resized(img, 20), 16)):
         assert torch.allclose(got, w, atol=1e-6)
+
+
+def test_ten_crops_add_the_crops_of_the_flipped_image():
+    img = position_image()
+    out = eval_transform(NEAREST, "tencrop", TTEOptions(expand=4))
+    assert out.views == 10
+    views = out(img)
+    r = resized(img, 20)
+    want = crops_of(r, 16) + crops_of(r.flip(-1), 16)
+    assert views.shape == (10, 3, 16, 16)
+    for got, w in zip(views, want):
+        assert torch.allclose(got, w, atol=1e-6)
+
+
+def test_expand_defaults_to_24_and_21_at_336_pixels():
+    assert T.default_expand(224) == 24 and T.default_expand(336) == 21 and T.default_expand(32) == 24
+    assert eval_transform(Preprocess(224, (0, 0, 0), (1, 1, 1)), "fivecrop").resize.size == 248
+    assert eval_transform(Preprocess(336, (0, 0, 0), (1, 1, 1)), "fivecrop").resize.size == 357
+    assert eval_transform(Preprocess(336, (0, 0, 0), (1, 1, 1)), "fivecrop", 8).resize.size == 344
+
+
+def test_randaug_views_are_k_training_draws_and_repeatable():
+    img = position_image()
+    tf = eval_transform(P, "randaug", TTEOptions(randaug_views=4, seed=7))
+    first = tf(img)
+    assert tf.views == 4 and first.shape == (4, 3, 16, 16)
+    assert not torch.allclose(first[0], first[1])  # different draws
+    torch.manual_seed(123)  # the global stream does not matter ...
+    assert torch.equal(tf(img), first)
+    state = torch.get_rng_state()
+    tf(img)
+    assert torch.equal(torch.get_rng_state(), state)  # ... and is left untouched
+    other = eval_transform(P, "randaug", TTEOptions(randaug_views=4, seed=8))(img)
+    assert not torch.equal(other, first)
+
+
+def test_views_per_image_of_every_mode():
+    assert {m: T.views_per_image(m, 7) for m in TTE_MODES.names()} == {
+        "fivecrop": 5, "none": 1, "randaug": 7, "tencrop": 10}
+    for mode in TTE_MODES.names():
+        tf = eval_transform(P, mode, TTEOptions(randaug_views=3))
+        out = tf(Image.new("RGB", (30, 24)))
+        assert (out.shape[0] if out.dim() == 4 else 1) == tf.views == T.views_per_image(mode, 3), mode
+
+
+def test_config_accepts_exactly_the_registered_modes():
+    from tailtune.config import TTE_MODES as CONFIG_TTE_MODES
+
+    assert sorted(CONFIG_TTE_MODES) == TTE_MODES.names()
+
+
+def test_unknown_tte_lists_valid_modes():
+    from tailtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown test-time ensemble 'tencrops'.*Valid: fivecrop, none, randaug, "
+                                          "tencrop"):
+        eval_transform(P, "tencrops")
 
 
 def test_test_view_resizes_to_8_over_7_then_center_crops():
@@ -30,3 +110,37 @@ def test_test_view_resizes_to_8_over_7_then_center_crops():
 
 def test_train_view_shape():
     assert T.train_transform(P)(Image.new("RGB", (28, 28))).shape == (3, 16, 16)
+
+
+@pytest.mark.parametrize("epochs", [10, 4])
+def test_minimal_augmentation_area_schedule(epochs):
+    for e in range(epochs):
+        t = e / (epochs - 1)
+        s = 1 - math.sqrt(1 - t * t)
+        assert T.minimal_min_area(e, epochs) == pytest.approx(0.08 + 0.92 * s)
+    assert T.minimal_min_area(0, epochs) == pytest.approx(0.08)
+    assert T.minimal_min_area(epochs - 1, epochs) == pytest.approx(1.0)
+    assert T.minimal_min_area(0, 1) == pytest.approx(0.08)  # one epoch: t = 0
+
+
+def test_minimal_augmentation_crops_are_square_unflipped_and_follow_the_epoch():
+    tf = T.train_transform(NEAREST, "minimal", epochs=5)
+    assert tf.crop.ratio == (1.0, 1.0) and tf.crop.scale == pytest.approx((0.08, 1.0))
+    tf.set_epoch(2)  # t = 0.5: s = 1 - sqrt(0.75)
+    assert tf.crop.scale[0] == pytest.approx(0.08 + 0.92 * (1 - math.sqrt(0.75)))
+    tf.set_epoch(4)  # last epoch: the whole (square) image, never flipped
+    img = position_image()
+    for _ in range(5):
+        assert torch.allclose(tf(img), resized(img, 16), atol=1e-6)
+
+
+def test_standard_augmentation_flips_sometimes():
+    img = position_image()
+    tf = T.train_transform(NEAREST, "standard")
+    tf.transform.transforms[0].scale = (1.0, 1.0)  # whole image: only the flip varies
+    tf.transform.transforms[0].ratio = (1.0, 1.0)
+    torch.manual_seed(0)
+    outs = [tf(img) for _ in range(12)]
+    plain = resized(img, 16)
+    flipped = sum(torch.allclose(o, plain.flip(-1), atol=1e-6) for o in outs)
+    assert 0 < flipped < 12 and flipped + sum(torch.allclose(o, plain, atol=1e-6) for o in outs) == 12

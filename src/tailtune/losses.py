@@ -1,6 +1,17 @@
-"""Training losses behind one registry. Each takes (logits, targets) -> scalar."""
+"""Training losses behind one registry. Each maps (logits, targets) -> a scalar.
+
+Every loss is built from the loss config and the training class counts n_j (the prior is
+n_j / sum n). Losses that change over training (LDAM with deferred re-weighting) take the
+epoch through ``set_epoch``; the trainer calls it before each epoch.
+
+Weighted losses (cb, grw, ldam with DRW) use PyTorch's weighted mean: sum_i w_{y_i} l_i /
+sum_i w_{y_i}, the convention of the LDAM-DRW and LIFT code; the weights are also
+normalised to mean 1 over classes so that they read the same in logs and configs.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -8,17 +19,50 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LossConfig
+from .errors import ConfigError
 from .registry import Registry
 
 LOSSES: Registry = Registry("loss")
 
 
+def _counts(class_counts) -> torch.Tensor:
+    counts = torch.as_tensor(np.asarray(class_counts, dtype=np.float64), dtype=torch.float64)
+    if counts.dim() != 1 or len(counts) == 0:
+        raise ConfigError(f"class counts must be a non-empty list, got shape {tuple(counts.shape)}.")
+    if (counts < 0).any() or counts.sum() <= 0:
+        raise ConfigError("class counts must be >= 0 with at least one training image.")
+    return counts
+
+
 def log_prior(class_counts) -> torch.Tensor:
-    counts = torch.as_tensor(np.asarray(class_counts), dtype=torch.float32)
-    return torch.log(counts / counts.sum())
+    """log(n_j / sum n); a class without training images gets log(0) = -inf (it cannot be learnt)."""
+    counts = _counts(class_counts)
+    return torch.log(counts / counts.sum()).float()
 
 
-@LOSSES.register("ce")
+def class_balanced_weights(class_counts, beta: float) -> torch.Tensor:
+    """Cui et al. (2019): w_j = (1 - beta) / (1 - beta^n_j), normalised to mean 1."""
+    counts = _counts(class_counts).clamp(min=1)  # an empty class would divide by zero; it is never a target
+    w = (1.0 - beta) / (1.0 - beta ** counts)
+    return (w / w.mean()).float()
+
+
+def inverse_prior_weights(class_counts) -> torch.Tensor:
+    """w_j proportional to 1 / prior_j, normalised to mean 1 (generalised re-weighting, exponent 1)."""
+    counts = _counts(class_counts).clamp(min=1)
+    w = counts.sum() / counts
+    return (w / w.mean()).float()
+
+
+class _PriorLoss(nn.Module):
+    """Base: keeps the class counts' log prior as a (device-following) buffer."""
+
+    def __init__(self, cfg: LossConfig, class_counts):
+        super().__init__()
+        self.register_buffer("log_prior", log_prior(class_counts), persistent=False)
+
+
+@LOSSES.register("ce", help="cross-entropy")
 class CrossEntropy(nn.Module):
     """Plain cross-entropy."""
 
@@ -29,17 +73,146 @@ class CrossEntropy(nn.Module):
         return F.cross_entropy(logits.float(), targets)
 
 
-@LOSSES.register("la")
-class LogitAdjusted(nn.Module):
-    """Logit-adjusted cross-entropy: CE(z + tau * log prior) (Menon et al., 2021)."""
+@LOSSES.register("focal", help="focal loss (1 - p_y)^gamma * CE, gamma = loss.gamma (2)")
+class Focal(nn.Module):
+    """Focal loss (Lin et al., 2017): mean over the batch of (1 - p_y)^gamma * -log p_y."""
 
     def __init__(self, cfg: LossConfig, class_counts):
         super().__init__()
-        self.register_buffer("adjust", cfg.tau * log_prior(class_counts), persistent=False)
+        self.gamma = cfg.gamma
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float() + self.adjust, targets)
+        logp = F.log_softmax(logits.float(), dim=1).gather(1, targets[:, None]).squeeze(1)
+        return (-(1.0 - logp.exp()) ** self.gamma * logp).mean()
+
+
+@LOSSES.register("la", help="logit-adjusted CE: CE(z + tau * log prior), tau = loss.tau (1)")
+class LogitAdjusted(_PriorLoss):
+    """Logit-adjusted cross-entropy: CE(z + tau * log prior) (Menon et al., 2021)."""
+
+    def __init__(self, cfg: LossConfig, class_counts):
+        super().__init__(cfg, class_counts)
+        self.tau = cfg.tau
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float() + self.tau * self.log_prior, targets)
+
+
+@LOSSES.register("bs", help="balanced softmax: CE(z + log prior)")
+class BalancedSoftmax(_PriorLoss):
+    """Balanced softmax (Ren et al., 2020): CE(z + log prior)."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float() + self.log_prior, targets)
+
+
+class _Weighted(nn.Module):
+    """Cross-entropy with fixed per-class weights (PyTorch's weighted mean)."""
+
+    def __init__(self, weights: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weights, persistent=False)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), targets, weight=self.weight)
+
+
+@LOSSES.register("cb", help="class-balanced CE, w_j = (1 - beta) / (1 - beta^n_j), beta = loss.beta (0.9999)")
+class ClassBalanced(_Weighted):
+    """Class-balanced cross-entropy (Cui et al., 2019) with effective-number weights."""
+
+    def __init__(self, cfg: LossConfig, class_counts):
+        super().__init__(class_balanced_weights(class_counts, cfg.beta))
+
+
+@LOSSES.register("grw", help="re-weighted CE, w_j proportional to 1 / prior_j")
+class InversePriorWeighted(_Weighted):
+    """Generalised re-weighting (Zhang et al., 2021) with exponent 1: w_j proportional to 1 / prior_j."""
+
+    def __init__(self, cfg: LossConfig, class_counts):
+        super().__init__(inverse_prior_weights(class_counts))
+
+
+@LOSSES.register("ldam", help="LDAM margins s * m_j, m_j ~ n_j^(-1/4), max loss.ldam_max_margin; DRW from loss.drw_epoch")
+class LDAM(nn.Module):
+    """Label-distribution-aware margin loss (Cao et al., 2019), optional deferred re-weighting.
+
+    Margins m_j = C / n_j^(1/4), C chosen so that max_j m_j = ``ldam_max_margin``. The paper
+    computes CE(s * (cos - m_y 1_y)); tailtune's logits already carry the classifier's scale
+    (the cosine head returns s * cos), so the margin is subtracted in logit units:
+    CE(z - s * m_y 1_y) with s = ``ldam_scale``. With the cosine head at the same scale this
+    is exactly the paper's loss; with other heads s * m_j is simply a margin in logits.
+
+    DRW: from epoch ``drw_epoch`` (0-based) on, the CE is weighted with class-balanced
+    weights (``beta``); before it, unweighted.
+    """
+
+    def __init__(self, cfg: LossConfig, class_counts):
+        super().__init__()
+        counts = _counts(class_counts).clamp(min=1)
+        margins = counts ** -0.25
+        margins = margins * (cfg.ldam_max_margin / margins.max())
+        self.register_buffer("margin", (cfg.ldam_scale * margins).float(), persistent=False)
+        self.register_buffer("drw_weight", class_balanced_weights(class_counts, cfg.beta), persistent=False)
+        self.drw_epoch = cfg.drw_epoch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def reweighting(self) -> bool:
+        return self.drw_epoch is not None and self.epoch >= self.drw_epoch
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # one_hot * margin[y] keeps everything on the logits' device (CPU or GPU alike).
+        shift = F.one_hot(targets, logits.shape[1]).to(torch.float32) * self.margin[targets][:, None]
+        weight = self.drw_weight if self.reweighting else None
+        return F.cross_entropy(logits.float() - shift, targets, weight=weight)
+
+
+@LOSSES.register("lade", help="LADE: CE(z + log prior) + loss.lade_alpha (0.1) * LADE regulariser")
+class LADE(_PriorLoss):
+    """LADE (Hong et al., CVPR 2021): the PC-softmax loss plus the LADE regulariser.
+
+    L = CE(z + log p_s) + alpha * L_LADER, with p_s the training prior and p_t uniform.
+    For each class y the regulariser estimates log p_t(x|y)/p_t(x) with the (ReMINE-
+    regularised) Donsker-Varadhan bound over the batch, importance-weighting the batch
+    (drawn from p_s) by p_t(y) / p_s(y):
+
+        first_y  = mean of z_iy over the batch samples of class y (0 if none)
+        second_y = logsumexp_i(z_iy - log p_s(y) + log p_t(y)) - log N
+        L_LADER  = -sum_y p_s(y) * (first_y - second_y - lambda * second_y^2)
+
+    alpha = ``lade_alpha`` (0.1), lambda = ``lade_lambda`` (0.1), as in the LIFT code.
+    """
+
+    def __init__(self, cfg: LossConfig, class_counts):
+        super().__init__(cfg, class_counts)
+        counts = _counts(class_counts)
+        self.register_buffer("prior", (counts / counts.sum()).float(), persistent=False)
+        self.alpha = cfg.lade_alpha
+        self.lam = cfg.lade_lambda
+
+    def regulariser(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        n, c = logits.shape
+        onehot = F.one_hot(targets, c).to(logits.dtype)  # (N, C)
+        per_class = onehot.sum(0)
+        first = (logits * onehot).sum(0) / per_class.clamp(min=1)
+        # p_t uniform: log p_t(y) = -log C. log(0) priors (empty classes) give -inf terms that
+        # logsumexp and the 0 weight below would turn into NaN, so such classes are left out.
+        present = self.prior > 0
+        shifted = logits - self.log_prior.clamp(min=-1e4) - math.log(c)
+        second = torch.logsumexp(shifted, dim=0) - math.log(n)
+        bound = first - second - self.lam * second ** 2
+        return -(self.prior * torch.where(present, bound, torch.zeros_like(bound))).sum()
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        ce = F.cross_entropy(logits + self.log_prior, targets)
+        return ce + self.alpha * self.regulariser(logits, targets)
 
 
 def build_loss(cfg: LossConfig, class_counts) -> nn.Module:
+    """The configured loss for training class counts ``class_counts``."""
     return LOSSES.get(cfg.name)(cfg, class_counts)

@@ -1,12 +1,29 @@
-"""Train, test and test-time-ensemble views, tied to the backbone's preprocessing."""
+"""Train, test and test-time-ensemble views, tied to the backbone's preprocessing.
+
+Two registries: ``AUGMENTATIONS`` (training views; each has ``set_epoch`` so that the
+trainer can drive a curriculum) and ``TTE_MODES`` (evaluation views; each has ``views``,
+the forward passes per image, reported next to the accuracy).
+"""
 
 from __future__ import annotations
 
+import math
+import zlib
 from dataclasses import dataclass
 
 import torch
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
+
+from ..registry import Registry
+
+AUGMENTATIONS: Registry = Registry("augmentation")
+TTE_MODES: Registry = Registry("test-time ensemble")
+
+# fivecrop/tencrop resize to resolution + expand; 336-pixel models use 21 (LIFT's setting).
+DEFAULT_EXPAND = 24
+EXPAND_BY_RESOLUTION = {336: 21}
+RRC_MIN_AREA = 0.08  # RandomResizedCrop's default lower bound of the crop area
 
 
 @dataclass(frozen=True)
@@ -27,10 +44,62 @@ def _finish(p: Preprocess) -> list:
     return [T.ToTensor(), T.Normalize(p.mean, p.std)]
 
 
-def train_transform(p: Preprocess) -> T.Compose:
-    """RandomResizedCrop at the backbone's resolution + horizontal flip."""
-    return T.Compose([T.RandomResizedCrop(p.resolution, interpolation=p.mode),
-                      T.RandomHorizontalFlip(), *_finish(p)])
+# ---------------------------------------------------------------- training views
+
+
+@AUGMENTATIONS.register("standard", help="random-resized crop (area 0.08-1) + horizontal flip")
+class StandardAugment:
+    """RandomResizedCrop at the backbone's resolution + horizontal flip; the same every epoch."""
+
+    def __init__(self, p: Preprocess, epochs: int = 1):
+        self.transform = T.Compose([T.RandomResizedCrop(p.resolution, interpolation=p.mode),
+                                    T.RandomHorizontalFlip(), *_finish(p)])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing changes over epochs."""
+
+    def __call__(self, img) -> torch.Tensor:
+        return self.transform(img)
+
+
+def minimal_min_area(epoch: int, epochs: int) -> float:
+    """Lower bound of the crop area at ``epoch`` (0-based) of ``epochs``.
+
+    0.08 + s * 0.92 with s = 1 - sqrt(1 - t^2), t = epoch / (epochs - 1): 0.08 at the first
+    epoch, rising slowly then fast to 1 (whole image) at the last. One epoch: t = 0.
+    """
+    t = min(max(epoch / (epochs - 1), 0.0), 1.0) if epochs > 1 else 0.0
+    s = 1.0 - math.sqrt(1.0 - t * t)
+    return RRC_MIN_AREA + s * (1.0 - RRC_MIN_AREA)
+
+
+@AUGMENTATIONS.register("minimal", help="square random-resized crops, no flip, min area 0.08 -> 1 over the epochs")
+class MinimalAugment:
+    """The minimalist augmentation: square random-resized crops without flips whose
+    minimum area rises over the epochs (see :func:`minimal_min_area`).
+
+    The area bound lives in the transform, so ``set_epoch`` must run before the epoch's
+    loader starts its workers (they copy the transform when they start).
+    """
+
+    def __init__(self, p: Preprocess, epochs: int = 1):
+        self.epochs = epochs
+        self.crop = T.RandomResizedCrop(p.resolution, scale=(RRC_MIN_AREA, 1.0), ratio=(1.0, 1.0),
+                                        interpolation=p.mode)
+        self.finish = T.Compose(_finish(p))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.crop.scale = (minimal_min_area(epoch, self.epochs), 1.0)
+
+    def __call__(self, img) -> torch.Tensor:
+        return self.finish(self.crop(img))
+
+
+def train_transform(p: Preprocess, augment: str = "standard", epochs: int = 1):
+    """The training view of ``augment`` (`tailtune list augmentations`), set to epoch 0."""
+    tf = AUGMENTATIONS.get(augment)(p, epochs)
+    tf.set_epoch(0)
+    return tf
 
 
 def test_transform(p: Preprocess) -> T.Compose:
@@ -39,27 +108,102 @@ def test_transform(p: Preprocess) -> T.Compose:
                       T.CenterCrop(p.resolution), *_finish(p)])
 
 
+# ---------------------------------------------------------------- test-time ensembles
+
+
+def default_expand(resolution: int) -> int:
+    """The fivecrop/tencrop expand for a resolution: 24, or 21 for 336-pixel models."""
+    return EXPAND_BY_RESOLUTION.get(resolution, DEFAULT_EXPAND)
+
+
+@dataclass(frozen=True)
+class TTEOptions:
+    """Settings of the test-time ensembles (from the eval and train configs)."""
+
+    expand: int | None = None  # None: default_expand(resolution)
+    randaug_views: int = 10
+    augment: str = "standard"  # randaug: which training augmentation to draw
+    epochs: int = 1  # randaug: the augmentation is taken at its last epoch
+    seed: int = 0  # randaug: seed of the draws
+
+
+@TTE_MODES.register("none", help="one center crop (resize to 8/7 of the resolution): 1 forward per image")
+class SingleView:
+    """The plain test view (3, res, res)."""
+
+    views = 1
+
+    def __init__(self, p: Preprocess, opts: TTEOptions = TTEOptions()):
+        self.transform = test_transform(p)
+
+    def __call__(self, img) -> torch.Tensor:
+        return self.transform(img)
+
+
+@TTE_MODES.register("fivecrop", help="4 corners + center of the image resized to res + expand: 5 forwards")
 class FiveCropStack:
     """Resize the short side to resolution + expand; the 4 corner crops and the center crop.
 
     Returns a (5, 3, res, res) tensor; the evaluator averages the logits over the 5 views.
     """
 
-    def __init__(self, p: Preprocess, expand: int = 24):
+    crop_cls = T.FiveCrop
+    views = 5
+
+    def __init__(self, p: Preprocess, opts: TTEOptions = TTEOptions()):
+        expand = default_expand(p.resolution) if opts.expand is None else opts.expand
         self.resize = T.Resize(p.resolution + expand, interpolation=p.mode)
-        self.crop = T.FiveCrop(p.resolution)
+        self.crop = self.crop_cls(p.resolution)
         self.finish = T.Compose(_finish(p))
 
     def __call__(self, img) -> torch.Tensor:
         return torch.stack([self.finish(c) for c in self.crop(self.resize(img))])
 
 
-def eval_transform(p: Preprocess, tte: str = "none", expand: int = 24):
-    """The evaluation view for a test-time-ensemble mode ('none' or 'fivecrop')."""
-    if tte == "fivecrop":
-        return FiveCropStack(p, expand)
-    return test_transform(p)
+@TTE_MODES.register("tencrop", help="fivecrop plus the same crops of the flipped image: 10 forwards")
+class TenCropStack(FiveCropStack):
+    """Five crops of the image and five of its horizontal flip: (10, 3, res, res)."""
+
+    crop_cls = T.TenCrop
+    views = 10
 
 
-def views_per_image(tte: str) -> int:
-    return {"none": 1, "fivecrop": 5}[tte]
+@TTE_MODES.register("randaug", help="eval.randaug_views draws of the training augmentation: k forwards")
+class RandAugViews:
+    """``k`` draws of the training augmentation (at its final epoch), as a (k, 3, res, res) stack.
+
+    The draws are seeded by (seed, the image's pixels): evaluating twice gives the same
+    views whatever the loader order or worker count, so ``tailtune eval`` reproduces the
+    run's metrics.
+    """
+
+    def __init__(self, p: Preprocess, opts: TTEOptions = TTEOptions()):
+        self.augment = train_transform(p, opts.augment, opts.epochs)
+        self.augment.set_epoch(opts.epochs - 1)
+        self.views = opts.randaug_views
+        self.seed = opts.seed
+
+    def __call__(self, img) -> torch.Tensor:
+        seed = zlib.crc32(img.tobytes(), zlib.crc32(repr((self.seed, img.size, img.mode)).encode()))
+        # torchvision draws from the global torch RNG; fork it so training's stream is untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return torch.stack([self.augment(img) for _ in range(self.views)])
+
+
+def eval_transform(p: Preprocess, tte: str = "none", opts: TTEOptions | int | None = None):
+    """The evaluation view for a test-time-ensemble mode (`tailtune list tte`).
+
+    The result has ``.views``, the forward passes per image. ``opts`` may be an int, the
+    fivecrop/tencrop expand (the original signature).
+    """
+    cls = TTE_MODES.get(tte)
+    if not isinstance(opts, TTEOptions):
+        opts = TTEOptions(expand=opts)
+    return cls(p, opts)
+
+
+def views_per_image(tte: str, randaug_views: int = TTEOptions.randaug_views) -> int:
+    """Forward passes per image of a test-time-ensemble mode."""
+    cls = TTE_MODES.get(tte)
+    return randaug_views if cls is RandAugViews else cls.views

@@ -1,0 +1,284 @@
+"""Classifiers, head initialisers and prompt modes, on fake backbones and hand-made features."""
+
+import json
+import math
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tailtune.config import HeadConfig
+from tailtune.errors import ConfigError
+from tailtune.models import heads as H
+from tailtune.models.prompts import PROMPT_MODES, class_prompts
+
+X = torch.tensor([[3.0, 4.0, 0.0], [1.0, -2.0, 2.0]])
+W = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [2.0, 2.0, 1.0], [0.0, 0.0, -1.0]])
+
+
+def dot(a, b):
+    return sum(x * y for x, y in zip(a, b))
+
+
+def norm(a):
+    return math.sqrt(dot(a, a))
+
+
+def close(got: torch.Tensor, want, tol=1e-5) -> bool:
+    return torch.allclose(got.double(), torch.tensor(want, dtype=torch.float64), rtol=tol, atol=tol)
+
+
+def head_with(name, weight=W, scale=25.0):
+    head = H.build_head(HeadConfig(type=name, scale=scale), 3, 4)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    return head
+
+
+@pytest.mark.parametrize("scale", [25.0, 10.0])
+def test_cosine_head(scale):
+    want = [[scale * dot(x, w) / (norm(x) * norm(w)) for w in W.tolist()] for x in X.tolist()]
+    assert close(head_with("cosine", scale=scale)(X), want, 1e-5)
+
+
+def test_linear_head_has_bias():
+    head = head_with("linear")
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor([0.5, 0.0, -1.0, 2.0]))
+    want = [[dot(x, w) + b for w, b in zip(W.tolist(), [0.5, 0.0, -1.0, 2.0])] for x in X.tolist()]
+    assert close(head(X), want, 1e-5)
+
+
+def test_l2_head_normalises_weights_only():
+    want = [[dot(x, w) / norm(w) for w in W.tolist()] for x in X.tolist()]
+    assert close(head_with("l2")(X), want, 1e-5)
+    assert [n for n, _ in head_with("l2").named_parameters()] == ["weight"]
+
+
+def test_layernorm_head():
+    def ln(x):
+        mu = sum(x) / len(x)
+        var = sum((v - mu) ** 2 for v in x) / len(x)  # biased variance, as LayerNorm
+        return [(v - mu) / math.sqrt(var + 1e-12) for v in x]
+
+    want = [[dot(ln(x), w) / norm(w) for w in W.tolist()] for x in X.tolist()]
+    head = head_with("layernorm")
+    assert close(head(X), want, 1e-4)
+    assert [n for n, _ in head.named_parameters()] == ["weight"]  # no affine parameters
+
+
+@pytest.mark.parametrize("name", H.HEADS.names())
+def test_every_head_builds_and_trains(name):
+    head = H.build_head(HeadConfig(type=name), 8, 5)
+    out = head(torch.randn(3, 8))
+    out.sum().backward()
+    assert out.shape == (3, 5) and head.weight.grad is not None
+
+
+def test_unknown_head_lists_valid_ones():
+    with pytest.raises(ConfigError, match="unknown classifier 'cosin'. Did you mean 'cosine'.*Valid: cosine, "
+                                          "l2, layernorm, linear"):
+        H.build_head(HeadConfig(type="cosin"), 3, 4)
+
+
+# ---------------------------------------------------------------- text initialisation
+
+
+def fake_embedding(prompt: str, dim: int = 6) -> torch.Tensor:
+    g = torch.Generator().manual_seed(zlib.crc32(prompt.encode()))
+    return torch.randn(dim, generator=g) * 3  # not unit norm: the initialiser must normalise
+
+
+class FakeClip:
+    has_text = True
+    info = {"name": "fake-clip"}
+
+    def __init__(self):
+        self.seen = []
+
+    def text_features(self, prompts):
+        self.seen += prompts
+        return torch.stack([fake_embedding(p) for p in prompts])
+
+
+class FakeVision(nn.Module):
+    has_text = False
+    info = {"name": "fake-vit"}
+
+
+def expected_text(prompts_per_class):
+    rows = []
+    for prompts in prompts_per_class:
+        mean = torch.stack([F.normalize(fake_embedding(p), dim=0) for p in prompts]).mean(0)
+        rows.append(mean / mean.norm())
+    return torch.stack(rows)
+
+
+def ctx_for(backbone, cfg, classnames=("sea_lion", "cat"), feats=None, labels=None):
+    def train_features(indices=None):
+        if indices is None:
+            return feats, labels
+        return feats[indices], labels[indices]
+
+    return H.InitContext(backbone, list(classnames), cfg, train_features,
+                         None if labels is None else labels.tolist())
+
+
+def test_text_init_default_prompt_and_custom_template():
+    got = H.text_init(ctx_for(FakeClip(), HeadConfig()))
+    assert torch.allclose(got, expected_text([["a photo of a sea lion."], ["a photo of a cat."]]), atol=1e-6)
+    got = H.text_init(ctx_for(FakeClip(), HeadConfig(prompt="art of the {}")))
+    assert torch.allclose(got, expected_text([["art of the sea lion"], ["art of the cat"]]), atol=1e-6)
+
+
+def test_text_init_classname_mode():
+    got = H.text_init(ctx_for(FakeClip(), HeadConfig(prompt_mode="classname")))
+    assert torch.allclose(got, expected_text([["sea lion"], ["cat"]]), atol=1e-6)
+
+
+def test_text_init_ensemble_uses_the_80_openclip_templates():
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+    clip = FakeClip()
+    got = H.text_init(ctx_for(clip, HeadConfig(prompt_mode="ensemble")))
+    per_class = [[t(c) for t in OPENAI_IMAGENET_TEMPLATES] for c in ("sea lion", "cat")]
+    assert len(per_class[0]) == 80 and "a bad photo of a cat." in per_class[1]
+    assert clip.seen == per_class[0] + per_class[1]
+    assert torch.allclose(got, expected_text(per_class), atol=1e-5)
+
+
+def test_text_init_descriptors(tmp_path):
+    path = tmp_path / "desc.json"
+    path.write_text(json.dumps({"sea lion": ["a marine mammal", "flippers"], "cat": ["a {} on a sofa"]}))
+    cfg = HeadConfig(prompt_mode="descriptors", descriptors=str(path))
+    got = H.text_init(ctx_for(FakeClip(), cfg))
+    want = expected_text([["sea lion, a marine mammal", "sea lion, flippers"], ["a cat on a sofa"]])
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_descriptors_errors_name_the_problem(tmp_path):
+    path = tmp_path / "desc.json"
+    path.write_text(json.dumps({"cat": ["whiskers"]}))
+    cfg = HeadConfig(prompt_mode="descriptors", descriptors=str(path))
+    with pytest.raises(ConfigError, match="has no descriptions for 'sea_lion'"):
+        class_prompts(["sea_lion", "cat"], cfg)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        class_prompts(["cat"], cfg)
+    path.write_text(json.dumps({"cat": []}))
+    with pytest.raises(ConfigError, match="'cat' must map to a non-empty list"):
+        class_prompts(["cat"], cfg)
+    with pytest.raises(ConfigError, match="does not exist"):
+        class_prompts(["cat"], HeadConfig(prompt_mode="descriptors", descriptors=str(tmp_path / "none.json")))
+
+
+def test_prompt_config_conflicts_are_refused():
+    with pytest.raises(ConfigError, match="head.prompt_mode=descriptors and head.descriptors=FILE.json go together"):
+        HeadConfig(prompt_mode="descriptors")
+    with pytest.raises(ConfigError, match="head.prompt is only read with head.prompt_mode=default"):
+        HeadConfig(prompt="art of {}", prompt_mode="ensemble")
+    with pytest.raises(ConfigError, match="unknown prompt mode 'ensamble'. Did you mean 'ensemble'"):
+        class_prompts(["cat"], HeadConfig(prompt_mode="ensamble"))
+    assert PROMPT_MODES.names() == ["classname", "default", "descriptors", "ensemble"]
+
+
+def test_text_init_on_vision_only_backbone_is_a_startup_error():
+    with pytest.raises(ConfigError, match="head.init=text needs a backbone with a text tower; 'fake-vit'"):
+        H.check_head(HeadConfig(init="text"), FakeVision())
+    H.check_head(HeadConfig(init="auto"), FakeVision())  # auto falls back to class_mean
+    assert H.resolve_init(HeadConfig(), FakeVision()) == "class_mean"
+    assert H.resolve_init(HeadConfig(), FakeClip()) == "text"
+
+
+# ---------------------------------------------------------------- feature-based initialisers
+
+FEATS = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 4.0], [1.0, 1.0], [0.0, -5.0], [4.0, 3.0]])
+LABELS = torch.tensor([0, 0, 1, 1, 1, 0])
+
+
+def hand_class_mean(rows):
+    unit = [[v / norm(r) for v in r] for r in rows]
+    mean = [sum(col) / len(unit) for col in zip(*unit)]
+    return [v / norm(mean) for v in mean]
+
+
+def test_class_mean_init():
+    got = H.class_mean_init(ctx_for(FakeVision(), HeadConfig(init="class_mean"), ["a", "b"], FEATS, LABELS))
+    want = [hand_class_mean([[2, 0], [0, 1], [4, 3]]), hand_class_mean([[3, 4], [1, 1], [0, -5]])]
+    assert close(got, want, 1e-6)
+
+
+def test_k_shot_indices_are_seeded_and_capped():
+    labels = [0] * 7 + [1] * 2 + [2] * 5
+    a = H.k_shot_indices(labels, 3, seed=1)
+    assert a == H.k_shot_indices(labels, 3, seed=1)
+    assert [sum(labels[i] == c for i in a) for c in range(3)] == [3, 2, 3]
+    assert set(range(7, 9)) <= set(a)  # class 1 has only 2 images: both kept
+    draws = {tuple(H.k_shot_indices(labels, 3, seed=s)) for s in range(10)}
+    assert len(draws) > 1  # the seed matters
+
+
+def test_k_shot_init_is_the_class_mean_of_the_chosen_images():
+    cfg = HeadConfig(init="k_shot", shots=2, seed=3)
+    chosen = H.k_shot_indices(LABELS.tolist(), 2, 3)
+    got = H.k_shot_init(ctx_for(FakeVision(), cfg, ["a", "b"], FEATS, LABELS))
+    want = [hand_class_mean([FEATS[i].tolist() for i in chosen if LABELS[i] == c]) for c in (0, 1)]
+    assert close(len(chosen) == 4 and got, want, 1e-6)
+
+
+def balanced_objective(x, y, w, b, num_classes):
+    """Written out independently: 0.5 |W|^2 + sum_i N / (K n_y) * CE(W x_i + b, y_i), x normalised."""
+    x = x / x.norm(dim=1, keepdim=True)
+    counts = [int((y == c).sum()) for c in range(num_classes)]
+    total = 0.5 * (w ** 2).sum()
+    for xi, yi in zip(x, y.tolist()):
+        z = w @ xi + b
+        total = total + len(y) / (num_classes * counts[yi]) * (torch.logsumexp(z, 0) - z[yi])
+    return total
+
+
+def test_linear_probe_reaches_the_balanced_logistic_regression_optimum():
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0] * 20 + [1] * 6 + [2] * 3)
+    x = torch.randn(29, 4, generator=g) + 1.5 * F.one_hot(y, 4)[:, :4].float()
+    w, b = H.fit_linear_probe(x, y, 3)
+    w64 = w.double().requires_grad_(True)
+    b64 = b.double().requires_grad_(True)
+    balanced_objective(x.double(), y, w64, b64, 3).backward()
+    assert w64.grad.abs().max() < 1e-3 and b64.grad.abs().max() < 1e-3
+    # the optimum of the *unweighted* objective is elsewhere: the balancing is in effect
+    w64.grad = None
+    unweighted = 0.5 * (w64 ** 2).sum() + F.cross_entropy(F.normalize(x.double(), dim=1) @ w64.t() + b64, y,
+                                                           reduction="sum")
+    unweighted.backward()
+    assert w64.grad.abs().max() > 1e-2
+
+
+def test_linear_probe_init_gives_unit_rows_that_classify():
+    g = torch.Generator().manual_seed(1)
+    y = torch.tensor([0] * 15 + [1] * 5)
+    centers = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    x = centers[y] + 0.1 * torch.randn(20, 3, generator=g)
+    got = H.linear_probe_init(ctx_for(FakeVision(), HeadConfig(init="linear_probe"), ["a", "b"], x, y))
+    assert got.norm(dim=1).tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert ((F.normalize(x, dim=1) @ got.t()).argmax(1) == y).all()
+
+
+def test_random_init_keeps_the_weights_and_every_init_is_registered():
+    head = H.build_head(HeadConfig(), 2, 2)
+    before = head.weight.detach().clone()
+    assert H.initialise_head(head, ctx_for(FakeVision(), HeadConfig(init="random"), ["a", "b"])) == "random"
+    assert torch.equal(head.weight, before)
+    assert H.HEAD_INITS.names() == ["class_mean", "k_shot", "linear_probe", "random", "text"]
+
+
+@pytest.mark.parametrize("init", ["class_mean", "k_shot", "linear_probe", "text"])
+def test_initialise_head_writes_unit_rows(init):
+    backbone = FakeClip() if init == "text" else FakeVision()
+    feats = torch.randn(12, 6, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([0, 1] * 6)
+    head = H.build_head(HeadConfig(), 6, 2)
+    assert H.initialise_head(head, ctx_for(backbone, HeadConfig(init=init), ["a", "b"], feats, labels)) == init
+    assert head.weight.norm(dim=1).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
