@@ -7,7 +7,15 @@ import math
 import torch
 from torch import nn
 
-from .base import PEFT_METHODS, PeftMethod, feature_width, mlp_parts, resolve_r
+from .base import (
+    PEFT_METHODS,
+    PeftMethod,
+    device_of,
+    feature_width,
+    mlp_parts,
+    resolve_r,
+    select_blocks,
+)
 
 
 class Bottleneck(nn.Module):
@@ -51,11 +59,17 @@ class AdaptFormer(PeftMethod):
     """Parallel bottleneck beside each MLP with a learnable scale (the method's default)."""
 
     kinds = ("vit",)
+    stage = 4
+
+    def check(self, backbone, name, cfg):
+        super().check(backbone, name, cfg)
+        for _, block in select_blocks(backbone, cfg):
+            mlp_parts(block)
 
     def apply(self, backbone, cfg, num_classes):
         r = resolve_r(backbone, cfg, num_classes)
-        for _, block in backbone.blocks():
+        for _, block in select_blocks(backbone, cfg):
             norm_name, norm, mlp = mlp_parts(block)
-            adapter = Bottleneck(feature_width(block), r).to(next(mlp.parameters()).device)
+            adapter = Bottleneck(feature_width(block), r).to(device_of(block))
             setattr(block, norm_name, nn.Identity())
             block.mlp = ParallelMLP(norm, mlp, adapter)

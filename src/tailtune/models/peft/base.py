@@ -1,4 +1,4 @@
-"""The PEFT registry and what every method shares: target lookup and the bottleneck rule."""
+"""The PEFT registry and what every method shares: block selection, start-up checks, the bottleneck rule."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 from torch import nn
 
-from ...config import PeftConfig
+from ...config import PeftConfig, parse_blocks
 from ...errors import ConfigError
 from ...registry import Registry
 
@@ -18,13 +18,23 @@ class PeftMethod:
 
     ``apply`` injects modules and/or sets ``requires_grad`` on existing parameters; it
     never unfreezes anything else. ``kinds`` says which backbones it makes sense on.
+
+    Composed methods (``peft.method=a+b``) are applied in ``stage`` order, so the result
+    does not depend on the order they are written in: methods that pick existing
+    parameters (0) see only the backbone's own tensors; methods that edit weights (1)
+    act on the bare linear layers; output wrappers (2: LoRA, 3: SSF) stack on those;
+    sub-layers around the MLP (4) and prompt tokens (5) come last, as they restructure blocks.
     """
 
     kinds: tuple[str, ...] = ("vit", "cnn")
     identity_at_init = True  # a fresh model gives the classifier-only model's logits
     trains_bn_stats = False  # under peft.bn_mode=auto, BatchNorm statistics update only if True
+    stage = 0
+    name = ""  # set by get_method
+    family: str | None = None  # methods of one family (e.g. the two VPTs) exclude each other
 
-    def check(self, backbone, name: str) -> None:
+    def check(self, backbone, name: str, cfg: PeftConfig) -> None:
+        """Start-up check (before any data is loaded): raise ConfigError if ``name`` cannot apply."""
         if backbone.kind not in self.kinds:
             raise ConfigError(f"peft.method={name!r} applies to {' / '.join(self.kinds)} backbones, but "
                               f"{backbone.info['name']!r} is a {backbone.kind}. "
@@ -35,7 +45,9 @@ class PeftMethod:
 
 
 def get_method(name: str) -> PeftMethod:
-    return PEFT_METHODS.get(name)()
+    method = PEFT_METHODS.get(name)()
+    method.name = name  # for messages that name the method as the user wrote it
+    return method
 
 
 def methods_for(kind: str) -> list[str]:
@@ -48,16 +60,36 @@ def method_names(cfg: PeftConfig) -> list[str]:
 
 
 def check_peft(backbone, cfg: PeftConfig) -> None:
-    """Start-up check: every named method exists and fits the backbone."""
-    for name in method_names(cfg):
-        get_method(name).check(backbone, name)
+    """Start-up check: every named method exists, fits the backbone and its companions."""
+    names = method_names(cfg)
+    for name in names:
+        PEFT_METHODS.get(name)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"peft.method={cfg.method!r} names {', '.join(repeated)} more than once; name each method once.")
+    families: dict[str, str] = {}
+    for name in names:
+        family = PEFT_METHODS.get(name).family
+        if family and family in families:
+            raise ConfigError(f"peft.method={cfg.method!r} combines {families[family]} and {name}, which both "
+                              f"set the {family}; choose one.")
+        if family:
+            families[family] = name
+    if backbone.kind != "vit" and parse_blocks(cfg.blocks)[0] != slice(None):
+        raise ConfigError(f"peft.blocks={cfg.blocks!r} selects transformer blocks, but {backbone.info['name']!r} "
+                          "is a CNN; use peft.blocks=all.")
+    if backbone.kind == "vit":
+        select_blocks(backbone, cfg)  # the range must fit the depth
+    for name in names:
+        get_method(name).check(backbone, name, cfg)
 
 
 def apply_peft(backbone, cfg: PeftConfig, num_classes: int) -> None:
     """Make the backbone trainable as ``cfg`` says (everything else stays frozen)."""
     check_peft(backbone, cfg)
-    for name in method_names(cfg):
-        get_method(name).apply(backbone, cfg, num_classes)
+    methods = sorted((get_method(n) for n in method_names(cfg)), key=lambda m: m.stage)
+    for method in methods:
+        method.apply(backbone, cfg, num_classes)
 
 
 def trains_bn_stats(cfg: PeftConfig) -> bool:
@@ -72,7 +104,19 @@ def bottleneck(num_classes: int, num_blocks: int) -> int:
 
 
 def resolve_r(backbone, cfg: PeftConfig, num_classes: int) -> int:
+    # L is the backbone's depth, not the number of selected blocks: restricting a method to
+    # fewer blocks should not widen each of its modules.
     return cfg.r or bottleneck(num_classes, len(backbone.blocks()))
+
+
+def select_blocks(backbone, cfg: PeftConfig) -> list[tuple[str, nn.Module]]:
+    """The transformer blocks ``peft.blocks`` selects, in depth order."""
+    blocks = backbone.blocks()
+    part, needed = parse_blocks(cfg.blocks)
+    if needed > len(blocks):
+        raise ConfigError(f"peft.blocks={cfg.blocks!r} needs {needed} blocks, but {backbone.info['name']!r} "
+                          f"has {len(blocks)}.")
+    return blocks[part]
 
 
 NORM_NAMES = ("ln_2", "norm2")  # open_clip, timm: the LayerNorm before the MLP
@@ -88,8 +132,20 @@ def mlp_parts(block: nn.Module) -> tuple[str, nn.Module, nn.Module]:
 
 
 def feature_width(block: nn.Module) -> int:
-    _, norm, _ = mlp_parts(block)
-    return norm.normalized_shape[0]
+    """Width of the residual stream: the size of the block's first LayerNorm.
+
+    Searched rather than read from a named norm, so it still works when another method
+    has wrapped or moved that norm.
+    """
+    for m in block.modules():
+        if isinstance(m, nn.LayerNorm):
+            return m.normalized_shape[-1]
+    raise ConfigError(f"block {type(block).__name__} has no LayerNorm; PEFT methods here need pre-norm ViT blocks.")
+
+
+def device_of(module: nn.Module):
+    """Where a block's tensors live, so injected modules are created next to them."""
+    return next(module.parameters()).device
 
 
 def unfreeze(params) -> None:

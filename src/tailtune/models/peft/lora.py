@@ -1,0 +1,82 @@
+"""LoRA: low-rank updates of frozen linear layers (attention q and v, or the MLP's two layers)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import PEFT_METHODS, PeftMethod, device_of, resolve_r, select_blocks
+from .targets import LayerWrapper, check_parts, get_part, innermost, set_part
+
+
+class LowRank(nn.Module):
+    """x -> up(down(x)) / r. ``down`` keeps nn.Linear's Kaiming-uniform init, ``up`` starts at zero."""
+
+    def __init__(self, d_in: int, d_out: int, r: int):
+        super().__init__()
+        self.down = nn.Linear(d_in, r, bias=False)
+        self.up = nn.Linear(r, d_out, bias=False)
+        nn.init.zeros_(self.up.weight)
+        self.scaling = 1.0 / r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x)) * self.scaling
+
+
+class LoRALinear(LayerWrapper):
+    """A frozen linear layer plus low-rank updates of some of ``chunks`` equal slices of its output.
+
+    ``slots`` maps a name to a slice index: for a fused qkv layer, ``{"q": 0, "v": 2}`` of 3.
+    The update reads the layer's own input, so on attention it sees the LayerNorm-ed stream.
+    """
+
+    def __init__(self, base: nn.Module, r: int, slots: dict[str, int], chunks: int = 1):
+        super().__init__(base)
+        linear = innermost(base)
+        self.chunks = chunks
+        self.slots = dict(slots)
+        width = linear.out_features // chunks
+        self.lora = nn.ModuleDict({name: LowRank(linear.in_features, width, r) for name in slots})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        if self.chunks == 1:
+            return out + sum(m(x) for m in self.lora.values())
+        parts = list(out.chunk(self.chunks, dim=-1))
+        for name, index in self.slots.items():
+            parts[index] = parts[index] + self.lora[name](x)
+        return torch.cat(parts, dim=-1)
+
+
+class _LoRA(PeftMethod):
+    kinds = ("vit",)
+    stage = 2
+    # part -> (slot name -> output slice, number of slices)
+    targets: dict[str, tuple[dict[str, int], int]] = {}
+
+    def check(self, backbone, name, cfg):
+        super().check(backbone, name, cfg)
+        for _, block in select_blocks(backbone, cfg):
+            check_parts(block, list(self.targets), name)
+
+    def apply(self, backbone, cfg, num_classes):
+        r = resolve_r(backbone, cfg, num_classes)
+        for _, block in select_blocks(backbone, cfg):
+            device = device_of(block)
+            for part, (slots, chunks) in self.targets.items():
+                path, layer = get_part(block, part, self.name)
+                set_part(block, path, LoRALinear(layer, r, slots, chunks).to(device))
+
+
+@PEFT_METHODS.register("lora")
+class LoRA(_LoRA):
+    """Low-rank (rank r, scaling 1/r) updates of the attention query and value projections."""
+
+    targets = {"qkv": ({"q": 0, "v": 2}, 3)}
+
+
+@PEFT_METHODS.register("lora_mlp")
+class LoRAMLP(_LoRA):
+    """Low-rank (rank r, scaling 1/r) updates of the two MLP linear layers."""
+
+    targets = {"fc1": ({"all": 0}, 1), "fc2": ({"all": 0}, 1)}

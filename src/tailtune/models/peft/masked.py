@@ -1,0 +1,96 @@
+"""Masked ("arbitrary" sparse) fine-tuning: a fixed random subset of entries of the block linears trains.
+
+The targets are the attention qkv and output projections and the two MLP linears of the
+selected blocks. Each layer's weight and bias are seen together as an out x (in + 1)
+matrix (the bias as the last column) and ``floor(ratio * out * (in + 1))`` of its entries,
+drawn by one NumPy generator seeded with ``peft.mask_seed``, become trainable.
+
+The default ratio is C / (12 L d) (C classes, L blocks, d width: the rule that makes the
+count about C * d, like the bottleneck rule), floored to a multiple of 0.001 and at least
+0.001. Flooring per layer over weight and bias together is what gives the published
+counts on CLIP ViT-B/16: 84,996 trainable entries for C = 100 and 765,132 for C = 1000
+(flooring per tensor would give 84,972, flooring the total 85,017).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import PEFT_METHODS, PeftMethod, feature_width, select_blocks
+from .targets import LayerWrapper, check_parts, get_part, set_part
+
+PARTS = ("qkv", "out", "fc1", "fc2")
+
+
+def default_ratio(num_classes: int, num_blocks: int, width: int) -> Fraction:
+    """C / (12 L d), floored to a multiple of 1/1000, at least 1/1000 (exact arithmetic)."""
+    thousandths = (1000 * num_classes) // (12 * num_blocks * width)
+    return Fraction(max(thousandths, 1), 1000)
+
+
+def masked_count(ratio: Fraction, out_features: int, in_features: int, bias: bool) -> int:
+    """Trainable entries of one layer: floor(ratio * out * (in + bias))."""
+    return math.floor(ratio * out_features * (in_features + int(bias)))
+
+
+class MaskedLinear(LayerWrapper):
+    """A frozen linear layer of which ``count`` randomly chosen entries of weight and bias train.
+
+    The chosen entries start at their frozen values (so the layer is unchanged at init) and
+    are scattered into copies of the frozen tensors at every forward.
+    """
+
+    def __init__(self, base: nn.Linear, count: int, rng: np.random.Generator):
+        super().__init__(base)
+        out_f, in_f = base.weight.shape
+        cols = in_f + (base.bias is not None)
+        # NumPy's choice without replacement samples few-of-many in O(count) (a set of draws),
+        # where a permutation of every entry of ViT-B/16's 48 layers takes seconds.
+        picked = torch.from_numpy(np.sort(rng.choice(out_f * cols, size=count, replace=False, shuffle=False)))
+        row, col = picked // cols, picked % cols
+        in_weight = col < in_f
+        device = base.weight.device
+        # The indices follow from the seed; they are rebuilt, not saved (persistent=False).
+        self.register_buffer("weight_index", (row * in_f + col)[in_weight].to(device), persistent=False)
+        self.register_buffer("bias_index", row[~in_weight].to(device), persistent=False)
+        self.weight_values = nn.Parameter(base.weight.detach().flatten()[self.weight_index].clone())
+        self.bias_values = (nn.Parameter(base.bias.detach()[self.bias_index].clone())
+                            if base.bias is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.base.weight
+        weight = w.flatten().scatter(0, self.weight_index, self.weight_values.to(w.dtype)).view_as(w)
+        bias = self.base.bias
+        if bias is not None:
+            bias = bias.scatter(0, self.bias_index, self.bias_values.to(bias.dtype))
+        return F.linear(x, weight, bias)
+
+
+@PEFT_METHODS.register("masked")
+class Masked(PeftMethod):
+    """A random, seeded subset of the qkv, out-projection and MLP weights and biases (ratio C / 12Ld)."""
+
+    kinds = ("vit",)
+    stage = 1  # edits the frozen layers themselves, so it must sit under any wrapper
+
+    def check(self, backbone, name, cfg):
+        super().check(backbone, name, cfg)
+        for _, block in select_blocks(backbone, cfg):
+            check_parts(block, PARTS, name)
+
+    def apply(self, backbone, cfg, num_classes):
+        blocks = backbone.blocks()
+        ratio = (Fraction(str(cfg.mask_ratio)) if cfg.mask_ratio is not None
+                 else default_ratio(num_classes, len(blocks), feature_width(blocks[0][1])))
+        rng = np.random.default_rng(cfg.mask_seed)  # a local generator: the same choice on any device
+        for _, block in select_blocks(backbone, cfg):
+            for part in PARTS:
+                path, layer = get_part(block, part, self.name)
+                count = masked_count(ratio, layer.out_features, layer.in_features, layer.bias is not None)
+                set_part(block, path, MaskedLinear(layer, count, rng))
