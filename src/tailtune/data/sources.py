@@ -14,7 +14,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import DataError
 from ..registry import Registry
-from .datasets import ArrayDataset, FileDataset, Subset
+from .datasets import ArrayDataset, Subset
 from .longtail import (
     GROUPS,
     THIRDS,
@@ -38,6 +38,9 @@ class LTData:
     groups: np.ndarray  # group index per class (into group_names)
     group_names: tuple[str, ...] = GROUPS
     notes: list[str] = field(default_factory=list)  # shown to the user and saved in metrics.json
+    val: object | None = None  # validation split (model selection), never the test set
+    val_source: str | None = None  # "val split" (the dataset's own) or "held-out slice of train"
+    record: dict = field(default_factory=dict)  # how held-out splits were made (saved as splits.json)
 
     @property
     def num_classes(self) -> int:
@@ -47,15 +50,24 @@ class LTData:
     def train_counts(self) -> np.ndarray:
         return class_counts(self.train.targets, self.num_classes)
 
+    def splits(self) -> dict:
+        """The splits that exist, by name: train, val (if any), test."""
+        out = {"train": self.train, "val": self.val, "test": self.test}
+        return {k: v for k, v in out.items() if v is not None}
+
     def check(self) -> None:
         """Start-up checks: labels in range, every class has training images, names match."""
-        for split in ("train", "test"):
-            t = np.asarray(getattr(self, split).targets)
+        if not self.classnames:
+            raise DataError("the dataset has no class names.")
+        for split, ds in self.splits().items():
+            t = np.asarray(ds.targets)
             if len(t) == 0:
                 raise DataError(f"the {split} split is empty.")
             if t.min() < 0 or t.max() >= self.num_classes:
-                raise DataError(f"{split} label {int(t.max() if t.max() >= self.num_classes else t.min())} is "
-                                f"out of range for {self.num_classes} classes.")
+                bad = int(t.max() if t.max() >= self.num_classes else t.min())
+                raise DataError(f"{split} label {bad} is out of range for {self.num_classes} classes "
+                                f"({self.num_classes} class names: labels must be 0..{self.num_classes - 1}); "
+                                "check the labels or the class-name list.")
         empty = np.where(self.train_counts == 0)[0]
         if len(empty):
             names = ", ".join(self.classnames[i] for i in empty[:5])
@@ -65,10 +77,21 @@ class LTData:
             raise DataError(f"{len(self.groups)} group entries for {self.num_classes} classes.")
 
 
-def build_data(cfg: DataConfig) -> LTData:
-    """Build the dataset named by ``cfg.name`` and run the start-up checks."""
-    data = SOURCES.get(cfg.name)(cfg)
+def build_data(cfg: DataConfig, check_files: bool = True) -> LTData:
+    """Build the dataset named by ``cfg.name``, settle its validation split and check it.
+
+    The checks run before any model is touched: labels in range, no empty class, class
+    names matching, and (``check_files``) every listed image present and, with
+    ``data.verify_images``, decodable (``data.skip_corrupt`` drops the ones that are not).
+    """
+    from .holdout import with_val
+    from .validate import check_image_files
+
+    data = with_val(SOURCES.get(cfg.name)(cfg), cfg)
     data.check()
+    if check_files:
+        data = check_image_files(data, cfg.verify_images, cfg.skip_corrupt)
+        data.check()  # again: dropping corrupt images can empty a class
     return data
 
 
@@ -236,57 +259,6 @@ def fashion_mnist_lt(cfg: DataConfig) -> LTData:
              "(3 / 4 / 3 classes)."]
     return LTData(Subset(ArrayDataset(xtr, ytr), keep), ArrayDataset(xte, yte),
                   list(FASHION_MNIST_CLASSES), third_groups(counts), THIRDS, notes)
-
-
-# ---------------------------------------------------------------- image folder
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}
-
-
-def scan_folder(folder: Path, classnames: list[str] | None = None):
-    """(paths, labels, class folder names) of a one-folder-per-class tree."""
-    if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist.")
-    class_dirs = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    if classnames is not None:
-        missing = [c for c in classnames if c not in class_dirs]
-        if missing:
-            raise DataError(f"class folders {missing[:5]} missing in {folder}.")
-        class_dirs = classnames
-    if not class_dirs:
-        raise DataError(f"{folder} has no class sub-folders (expected one folder per class).")
-    paths, labels = [], []
-    for label, name in enumerate(class_dirs):
-        files = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        paths += files
-        labels += [label] * len(files)
-    return paths, labels, class_dirs
-
-
-@SOURCES.register("folder")
-def image_folder(cfg: DataConfig) -> LTData:
-    """Your own images: ``root/train/<class>/*.jpg`` and ``root/test/<class>/*.jpg``.
-
-    With ``data.imb_ratio`` > 1 the training set is subsampled to an exponential profile
-    (classes in folder order, head = the first class).
-    """
-    if not cfg.root:
-        raise DataError("data.root must point to a folder with train/ and test/ sub-folders "
-                        "(one sub-folder per class in each).")
-    root = Path(cfg.root)
-    tr_paths, tr_labels, names = scan_folder(root / "train")
-    te_paths, te_labels, _ = scan_folder(root / "test", names)
-    train = FileDataset(tr_paths, tr_labels)
-    notes: list[str] = []
-    if cfg.imb_ratio > 1:
-        counts = class_counts(tr_labels, len(names))
-        profile = exp_profile(int(counts.max()), len(names), cfg.imb_ratio)
-        profile = [min(p, int(c)) for p, c in zip(profile, counts)]
-        train = Subset(train, subsample(tr_labels, profile, cfg.subset_seed))
-        notes.append(f"training set subsampled to an exponential profile with imbalance ratio {cfg.imb_ratio:g}.")
-    groups = shot_groups(class_counts(train.targets, len(names)))
-    return LTData(train, FileDataset(te_paths, te_labels), [n.replace("_", " ") for n in names],
-                  groups, GROUPS, notes)
 
 
 # ---------------------------------------------------------------- synthetic (tests, smoke runs)
