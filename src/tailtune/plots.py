@@ -1,0 +1,315 @@
+"""The figures of run reports and comparisons (matplotlib, Agg backend, PNG bytes).
+
+Each function takes plain numbers (no run folders) and returns PNG bytes, so the figures
+are testable on their own and the report decides where they go. Classes are always shown
+sorted by training-image count, most first (ties by class index), the order in which the
+long tail reads left to right.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+
+# Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
+GROUP_COLOURS = ("#0072B2", "#E69F00", "#D55E00", "#009E73", "#CC79A7", "#56B4E9")
+RUN_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+GREY = "#555555"
+COUNT_COLOUR = "#6A3D9A"  # the training-count line: apart from the group and run colours
+DPI = 110
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # no display: files only, the same on every machine
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10, "axes.titlesize": 12, "axes.titleweight": "bold",
+                         "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": DPI})
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    _plt().close(fig)
+    return buf.getvalue()
+
+
+def count_order(counts: Sequence[int]) -> np.ndarray:
+    """Class indices by training count, most first; ties by class index."""
+    counts = np.asarray(counts)
+    return np.lexsort((np.arange(len(counts)), -counts))
+
+
+def group_runs(sorted_groups: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(group, first position, last position) of each run of equal groups along the sorted classes."""
+    runs: list[tuple[int, int, int]] = []
+    for i, g in enumerate(sorted_groups):
+        if runs and runs[-1][0] == g and runs[-1][2] == i - 1:
+            runs[-1] = (g, runs[-1][1], i)
+        else:
+            runs.append((int(g), i, i))
+    return runs
+
+
+def _log_axis(ax) -> None:
+    """Log scale with plain numbers (3, 10, 100) rather than powers (3x10^0)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    lo, hi = ax.get_ylim()
+    # Under a decade there are no major ticks worth the name: label the minor ones instead.
+    ax.yaxis.set_minor_formatter(plain if hi / max(lo, 1e-12) < 20 else NullFormatter())
+
+
+def _classes(k: int) -> str:
+    return f"{k} class" if k == 1 else f"{k} classes"
+
+
+def _legend_below(ax, handles, n_classes: int) -> None:
+    below = -0.32 if n_classes <= 40 else -0.16  # clear of rotated class names
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, below), ncol=4, fontsize=8, frameon=False)
+
+
+def _colour(g: int) -> str:
+    return GROUP_COLOURS[g % len(GROUP_COLOURS)]
+
+
+def _bands(ax, sorted_groups, group_names, labels: dict[int, str] | None = None) -> None:
+    """Shade each group's span of sorted classes and name it along the top of the axes."""
+    for g, a, b in group_runs(sorted_groups):
+        ax.axvspan(a - 0.5, b + 0.5, color=_colour(g), alpha=0.08, lw=0)
+        if a > 0:
+            ax.axvline(a - 0.5, color=GREY, lw=0.8, ls=":")
+        text = (labels or {}).get(g, group_names[g])
+        ax.text((a + b) / 2, 1.01, text, transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                fontsize=9, color=_colour(g), fontweight="bold")
+
+
+def _class_axis(ax, order, classnames, xlabel: str = "classes, sorted by training images (most → fewest)") -> None:
+    n = len(order)
+    ax.set_xlim(-0.5, n - 0.5)
+    if n <= 40:  # few classes: name them; many: rank ticks only
+        ax.set_xticks(range(n))
+        ax.set_xticklabels([classnames[c] for c in order], rotation=60, ha="right", fontsize=8)
+    ax.set_xlabel(xlabel)
+
+
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean over a centred window, ignoring NaN (classes without test images)."""
+    if window <= 1:
+        return values
+    ok = ~np.isnan(values)
+    kernel = np.ones(window)
+    num = np.convolve(np.where(ok, values, 0.0), kernel, mode="same")
+    den = np.convolve(ok.astype(float), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
+
+
+def smoothing_window(num_classes: int) -> int:
+    """About 1/25 of the classes (odd), 1 (no smoothing) below 50 classes."""
+    if num_classes < 50:
+        return 1
+    w = max(3, num_classes // 25)
+    return w + 1 - w % 2
+
+
+def _as_float(values) -> np.ndarray:
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
+def per_class_accuracy(per_class, counts, groups, group_names, classnames, group_acc=None,
+                       title: str = "Per-class test accuracy against training images") -> bytes:
+    """Bars of per-class accuracy (coloured by group) over classes sorted by count, with the
+    training count on a log-scale second axis and each group's accuracy as a dashed line."""
+    plt = _plt()
+    order = count_order(counts)
+    acc = _as_float(per_class)[order]
+    cnt = np.asarray(counts)[order]
+    grp = np.asarray(groups)[order]
+    n = len(order)
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    width = 0.8 if n <= 200 else 1.0
+    ax.bar(np.arange(n), np.nan_to_num(acc), width=width, color=[_colour(g) for g in grp], alpha=0.85,
+           label="per-class accuracy")
+    if n <= 40:  # few classes: the values, so that a 0% class is seen, not missed
+        for i, a in enumerate(acc):
+            ax.text(i, (0 if np.isnan(a) else a) + 1, "no test images" if np.isnan(a) else f"{a:.0f}",
+                    ha="center", va="bottom", fontsize=8)
+    labels = {}
+    for g, a, b in group_runs(grp):
+        value = (group_acc or {}).get(group_names[g])
+        k = int((np.asarray(groups) == g).sum())
+        labels[g] = f"{group_names[g]} · {_classes(k)}" + (f" · {value:.1f}%" if value is not None else "")
+        if value is not None:
+            ax.hlines(value, a - 0.5, b + 0.5, colors=_colour(g), linestyles="--", lw=1.6)
+    _bands(ax, grp, group_names, labels)
+    window = smoothing_window(n)
+    if window > 1:
+        ax.plot(np.arange(n), _moving_average(acc, window), color="black", lw=1.4,
+                label=f"moving average ({window} classes)")
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, pad=22)
+    _class_axis(ax, order, classnames)
+    ax2 = ax.twinx()
+    ax2.plot(np.arange(n), cnt, color=COUNT_COLOUR, lw=1.4, ls="--", marker="o" if n <= 60 else None, ms=3,
+             label="training images (right axis)")
+    _log_axis(ax2)
+    ax2.set_ylabel("training images (log scale)", color=COUNT_COLOUR)
+    ax2.spines["right"].set_visible(True)
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    handles.append(plt.Line2D([], [], color=GREY, ls="--", lw=1.6, label="group accuracy"))
+    _legend_below(ax, handles, n)
+    return _png(fig)
+
+
+def count_profile(counts, groups, group_names, classnames) -> bytes:
+    """The training-image count of every class, sorted, on a log scale, groups shaded."""
+    plt = _plt()
+    order = count_order(counts)
+    cnt = np.asarray(counts)[order]
+    grp = np.asarray(groups)[order]
+    n = len(order)
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    ax.bar(np.arange(n), cnt, width=0.8 if n <= 200 else 1.0, color=[_colour(g) for g in grp], alpha=0.9)
+    _log_axis(ax)
+    if n <= 40:
+        for i, c in enumerate(cnt):
+            ax.text(i, c * 1.03, f"{c:,}", ha="center", va="bottom", fontsize=8)
+    labels = {g: f"{group_names[g]} · {_classes(int((np.asarray(groups) == g).sum()))}"
+              for g, _, _ in group_runs(grp)}
+    _bands(ax, grp, group_names, labels)
+    ratio = cnt.max() / max(cnt.min(), 1)
+    ax.set_title(f"Class-count profile: {int(cnt.sum()):,} training images, "
+                 f"{cnt.max():,} → {cnt.min():,} per class (imbalance ratio {ratio:.0f})", pad=22)
+    ax.set_ylabel("training images (log scale)")
+    _class_axis(ax, order, classnames)
+    return _png(fig)
+
+
+def training_curves(curves: dict[str, tuple[list, list]], epoch_steps: Sequence[int] = ()) -> bytes:
+    """Loss, learning rate and running training accuracy against the optimizer step.
+
+    ``curves`` maps names (loss, epoch_loss, lr, running_acc, epoch_acc) to (steps, values);
+    missing names leave their panel saying so.
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    panels = [
+        ("Training loss", "loss", [("loss", "per step", "-", 0.5), ("epoch_loss", "epoch mean", "o-", 1.0)]),
+        ("Learning rate", "learning rate (head)", [("lr", None, "-", 1.0)]),
+        ("Training accuracy", "accuracy (%)", [("running_acc", "running, within epoch", "-", 0.7),
+                                              ("epoch_acc", "epoch", "o-", 1.0)]),
+    ]
+    for ax, (title, ylabel, series) in zip(axes, panels):
+        drawn = False
+        for i, (key, label, style, alpha) in enumerate(series):
+            if key in curves and len(curves[key][0]):
+                steps, values = curves[key]
+                ax.plot(steps, values, style, color=RUN_COLOURS[i], alpha=alpha, lw=1.5, ms=4, label=label)
+                drawn = True
+        for s in epoch_steps[:-1]:
+            ax.axvline(s, color=GREY, lw=0.8, ls=":")
+        if not drawn:
+            ax.text(0.5, 0.5, "not recorded", transform=ax.transAxes, ha="center", color=GREY)
+        elif any(label for _, label, _, _ in series if label):
+            ax.legend(fontsize=8)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step" + (" (dotted: epoch ends)" if len(epoch_steps) > 1 else ""))
+        ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def group_accuracy_bars(series: dict[str, dict[str, float | None]], categories: Sequence[str],
+                        title: str, ylabel: str = "test accuracy (%)") -> bytes:
+    """Grouped bars: one group of bars per category (overall, many, ...), one bar per series."""
+    plt = _plt()
+    names = list(series)
+    k = max(len(names), 1)
+    width = 0.8 / k
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + len(categories) * (0.5 + 0.45 * k)), 4.0))
+    x = np.arange(len(categories))
+    for i, name in enumerate(names):
+        vals = [series[name].get(c) for c in categories]
+        pos = x - 0.4 + width * (i + 0.5)
+        ax.bar(pos, [np.nan if v is None else v for v in vals], width=width * 0.95,
+               color=RUN_COLOURS[i % len(RUN_COLOURS)], label=name)
+        for p, v in zip(pos, vals):
+            text = "–" if v is None else f"{v:.1f}"
+            ax.text(p, (v or 0) + 1, text, ha="center", va="bottom", fontsize=8 if k < 5 else 6.5,
+                    rotation=0 if k < 5 else 90)
+    ax.set_xticks(x)
+    ax.set_xticklabels(categories)
+    ax.set_ylim(0, 112)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=min(k, 3), frameon=False)
+    return _png(fig)
+
+
+def confusion_bars(rows: Sequence[dict], group_names: Sequence[str], title: str) -> bytes:
+    """Horizontal bars 'true → predicted' by count, coloured by the predicted class's group."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.38 * max(len(rows), 1)))
+    if not rows:
+        ax.text(0.5, 0.5, "no errors on the test images of this group", transform=ax.transAxes, ha="center")
+        ax.set_axis_off()
+        ax.set_title(title)
+        return _png(fig)
+    labels = [f"{r['true_name']} → {r['pred_name']}" for r in rows][::-1]
+    counts = [r["count"] for r in rows][::-1]
+    colours = [_colour(r["pred_group"]) for r in rows][::-1]
+    y = np.arange(len(rows))
+    ax.barh(y, counts, color=colours, alpha=0.9)
+    for yi, r in zip(y, rows[::-1]):
+        ax.text(r["count"], yi, f"  {r['count']} ({r['share']:.0f}% of its test images)", va="center", fontsize=8)
+    ax.set_yticks(y)
+    ax.set_yticklabels(labels, fontsize=9)
+    ax.set_xlim(0, max(counts) * 1.45)
+    ax.set_xlabel("test images (true class → predicted class)")
+    ax.set_title(title)
+    used = sorted({r["pred_group"] for r in rows})
+    handles = [plt.Rectangle((0, 0), 1, 1, color=_colour(g)) for g in used]
+    ax.legend(handles, [f"predicted class is {group_names[g]}" for g in used], fontsize=8, loc="lower right")
+    return _png(fig)
+
+
+def per_class_overlay(per_class_by_run: dict[str, Sequence], counts, groups, group_names, classnames) -> bytes:
+    """Per-class accuracy of several runs over the same classes sorted by count (smoothed for
+    many classes), the training count on a log-scale second axis."""
+    plt = _plt()
+    order = count_order(counts)
+    grp = np.asarray(groups)[order]
+    n = len(order)
+    window = smoothing_window(n)
+    fig, ax = plt.subplots(figsize=(10, 4.6))
+    markers, styles = "osD^vP*X", ("-", "--", "-.", ":")
+    for i, (name, per_class) in enumerate(per_class_by_run.items()):
+        acc = _as_float(per_class)[order]
+        # Distinct markers and dashes: runs with equal values stay visible on top of each other.
+        ax.plot(np.arange(n), _moving_average(acc, window), color=RUN_COLOURS[i % len(RUN_COLOURS)], lw=1.8,
+                ls=styles[i % len(styles)], marker=markers[i % len(markers)] if n <= 60 else None,
+                ms=7 - i % 4, alpha=0.9, label=name)
+    _bands(ax, grp, group_names)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("test accuracy (%)" + (f", moving average over {window} classes" if window > 1 else ""))
+    ax.set_title("Per-class accuracy of each run (classes sorted by training images)", pad=22)
+    _class_axis(ax, order, classnames)
+    ax2 = ax.twinx()
+    ax2.plot(np.arange(n), np.asarray(counts)[order], color=COUNT_COLOUR, lw=1.2, ls="--",
+             label="training images (right axis)")
+    _log_axis(ax2)
+    ax2.set_ylabel("training images (log scale)", color=COUNT_COLOUR)
+    ax2.spines["right"].set_visible(True)
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    _legend_below(ax, handles, n)
+    return _png(fig)

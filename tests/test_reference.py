@@ -1,0 +1,57 @@
+"""The configuration reference is generated from the schema and committed as docs/CONFIG.md."""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from tailtune import cli
+from tailtune import config as C
+from tailtune.reference import config_reference, field_choices, field_docs
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
+
+
+def test_committed_reference_matches_the_schema():
+    assert DOCS.exists(), "docs/CONFIG.md is missing: run `tailtune config-reference --out docs/CONFIG.md`"
+    assert DOCS.read_text() == config_reference(), (
+        "docs/CONFIG.md is out of date with src/tailtune/config.py: run `tailtune config-reference --out docs/CONFIG.md`")
+
+
+def test_reference_has_every_key_with_its_default():
+    text = config_reference()
+    for top in dataclasses.fields(C.Config):
+        section = top.default_factory() if top.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(section):
+            assert f"## `{top.name}`:" in text
+            for f in dataclasses.fields(section):
+                assert f"| `{top.name}.{f.name}` |" in text, f"{top.name}.{f.name}"
+        else:
+            assert f"| `{top.name}` |" in text
+    assert "| `train.precision` | str | `auto` |" in text
+    assert "| `model.resolution` | int or null | `null` |" in text
+
+
+@dataclass
+class _Demo:
+    a: int = 1  # first # with a hash
+    # above b,
+    # on two lines
+    b: str = "x # not a comment"
+    c: bool = False
+
+    def __post_init__(self):
+        C._check_choice("demo", "b", self.b, ("x # not a comment", "y"))
+
+
+def test_docs_and_choices_are_read_from_the_source():
+    assert field_docs(_Demo) == {"a": "first # with a hash", "b": "above b, on two lines", "c": ""}
+    assert field_choices(_Demo) == {"b": ("x # not a comment", "y")}
+    assert field_choices(C.TrainConfig)["precision"] == C.PRECISIONS
+
+
+def test_config_reference_command(tmp_path, capsys):
+    out = tmp_path / "ref" / "CONFIG.md"
+    assert cli.main(["config-reference", "--out", str(out)]) == 0
+    assert out.read_text() == config_reference()
+    assert cli.main(["config-reference"]) == 0
+    assert capsys.readouterr().out.endswith(config_reference())
