@@ -1,0 +1,160 @@
+"""Sweeps: grids of tiny runs, skipping finished points, one comparison; seeds' mean and spread."""
+
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+from conftest import TINY_CLIP
+from tailtune import cli
+from tailtune.config import load_config
+from tailtune.errors import ConfigError
+from tailtune.spread import aggregate, format_mean_std, mean_std
+from tailtune.sweep import parse_arguments, plan, split_values
+
+# Classifier only, one view, no gap subset: the sweep's machinery is under test here.
+FAST = [*TINY_CLIP, "peft.method=none", "eval.tte=none", "eval.gap_per_class=0"]
+GRID = ["train.lr=0.01,0.1", "loss=ce,la"]
+POINTS = ["train.lr=0.01__loss=ce", "train.lr=0.01__loss=la", "train.lr=0.1__loss=ce", "train.lr=0.1__loss=la"]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """A finished 2 x 2 sweep of tiny runs and the log of its first run."""
+    out = tmp_path_factory.mktemp("sweep") / "grid"
+    lines = []
+    result = plan("lift", args=[*FAST, *GRID], out=out).run(log=lines.append)
+    return out, result, lines
+
+
+def _mtimes(folder):
+    return {p: os.stat(folder / p / "metrics.json").st_mtime_ns for p in POINTS}
+
+
+def test_split_values_keeps_bracketed_and_quoted_commas():
+    assert split_values("4,8,16") == ["4", "8", "16"]
+    assert split_values("[0,6],'last 4'") == ["[0,6]", "'last 4'"]
+    assert split_values('"a, b",c') == ['"a, b"', "c"]
+
+
+def test_parse_arguments_axes_fixed_and_aliases():
+    axes, fixed = parse_arguments(["peft.r=4,8", "loss=ce,la", "peft.blocks=[0,6]", "seeds=0,1", "peft=lora"])
+    assert [(a.key, a.target, a.values) for a in axes] == [
+        ("peft.r", "peft.r", ("4", "8")), ("loss", "loss.name", ("ce", "la")), ("seeds", "train.seed", ("0", "1"))]
+    assert fixed == ["peft.blocks=[0,6]", "peft.method=lora"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["seeds=0,a"], "seeds=0,a must list whole numbers"),
+    (["peft.r=4,,8"], "has an empty value"),
+    (["peft.r"], "is not of the form key=value"),
+    (["peft.r=4,4"], "repeats a value"),
+    (["loss=ce,la", "loss.name=ce,bs"], "loss.name is swept twice"),
+    (["peft.r=4,8", "peft.r=16"], "peft.r is both swept"),
+    (["peft.r=4,8", "name=x"], "set per point by the sweep"),
+    (["train.epochs=2"], "needs at least one axis"),
+    (["peft.r=4,-1"], "sweep point peft.r=-1: .*peft.r=-1 must be > 0"),
+    (["loss=ce,nope"], "sweep point loss=nope: .*nope"),
+])
+def test_bad_sweeps_fail_before_anything_runs(tmp_path, args, message):
+    with pytest.raises(ConfigError, match=message):
+        plan("lift", args=[*FAST, *args], out=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_2x2_sweep_writes_four_runs_and_one_comparison(swept):
+    out, result, lines = swept
+    assert result["ran"] == POINTS and result["failed"] == {}
+    assert sorted(p.name for p in out.iterdir() if (p / "metrics.json").exists()) == POINTS
+    for name in POINTS:
+        lr, loss = re.fullmatch(r"train.lr=([\d.]+)__loss=(\w+)", name).groups()
+        saved = load_config(None, files=[str(out / name / "config.yaml")])
+        assert (saved.train.lr, saved.loss.name, saved.peft.method) == (float(lr), loss, "none")
+    summary = json.loads((out / "comparison.json").read_text())
+    assert [row["run"] for row in summary["runs"]] == POINTS
+    for row in summary["runs"]:
+        metrics = json.loads((out / row["run"] / "metrics.json").read_text())
+        assert row["overall"] == metrics["test"]["overall"]
+    assert summary["sweep"]["axes"]["train.lr"]["values"] == ["0.01", "0.1"]
+    # The plotted value for lr 0.1 on the loss=la line is that run's overall accuracy.
+    la = summary["sweep"]["axes"]["train.lr"]["curves"]["loss=la"]["overall"][1]
+    assert la["mean"] == json.loads((out / "train.lr=0.1__loss=la" / "metrics.json").read_text())["test"]["overall"]
+    page = (out / "report.html").read_text()
+    assert '<section id="sweep-0">' in page and '<section id="sweep-1">' in page
+    assert (out / "report" / "sweep_0.png").exists() and (out / "report" / "sweep_1.png").exists()
+    assert "0 finished (skipped), 4 to run" in lines[0]
+
+
+def test_running_again_skips_finished_points_and_continues_the_rest(swept):
+    out, _, _ = swept
+    before = _mtimes(out)
+    lines = []
+    again = plan("lift", args=[*FAST, *GRID], out=out).run(log=lines.append)
+    assert again["ran"] == [] and _mtimes(out) == before
+    assert "4 finished (skipped), 0 to run" in lines[0]
+    # A point that did not finish (no metrics.json) is the only one trained on the next run.
+    (out / POINTS[1] / "metrics.json").unlink()
+    third = plan("lift", args=[*FAST, *GRID], out=out).run(log=lambda _: None)
+    after = _mtimes(out)
+    assert third["ran"] == [POINTS[1]]
+    assert {p: t for p, t in after.items() if p != POINTS[1]} == {p: t for p, t in before.items() if p != POINTS[1]}
+
+
+def test_a_folder_of_another_config_is_refused(swept):
+    out, _, _ = swept
+    with pytest.raises(ConfigError, match="holds a run of another config"):
+        plan("lift", args=[*FAST, *GRID, "train.momentum=0.5"], out=out)
+
+
+def test_point_commands_rebuild_the_point_config(swept):
+    out, _, _ = swept
+    sweep = plan("lift", args=[*FAST, *GRID], out=out)
+    point = sweep.points[2]
+    cmd = sweep.command(point)
+    assert cmd[1:5] == ["-m", "tailtune.cli", "train", "--recipe"]
+    args = cli.build_parser().parse_args(cmd[3:])
+    assert args.run_dir == str(out / point.name)
+    assert cli._load(args) == point.cfg
+    torchrun = sweep.command(point, "torchrun", 4)
+    assert torchrun[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m"]
+
+
+def test_print_commands_lists_only_unfinished_points(swept, capsys):
+    out, _, _ = swept
+    assert cli.main(["sweep", "lift", *FAST, "train.lr=0.01,0.1,0.5", "loss=ce,la", "--out", str(out), "--print-commands"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 2 and all("train.lr=0.5" in line for line in printed)
+
+
+def test_mean_and_std_over_seeds_match_numpy():
+    rows = [{"run": "a0", "overall": 80.0, "few": 40.0}, {"run": "b0", "overall": 70.0, "few": None},
+            {"run": "a1", "overall": 82.5, "few": 45.0}, {"run": "a2", "overall": 79.0, "few": 47.5},
+            {"run": "b1", "overall": 71.0, "few": 30.0}]
+    stats = aggregate(rows, ["a", "b", "a", "a", "b"], ["overall", "few"])
+    assert [(s["setting"], s["runs"], s["n"]) for s in stats] == [("a", ["a0", "a1", "a2"], 3), ("b", ["b0", "b1"], 2)]
+    a = np.array([80.0, 82.5, 79.0])
+    assert stats[0]["overall"]["mean"] == pytest.approx(a.mean())
+    assert stats[0]["overall"]["std"] == pytest.approx(np.std(a, ddof=1))
+    assert stats[0]["few"]["std"] == pytest.approx(np.std([40.0, 45.0, 47.5], ddof=1))
+    # A missing value is left out; one value has no spread.
+    assert stats[1]["few"] == {"mean": 30.0, "std": None, "n": 1}
+    assert mean_std([None]) == {"mean": None, "std": None, "n": 0}
+    assert format_mean_std(stats[1]["overall"]) == f"70.50 ± {np.std([70.0, 71.0], ddof=1):.2f}"
+
+
+def test_train_with_seeds_reports_mean_and_spread(tmp_path, capsys):
+    args = ["train", "--recipe", "lift", *FAST, f"output_dir={tmp_path}", "name=seeded",
+            "seeds=0,1"]
+    assert cli.main(args) == 0
+    folder = tmp_path / "seeded"
+    runs = [json.loads((folder / f"seed={s}" / "metrics.json").read_text())["test"]["overall"] for s in (0, 1)]
+    assert [load_config(None, files=[str(folder / f"seed={s}" / "config.yaml")]).train.seed for s in (0, 1)] == [0, 1]
+    spread = json.loads((folder / "comparison.json").read_text())["settings"]
+    assert len(spread) == 1 and spread[0]["n"] == 2
+    assert spread[0]["overall"]["mean"] == pytest.approx(np.mean(runs))
+    assert spread[0]["overall"]["std"] == pytest.approx(np.std(runs, ddof=1))
+    page = (folder / "report.html").read_text()
+    assert '<section id="spread">' in page and format_mean_std(spread[0]["overall"]) in page
+    assert f"lift (2 seeds): overall {format_mean_std(spread[0]['overall'])}" in capsys.readouterr().out
