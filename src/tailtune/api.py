@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,12 +18,33 @@ import numpy as np
 import torch
 
 from . import config as C
-from .checkpoint import load_checkpoint, save_checkpoint
-from .data.datasets import Transformed
+from .accel import apply_model_options
+from .checkpoint import assign_trainable, load_checkpoint, save_checkpoint
+from .data.datasets import SeededTransformed, Subset, Transformed
+from .data.samplers import SAMPLERS
 from .data.sources import SOURCES, LTData, build_data
-from .data.transforms import eval_transform, test_transform, train_transform, views_per_image
+from .data.store import use_store
+from .data.transforms import (
+    AUGMENTATIONS,
+    TTE_MODES,
+    TTEOptions,
+    eval_transform,
+    test_transform,
+    train_transform,
+)
+from .distributed import (
+    DistInfo,
+    barrier,
+    env_info,
+    gather_ordered,
+    local_device,
+    on_main,
+    shard_indices,
+)
+from .distributed import setup as dist_setup
 from .engine import (
     Trainer,
+    TrainingInterrupted,
     default_workers,
     make_loader,
     predict_logits,
@@ -30,14 +53,18 @@ from .engine import (
     tune_cpu_allocator,
 )
 from .errors import ConfigError, TailtuneError
+from .features import cached_training
 from .losses import LOSSES, build_loss
 from .metrics import compute_metrics
 from .models.backbones import PROVIDERS, Backbone, build_backbone
-from .models.heads import HEADS, InitContext, build_head, check_head, initialise_head
+from .models.heads import HEAD_INITS, HEADS, InitContext, build_head, check_head, initialise_head
 from .models.model import TailModel
 from .models.peft import PEFT_METHODS, apply_peft, check_peft, method_names, trains_bn_stats
-from .models.prompts import make_prompts
-from .rundir import RunDir
+from .models.prompts import PROMPT_MODES, class_prompts, class_text_features, describe
+from .rundir import STATE, NullRun, RunDir
+from .selection import VAL_TTE, Selector
+from .selection import describe as describe_selection
+from .training_state import load_state, save_state, set_rng_state
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -50,6 +77,15 @@ def validate(cfg: C.Config) -> None:
         PEFT_METHODS.get(name)
     LOSSES.get(cfg.loss.name)
     HEADS.get(cfg.head.type)
+    if cfg.head.init != "auto":
+        HEAD_INITS.get(cfg.head.init)
+    PROMPT_MODES.get(cfg.head.prompt_mode)
+    SAMPLERS.get(cfg.train.sampler)
+    AUGMENTATIONS.get(cfg.train.augment)
+    TTE_MODES.get(cfg.eval.tte)
+    if cfg.loss.drw_epoch is not None and cfg.loss.drw_epoch >= cfg.train.epochs:
+        raise ConfigError(f"loss.drw_epoch={cfg.loss.drw_epoch} never starts in train.epochs={cfg.train.epochs}; "
+                          "use an epoch below train.epochs (epochs count from 0).")
 
 
 @dataclass
@@ -80,7 +116,7 @@ class Experiment:
 def build(cfg: C.Config, data: LTData | None = None) -> Experiment:
     """Backbone, data, PEFT modules and head for ``cfg`` (the head is not initialised yet)."""
     validate(cfg)
-    device = resolve_device(cfg.train.device)
+    device = local_device(resolve_device(cfg.train.device), env_info())
     resolve_precision(cfg.train.precision, device)
     if device.type == "cpu":
         tune_cpu_allocator()
@@ -92,7 +128,7 @@ def build(cfg: C.Config, data: LTData | None = None) -> Experiment:
     base_params = backbone.encoder_param_count()
     check_peft(backbone, cfg.peft)
     check_head(cfg.head, backbone)
-    data = data if data is not None else build_data(cfg.data)
+    data = data if data is not None else use_store(build_data(cfg.data), cfg.data, backbone.preprocess.resolution)
     apply_peft(backbone, cfg.peft, data.num_classes)
     head = build_head(cfg.head, backbone.feature_dim, data.num_classes)
     model = TailModel(backbone, head, bn_train=trains_bn_stats(cfg.peft))
@@ -100,7 +136,9 @@ def build(cfg: C.Config, data: LTData | None = None) -> Experiment:
     model.to(device)
     if cfg.train.channels_last and backbone.kind == "cnn":
         model.to(memory_format=torch.channels_last)
-    return Experiment(cfg, data, backbone, model, device, list(data.notes))
+    exp = Experiment(cfg, data, backbone, model, device, list(data.notes))
+    exp.notes += apply_model_options(model, backbone, cfg.train, device, exp.dtype)
+    return exp
 
 
 def param_summary(model: TailModel) -> dict:
@@ -110,35 +148,61 @@ def param_summary(model: TailModel) -> dict:
     return counts
 
 
-def train_features(exp: Experiment, quiet: bool = True):
-    """Frozen features of the training set under the test transform (for class-mean init)."""
-    ds = Transformed(exp.data.train, test_transform(exp.backbone.preprocess))
-    loader = make_loader(ds, exp.cfg.eval.batch_size, False, exp.workers, exp.device)
+def predict_split(exp: Experiment, fn, dataset, quiet: bool, desc: str):
+    """(outputs, labels) of ``fn`` over a transformed dataset, shared out among torchrun ranks.
+
+    Each rank predicts every world_size-th sample; the outputs are gathered back into the
+    original order on every rank, so metrics count each sample exactly once.
+    """
+    info = env_info()
+    part = Subset(dataset, shard_indices(len(dataset), info)) if info.enabled else dataset
+    loader = make_loader(part, exp.cfg.eval.batch_size, False, exp.workers, exp.device)
+    out, labels = predict_logits(fn, loader, exp.device, exp.dtype, quiet or not info.is_main, desc,
+                                 exp.channels_last)
+    return gather_ordered(out, len(dataset), info), gather_ordered(labels, len(dataset), info)
+
+
+def train_features(exp: Experiment, quiet: bool = True, indices=None):
+    """Frozen features of the training set (or its images at ``indices``) under the test transform."""
+    base = exp.data.train if indices is None else Subset(exp.data.train, indices)
     exp.backbone.eval()
-    return predict_logits(exp.backbone, loader, exp.device, exp.dtype, quiet, "features", exp.channels_last)
+    return predict_split(exp, exp.backbone, Transformed(base, test_transform(exp.backbone.preprocess)), quiet,
+                         "features")
 
 
 def init_head(exp: Experiment, quiet: bool = True) -> str:
-    ctx = InitContext(exp.backbone, exp.data.classnames, exp.cfg.head, lambda: train_features(exp, quiet))
+    ctx = InitContext(exp.backbone, exp.data.classnames, exp.cfg.head,
+                      lambda indices=None: train_features(exp, quiet, indices), exp.data.train.targets)
     return initialise_head(exp.model.head, ctx)
 
 
 def evaluate_model(exp: Experiment, tte: str | None = None, split: str = "test", quiet: bool = True) -> dict:
     """Metrics of the model on a split ('test' or 'train'), with a test-time-ensemble mode."""
+    return evaluate_with_predictions(exp, tte, split, quiet)[0]
+
+
+def evaluate_with_predictions(exp: Experiment, tte: str | None = None, split: str = "test",
+                              quiet: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
+    """:func:`evaluate_model`'s metrics, the predicted classes and the labels (for the report)."""
     tte = tte or exp.cfg.eval.tte
-    if split not in ("test", "train"):
-        raise ConfigError(f"split {split!r} is not available; choose test or train.")
+    if split not in ("test", "train", "val") or getattr(exp.data, split) is None:
+        raise ConfigError(f"split {split!r} is not available; choose "
+                          f"{', '.join(exp.data.splits())}.")
     dataset = getattr(exp.data, split)
-    ds = Transformed(dataset, eval_transform(exp.backbone.preprocess, tte, exp.cfg.eval.expand))
-    loader = make_loader(ds, exp.cfg.eval.batch_size, False, exp.workers, exp.device)
+    view = eval_transform(exp.backbone.preprocess, tte, tte_options(exp.cfg))
     exp.model.eval()
-    logits, labels = predict_logits(exp.model, loader, exp.device, exp.dtype, quiet, f"eval ({tte})",
-                                    exp.channels_last)
-    out = compute_metrics(logits.argmax(1).numpy(), labels.numpy(), exp.data.groups,
-                          exp.data.group_names, exp.data.num_classes)
+    logits, labels = predict_split(exp, exp.model, Transformed(dataset, view), quiet, f"eval ({tte})")
+    preds, labels = logits.argmax(1).numpy(), labels.numpy()
+    out = compute_metrics(preds, labels, exp.data.groups, exp.data.group_names, exp.data.num_classes)
     out["tte"] = tte
-    out["views_per_image"] = views_per_image(tte)
-    return out
+    out["views_per_image"] = view.views
+    return out, preds, labels
+
+
+def tte_options(cfg: C.Config) -> TTEOptions:
+    """Test-time-ensemble settings of a run (randaug draws the run's own training augmentation)."""
+    return TTEOptions(expand=cfg.eval.expand, randaug_views=cfg.eval.randaug_views, augment=cfg.train.augment,
+                      epochs=cfg.train.epochs, seed=cfg.train.seed)
 
 
 def data_summary(data: LTData) -> dict:
@@ -147,25 +211,85 @@ def data_summary(data: LTData) -> dict:
         "num_classes": data.num_classes,
         "train_images": int(counts.sum()),
         "test_images": len(data.test),
+        "val_images": len(data.val) if data.val is not None else 0,
+        "val_source": data.val_source or "none",
         "imbalance_ratio": float(counts.max() / max(counts.min(), 1)),
         "group_names": list(data.group_names),
         "classes_per_group": [int((np.asarray(data.groups) == g).sum()) for g in range(len(data.group_names))],
+        "groups": [int(g) for g in data.groups],
         "train_counts": [int(c) for c in counts],
         "classnames": list(data.classnames),
     }
 
 
 def fit(cfg: C.Config, run_dir: str | Path | None = None) -> dict:
-    """Train and evaluate one run; writes the run folder and returns its metrics."""
+    """Train and evaluate one run; writes the run folder and returns its metrics.
+
+    Under torchrun every process calls this; rank 0 alone writes the folder.
+    """
+    return _train_run(cfg, run_dir, resume=False)
+
+
+def resume(run_dir: str | Path) -> dict:
+    """Continue an interrupted run from its folder's saved training state, where it stopped."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise ConfigError(f"{run_dir} is not a tailtune run folder (no config.yaml).")
+    return _train_run(C.from_yaml_text(cfg_path.read_text(), str(cfg_path)), run_dir, resume=True)
+
+
+def _open_run(cfg: C.Config, run_dir, resume: bool, info: DistInfo):
+    """Rank 0 creates (or reopens) the folder; the others learn its path and write nothing."""
+    def make():
+        return RunDir.open(run_dir, cfg.quiet) if resume else RunDir.create(cfg, run_dir)
+
+    run = on_main(make, info)
+    if not info.enabled:
+        return run
+    box = [str(run.path) if info.is_main else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return run if info.is_main else NullRun(Path(box[0]))
+
+
+class _SignalStop:
+    """SIGTERM / SIGINT ask the trainer to save and stop at the next step; a second SIGINT quits."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.trainer.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.trainer.stop_signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
     start = time.perf_counter()
     validate(cfg)
-    run = RunDir.create(cfg, run_dir)
+    info = dist_setup(resolve_device(cfg.train.device))
+    run = _open_run(cfg, run_dir, resume, info)
     log = run.log
-    log(f"run folder: {run.path}")
+    log(f"run folder: {run.path}" + (f" ({info.world_size} processes)" if info.enabled else ""))
     try:
         exp = build(cfg)
+        selector = Selector(exp.model, exp.data, cfg.train.select_by_val,
+                            lambda: evaluate_model(exp, VAL_TTE, "val", cfg.quiet), log)
     except TailtuneError:
-        run.discard()  # a run that never started leaves no folder behind
+        if not resume:
+            run.discard()  # a run that never started leaves no folder behind
         raise
     for note in exp.notes:
         log(f"note: {note}")
@@ -176,29 +300,77 @@ def fit(cfg: C.Config, run_dir: str | Path | None = None) -> dict:
         f"peft {cfg.peft.method}: {params['trainable_backbone']:,} trainable backbone parameters "
         f"({100 * params['trainable_backbone_share']:.3f}% of {params['backbone_total']:,}), "
         f"head {params['trainable_head']:,}")
-    t0 = time.perf_counter()
-    head_init = init_head(exp, cfg.quiet)
-    log(f"head: {cfg.head.type}, initialised by {head_init} ({time.perf_counter() - t0:.1f}s)")
+    saved = load_state(run.path / STATE) if resume else None
+    if saved:
+        assign_trainable(exp.model, saved["model"], str(run.path / STATE))
+        head_init = saved["extra"]["head_init"]
+    else:
+        t0 = time.perf_counter()
+        head_init = init_head(exp, cfg.quiet)
+        log(f"head: {cfg.head.type}, initialised by {head_init} ({time.perf_counter() - t0:.1f}s)")
 
-    train_set = Transformed(exp.data.train, train_transform(exp.backbone.preprocess))
+    augment = train_transform(exp.backbone.preprocess, cfg.train.augment, cfg.train.epochs)
+    # Augmentation seeded per (seed, epoch, image): the same views whatever the workers,
+    # ranks or resume point.
+    train_set = SeededTransformed(exp.data.train, augment, cfg.train.seed)
     loss_fn = build_loss(cfg.loss, exp.data.train_counts).to(exp.device)
-    trainer = Trainer(exp.model, loss_fn, train_set, cfg.train, exp.device, exp.dtype, exp.workers,
-                      backbone_lr=cfg.peft.lr, quiet=cfg.quiet, log=log,
+    # With a frozen front (classifier only, PEFT in the last blocks) train on its cached outputs.
+    cached = cached_training(exp, cfg.quiet, log)
+    train_model, workers = (cached.model, 0) if cached else (exp.model, exp.workers)
+    if cached:
+        train_set = cached.dataset
+
+    def save(trainer: Trainer) -> None:
+        counters = trainer.state()  # collective under torchrun: every rank calls it
+        if info.is_main:
+            sel_meta, sel_tensors = selector.state()
+            save_state(run.path / STATE, exp.model.trainable_state_dict(), trainer.optimizer, counters,
+                       {"head_init": head_init, "selector": sel_meta}, sel_tensors)
+
+    trainer = Trainer(train_model, loss_fn, train_set, cfg.train, exp.device, exp.dtype, workers,
+                      backbone_lr=cfg.peft.lr, quiet=cfg.quiet or not info.is_main, log=log,
+                      epoch_aware=(augment,), dist=info, save=save,
                       on_step=lambda step, s: run.scalars(step, {f"train/{k}": v for k, v in s.items()}))
+    if saved:
+        trainer.load_state(saved["counters"], saved["optimizer"])
+        selector.load_state(saved["extra"]["selector"], saved["extra_tensors"])
+        set_rng_state(*saved["rng"])
+        log(f"resumed from epoch {trainer.epoch + 1}, step {trainer.step} "
+            f"({trainer.epoch_step} steps into the epoch)")
 
     def on_epoch(epoch, stats):
         run.scalars(trainer.step, {"epoch/loss": stats.loss, "epoch/train_acc": stats.accuracy,
                                    "epoch/lr": stats.lr})
+        val_acc = selector.after_epoch(epoch)
+        if val_acc is not None:
+            run.scalars(trainer.step, {"epoch/val_acc": val_acc})
 
-    t_train = time.perf_counter()
-    history = trainer.fit(on_epoch)
-    train_s = time.perf_counter() - t_train
-    save_checkpoint(run.path / CHECKPOINT, exp.model.trainable_state_dict(), C.to_yaml(cfg),
-                    exp.backbone.info, exp.data.num_classes)
+    try:
+        with _SignalStop(trainer):
+            history = trainer.fit(on_epoch)
+    except TrainingInterrupted as e:
+        message = f"{e}. Continue with: tailtune train --resume {run.path}"
+        log(message)
+        run.close()
+        raise TrainingInterrupted(message, e.signum) from None
+    train_s = sum(h["seconds"] for h in history)  # across interruptions too
+    validation = selector.finish()  # restores the selected epoch before it is saved and tested
+    if exp.data.record:  # how held-out test / val splits were drawn, file by file
+        run.write_metrics(exp.data.record, "splits.json")
+    if info.is_main:
+        save_checkpoint(run.path / CHECKPOINT, exp.model.trainable_state_dict(), C.to_yaml(cfg),
+                        exp.backbone.info, exp.data.num_classes)
 
     t_eval = time.perf_counter()
-    test = evaluate_model(exp, quiet=cfg.quiet)
+    test, preds, labels = evaluate_with_predictions(exp, quiet=cfg.quiet)
     eval_s = time.perf_counter() - t_eval
+    predictions, no_tte = {test["tte"]: preds}, None
+    if test["tte"] != "none":  # the report shows what the test-time ensemble adds
+        no_tte, predictions["none"], _ = evaluate_with_predictions(exp, "none", quiet=cfg.quiet)
+    from .gap import measure_gap
+
+    # Train vs test accuracy per group, one view each (cheap): does the tuning overfit the tail?
+    gap = measure_gap(exp, no_tte or test, cfg.quiet)
     metrics = {
         "dataset": cfg.data.name,
         "data": data_summary(exp.data),
@@ -208,13 +380,26 @@ def fit(cfg: C.Config, run_dir: str | Path | None = None) -> dict:
         "params": params,
         "head_init": head_init,
         "test": test,
+        "test_no_tte": no_tte,
+        "generalisation_gap": gap,
+        **validation,
         "history": history,
+        "distributed": {"world_size": info.world_size},
         "time": {"train_s": train_s, "eval_s": eval_s, "total_s": time.perf_counter() - start},
     }
-    run.write_metrics(metrics)
-    run.scalars(trainer.step, {"test/overall": test["overall"]})
-    log(format_results(metrics))
-    run.close()
+    if info.is_main:
+        from .report import PREDICTIONS, save_predictions, write_report
+
+        save_predictions(run.path / PREDICTIONS, labels, predictions)
+        run.write_metrics(metrics)
+        run.scalars(trainer.step, {"test/overall": test["overall"]})
+        log(format_results(metrics))
+        run.close()  # flushes the TensorBoard scalars the report reads
+        (run.path / STATE).unlink(missing_ok=True)  # finished: the checkpoint holds the result
+        report = write_report(run.path)
+        if not cfg.quiet:
+            print(f"report: {report}")
+    barrier()
     return metrics
 
 
@@ -237,7 +422,11 @@ def evaluate(run_dir: str | Path, tte: str | None = None, split: str = "test", q
 
 
 def zeroshot(cfg: C.Config) -> dict:
-    """CLIP zero-shot: exp(logit_scale) * cos(image, text) with the configured prompt."""
+    """CLIP zero-shot: exp(logit_scale) * cos(image, text) with the prompts of head.prompt_mode.
+
+    A class's text embedding is the normalised mean of its prompts' normalised embeddings
+    (one prompt: default, classname; 80 templates: ensemble; its descriptions: descriptors).
+    """
     validate(cfg)
     device = resolve_device(cfg.train.device)
     if device.type == "cpu":
@@ -246,8 +435,9 @@ def zeroshot(cfg: C.Config) -> dict:
     if not backbone.has_text:
         raise ConfigError(f"zero-shot needs a CLIP model with a text tower; {cfg.model.name!r} has none.")
     data = build_data(cfg.data)
-    text = backbone.clip_text_embeddings(make_prompts(data.classnames, cfg.head.prompt))
-    ds = Transformed(data.test, eval_transform(backbone.preprocess, cfg.eval.tte, cfg.eval.expand))
+    text = class_text_features(backbone.clip_text_embeddings, class_prompts(data.classnames, cfg.head))
+    view = eval_transform(backbone.preprocess, cfg.eval.tte, tte_options(cfg))
+    ds = Transformed(data.test, view)
     workers = default_workers(device) if cfg.data.num_workers < 0 else cfg.data.num_workers
     loader = make_loader(ds, cfg.eval.batch_size, False, workers, device)
     logits, labels = predict_logits(lambda x: backbone.zeroshot_logits(x, text), loader, device,
@@ -255,8 +445,9 @@ def zeroshot(cfg: C.Config) -> dict:
                                     "zero-shot")
     out = compute_metrics(logits.argmax(1).numpy(), labels.numpy(), data.groups, data.group_names, data.num_classes)
     out["tte"] = cfg.eval.tte
+    out["views_per_image"] = view.views
     return {"dataset": cfg.data.name, "data": data_summary(data), "notes": data.notes, "backbone": backbone.info,
-            "prompt": cfg.head.prompt, "test": out}
+            "prompt": describe(cfg.head), "prompt_mode": cfg.head.prompt_mode, "test": out}
 
 
 def format_results(metrics: dict) -> str:
@@ -271,10 +462,16 @@ def format_results(metrics: dict) -> str:
     row = "  ".join(c.rjust(w) for c, w in zip(cells, widths))
     lines = [f"results on {metrics['dataset']} test set (tte: {test['tte']}, {test['views_per_image']} view(s)/image):",
              line, row]
+    if "harmonic_mean" in test:  # metrics.json of older runs lacks the per-class summaries
+        lines.append(f"per-class accuracy: mean {test['mean_class']:.2f}, worst {test['worst_class']:.2f}, "
+                     f"harmonic {test['harmonic_mean']:.2f}, geometric {test['geometric_mean']:.2f}")
     if "params" in metrics:
         p = metrics["params"]
         lines.append(f"trainable: {p['trainable_backbone']:,} backbone ({100 * p['trainable_backbone_share']:.3f}%) "
                      f"+ {p['trainable_head']:,} head parameters")
+    selection = describe_selection(metrics)
+    if selection:
+        lines.append(selection)
     return "\n".join(lines)
 
 

@@ -59,18 +59,23 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, backbone_info: dic
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({e}).") from None
+    assign_trainable(model, tensors, str(path))
+    return meta
+
+
+def assign_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Copy ``tensors`` into the model's trainable tensors: exactly the same names and shapes."""
     expected = model.trainable_state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     if missing or extra:
-        raise CheckpointError(f"checkpoint {path} does not fit this model: missing {missing[:5]}, "
+        raise CheckpointError(f"checkpoint {where} does not fit this model: missing {missing[:5]}, "
                               f"unexpected {extra[:5]} (a different PEFT method or configuration?).")
     for k, v in tensors.items():
         if v.shape != expected[k].shape:
-            raise CheckpointError(f"checkpoint {path}: {k} has shape {tuple(v.shape)}, "
+            raise CheckpointError(f"checkpoint {where}: {k} has shape {tuple(v.shape)}, "
                                   f"the model needs {tuple(expected[k].shape)}.")
     state = model.state_dict()
     with torch.no_grad():
         for k, v in tensors.items():
             state[k].copy_(v)
-    return meta

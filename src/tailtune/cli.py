@@ -7,7 +7,10 @@ import json
 import sys
 
 from . import __version__
-from .errors import TailtuneError
+from .cli_data import add_data_parser
+from .cli_results import add_results_parsers
+from .cli_sweep import add_sweep_parser
+from .errors import ConfigError, TailtuneError
 
 DEFAULT_RECIPE = "demo"
 
@@ -27,9 +30,24 @@ def _load(args):
 
 
 def cmd_train(args) -> int:
-    from .api import fit
+    from .api import fit, resume
 
+    if args.resume:
+        if args.overrides or args.data or args.config or args.recipe != DEFAULT_RECIPE or args.dry_run:
+            raise ConfigError("--resume continues a run with its own saved config; give only the run folder "
+                              "(tailtune train --resume RUN_DIR).")
+        resume(args.resume)
+        return 0
+    if any(o.startswith("seeds=") for o in args.overrides):  # one run per seed, with their mean and spread
+        from .cli_sweep import train_seeds
+
+        return train_seeds(args)
     cfg = _load(args)
+    if args.dry_run:
+        from .estimate import dry_run
+
+        print("\n".join(dry_run(cfg, args.dry_run_steps).lines))
+        return 0
     fit(cfg, args.run_dir)
     return 0
 
@@ -39,11 +57,22 @@ def cmd_eval(args) -> int:
 
     saved = read_metrics(args.run_dir)
     test = evaluate(args.run_dir, args.tte, args.split, quiet=args.quiet)
+    gap = None
+    if args.split == "train":  # against the saved test accuracy with the same views: the generalisation gap
+        from .gap import gap_against
+
+        gap = gap_against(saved, test)
+        test = dict(test, generalisation_gap=gap)
     if args.json:
         print(json.dumps(test, indent=2))
         return 0
     shown = dict(saved, test=test, dataset=f"{saved['dataset']} ({args.split} split)")
     print(format_results(shown))
+    if args.split == "train":
+        from .gap import format_gap
+
+        print(format_gap(gap, saved["data"]["group_names"]) if gap else
+              f"(no gap: the run saved no test metrics with tte {test['tte']}; use --tte none or the run's own)")
     if args.split == "test" and test["tte"] == saved["test"]["tte"]:
         same = abs(test["overall"] - saved["test"]["overall"]) < 1e-6
         print("matches metrics.json" if same else
@@ -64,7 +93,8 @@ def cmd_zeroshot(args) -> int:
     print(f"zero-shot {out['backbone']['name']} ({out['backbone']['pretrained']}) on {out['dataset']}, "
           f"prompt {out['prompt']!r}:")
     print("  ".join(f"{k} {test[k]:.2f}" if test.get(k) is not None else f"{k} -"
-                    for k in ["overall", *groups, "macro_f1"]))
+                    for k in ["overall", *groups, "macro_f1", "worst_class", "harmonic_mean", "geometric_mean"]))
+    print(f"tte {test['tte']}: {test['views_per_image']} forward(s) per image")
     return 0
 
 
@@ -80,14 +110,27 @@ def cmd_compare_recipes(args) -> int:
 def cmd_list(args) -> int:
     from . import api  # noqa: F401  (registers everything)
     from .config import list_presets, preset_comment
+    from .data.samplers import SAMPLERS
     from .data.sources import SOURCES
+    from .data.transforms import AUGMENTATIONS, TTE_MODES
     from .losses import LOSSES
     from .models.backbones import PACKAGED, PROVIDERS
     from .models.heads import HEAD_INITS, HEADS
     from .models.peft import PEFT_METHODS
+    from .models.prompts import PROMPT_MODES
 
     registries = {"peft": PEFT_METHODS, "losses": LOSSES, "heads": HEADS, "inits": HEAD_INITS,
+                  "prompts": PROMPT_MODES, "samplers": SAMPLERS, "augmentations": AUGMENTATIONS, "tte": TTE_MODES,
                   "datasets": SOURCES, "models": PROVIDERS}
+    if args.what == "recipes":  # with the published accuracy each should reach
+        from .recipes import all_recipes, recipe_table
+
+        if args.markdown:
+            print(recipe_table(), end="")
+            return 0
+        for r in all_recipes():
+            print(f"{r.name:24s} {'-' if r.expected is None else f'{r.expected:g}':>5s}  {r.description}")
+        return 0
     if args.what in ("recipes", "data"):
         kind = "recipes" if args.what == "recipes" else "data"
         for name in list_presets(kind):
@@ -111,12 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train and evaluate one run (default recipe: the offline demo)")
     _config_args(p, DEFAULT_RECIPE)
     p.add_argument("--run-dir", default=None, help="run folder (default: output_dir/name)")
+    p.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue an interrupted run from its folder, exactly where it stopped")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print steps, trainable parameters and the estimated time per epoch from a few timed steps; "
+                        "train nothing, write nothing")
+    p.add_argument("--dry-run-steps", type=int, default=2, metavar="N", help="micro-batches timed by --dry-run")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a finished run from its folder")
     p.add_argument("run_dir")
-    p.add_argument("--tte", choices=["none", "fivecrop"], default=None, help="test-time ensemble (default: the run's)")
-    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--tte", default=None, help="test-time ensemble, `tailtune list tte` (default: the run's)")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)
@@ -133,15 +182,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare_recipes)
 
     p = sub.add_parser("list", help="list registered components and presets")
-    p.add_argument("what", choices=["models", "peft", "losses", "heads", "inits", "datasets", "recipes", "data"])
+    p.add_argument("what", choices=["models", "peft", "losses", "heads", "inits", "prompts", "samplers",
+                                    "augmentations", "tte", "datasets", "recipes", "data"])
+    p.add_argument("--markdown", action="store_true", help="recipes: the README's table (Markdown)")
     p.set_defaults(func=cmd_list)
+    add_data_parser(sub)
+    add_results_parsers(sub)
+    add_sweep_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .engine import TrainingInterrupted
+
     try:
         return args.func(args)
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 128 + e.signum
     except TailtuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

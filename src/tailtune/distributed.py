@@ -91,3 +91,28 @@ def gather_ordered(local: torch.Tensor, n: int, info: DistInfo) -> torch.Tensor:
         count = len(range(r, n, info.world_size))
         out[r::info.world_size] = part[:count].cpu()
     return out
+
+
+def on_main(fn, info: DistInfo, fallback=None):
+    """Run ``fn`` on rank 0 only; a TailtuneError there is raised on every rank.
+
+    Without this, the other ranks would wait forever at their next collective call when
+    rank 0 refuses, say, an output folder.
+    """
+    from .errors import ConfigError, TailtuneError
+
+    if not info.enabled:
+        return fn()
+    result, error = fallback, None
+    if info.is_main:
+        try:
+            result = fn()
+        except TailtuneError as e:
+            error = str(e)
+    box = [error]
+    dist.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        if info.is_main and error is not None:
+            raise ConfigError(error)
+        raise ConfigError(f"rank 0 stopped: {box[0]}")
+    return result

@@ -21,7 +21,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .errors import ConfigError
+from .data.samplers import build_sampler
+from .distributed import DistInfo
+from .errors import ConfigError, TailtuneError
+from .hardware import auto_precision
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _allocator_tuned = False
@@ -58,13 +61,11 @@ def resolve_device(name: str) -> torch.device:
 def resolve_precision(precision: str, device: torch.device, kind: str = "vit") -> torch.dtype | None:
     """The autocast dtype (None = fp32).
 
-    auto: fp16 on CUDA; on CPU bf16 for transformers and fp32 for CNNs (bf16 depthwise
-    convolutions ran about 10x slower than fp32 on CPU: benchmarks/RESULTS.md).
+    auto: see :func:`tailtune.hardware.auto_precision` (bf16 only where the hardware computes
+    in bf16: on an AVX2-only CPU bf16 autocast ran 4.7x slower than fp32, benchmarks/RESULTS.md).
     """
     if precision == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        return torch.bfloat16 if kind == "vit" else None
+        return auto_precision(device, kind)
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("train.precision=fp16 is not supported on CPU; use bf16 or fp32.")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
@@ -85,15 +86,17 @@ def default_workers(device: torch.device) -> int:
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, device: torch.device,
-                generator: torch.Generator | None = None) -> torch.utils.data.DataLoader:
+                generator: torch.Generator | None = None, sampler=None) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
-        pin_memory=device.type == "cuda", persistent_workers=False, drop_last=False,
+        sampler=sampler, pin_memory=device.type == "cuda", persistent_workers=False, drop_last=False,
     )
 
 
-def progress(iterable, desc: str, quiet: bool, total: int | None = None, unit: str = "batch"):
-    return tqdm(iterable, desc=desc, total=total, disable=quiet, unit=unit, dynamic_ncols=True, leave=False)
+def progress(iterable, desc: str, quiet: bool, total: int | None = None, unit: str = "batch", scale: int = 1):
+    """A progress bar with throughput and ETA; ``scale`` items per step (batch size: images/s)."""
+    return tqdm(iterable, desc=desc, total=total, disable=quiet, unit=unit, unit_scale=scale if scale > 1 else False,
+                dynamic_ncols=True, leave=False)
 
 
 def _to_device(images, device: torch.device, channels_last: bool):
@@ -109,7 +112,7 @@ def predict_logits(fn: Callable[[torch.Tensor], torch.Tensor], loader, device: t
                    channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs of ``fn`` over a loader, averaged over views when batches are (B, V, C, H, W)."""
     outs, labels = [], []
-    for images, y in progress(loader, desc, quiet):
+    for images, y in progress(loader, desc, quiet, unit="img", scale=getattr(loader, "batch_size", None) or 1):
         views = images.shape[1] if images.dim() == 5 else 1
         if views > 1:
             images = images.flatten(0, 1)
@@ -129,11 +132,35 @@ class EpochStats:
     lr: float
     seconds: float
     images: int
+    skipped_steps: int = 0
+
+
+class TrainingInterrupted(TailtuneError):
+    """A signal stopped training after its state was saved; ``signum`` is the signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class NonFiniteLoss(TailtuneError):
+    """The loss became NaN or infinite and train.on_nan=stop."""
 
 
 @dataclass
 class Trainer:
-    """SGD with a cosine schedule over steps, gradient accumulation and mixed precision."""
+    """SGD with a cosine schedule over steps, gradient accumulation, mixed precision and DDP.
+
+    Its state (epoch, step within the epoch, optimizer, scheduler, scaler, running sums)
+    is explicit: :meth:`state` / :meth:`load_state` give and take it, ``save`` (called at
+    every epoch end and every ``train.save_every`` steps) stores it, and a run resumed
+    from it continues exactly where it stopped, mid-epoch included: the epoch plan is a
+    function of (seed, epoch) and augmentation of (seed, epoch, sample).
+
+    Under torchrun every rank holds ``train.batch_size / world_size`` images of each
+    optimizer step (the global batch stays as configured) and gradients are averaged by
+    DistributedDataParallel.
+    """
 
     model: nn.Module
     loss_fn: nn.Module
@@ -146,13 +173,27 @@ class Trainer:
     quiet: bool = False
     log: Callable[[str], None] = print
     on_step: Callable[[int, dict], None] | None = None
+    # Objects told the epoch before it starts (set_epoch): the minimalist augmentation's
+    # area curriculum; the loss (LDAM's deferred re-weighting) is always told.
+    epoch_aware: tuple = ()
+    dist: DistInfo = field(default_factory=DistInfo)
+    save: Callable[[Trainer], None] | None = None  # stores the training state (rank 0 writes)
     epoch: int = 0
     step: int = 0
+    epoch_step: int = 0  # optimizer steps done in the current epoch
     history: list = field(default_factory=list)
+    stop_signal: int | None = None  # set by a signal handler; honoured at the next step boundary
 
     def __post_init__(self):
-        self.micro = self.cfg.micro_batch_size or self.cfg.batch_size
-        self.accum = self.cfg.batch_size // self.micro
+        world = self.dist.world_size
+        if self.cfg.batch_size % world:
+            raise ConfigError(f"train.batch_size={self.cfg.batch_size} is not divisible by the {world} processes; "
+                              f"use a batch size that is a multiple of {world}.")
+        self.rank_batch = self.cfg.batch_size // world
+        self.micro = min(self.cfg.micro_batch_size or self.rank_batch, self.rank_batch)
+        if self.rank_batch % self.micro:
+            raise ConfigError(f"each of the {world} processes holds {self.rank_batch} images per step, which "
+                              f"train.micro_batch_size={self.micro} does not divide.")
         head, body = [], []
         for n, p in self.model.named_parameters():
             if p.requires_grad:
@@ -164,57 +205,163 @@ class Trainer:
             groups.append({"params": body, "lr": self.backbone_lr or self.cfg.lr})
         self.optimizer = torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum,
                                          weight_decay=self.cfg.weight_decay)
-        self.steps_per_epoch = math.ceil(len(self.train_set) / self.cfg.batch_size)
+        # The sampler's epoch plan is a pure function of (seed, epoch); each rank iterates
+        # its disjoint share of it (data/samplers.py).
+        self.sampler = build_sampler(self.cfg.sampler, self.train_set.targets, self.cfg.seed,
+                                     self.dist.rank, world)
+        self.steps_per_epoch = math.ceil(len(self.sampler) / self.rank_batch)
         total = self.steps_per_epoch * self.cfg.epochs
         if self.cfg.scheduler == "cosine":
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
         else:
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.net = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
 
-    def loader(self, epoch: int):
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
-        return make_loader(self.train_set, self.micro, True, self.workers, self.device, g)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self._sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "skipped": 0}
+
+    # ------------------------------------------------------------------ state
+
+    def state(self) -> dict:
+        """Counters and every rank's running sums (JSON-able) plus the scheduler's and scaler's state."""
+        return {"epoch": self.epoch, "step": self.step, "epoch_step": self.epoch_step,
+                "sums": self._rank_sums(), "history": list(self.history),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def _rank_sums(self) -> list[dict]:
+        """The running sums of the epoch on every rank (collective under torchrun)."""
+        if not self.dist.enabled:
+            return [dict(self._sums)]
+        out: list = [None] * self.dist.world_size
+        torch.distributed.all_gather_object(out, dict(self._sums))
+        return out
+
+    def load_state(self, state: dict, optimizer_state: dict) -> None:
+        self.epoch, self.step, self.epoch_step = state["epoch"], state["step"], state["epoch_step"]
+        self._sums = dict(state["sums"][self.dist.rank])
+        self.history = list(state["history"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.optimizer.load_state_dict(optimizer_state)
+
+    # ------------------------------------------------------------------ loop
+
+    def _epoch_batches(self):
+        """Micro-batch loader over this rank's share of the epoch plan, from the resume point."""
+        share = self.sampler.share(self.epoch)
+        start = self.epoch_step * self.rank_batch
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(self.epoch)
+        return share[start:], make_loader(self.train_set, self.micro, False, self.workers, self.device,
+                                          sampler=share[start:].tolist())
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True if ``flag`` is set on any rank (all ranks take the same decision)."""
+        if not self.dist.enabled:
+            return flag
+        t = torch.tensor([float(flag)], device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
 
     def train_epoch(self) -> EpochStats:
         self.model.train()
-        loader = self.loader(self.epoch)
+        for obj in (self.loss_fn, *self.epoch_aware):
+            if hasattr(obj, "set_epoch"):
+                obj.set_epoch(self.epoch)
+        remaining, loader = self._epoch_batches()
         t0 = time.perf_counter()
-        total_loss, correct, seen, pending = 0.0, 0, 0, 0
-        bar = progress(loader, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.quiet, unit="batch")
+        sums = self._sums
+        bar = progress(loader, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.quiet, unit="img", scale=self.micro)
         self.optimizer.zero_grad(set_to_none=True)
-        n_micro = len(loader)
-        for i, (images, y) in enumerate(bar):
+        done_in_step, bad_step, offset = 0, False, 0
+        for images, y in bar:
+            step_images = min(self.rank_batch, len(remaining) - offset)
             images = _to_device(images, self.device, self.cfg.channels_last)
             y = y.to(self.device, non_blocking=True)
-            with autocast(self.device, self.dtype):
-                logits = self.model(images)
-            loss = self.loss_fn(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step}; "
-                                         "lower train.lr or use train.precision=fp32.")
-            # Each micro-batch contributes in proportion to its size within the optimizer step.
-            step_size = min(self.accum, n_micro - (i // self.accum) * self.accum)
-            self.scaler.scale(loss / step_size).backward()
-            pending += 1
-            total_loss += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            if pending == step_size:
+            last_micro = done_in_step + len(y) >= step_images  # micro-batches never straddle steps
+            sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.net.no_sync()
+            with sync:
+                with autocast(self.device, self.dtype):
+                    logits = self.net(images)
+                loss = self.loss_fn(logits.float(), y)
+                finite = bool(torch.isfinite(loss))
+                bad_step |= not finite
+                # Weight by size so that the step's gradient is the mean over its images.
+                self.scaler.scale(loss * (len(y) / step_images)).backward()
+            done_in_step += len(y)
+            if finite:
+                sums["loss"] += loss.item() * len(y)
+                sums["correct"] += (logits.argmax(1) == y).sum().item()
+                sums["seen"] += len(y)
+            if not last_micro:
+                continue
+            offset += done_in_step
+            done_in_step = 0
+            if self._any_rank(bad_step):
+                self._non_finite(loss)
+            else:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scheduler.step()
-                self.step += 1
-                pending = 0
-                if self.on_step and self.step % self.cfg.log_every == 0:
-                    self.on_step(self.step, {"loss": loss.item(), "lr": self.lr})
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
-        seconds = time.perf_counter() - t0
-        stats = EpochStats(total_loss / seen, 100.0 * correct / seen, self.lr, seconds, seen)
+            bad_step = False
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+            self.epoch_step += 1
+            if sums["seen"]:
+                bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}",
+                                acc=f"{100 * sums['correct'] / sums['seen']:.1f}")
+            if self.on_step and self.step % self.cfg.log_every == 0:
+                self.on_step(self.step, {"loss": loss.item(), "lr": self.lr,
+                                         "running_acc": 100.0 * sums["correct"] / max(sums["seen"], 1)})
+            if self._any_rank(self.stop_signal is not None):
+                sums["seconds"] += time.perf_counter() - t0
+                self._save()
+                raise TrainingInterrupted(f"stopped by signal {self.stop_signal or 'on another rank'} at "
+                                          f"epoch {self.epoch + 1}, step {self.step}; the state is saved",
+                                          self.stop_signal or 15)
+            if self.cfg.save_every and self.step % self.cfg.save_every == 0 and offset < len(remaining):
+                sums["seconds"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                self._save()
+        sums["seconds"] += time.perf_counter() - t0
+        total = self._global(sums)
+        seen = max(total["seen"], 1)
+        stats = EpochStats(total["loss"] / seen, 100.0 * total["correct"] / seen, self.lr, sums["seconds"],
+                           int(total["seen"]), sums["skipped"])
         self.epoch += 1
+        self.epoch_step = 0
+        self._sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "skipped": 0}
         self.history.append(stats.__dict__)
         return stats
+
+    def _global(self, sums: dict) -> dict:
+        """Loss, correct and seen summed over ranks (every rank trains on its share)."""
+        if not self.dist.enabled:
+            return sums
+        t = torch.tensor([sums["loss"], sums["correct"], sums["seen"]], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return {"loss": t[0].item(), "correct": t[1].item(), "seen": t[2].item()}
+
+    def _non_finite(self, loss: torch.Tensor) -> None:
+        where = f"epoch {self.epoch + 1}, step {self.step + 1}"
+        if self.cfg.on_nan == "skip":
+            self._sums["skipped"] += 1
+            self.log(f"warning: non-finite loss ({loss.item()}) at {where}; step skipped "
+                     f"({self._sums['skipped']} this epoch)")
+            return
+        raise NonFiniteLoss(f"the loss became {loss.item()} at {where}. The last good training state is kept "
+                            "in the run folder. Lower train.lr, use train.precision=fp32, or set "
+                            "train.on_nan=skip to skip such steps.")
+
+    def _save(self) -> None:
+        """Called on every rank (the state gathers all ranks' sums); ``save`` writes on rank 0."""
+        if self.save is not None:
+            self.save(self)
 
     @property
     def lr(self) -> float:
@@ -223,9 +370,11 @@ class Trainer:
     def fit(self, on_epoch: Callable[[int, EpochStats], None] | None = None) -> list[dict]:
         while self.epoch < self.cfg.epochs:
             stats = self.train_epoch()
+            skipped = f", {stats.skipped_steps} non-finite steps skipped" if stats.skipped_steps else ""
             self.log(f"epoch {self.epoch}/{self.cfg.epochs}: loss {stats.loss:.4f}, train acc "
                      f"{stats.accuracy:.2f}%, lr {stats.lr:.5f}, {stats.seconds:.1f}s "
-                     f"({stats.images / max(stats.seconds, 1e-9):.0f} img/s)")
+                     f"({stats.images * self.dist.world_size / max(stats.seconds, 1e-9):.0f} img/s){skipped}")
             if on_epoch:
                 on_epoch(self.epoch, stats)
+            self._save()
         return self.history

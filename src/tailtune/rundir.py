@@ -18,7 +18,7 @@ STATE = "train_state.safetensors"
 _RUN_ONLY_KEYS = ("overwrite:", "quiet:")
 
 
-def _comparable(config_yaml: str) -> str:
+def comparable_config(config_yaml: str) -> str:
     """A run's config without the keys that do not change what it computes."""
     return "\n".join(line for line in config_yaml.splitlines() if not line.startswith(_RUN_ONLY_KEYS))
 
@@ -57,6 +57,19 @@ class RunDir:
         os.replace(tmp, path / "config.yaml")
         return cls(path, cfg.quiet)
 
+    @classmethod
+    def open(cls, path: str | Path, quiet: bool = False) -> RunDir:
+        """An existing run folder, to continue an interrupted run in it."""
+        path = Path(path)
+        if not (path / "config.yaml").exists():
+            raise ConfigError(f"{path} is not a tailtune run folder (no config.yaml).")
+        if (path / "metrics.json").exists():
+            raise ConfigError(f"{path} holds a finished run: nothing to resume.")
+        if not (path / STATE).exists():
+            raise ConfigError(f"{path} has no saved training state ({STATE}): it stopped before its first "
+                              "save. Start it again (same command, or overwrite=true).")
+        return cls(path, quiet)
+
     @staticmethod
     def _check_reuse(path: Path, cfg: C.Config) -> None:
         """May this existing folder be replaced by a new run of ``cfg``? Raise if not."""
@@ -65,7 +78,7 @@ class RunDir:
                               "name (name=...) or empty it.")
         if cfg.overwrite:
             return
-        same = _comparable(C.to_yaml(cfg)) == _comparable((path / "config.yaml").read_text())
+        same = comparable_config(C.to_yaml(cfg)) == comparable_config((path / "config.yaml").read_text())
         if not same:
             raise ConfigError(f"output folder {path} already holds a different run; choose another name "
                               "(name=...), or pass overwrite=true to replace it.")
@@ -106,3 +119,25 @@ class RunDir:
             self._tb = None
         if not self._log.closed:
             self._log.close()
+
+
+class NullRun:
+    """What ranks other than 0 get under torchrun: the folder's path, and no writing."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def log(self, msg: str) -> None:
+        pass
+
+    def scalars(self, step: int, values: dict) -> None:
+        pass
+
+    def write_metrics(self, metrics: dict, name: str = "metrics.json") -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -48,6 +48,15 @@ class Selector:
         self.log(f"epoch {epoch}: val accuracy {acc:.2f} (best {max(self.per_epoch):.2f}, epoch {self.best_epoch})")
         return acc
 
+    def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(JSON-able, tensors) to carry the selection across a resume."""
+        return {"per_epoch": self.per_epoch, "best_epoch": self.best_epoch}, dict(self._best or {})
+
+    def load_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        self.per_epoch = list(meta["per_epoch"])
+        self.best_epoch = meta["best_epoch"]
+        self._best = dict(tensors) or None
+
     @torch.no_grad()
     def finish(self) -> dict:
         """Restore the selected epoch (if selecting) and report validation and what was used."""

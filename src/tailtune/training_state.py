@@ -70,12 +70,13 @@ def _join_optimizer(meta: dict, tensors: dict[str, torch.Tensor]) -> dict:
 
 
 def save_state(path: str | Path, model_tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-               counters: dict, extra: dict) -> None:
+               counters: dict, extra: dict, extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Write the training state atomically (temporary file + rename)."""
     path = Path(path)
     optim_meta, optim_tensors = _split_optimizer(optimizer.state_dict())
     rng_meta, rng_tensors = rng_state()
     tensors = {f"model.{k}": v for k, v in model_tensors.items()}
+    tensors.update({f"extra.{k}": v for k, v in (extra_tensors or {}).items()})
     tensors.update(optim_tensors)
     tensors.update(rng_tensors)
     meta = {"format": FORMAT, "counters": json.dumps(counters), "optimizer": json.dumps(optim_meta),
@@ -104,4 +105,5 @@ def load_state(path: str | Path) -> dict:
         "rng": (json.loads(meta["rng"]), {k: v for k, v in tensors.items() if k.startswith("rng.")}),
         "counters": json.loads(meta["counters"]),
         "extra": json.loads(meta["extra"]),
+        "extra_tensors": {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")},
     }
