@@ -82,3 +82,26 @@ def test_open_clip_checkpoint_of_another_model_is_refused(tmp_path):
     torch.save({"visual.conv1.weight": torch.zeros(3, 3, 3, 3)}, path)
     with pytest.raises(CheckpointError, match="other.pt does not fit open_clip model 'TT-Tiny-ViT'.*Missing"):
         build_backbone(ModelConfig(name="TT-Tiny-ViT", pretrained=str(path)))
+
+
+def test_openai_tags_get_quick_gelu(monkeypatch):
+    """OpenAI's CLIP weights expect QuickGELU; open_clip's plain names build GELU models."""
+    import open_clip
+
+    from tailtune.models.backbones import _needs_quick_gelu
+
+    assert _needs_quick_gelu(ModelConfig(name="ViT-B-16", pretrained="openai"), "openai")
+    assert not _needs_quick_gelu(ModelConfig(name="ViT-B-16", pretrained="laion2b_s34b_b88k"), "laion2b_s34b_b88k")
+    assert not _needs_quick_gelu(ModelConfig(name="ViT-B-16", pretrained="none"), None)
+    assert _needs_quick_gelu(ModelConfig(name="ViT-B-16", pretrained="none", quick_gelu=True), None)
+    seen = {}
+    real = open_clip.create_model
+
+    def spy(name, **kw):
+        seen.update(kw)
+        return real("TT-Tiny-ViT", pretrained=None)
+
+    monkeypatch.setattr(open_clip, "create_model", spy)
+    monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model", lambda name: ["openai"])
+    build_backbone(ModelConfig(name="ViT-B-16", pretrained="openai"))
+    assert seen.get("force_quick_gelu") is True

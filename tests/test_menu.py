@@ -56,7 +56,8 @@ def test_trainer_iterates_the_sampler_plan(tiny_overrides):
 
     train_set = Transformed(exp.data.train, test_transform(exp.backbone.preprocess))
     trainer = Trainer(exp.model, torch.nn.CrossEntropyLoss(), train_set, cfg.train, exp.device)
-    labels = torch.cat([y for _, y in trainer.loader(1)]).numpy()
+    trainer.epoch = 1
+    labels = torch.cat([y for _, y in trainer._epoch_batches()[1]]).numpy()
     plan = trainer.sampler.plan(1)
     assert np.array_equal(labels, np.asarray(exp.data.train.targets)[plan])
     # class-aware: the 6 classes equally often, although the data are imbalanced 8:1

@@ -5,6 +5,9 @@ __version__ = "0.1.0"
 from .api import build, evaluate, fit, load_run, zeroshot  # noqa: E402
 from .config import Config, load_config  # noqa: E402
 from .errors import CheckpointError, ConfigError, DataError, TailtuneError  # noqa: E402
+from .export import export_run  # noqa: E402
+from .predict import Predictor, load  # noqa: E402
+from .report import compare_runs, write_report  # noqa: E402
 
 __all__ = ["Config", "load_config", "build", "fit", "evaluate", "load_run", "zeroshot",
-           "TailtuneError", "ConfigError", "DataError", "CheckpointError", "__version__"]
+           "load", "Predictor", "write_report", "compare_runs", "export_run", "TailtuneError", "ConfigError", "DataError", "CheckpointError", "__version__"]

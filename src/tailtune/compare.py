@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import config as C
 from .api import fit
+from .report import compare_runs
 
 # (label, overrides) per mode; "{light}" is the recipe's own lightweight method.
 DEFAULT_MODES = (
@@ -38,22 +39,32 @@ def compare_recipes(recipe: str | None = "demo", data: str | None = None, files:
         metrics = fit(cfg, folder)
         rows.append({"mode": label, "overrides": extra, "run_dir": str(folder),
                      "test": {k: v for k, v in metrics["test"].items() if k != "per_class"},
-                     "params": metrics["params"], "seconds": time.perf_counter() - t0})
+                     "params": metrics["params"], "generalisation_gap": metrics.get("generalisation_gap"),
+                     "seconds": time.perf_counter() - t0})
+    # The side-by-side report (report.html); its comparison.json gets this table's keys too.
+    report = compare_runs([r["run_dir"] for r in rows], out)
     result = {"recipe": recipe, "data": data, "overrides": list(overrides),
-              "group_names": metrics["data"]["group_names"], "rows": rows}
-    (out / "comparison.json").write_text(json.dumps(result, indent=2))
+              "group_names": metrics["data"]["group_names"], "rows": rows, "report": str(report)}
+    summary = json.loads((out / "comparison.json").read_text())
+    (out / "comparison.json").write_text(json.dumps({**summary, **result}, indent=2))
     return result
+
+
+def _gap(row: dict, group: str) -> str:
+    value = ((row.get("generalisation_gap") or {}).get("gap") or {}).get(group)
+    return "-" if value is None else f"{value:+.2f}"
 
 
 def format_comparison(result: dict) -> str:
     """One table: accuracy overall and per group, trainable parameters and time per mode."""
     groups = result["group_names"]
-    header = ["mode", "overall", *groups, "trainable params", "time"]
+    header = ["mode", "overall", *groups, *[f"gap {g}" for g in groups], "trainable params", "time"]
     table = [header]
     for r in result["rows"]:
         t, p = r["test"], r["params"]
         table.append([r["mode"], f"{t['overall']:.2f}",
                       *["-" if t.get(g) is None else f"{t[g]:.2f}" for g in groups],
+                      *[_gap(r, g) for g in groups],
                       f"{p['trainable_total']:,} ({100 * p['trainable_backbone_share']:.2f}% of backbone)",
                       f"{r['seconds'] / 60:.1f} min"])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -61,5 +72,8 @@ def format_comparison(result: dict) -> str:
              for row in table]
     tte = result["rows"][0]["test"].get("tte", "none") if result["rows"] else "none"
     lines.insert(1, "-" * len(lines[0]))
-    lines.append(f"(test accuracy in %, test-time ensemble: {tte}; same data, epochs and schedule for every mode)")
+    lines.append(f"(test accuracy in %, test-time ensemble: {tte}; same data, epochs and schedule for every mode;"
+                 " gap: train - test mean per-class accuracy, one view)")
+    if result.get("report"):
+        lines.append(f"report: {result['report']}")
     return "\n".join(lines)

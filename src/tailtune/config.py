@@ -8,6 +8,7 @@ friendlier error text. The resolved config is saved next to every run.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,8 +20,14 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-TTE_MODES = ("none", "fivecrop")
+DEFAULT_PROMPT = "a photo of a {}."
+TTE_MODES = ("none", "fivecrop", "tencrop", "randaug")  # = data.transforms.TTE_MODES (a test keeps them equal)
 BN_MODES = ("auto", "eval", "train")
+INAT_LEVELS = ("species", "genus", "family", "order", "class", "phylum", "kingdom", "supercategory")
+VAL_MODES = ("auto", "split", "holdout", "none")
+VPT_POSITIONS = ("end", "after_cls")
+SSF_PARTS = ("qkv", "out", "mlp", "norm")
+_BLOCKS_HELP = "all, 'first N', 'last N', 'S:E' or [S, E] (blocks S..E-1, counted from 0)"
 
 
 def _check_choice(section: str, key: str, value: Any, choices: tuple) -> None:
@@ -51,8 +58,23 @@ class DataConfig:
     image_size: int = 32  # synthetic source: side of the generated images
     num_workers: int = -1  # DataLoader workers; -1 = by core count
     subset_seed: int = 0  # seed of the long-tail subsampling (the benchmark uses 0)
+    # List-based benchmarks (imagenet_lt, places_lt, inat2018) and your own data (folder, csv):
+    splits_dir: Optional[str] = None  # folder of the split lists / annotation files; default: data.root
+    path_map: list[str] = field(default_factory=list)  # rewrite listed paths: "OLD=NEW" prefixes, or places365_original
+    taxonomy: str = "species"  # inat2018 label level: species | genus | family | order | class | phylum | kingdom | supercategory
+    csv: Optional[str] = None  # csv source: file of path,label[,split] rows (relative: under data.root if there)
+    classnames_file: Optional[str] = None  # folder / csv: one class name per line, in label order
+    allow_absolute_paths: bool = False  # csv: accept absolute image paths (otherwise they must stay under data.root)
+    holdout_per_class: Optional[int] = None  # folder / csv: images per class held out when test / val is missing (default: a quarter of the smallest class, at most 20)
+    val: str = "auto"  # validation split: auto (the dataset's own; own data: a held-out slice of train) | split | holdout | none
+    verify_images: bool = True  # decode every listed image at start-up (a corrupt file stops the run, named)
+    skip_corrupt: bool = False  # drop images that do not decode (the run reports how many) instead of stopping
+    store: Optional[str] = None  # folder written by `tailtune data cache`: decoded, resized pixels (no JPEG decoding)
 
     def __post_init__(self) -> None:
+        _check_choice("data", "taxonomy", self.taxonomy, INAT_LEVELS)
+        _check_choice("data", "val", self.val, VAL_MODES)
+        _check_positive("data", "holdout_per_class", self.holdout_per_class)
         if self.imb_ratio < 1:
             raise ConfigError(f"data.imb_ratio={self.imb_ratio} must be >= 1 (n_max / n_min).")
         if self.group_imb_ratio is not None and self.group_imb_ratio < 1:
@@ -69,11 +91,12 @@ class DataConfig:
 class ModelConfig:
     """The frozen backbone."""
 
-    provider: str = "open_clip"  # open_clip | timm | efficientnet_lite0 (`tailtune list models`)
+    provider: str = "open_clip"  # open_clip | timm | packaged (`tailtune list models`)
     name: str = "ViT-B-16"  # model name within the provider
     pretrained: str = "openai"  # pretrained tag, 'none' for random init, or a local checkpoint path
     resolution: Optional[int] = None  # input size; default: the backbone's own
     cache_dir: Optional[str] = None  # where open_clip / timm keep downloaded weights
+    quick_gelu: Optional[bool] = None  # open_clip: QuickGELU activations; null = as the pretrained tag says (openai: yes)
 
     def __post_init__(self) -> None:
         _check_positive("model", "resolution", self.resolution)
@@ -89,11 +112,59 @@ class PeftConfig:
     r: Optional[int] = None  # bottleneck / rank; default 2^max(0, floor(log2(C / 2L)))
     bn_mode: str = "auto"  # BatchNorm statistics: auto (frozen unless full fine-tuning), eval, train
     lr: Optional[float] = None  # learning rate of the backbone's tuned parameters (default: train.lr)
+    # Transformer blocks the method applies to: all | first N | last N | S:E or [S, E] ([S, E), from 0)
+    blocks: Any = "all"
+    vpt_length: int = 10  # vpt_shallow / vpt_deep: prompt tokens
+    vpt_position: str = "end"  # end (after the patch tokens) | after_cls (after the class/prefix tokens)
+    ssf_parts: str = "all"  # ssf: all, or '+'-joined parts of qkv, out, mlp, norm (e.g. qkv+mlp)
+    mask_ratio: Optional[float] = None  # masked: trainable share of the targets; default C / (12 L d), see masked.py
+    mask_seed: int = 0  # masked: seed of the random choice of trainable entries
 
     def __post_init__(self) -> None:
         _check_positive("peft", "r", self.r)
         _check_positive("peft", "lr", self.lr)
         _check_choice("peft", "bn_mode", self.bn_mode, BN_MODES)
+        parse_blocks(self.blocks)
+        _check_positive("peft", "vpt_length", self.vpt_length)
+        _check_choice("peft", "vpt_position", self.vpt_position, VPT_POSITIONS)
+        if not ssf_parts(self.ssf_parts):
+            raise ConfigError(f"peft.ssf_parts={self.ssf_parts!r} names no part; use all or e.g. qkv+mlp.")
+        for part in ssf_parts(self.ssf_parts):
+            _check_choice("peft", "ssf_parts", part, SSF_PARTS)
+        if self.mask_ratio is not None and not 0 < self.mask_ratio <= 1:
+            raise ConfigError(f"peft.mask_ratio={self.mask_ratio!r} must be in (0, 1].")
+
+
+def ssf_parts(spec: str) -> list[str]:
+    """The parts of ``peft.ssf_parts`` ('all' or e.g. 'qkv+mlp')."""
+    parts = list(dict.fromkeys(p.strip() for p in str(spec).split("+") if p.strip()))
+    return list(SSF_PARTS) if parts == ["all"] else parts
+
+
+def parse_blocks(spec: Any) -> tuple[slice, int]:
+    """``peft.blocks`` as a slice over a ViT's blocks, and how many blocks it needs to exist.
+
+    Accepts 'all', 'first N', 'last N' (also 'last_N'), 'S:E' and a two-item list [S, E].
+    """
+    if isinstance(spec, (list, tuple)) and len(spec) == 2 and all(isinstance(v, int) for v in spec):
+        start, stop = spec
+    elif isinstance(spec, str) and spec.strip() == "all":
+        return slice(None), 0
+    elif isinstance(spec, str) and (m := re.fullmatch(r"\s*(first|last)[\s_]*(\d+)\s*", spec)):
+        n = int(m.group(2))
+        if n < 1:
+            raise ConfigError(f"peft.blocks={spec!r} selects no block; N must be >= 1.")
+        return (slice(0, n) if m.group(1) == "first" else slice(-n, None)), n
+    elif isinstance(spec, str) and (m := re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", spec)):
+        start, stop = int(m.group(1)), int(m.group(2))
+    else:
+        # YAML reads an unquoted 6:12 as the base-60 number 372: say so rather than only "invalid".
+        hint = (" (an unquoted S:E with S >= 1 is read by YAML as a base-60 number: write [S, E] or quote it)"
+                if isinstance(spec, int) else "")
+        raise ConfigError(f"peft.blocks={spec!r} is not valid{hint}; use {_BLOCKS_HELP}.")
+    if not 0 <= start < stop:
+        raise ConfigError(f"peft.blocks={spec!r} selects no block; need 0 <= S < E in [S, E).")
+    return slice(start, stop), stop
 
 
 @dataclass
@@ -102,13 +173,24 @@ class HeadConfig:
 
     type: str = "cosine"  # `tailtune list heads`
     scale: float = 25.0  # logit scale of the cosine classifier
-    init: str = "auto"  # text | class_mean | random; auto = text when the backbone has a text tower
-    prompt: str = "a photo of a {}."  # template for text initialisation
+    init: str = "auto"  # `tailtune list inits`; auto = text when the backbone has a text tower, else class_mean
+    prompt: str = DEFAULT_PROMPT  # template of prompt_mode=default (text init and zero-shot)
+    prompt_mode: str = "default"  # `tailtune list prompts`: default | classname | ensemble | descriptors
+    descriptors: Optional[str] = None  # prompt_mode=descriptors: JSON file {class name: [description, ...]}
+    shots: int = 10  # init=k_shot: images per class (at most)
+    seed: int = 0  # init=k_shot: seed of the image choice
 
     def __post_init__(self) -> None:
         _check_positive("head", "scale", self.scale)
+        _check_positive("head", "shots", self.shots)
         if "{}" not in self.prompt:
             raise ConfigError(f"head.prompt={self.prompt!r} must contain '{{}}' where the class name goes.")
+        if self.prompt != DEFAULT_PROMPT and self.prompt_mode != "default":
+            raise ConfigError(f"head.prompt is only read with head.prompt_mode=default, not {self.prompt_mode!r}; "
+                              "drop head.prompt or set head.prompt_mode=default.")
+        if (self.prompt_mode == "descriptors") != (self.descriptors is not None):
+            raise ConfigError("head.prompt_mode=descriptors and head.descriptors=FILE.json go together "
+                              f"(got prompt_mode={self.prompt_mode!r}, descriptors={self.descriptors!r}).")
 
 
 @dataclass
@@ -117,9 +199,27 @@ class LossConfig:
 
     name: str = "la"  # `tailtune list losses`
     tau: float = 1.0  # logit adjustment strength (la)
+    gamma: float = 2.0  # focal: focusing exponent
+    beta: float = 0.9999  # cb and ldam's DRW: class-balanced weights (1 - beta) / (1 - beta^n_j)
+    ldam_max_margin: float = 0.5  # ldam: margin of the rarest class
+    ldam_scale: float = 25.0  # ldam: the margin is subtracted as ldam_scale * m_j (match head.scale)
+    drw_epoch: Optional[int] = None  # ldam: deferred re-weighting from this epoch (0-based); null = off
+    lade_alpha: float = 0.1  # lade: weight of the LADE regulariser
+    lade_lambda: float = 0.1  # lade: ReMINE regularisation inside the regulariser
 
     def __post_init__(self) -> None:
         _check_positive("loss", "tau", self.tau, allow_zero=True)
+        _check_positive("loss", "gamma", self.gamma, allow_zero=True)
+        _check_positive("loss", "ldam_max_margin", self.ldam_max_margin)
+        _check_positive("loss", "ldam_scale", self.ldam_scale)
+        _check_positive("loss", "drw_epoch", self.drw_epoch, allow_zero=True)
+        _check_positive("loss", "lade_alpha", self.lade_alpha, allow_zero=True)
+        _check_positive("loss", "lade_lambda", self.lade_lambda, allow_zero=True)
+        if not 0 < self.beta < 1:
+            raise ConfigError(f"loss.beta={self.beta!r} must be in (0, 1) (0.9999 is usual).")
+        if self.drw_epoch is not None and self.name != "ldam":
+            raise ConfigError(f"loss.drw_epoch applies to loss.name=ldam only, not {self.name!r}; "
+                              "drop loss.drw_epoch or use loss.name=ldam.")
 
 
 @dataclass
@@ -133,15 +233,29 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     scheduler: str = "cosine"  # cosine | constant
-    precision: str = "auto"  # auto (bf16 on CPU, fp16 on CUDA) | bf16 | fp16 | fp32
+    precision: str = "auto"  # auto (CUDA: bf16, else fp16; CPU: bf16 for ViTs if the CPU has native bf16, else fp32) | bf16 | fp16 | fp32
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # torch deterministic algorithms (slower)
     log_every: int = 20  # steps between log / TensorBoard lines
     channels_last: bool = True  # CNN backbones: channels_last memory format
+    select_by_val: bool = False  # keep the epoch with the best validation accuracy (the test set is never used)
+    sampler: str = "instance"  # `tailtune list samplers`: instance | class_balanced | square_root | class_aware
+    augment: str = "standard"  # `tailtune list augmentations`: standard | minimal (area curriculum, no flips)
+    save_every: int = 0  # also save the resumable training state every N optimizer steps (0: epoch ends only)
+    on_nan: str = "stop"  # a NaN/inf loss: stop (keeping the last good state) | skip the step (counted in the log)
+    compile: bool = False  # torch.compile the model (the first steps compile it: minutes on CPU)
+    grad_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, one more forward of the blocks
+    cache_features: str = "auto"  # frozen-prefix feature cache: auto (when it saves work) | always | never
+    cache_views: Optional[int] = None  # augmented views cached per image; null = train.epochs; 0 = one un-augmented view
+    cache_dir: Optional[str] = None  # keep the feature cache in a disk memmap here (reused by later runs); null = memory
 
     def __post_init__(self) -> None:
         _check_positive("train", "epochs", self.epochs)
+        _check_positive("train", "save_every", self.save_every, allow_zero=True)
+        _check_choice("train", "on_nan", self.on_nan, ("stop", "skip"))
+        _check_choice("train", "cache_features", self.cache_features, ("auto", "always", "never"))
+        _check_positive("train", "cache_views", self.cache_views, allow_zero=True)
         _check_positive("train", "batch_size", self.batch_size)
         _check_positive("train", "micro_batch_size", self.micro_batch_size)
         _check_positive("train", "lr", self.lr)
@@ -166,14 +280,18 @@ def _largest_divisor(n: int, at_most: int) -> int:
 class EvalConfig:
     """Evaluation and test-time ensembling."""
 
-    tte: str = "fivecrop"  # none | fivecrop
-    expand: int = 24  # fivecrop: resize to resolution + expand before cropping
+    tte: str = "fivecrop"  # `tailtune list tte`: none | fivecrop | tencrop | randaug
+    expand: Optional[int] = None  # fivecrop/tencrop: resize to resolution + expand; null = 24 (21 at 336 px)
+    randaug_views: int = 10  # randaug: draws of the training augmentation per image
     batch_size: int = 128
+    gap_per_class: int = 100  # train-vs-test gap: train images per class evaluated (stratified, seeded); 0 = skip
 
     def __post_init__(self) -> None:
         _check_choice("eval", "tte", self.tte, TTE_MODES)
         _check_positive("eval", "expand", self.expand, allow_zero=True)
+        _check_positive("eval", "randaug_views", self.randaug_views)
         _check_positive("eval", "batch_size", self.batch_size)
+        _check_positive("eval", "gap_per_class", self.gap_per_class, allow_zero=True)
 
 
 @dataclass

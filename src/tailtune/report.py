@@ -210,7 +210,8 @@ main{max-width:1180px;margin:0 auto;padding:24px 28px 48px}
 header{background:#1d2330;color:#fff;padding:22px 28px}header h1{margin:0 0 4px;font-size:1.6em}
 header p{margin:0;color:#c9cede}
 nav{max-width:1180px;margin:0 auto;padding:10px 28px 0;font-size:.92em}nav a{margin-right:16px;color:#0b5cad}
-section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:18px 22px;margin:18px 0}
+section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:18px 22px;margin:18px 0;
+overflow-x:auto}
 h2{margin:0 0 10px;font-size:1.25em}p.lead{margin:0 0 12px;color:#4a5163}
 table{border-collapse:collapse;margin:8px 0 14px;font-size:.93em}
 th,td{padding:5px 11px;border-bottom:1px solid #e3e6ec;text-align:left}th{background:#f0f2f6}
@@ -337,6 +338,30 @@ def _results_section(page: _Page, r: RunRecord) -> None:
                  "Test accuracy (%) overall and per group of classes by training-image count.")
 
 
+def _gap_section(page: _Page, r: RunRecord) -> None:
+    """Train against test accuracy per group (runs that measured it: eval.gap_per_class > 0)."""
+    gap = r.metrics.get("generalisation_gap")
+    if not gap:
+        return
+    cols = ["overall", *r.group_names]
+    rows = [["train", *[_pct(gap["train"].get(c)) for c in cols]],
+            ["test", *[_pct(gap["test"].get(c)) for c in cols]],
+            ["gap (train − test)", *[_signed(gap["gap"].get(c)) for c in cols]],
+            ["classes", *[gap["classes"].get(c, "–") for c in cols]]]
+    table = _table(["", *cols], rows, numeric=set(range(1, len(cols) + 1)))
+    png = plots.group_accuracy_bars({"train": gap["train"], "test": gap["test"]}, cols,
+                                    "Training against test accuracy", "mean per-class accuracy (%)")
+    lead = (f"Mean per-class accuracy on {gap['train_images']:,} training images (at most "
+            f"{gap['images_per_class']} per class, test transforms, tte {gap['tte']}) and on the test set. "
+            "A gap that widens from the many- to the few-shot classes means the tuning fits the tail's few "
+            "training images rather than learning what generalises.")
+    page.section("gap", "Generalisation gap", table + page.figure("generalisation_gap", png, "train vs test"), lead)
+
+
+def _signed(v) -> str:
+    return "–" if v is None else f"{v:+.2f}"
+
+
 def _per_class_section(page: _Page, r: RunRecord) -> None:
     test = r.metrics["test"]
     png = plots.per_class_accuracy(test["per_class"], r.counts, r.groups, r.group_names, r.classnames,
@@ -401,6 +426,7 @@ def write_report(run_dir: str | Path) -> Path:
                  f"{r.metrics.get('dataset', '')} · {b.get('name', '')} ({b.get('pretrained', '')}) · "
                  f"{r.metrics.get('peft', '')} · overall {r.metrics['test']['overall']:.2f}%")
     _results_section(page, r)
+    _gap_section(page, r)
     _per_class_section(page, r)
     _counts_section(page, r)
     _curves_section(page, r)
@@ -450,12 +476,29 @@ def comparison_rows(records: list[RunRecord], labels: list[str]) -> tuple[list[s
                      **{g: t.get(g) for g in groups}, "overall_no_tte": no_tte["overall"] if no_tte else None,
                      "macro_f1": t.get("macro_f1"), "trainable_params": p.get("trainable_total"),
                      "trainable_backbone_share": p.get("trainable_backbone_share"),
-                     "train_s": r.metrics.get("time", {}).get("train_s")})
+                     "train_s": r.metrics.get("time", {}).get("train_s"), **_gap_columns(r, groups)})
     return groups, rows
 
 
-def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> Path:
-    """Write a side-by-side report of several finished runs into ``out_dir``; returns the page."""
+def _gap_columns(r: RunRecord, groups: list[str]) -> dict:
+    """``train_<g>`` and ``gap_<g>`` (train - test, mean per-class accuracy) for overall and each group."""
+    gap = r.metrics.get("generalisation_gap") or {}
+    out = {}
+    for g in ["overall", *groups]:
+        out[f"train_{g}"] = gap.get("train", {}).get(g)
+        out[f"gap_{g}"] = gap.get("gap", {}).get(g)
+    return out
+
+
+def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None,
+                 settings: list[str] | None = None, extra=None, title: str | None = None) -> Path:
+    """Write a side-by-side report of several finished runs into ``out_dir``; returns the page.
+
+    ``settings[i]`` names the setting run i belongs to: runs that share one differ only in
+    their seed, and a section (and ``comparison.json``'s "settings") gives each setting's mean
+    and standard deviation. ``extra(page, rows, groups)`` may add sections (sweeps add their
+    plots) and returns more keys for ``comparison.json``.
+    """
     if len(run_dirs) < 2:
         raise ConfigError(f"compare needs at least two run folders, got {len(run_dirs)}.")
     records = [read_run(d) for d in run_dirs]
@@ -465,12 +508,13 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
     out.mkdir(parents=True, exist_ok=True)
     labels = _labels(records)
     groups, rows = comparison_rows(records, labels)
-    page = _Page(out, f"tailtune comparison of {len(records)} runs",
+    page = _Page(out, title or f"tailtune comparison of {len(records)} runs",
                  " · ".join(sorted({str(r['dataset']) for r in rows})))
 
     metric_cols = ["overall", *groups, "overall_no_tte", "macro_f1"]
+    gap_cols = [f"gap_{g}" for g in ["overall", *groups]]
     header = ["run", "PEFT", "loss", "TTE", "overall", *groups, "overall, no TTE", "macro-F1",
-              "trainable params", "train time"]
+              *[f"gap: {g}" for g in ["overall", *groups]], "trainable params", "train time"]
     best = {}
     for j, col in enumerate(metric_cols):
         vals = [row[col] for row in rows]
@@ -478,14 +522,20 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
         for i, v in enumerate(vals):
             best[(i, 4 + j)] = v is not None and v == top
     table_rows = [[row["run"], row["peft"], row["loss"], row["tte"], *[_pct(row[c]) for c in metric_cols],
+                   *[_signed(row[c]) for c in gap_cols],
                    "–" if row["trainable_params"] is None else
                    f"{row['trainable_params']:,} ({100 * (row['trainable_backbone_share'] or 0):.2f}%)",
                    _minutes(row["train_s"])] for row in rows]
     numeric = set(range(4, len(header)))
     page.section("results", "Results side by side",
                  _table(header, table_rows, numeric, bold=best),
-                 "Test accuracy (%); the best value of each column is bold. Trainable parameters include the "
-                 "classifier; the percentage is the tuned share of the backbone.")
+                 "Test accuracy (%); the best value of each column is bold. Gap: mean per-class accuracy on "
+                 "training images minus on test images (one view each; larger means more fitted to the training "
+                 "images). Trainable parameters include the classifier; the percentage is the tuned share of the "
+                 "backbone.")
+    summary: dict = {"groups": groups, "runs": rows}
+    if settings is not None:
+        summary["settings"] = _spread_section(page, rows, settings, [*metric_cols, *gap_cols], groups)
 
     series = {row["run"]: {c: row[c] for c in ["overall", *groups]} for row in rows}
     png = plots.group_accuracy_bars(series, ["overall", *groups], "Test accuracy overall and per group")
@@ -507,5 +557,25 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None) 
             if diffs else "<p>The runs have the same configuration.</p>")
     page.section("differences", "What differs between the runs", body)
     page.section("runs", "Run folders", _table(["run", "folder"], [[row["run"], row["path"]] for row in rows]))
-    (out / "comparison.json").write_text(json.dumps({"groups": groups, "runs": rows}, indent=2))
+    if extra is not None:
+        summary.update(extra(page, rows, groups))
+    (out / "comparison.json").write_text(json.dumps(summary, indent=2))
     return page.write()
+
+
+def _spread_section(page: _Page, rows: list[dict], settings: list[str], columns: list[str],
+                    groups: list[str]) -> list[dict]:
+    """Mean ± standard deviation over the seeds of each setting; returns the numbers."""
+    from .spread import aggregate, format_mean_std
+
+    if len(settings) != len(rows):
+        raise ConfigError(f"{len(settings)} settings given for {len(rows)} runs; give one per run.")
+    stats = aggregate(rows, settings, columns)
+    shown = ["overall", *groups, "overall_no_tte", "gap_overall", *[f"gap_{g}" for g in groups]]
+    header = ["setting", "runs", "overall", *groups, "overall, no TTE", "gap: overall",
+              *[f"gap: {g}" for g in groups]]
+    body = [[s["setting"], s["n"], *[format_mean_std(s[c]) for c in shown]] for s in stats]
+    page.section("spread", "Mean and spread over seeds", _table(header, body, set(range(1, len(header)))),
+                 "Each setting's runs differ only in train.seed: mean ± sample standard deviation (ddof 1) "
+                 "of the test accuracy (%) and of the train − test gap.")
+    return stats

@@ -80,6 +80,21 @@ def _check_local(pretrained: str) -> None:
 # ---------------------------------------------------------------- open_clip
 
 
+def _needs_quick_gelu(cfg: ModelConfig, pretrained: str | None) -> bool:
+    """QuickGELU when asked, or when the pretrained tag was trained with it (all 'openai' weights).
+
+    open_clip's plain model names build GELU models; loading OpenAI's weights into them
+    silently changes every activation.
+    """
+    if cfg.quick_gelu is not None:
+        return cfg.quick_gelu
+    if not pretrained or _is_local_file(pretrained) or cfg.name.endswith("-quickgelu"):
+        return False
+    import open_clip
+
+    return bool(open_clip.get_pretrained_cfg(cfg.name, pretrained).get("quick_gelu", False))
+
+
 class OpenClipBackbone(Backbone):
     """A CLIP model from open_clip; features are read before the image projection."""
 
@@ -105,6 +120,8 @@ class OpenClipBackbone(Backbone):
                     raise ConfigError(f"open_clip model {cfg.name!r} has no pretrained tag {pretrained!r}; "
                                       f"known tags: {', '.join(tags)} (or a local checkpoint path, or 'none').")
         kwargs = {"force_image_size": cfg.resolution} if cfg.resolution else {}
+        if _needs_quick_gelu(cfg, pretrained):
+            kwargs["force_quick_gelu"] = True  # OpenAI's CLIP weights were trained with QuickGELU
         try:
             model = open_clip.create_model(cfg.name, pretrained=pretrained, cache_dir=cfg.cache_dir, **kwargs)
         except RuntimeError as e:

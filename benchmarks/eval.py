@@ -1,0 +1,120 @@
+"""Evaluation throughput without and with five-crop TTE: fp32 eager vs tailtune's default path.
+
+    python benchmarks/eval.py                          # ViT-B/16 (random weights), 32 test images
+    python benchmarks/eval.py --images 128 --compile   # more images, plus a torch.compile column
+    python benchmarks/eval.py --device cuda --batch 128
+
+The whole evaluation path runs: synthetic 500x375 test images -> the backbone's test view
+(or five crops) -> ``predict_logits`` (views averaged) with the classifier-only model.
+Images/s counts test images (a five-crop image costs five forwards). Paths: the baseline
+(fp32, glibc's default allocator) and the default path (train.precision=auto,
+tune_cpu_allocator(), train.compile with --compile), each (TTE, path) in a fresh process
+started by this one, in ABBA order (see train_step.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from _common import (
+    cuda_sync,
+    default_threads,
+    header,
+    interleaved,
+    peak_mb,
+    report,
+    reset_peak,
+    run_isolated,
+    save_json,
+    table,
+)
+from train_step import DTYPES, build_model
+
+from tailtune.accel import compile_model
+from tailtune.data.datasets import ArrayDataset, Transformed
+from tailtune.data.transforms import eval_transform
+from tailtune.engine import make_loader, predict_logits, resolve_precision, tune_cpu_allocator
+
+
+def test_images(n: int, seed: int = 0) -> ArrayDataset:
+    """``n`` random 375x500 RGB images (a typical photo size) with labels."""
+    rng = np.random.default_rng(seed)
+    return ArrayDataset(rng.integers(0, 255, (n, 375, 500, 3), dtype=np.uint8), rng.integers(0, 100, n).tolist())
+
+
+def measure(model, images, preprocess, tte: str, args, device, dtype, path: str) -> dict:
+    ds = Transformed(images, eval_transform(preprocess, tte))
+    loader = make_loader(ds, args.batch, False, args.workers, device)
+    warm = make_loader(Transformed(test_images(2, seed=1), eval_transform(preprocess, tte)), 2, False, 0, device)
+    predict_logits(model, warm, device, dtype)  # kernels and buffers, not timed
+    reset_peak()
+    sync = cuda_sync()
+    if sync:
+        sync()
+    t0 = time.perf_counter()
+    predict_logits(model, loader, device, dtype)
+    if sync:
+        sync()
+    seconds = time.perf_counter() - t0
+    out = {"tte": tte, "path": path, "precision": DTYPES[dtype], "img/s": len(images) / seconds,
+           "s": seconds, **peak_mb()}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="ViT-B-16", help="open_clip model (random weights)")
+    p.add_argument("--images", type=int, default=32, help="test images per measurement")
+    p.add_argument("--batch", type=int, default=32, help="test images per loader batch")
+    p.add_argument("--workers", type=int, default=0, help="loader workers (tailtune uses 0 on <= 4 CPU cores)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true", help="also time the default path with train.compile")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # one (TTE, path), in a child process
+    args = p.parse_args()
+    default_threads()
+    device = torch.device(args.device)
+    if args.measure:
+        spec = json.loads(args.measure)
+        tuned = spec["tune"] and device.type == "cpu" and tune_cpu_allocator()
+        dtype = resolve_precision(spec["precision"], device, "vit")
+        model = build_model("open_clip", args.model, "none", device).eval()
+        if spec["compile"]:
+            compile_model(model)
+        out = measure(model, test_images(args.images), model.backbone.preprocess, spec["tte"], args, device, dtype,
+                      spec["path"])
+        report(dict(out, allocator_tuned=tuned))
+        return
+    header("eval: test images/s without and with five-crop TTE, fp32 eager vs tailtune's default path", args)
+    paths = [{"path": "fp32 eager", "precision": "fp32", "tune": False, "compile": False},
+             {"path": "default", "precision": "auto", "tune": True, "compile": False}]
+    if args.compile:
+        paths.append({"path": "default + compile", "precision": "auto", "tune": True, "compile": True})
+    results = []
+    for tte, path in interleaved(["none", "fivecrop"], paths):
+        results.append(run_isolated({"tte": tte, **path}))
+        r = results[-1]
+        print(f"   {tte:<9} {r['path']:<20} {r['precision']:<5} {r['img/s']:8.2f} img/s  ({r['s']:.1f} s, "
+              f"peak RSS {r['peak_rss_mb']} MiB)", flush=True)
+    print()
+    print(table(results, ["tte", "path", "precision", "allocator_tuned", "img/s", "s", "peak_rss_mb",
+                          "cuda_max_alloc_mb"]))
+    base = {r["tte"]: r["img/s"] for r in results if r["path"] == "fp32 eager"}
+    print("\n   ratios to the fp32 eager baseline (same run, same images, interleaved fresh processes):")
+    best = 0.0
+    for r in results:
+        if r["path"] != "fp32 eager":
+            ratio = r["img/s"] / base[r["tte"]]
+            best = max(best, ratio)
+            print(f"   {r['tte']:<9} {r['path']:<26} {ratio:.2f}x")
+    print(f"   five-crop costs {base['none'] / base['fivecrop']:.2f}x the single view (fp32 eager)")
+    print(f"   target: >= 2.5x the fp32 eager baseline: {best:.2f}x ({'met' if best >= 2.5 else 'not met'})")
+    save_json(args.json, {"results": results})
+
+
+if __name__ == "__main__":
+    main()

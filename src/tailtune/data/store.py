@@ -1,0 +1,179 @@
+"""A preprocessed image store: decoded, resized uint8 pixels read by memory mapping.
+
+Decoding a JPEG costs more than everything else the training input pipeline does, and
+a large run decodes every image once per epoch. ``tailtune data cache SOURCE --out DIR``
+decodes each image of a dataset once, resizes its short side down to what the transforms
+need (never up), and appends the pixels to one flat uint8 file per split; later runs
+with ``data.store=DIR`` read the pixels through a memory map and decode nothing.
+
+Layout of DIR: ``<split>.u8`` (H x W x 3 pixels of every image, concatenated),
+``<split>.index.npy`` (N x 4 int64: byte offset, height, width, label) and ``meta.json``
+(format version, short side, interpolation, the data config it was built from).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from ..config import DataConfig
+from ..errors import DataError
+
+STORE_VERSION = 1
+DEFAULT_SHORT_SIDE = 256  # int(224 * 8 / 7): the test view's resize at 224 px, above five-crop's 248
+# Data keys that do not change which images a split holds (paths may move, workers vary).
+IGNORED_KEYS = ("store", "num_workers", "download", "verify_images", "root", "splits_dir")
+
+
+def resized(img: Image.Image, short_side: int, interpolation: str) -> Image.Image:
+    """``img`` in RGB with its short side brought down to ``short_side`` (never enlarged).
+
+    The same resize the test transform applies (torchvision's ``Resize(short_side)``), so a
+    store built at the test view's size gives the raw path's test views pixel for pixel.
+    """
+    img = img.convert("RGB")
+    if min(img.size) <= short_side:
+        return img
+    return TF.resize(img, short_side, interpolation=InterpolationMode(interpolation))
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Decoded, resized pixels of a split as (H, W, 3) uint8 arrays (run in loader workers)."""
+
+    def __init__(self, base, short_side: int, interpolation: str):
+        self.base, self.short_side, self.interpolation = base, short_side, interpolation
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        img, y = self.base[i]
+        return np.asarray(resized(img, self.short_side, self.interpolation), dtype=np.uint8), int(y)
+
+
+def _as_is(item):
+    """Collate function of the writer's loader: items stay (array, label), in order."""
+    return item
+
+
+def data_fingerprint(cfg: DataConfig) -> dict:
+    """The data config keys that decide which images (and labels) each split holds."""
+    from ..config import to_dict
+
+    return {k: v for k, v in to_dict(cfg).items() if k not in IGNORED_KEYS}
+
+
+def write_store(data, cfg: DataConfig, out: str | Path, short_side: int = DEFAULT_SHORT_SIDE,
+                interpolation: str = "bicubic", workers: int = 0, quiet: bool = True) -> dict:
+    """Decode and resize every image of ``data``'s splits into a store in ``out``; returns its meta."""
+    from ..engine import progress
+
+    if short_side < 1:
+        raise DataError(f"--short-side must be a positive number of pixels, not {short_side}.")
+    InterpolationMode(interpolation)  # a bad name fails here, before any work
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # a half-written store is never mistaken for a finished one
+    splits = {}
+    for name, ds in data.splits().items():
+        loader = torch.utils.data.DataLoader(_Decoded(ds, short_side, interpolation), batch_size=None,
+                                             shuffle=False, num_workers=workers, collate_fn=_as_is)
+        index = np.zeros((len(ds), 4), dtype=np.int64)
+        offset = 0
+        with open(out / f"{name}.u8", "wb") as f:
+            for i, (pixels, y) in enumerate(progress(loader, f"store {name}", quiet, total=len(ds), unit="img")):
+                pixels = np.ascontiguousarray(pixels)
+                f.write(pixels.tobytes())
+                index[i] = (offset, pixels.shape[0], pixels.shape[1], y)
+                offset += pixels.nbytes
+        np.save(out / f"{name}.index.npy", index)
+        splits[name] = {"images": len(ds), "bytes": offset}
+    meta = {"version": STORE_VERSION, "short_side": short_side, "interpolation": interpolation,
+            "splits": splits, "data": data_fingerprint(cfg)}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return meta
+
+
+class StoreSplit(torch.utils.data.Dataset):
+    """One split of a store: ``(PIL image, label)`` items read from a memory map, nothing decoded."""
+
+    def __init__(self, folder: str | Path, name: str):
+        folder = Path(folder)
+        self.folder, self.name = folder, name
+        index = np.load(folder / f"{name}.index.npy")
+        self.offsets, self.heights, self.widths = index[:, 0], index[:, 1], index[:, 2]
+        self.targets = [int(t) for t in index[:, 3]]
+        size = (folder / f"{name}.u8").stat().st_size
+        end = int((self.offsets + self.heights * self.widths * 3).max()) if len(index) else 0
+        if size < end:
+            raise DataError(f"{folder / (name + '.u8')} is truncated ({size:,} of {end:,} bytes); "
+                            "rebuild the store with `tailtune data cache`.")
+        self._pixels: np.memmap | None = None
+
+    @property
+    def pixels(self) -> np.memmap:
+        # Opened lazily, so that each DataLoader worker maps the file itself.
+        if self._pixels is None:
+            self._pixels = np.memmap(self.folder / f"{self.name}.u8", np.uint8, "r")
+        return self._pixels
+
+    def __getstate__(self):
+        return dict(self.__dict__, _pixels=None)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        h, w, start = int(self.heights[i]), int(self.widths[i]), int(self.offsets[i])
+        pixels = self.pixels[start:start + h * w * 3].reshape(h, w, 3)
+        return Image.fromarray(np.array(pixels)), self.targets[i]
+
+
+def read_meta(folder: str | Path) -> dict:
+    """The store's description; a clear error when ``folder`` is not a finished store."""
+    path = Path(folder) / "meta.json"
+    if not path.exists():
+        raise DataError(f"data.store={folder} is not an image store (no meta.json); build it with "
+                        "`tailtune data cache SOURCE --out DIR` (an interrupted build leaves no meta.json).")
+    meta = json.loads(path.read_text())
+    if meta.get("version") != STORE_VERSION:
+        raise DataError(f"the image store {folder} has format version {meta.get('version')}, this tailtune reads "
+                        f"{STORE_VERSION}; rebuild it with `tailtune data cache`.")
+    return meta
+
+
+def use_store(data, cfg: DataConfig, resolution: int | None = None):
+    """``data`` with its splits read from ``cfg.store`` (unchanged when no store is set).
+
+    The store must have been built from the same data config (keys that pick images and
+    labels) and hold the same labels in the same order; otherwise it is refused.
+    """
+    if not getattr(cfg, "store", None):
+        return data
+    meta = read_meta(cfg.store)
+    want = json.loads(json.dumps(data_fingerprint(cfg), default=str))
+    if meta["data"] != want:
+        diff = sorted(k for k in set(want) | set(meta["data"]) if want.get(k) != meta["data"].get(k))
+        raise DataError(f"the image store {cfg.store} was built from another data config (differs in "
+                        f"{', '.join('data.' + k for k in diff)}); rebuild it with `tailtune data cache`.")
+    splits = {}
+    for name, ds in data.splits().items():
+        if name not in meta["splits"]:
+            raise DataError(f"the image store {cfg.store} has no {name} split; rebuild it with `tailtune data cache`.")
+        split = StoreSplit(cfg.store, name)
+        if split.targets != [int(t) for t in ds.targets]:
+            raise DataError(f"the {name} split of the image store {cfg.store} holds other labels than the dataset "
+                            "(files changed since it was built); rebuild it with `tailtune data cache`.")
+        splits[name] = split
+    notes = list(data.notes)
+    if resolution and meta["short_side"] < int(resolution * 8 / 7):
+        notes.append(f"the image store's short side ({meta['short_side']} px) is below the test view's "
+                     f"resize ({int(resolution * 8 / 7)} px): evaluation enlarges stored images.")
+    return replace(data, notes=notes, **splits)

@@ -1,0 +1,87 @@
+"""What the machine can do fast: native bf16 on the CPU, bf16 on the GPU, a description.
+
+The precision that ``train.precision=auto`` picks depends on these answers. bf16 autocast
+pays off on a CPU only when its matrix units compute in bf16 (AMX or AVX-512 BF16): there
+a ViT-B/16 forward runs about 2.3x faster than in fp32. On a CPU without them (AVX2 only)
+oneDNN emulates bf16 and the same forward ran 4.7x *slower* (benchmarks/RESULTS.md), so
+auto stays in fp32 there.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+
+import torch
+
+
+@functools.cache
+def cpu_bf16_native() -> bool:
+    """True if the CPU computes bf16 matrix products in hardware (AMX-BF16 or AVX-512 BF16)."""
+    mkldnn_check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    if mkldnn_check is not None:
+        try:
+            return bool(mkldnn_check())
+        except RuntimeError:  # a build without oneDNN: fall back to the CPU flags below
+            pass
+    cpu = torch.cpu
+    return any(bool(getattr(cpu, name, lambda: False)())
+               for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+
+
+def cuda_bf16_native(device: torch.device) -> bool:
+    """True if the GPU computes in bf16 natively (compute capability 8.0+, or ROCm's equivalent)."""
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def auto_precision(device: torch.device, kind: str) -> torch.dtype | None:
+    """The autocast dtype of ``train.precision=auto`` (None = fp32).
+
+    CUDA: bf16 where the GPU has it (no loss scaling needed), else fp16 with a grad scaler.
+    CPU: bf16 for transformers where the CPU has native bf16, otherwise fp32; CNNs stay in
+    fp32 on CPU (bf16 depthwise convolutions ran about 10x slower than fp32).
+    """
+    if device.type == "cuda":
+        return torch.bfloat16 if cuda_bf16_native(device) else torch.float16
+    if device.type == "cpu" and kind == "vit" and cpu_bf16_native():
+        return torch.bfloat16
+    return None
+
+
+def precision_note(dtype: torch.dtype | None, device: torch.device) -> str | None:
+    """A warning when an explicitly chosen precision is emulated (slow) on this machine."""
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_bf16_native():
+        return ("train.precision=bf16 on a CPU without native bf16 (no AMX / AVX-512 BF16): oneDNN emulates it "
+                "and it runs several times slower than fp32; train.precision=auto picks fp32 here.")
+    return None
+
+
+def describe_machine() -> dict:
+    """CPU, cores, vector capability, bf16 support, torch version and GPU: for benchmark records."""
+    info = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16_native": cpu_bf16_native(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    try:
+        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:  # not available on this platform
+        info["load_avg_1m"] = None
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,105 @@
+"""The preprocessed image store: round trip, refusal of a foreign store, the CLI and data.store."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_CLIP
+from tailtune.cli import main
+from tailtune.config import DataConfig, load_config
+from tailtune.data import transforms
+from tailtune.data.datasets import FileDataset
+from tailtune.data.sources import LTData
+from tailtune.data.store import StoreSplit, use_store, write_store
+from tailtune.errors import DataError
+
+SIZES = [(500, 375), (375, 500), (40, 30)]  # landscape, portrait, already small
+
+
+def _jpegs(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate(SIZES):
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack([(xx * 255 // w), (yy * 255 // h), rng.integers(0, 255, (h, w))], -1).astype(np.uint8)
+        paths.append(folder / f"img{i}.jpg")
+        Image.fromarray(img).save(paths[-1], quality=90)
+    return paths
+
+
+def _data(tmp_path):
+    paths = _jpegs(tmp_path / "images")
+    train = FileDataset(paths, [0, 1, 0])
+    test = FileDataset(paths[:2], [1, 0])
+    return LTData(train, test, ["a", "b"], np.array([0, 0]))
+
+
+def test_round_trip_equals_the_raw_path_after_resize(tmp_path):
+    data = _data(tmp_path)
+    meta = write_store(data, DataConfig(name="folder"), tmp_path / "store", short_side=64)
+    store = StoreSplit(tmp_path / "store", "train")
+    assert store.targets == [0, 1, 0] and meta["splits"]["train"]["images"] == 3
+    # short side brought down to 64 with the long side scaled (torchvision's Resize rule), small images kept
+    assert [store[i][0].size for i in range(3)] == [(85, 64), (64, 85), (40, 30)]
+    for i, path in enumerate(data.train.paths):
+        raw = Image.open(path).convert("RGB")
+        expected = raw if min(raw.size) <= 64 else raw.resize((64 * raw.size[0] // min(raw.size),
+                                                                64 * raw.size[1] // min(raw.size)), Image.BICUBIC)
+        assert np.array_equal(np.asarray(store[i][0]), np.asarray(expected)), path
+
+
+def test_test_views_are_identical_when_stored_at_the_test_resize(tmp_path):
+    data = _data(tmp_path)
+    p = transforms.Preprocess(56, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    write_store(data, DataConfig(name="folder"), tmp_path / "store", short_side=int(56 * 8 / 7))
+    store = StoreSplit(tmp_path / "store", "train")
+    view = transforms.test_transform(p)
+    for i in range(2):
+        assert torch.equal(view(store[i][0]), view(data.train[i][0]))
+
+
+def test_store_refuses_another_config_and_half_written_stores(tmp_path):
+    cfg = load_config(None, None, (), ["data.name=synthetic", "data.num_classes=3"]).data
+    from tailtune.data.sources import build_data
+
+    write_store(build_data(cfg), cfg, tmp_path / "store", short_side=16)
+    other = load_config(None, None, (), ["data.name=synthetic", "data.num_classes=3", "data.subset_seed=1",
+                                         f"data.store={tmp_path / 'store'}"]).data
+    with pytest.raises(DataError, match=r"differs in data.subset_seed"):
+        use_store(build_data(other), other)
+    (tmp_path / "store" / "meta.json").unlink()
+    same = load_config(None, None, (), ["data.name=synthetic", "data.num_classes=3",
+                                        f"data.store={tmp_path / 'store'}"]).data
+    with pytest.raises(DataError, match="not an image store"):
+        use_store(build_data(same), same)
+
+
+def test_truncated_store_is_named(tmp_path):
+    write_store(_data(tmp_path), DataConfig(name="folder"), tmp_path / "store", short_side=64)
+    pixels = tmp_path / "store" / "train.u8"
+    pixels.write_bytes(pixels.read_bytes()[:100])
+    with pytest.raises(DataError, match="truncated"):
+        StoreSplit(tmp_path / "store", "train")
+
+
+def test_cli_cache_then_train_from_the_store(tmp_path, capsys):
+    store = tmp_path / "store"
+    args = ["data.num_classes=6", "data.train_per_class=24", "data.imb_ratio=8", "data.test_per_class=4"]
+    assert main(["data", "cache", "synthetic", *args, "--out", str(store), "--short-side", "16", "-q",
+                 "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert f"data.store={store}" in out
+    meta = json.loads((store / "meta.json").read_text())
+    assert meta["splits"]["train"]["images"] == 62 and meta["short_side"] == 16
+    # the store holds 16 px images (32 px synthetic images, downscaled): training reads those
+    from tailtune.api import build
+
+    exp = build(load_config("lift", overrides=[*TINY_CLIP, f"data.store={store}"]))
+    assert isinstance(exp.data.train, StoreSplit) and exp.data.train[0][0].size == (16, 16)
+    assert any("below the test view's resize" in n for n in exp.notes)
