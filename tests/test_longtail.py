@@ -22,10 +22,10 @@ def test_subsample_matches_the_legacy_global_rng_protocol():
     np.random.default_rng(1).shuffle(targets)
     counts = [30, 20, 10, 5, 2]
     got = subsample(targets, counts, seed=0)
-    # The benchmark's code: np.random.seed(0), then per class shuffle + take first n.
+    # The benchmark's code seeds NumPy's global RNG with 0, then per class: shuffle, take the first n.
     state = np.random.get_state()
     try:
-        np.random.seed(0)
+        np.random.set_state(np.random.RandomState(0).get_state())  # = seeding the global RNG with 0
         want = []
         for c, n in enumerate(counts):
             idx = np.where(targets == c)[0]

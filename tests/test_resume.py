@@ -14,6 +14,7 @@ from conftest import TINY_CLIP
 from tailtune import api
 from tailtune.config import load_config
 from tailtune.engine import NonFiniteLoss
+from tailtune.errors import CheckpointError
 from tailtune.rundir import STATE
 from tailtune.training_state import load_state
 
@@ -42,7 +43,7 @@ def _wait_for_state(path: Path, proc: subprocess.Popen, min_epoch: int, min_epoc
         if path.exists():
             try:
                 counters = load_state(path)["counters"]
-            except Exception:  # being replaced right now: read again
+            except CheckpointError:  # being replaced right now: read again
                 counters = None
             if counters and counters["epoch"] >= min_epoch and counters["epoch_step"] >= min_epoch_step:
                 return counters

@@ -65,17 +65,21 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, backbone_info: dic
 
 def assign_trainable(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str) -> None:
     """Copy ``tensors`` into the model's trainable tensors: exactly the same names and shapes."""
-    expected = model.trainable_state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise CheckpointError(f"checkpoint {where} does not fit this model: missing {missing[:5]}, "
-                              f"unexpected {extra[:5]} (a different PEFT method or configuration?).")
-    for k, v in tensors.items():
-        if v.shape != expected[k].shape:
-            raise CheckpointError(f"checkpoint {where}: {k} has shape {tuple(v.shape)}, "
-                                  f"the model needs {tuple(expected[k].shape)}.")
+    check_fit(tensors, model.trainable_state_dict(), f"checkpoint {where}")
     state = model.state_dict()
     with torch.no_grad():
         for k, v in tensors.items():
             state[k].copy_(v)
+
+
+def check_fit(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse ``tensors`` unless they have exactly the names and shapes of ``expected``."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{where} does not fit this model: missing {missing[:5]}, "
+                              f"unexpected {extra[:5]} (a different PEFT method or configuration?).")
+    for k, v in tensors.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)}, the model needs "
+                                  f"{tuple(expected[k].shape)}.")

@@ -28,6 +28,7 @@ from torch import nn
 
 from . import __version__
 from . import config as C
+from .checkpoint import check_fit
 from .data.sources import LTData
 from .data.transforms import Preprocess
 from .errors import CheckpointError, ConfigError
@@ -196,7 +197,7 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True, onnx: b
     target = build_without_data(out_cfg, classnames).model
     _align_attention(model, target)
     state = image_path_state(model)
-    _check_fit(state, image_path_state(target), "the exported model")
+    check_fit(state, image_path_state(target), "the exported model")
     del target  # three models of the backbone's size would otherwise be alive at the check below
 
     out.mkdir(parents=True, exist_ok=True)
@@ -227,18 +228,6 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True, onnx: b
                "max_logit_difference": float((again - reference).abs().max()), "onnx": None}
     summary["onnx"] = export_onnx(model, res, out / EXPORT_ONNX, required=bool(onnx)) if onnx is not False else None
     return summary
-
-
-def _check_fit(tensors: dict, expected: dict, where: str) -> None:
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise CheckpointError(f"{where} does not fit the model its config builds: missing {missing[:5]}, "
-                              f"unexpected {extra[:5]}.")
-    for k, v in tensors.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)}, the model needs "
-                                  f"{tuple(expected[k].shape)}.")
 
 
 # ---------------------------------------------------------------- ONNX
@@ -334,7 +323,7 @@ def load_export(path: str | Path, device: str = "auto"):
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights} is truncated or corrupt ({e}).") from None
     expected = image_path_state(exp.model)
-    _check_fit(tensors, expected, str(weights))
+    check_fit(tensors, expected, str(weights))
     state = exp.model.state_dict()
     with torch.no_grad():
         for k, v in tensors.items():
