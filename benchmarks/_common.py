@@ -60,18 +60,28 @@ def peak_mb() -> dict:
     return out
 
 
-def median_time(fn, repeats: int, sync=None) -> float:
-    """Median wall-clock seconds of ``repeats`` calls of ``fn``."""
-    times = []
+def median_time(fn, repeats: int, sync=None) -> tuple[float, float]:
+    """Median wall-clock and CPU seconds of ``repeats`` calls of ``fn``.
+
+    CPU seconds are this process's (all threads, user + system): on a machine shared with
+    other work they vary far less than wall-clock time, which waits whenever others run.
+    """
+    walls, cpus = [], []
     for _ in range(repeats):
         if sync:
             sync()
-        t0 = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.process_time()
         fn()
         if sync:
             sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def rate_basis(device: torch.device) -> str:
+    """What the ratios compare: CPU seconds on CPU (robust to a busy machine), wall-clock on GPU."""
+    return "cpu" if device.type == "cpu" else "wall"
 
 
 def cuda_sync():
@@ -101,9 +111,11 @@ def save_json(path: str | None, payload: dict) -> None:
         print(f"   results written to {path}")
 
 
-def default_threads() -> None:
-    """Leave torch's thread count as the user set it (OMP_NUM_THREADS), else all cores."""
-    if "OMP_NUM_THREADS" not in os.environ:
+def default_threads(threads: int | None = None) -> None:
+    """Use ``threads`` torch threads; by default OMP_NUM_THREADS if set, else all cores."""
+    if threads:
+        torch.set_num_threads(threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(os.cpu_count() or 1)
 
 
