@@ -111,6 +111,17 @@ def save_json(path: str | None, payload: dict) -> None:
         print(f"   results written to {path}")
 
 
+def add_run_args(p, measured: str) -> None:
+    """Arguments every model benchmark shares; ``measured`` names what one child process times."""
+    import argparse
+
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--compile", action="store_true", help="also time the default path with train.compile")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS or all cores)")
+    p.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # one {measured}, in a child process
+
+
 def default_threads(threads: int | None = None) -> None:
     """Use ``threads`` torch threads; by default OMP_NUM_THREADS if set, else all cores."""
     if threads:

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 from _common import (
+    add_run_args,
     cuda_sync,
     default_threads,
     header,
@@ -72,11 +73,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=32, help="test images per measurement")
     p.add_argument("--batch", type=int, default=32, help="test images per loader batch")
     p.add_argument("--workers", type=int, default=0, help="loader workers (tailtune uses 0 on <= 4 CPU cores)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--compile", action="store_true", help="also time the default path with train.compile")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS or all cores)")
-    p.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # one (TTE, path), in a child process
+    add_run_args(p, "(TTE, path)")
     args = p.parse_args()
     default_threads(args.threads)
     device = torch.device(args.device)

@@ -26,6 +26,7 @@ import json
 import torch
 from _common import (
     NUM_CLASSES,
+    add_run_args,
     cuda_sync,
     default_threads,
     header,
@@ -135,12 +136,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2, help="timed steps per row (median)")
     p.add_argument("--warmup", type=int, default=0, help="untimed full-batch steps per row")
     p.add_argument("--warmup-batch", type=int, default=2, help="one untimed step at this batch first")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--compile", action="store_true", help="also time the default path with train.compile")
     p.add_argument("--no-probe", action="store_true", help="skip the precision probe")
-    p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS or all cores)")
-    p.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # one (row, path), in a child process
+    add_run_args(p, "(row, path)")
     args = p.parse_args()
     default_threads(args.threads)
     device = torch.device(args.device)
