@@ -40,3 +40,30 @@ def test_missing_and_truncated_state(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_state(tmp_path / "bad.safetensors")
+
+
+def test_reading_while_a_job_replaces_the_file_sees_a_whole_state(tmp_path):
+    """A watcher (or the resume test) may read while training rewrites the state; every read is whole."""
+    import threading
+
+    path = tmp_path / "state.safetensors"
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    stop = threading.Event()
+
+    def writer():
+        step = 0
+        while not stop.is_set():  # alternate sizes so a mixed-up read cannot go unnoticed
+            save_state(path, {"w": torch.full((1 + step % 7,), float(step))}, opt, {"step": step}, {"pad": "x" * (step % 5)})
+            step += 1
+
+    save_state(path, {"w": torch.zeros(1)}, opt, {"step": 0}, {"pad": ""})
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(300):
+            st = load_state(path)
+            step = st["counters"]["step"]
+            assert torch.equal(st["model"]["w"], torch.full((1 + step % 7,), float(step)))
+    finally:
+        stop.set()
+        thread.join()

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load, save_file
 
 from .errors import CheckpointError
 
@@ -86,17 +87,29 @@ def save_state(path: str | Path, model_tensors: dict[str, torch.Tensor], optimiz
     os.replace(tmp, path)
 
 
+def _read_snapshot(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Metadata and tensors from one read of the file.
+
+    Reading the bytes once (rather than opening the path twice, or memory-mapping it) gives a
+    consistent snapshot even while a running job replaces the file, as `tailtune runs` and
+    watchers do.
+    """
+    try:
+        data = path.read_bytes()
+        (header_len,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + header_len])
+        tensors = load(data)
+    except (SafetensorError, OSError, ValueError, struct.error) as e:  # ValueError includes JSONDecodeError
+        raise CheckpointError(f"training state {path} is truncated or corrupt ({e}).") from None
+    return header.get("__metadata__") or {}, tensors
+
+
 def load_state(path: str | Path) -> dict:
     """Read a training state; returns model tensors, optimizer state dict, rng parts, counters, extra."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no training state at {path}: the run saved none yet (nothing to resume).")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"training state {path} is truncated or corrupt ({e}).") from None
+    meta, tensors = _read_snapshot(path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tailtune training state.")
     return {
