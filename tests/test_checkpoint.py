@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from tailtune.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from tailtune.checkpoint import load_checkpoint, save_checkpoint
 from tailtune.errors import CheckpointError
 
 
@@ -47,6 +47,6 @@ def test_foreign_and_missing_files(tmp_path):
 
     save_file({"x": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
     with pytest.raises(CheckpointError, match="not a tailtune checkpoint"):
-        read_metadata(tmp_path / "foreign.safetensors")
+        load_checkpoint(tmp_path / "foreign.safetensors", Toy(), INFO, 3)
     with pytest.raises(CheckpointError, match="does not exist"):
-        read_metadata(tmp_path / "missing.safetensors")
+        load_checkpoint(tmp_path / "missing.safetensors", Toy(), INFO, 3)

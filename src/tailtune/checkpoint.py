@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load, save_file
 
 from .errors import CheckpointError
 
@@ -30,35 +31,38 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], config_y
     os.replace(tmp, path)
 
 
-def read_metadata(path: str | Path) -> dict:
+def read_snapshot(path: str | Path, what: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a safetensors file from one read of its bytes.
+
+    One read (rather than opening the path twice, or memory-mapping it) gives a consistent
+    snapshot even while a running job atomically replaces the file.
+    """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist.")
+        raise CheckpointError(f"{what} {path} does not exist.")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file ({e}); "
+        data = path.read_bytes()
+        (header_len,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8:8 + header_len])
+        tensors = load(data)
+    except (SafetensorError, OSError, ValueError, struct.error) as e:  # ValueError includes JSONDecodeError
+        raise CheckpointError(f"{what} {path} is truncated or not a safetensors file ({e}); "
                               "re-run training or restore the file.") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a tailtune checkpoint (format {meta.get('format')!r}).")
-    return meta
+    return header.get("__metadata__") or {}, tensors
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module, backbone_info: dict, num_classes: int) -> dict:
     """Load trainable tensors into ``model`` strictly; returns the checkpoint's metadata."""
     path = Path(path)
-    meta = read_metadata(path)
+    meta, tensors = read_snapshot(path, "checkpoint")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a tailtune checkpoint (format {meta.get('format')!r}).")
     saved_backbone = json.loads(meta["backbone"])
     if saved_backbone != backbone_info:
         raise CheckpointError(f"checkpoint {path} was trained on backbone {saved_backbone}, "
                               f"but the model is {backbone_info}. Use the run's own config (tailtune eval RUN_DIR).")
     if int(meta["num_classes"]) != num_classes:
         raise CheckpointError(f"checkpoint {path} has {meta['num_classes']} classes, the dataset has {num_classes}.")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({e}).") from None
     assign_trainable(model, tensors, str(path))
     return meta
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import struct
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load, save_file
+from safetensors.torch import save_file
 
+from .checkpoint import read_snapshot
 from .errors import CheckpointError
 
 FORMAT = "tailtune-train-state-1"
@@ -67,7 +66,7 @@ def _join_optimizer(meta: dict, tensors: dict[str, torch.Tensor]) -> dict:
             state.setdefault(int(idx), {})[key] = value
     for idx, entry in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(entry)
-    return {"state": state, "param_groups": meta["param_groups"]}
+    return {"state": dict(sorted(state.items())), "param_groups": meta["param_groups"]}
 
 
 def save_state(path: str | Path, model_tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
@@ -87,29 +86,12 @@ def save_state(path: str | Path, model_tensors: dict[str, torch.Tensor], optimiz
     os.replace(tmp, path)
 
 
-def _read_snapshot(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Metadata and tensors from one read of the file.
-
-    Reading the bytes once (rather than opening the path twice, or memory-mapping it) gives a
-    consistent snapshot even while a running job replaces the file, as `tailtune runs` and
-    watchers do.
-    """
-    try:
-        data = path.read_bytes()
-        (header_len,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8:8 + header_len])
-        tensors = load(data)
-    except (SafetensorError, OSError, ValueError, struct.error) as e:  # ValueError includes JSONDecodeError
-        raise CheckpointError(f"training state {path} is truncated or corrupt ({e}).") from None
-    return header.get("__metadata__") or {}, tensors
-
-
 def load_state(path: str | Path) -> dict:
     """Read a training state; returns model tensors, optimizer state dict, rng parts, counters, extra."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no training state at {path}: the run saved none yet (nothing to resume).")
-    meta, tensors = _read_snapshot(path)
+    meta, tensors = read_snapshot(path, "training state")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tailtune training state.")
     return {
