@@ -144,3 +144,50 @@ def test_standard_augmentation_flips_sometimes():
     plain = resized(img, 16)
     flipped = sum(torch.allclose(o, plain.flip(-1), atol=1e-6) for o in outs)
     assert 0 < flipped < 12 and flipped + sum(torch.allclose(o, plain, atol=1e-6) for o in outs) == 12
+
+
+# ------------------------------------------------ uint8 tensors (the image store) take the same views
+
+
+def photo_like(h=60, w=80, seed=0) -> Image.Image:
+    """Smooth gradients plus noise: resampling differences show, clipping is rare."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 // w, yy * 255 // h, (xx + yy) % 256], -1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 10, (h, w, 3)), 0, 255).astype(np.uint8))
+
+
+def as_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    """What StoreSplit yields: (3, H, W) uint8, a view of H x W x 3 memory."""
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1)
+
+
+CLIP_LIKE = Preprocess(32, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28), "bicubic")
+TWO_LEVELS = 2 / 255 / 0.26  # PIL's and the uint8 kernel's bicubic agree to 2 of 255 levels
+
+
+@pytest.mark.parametrize("augment", sorted(T.AUGMENTATIONS.names()))
+def test_training_views_of_a_tensor_match_the_pil_views_draw_for_draw(augment):
+    img = photo_like()
+    tf = T.train_transform(CLIP_LIKE, augment, epochs=3)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        from_pil = tf(img)
+        torch.manual_seed(seed)
+        from_tensor = tf(as_uint8_tensor(img))
+        assert from_tensor.dtype == torch.float32 and from_tensor.is_contiguous()
+        torch.testing.assert_close(from_tensor, from_pil, rtol=0, atol=TWO_LEVELS)
+        assert (from_tensor - from_pil).abs().mean() < 0.05 * TWO_LEVELS  # nearly all pixels equal
+
+
+@pytest.mark.parametrize("tte", sorted(TTE_MODES.names()))
+def test_evaluation_views_of_a_tensor_match_the_pil_views(tte):
+    img = photo_like()
+    view = eval_transform(CLIP_LIKE, tte, TTEOptions(randaug_views=3))
+    torch.testing.assert_close(view(as_uint8_tensor(img)), view(img), rtol=0, atol=TWO_LEVELS)
+
+
+def test_to_input_normalises_like_to_tensor_and_normalize():
+    img = photo_like()
+    finish = T.ToInput(CLIP_LIKE.mean, CLIP_LIKE.std)
+    torch.testing.assert_close(finish(as_uint8_tensor(img)), finish(img), rtol=0, atol=1e-5)

@@ -1,4 +1,7 @@
-"""Indexable datasets yielding ``(PIL.Image RGB, label)``; transforms are applied later."""
+"""Indexable datasets yielding ``(PIL.Image RGB, label)``; transforms are applied later.
+
+(The image store, data/store.py, yields (3, H, W) uint8 tensors instead; every transform takes both.)
+"""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ SOURCES: Registry = Registry("dataset")
 class LTData:
     """A long-tailed dataset ready for training and evaluation."""
 
-    train: object  # Dataset of (PIL image, label) with .targets
+    train: object  # Dataset of (PIL image or (3, H, W) uint8 tensor, label) with .targets
     test: object
     classnames: list[str]
     groups: np.ndarray  # group index per class (into group_names)

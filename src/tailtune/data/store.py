@@ -102,7 +102,11 @@ def write_store(data, cfg: DataConfig, out: str | Path, short_side: int = DEFAUL
 
 
 class StoreSplit(torch.utils.data.Dataset):
-    """One split of a store: ``(PIL image, label)`` items read from a memory map, nothing decoded."""
+    """One split of a store: ``(image, label)`` items read from a memory map, nothing decoded.
+
+    Images are (3, H, W) uint8 tensors (a view of H x W x 3 pixels), which the transforms
+    crop, resize and normalise without going through PIL.
+    """
 
     def __init__(self, folder: str | Path, name: str):
         folder = Path(folder)
@@ -133,7 +137,7 @@ class StoreSplit(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         h, w, start = int(self.heights[i]), int(self.widths[i]), int(self.offsets[i])
         pixels = self.pixels[start:start + h * w * 3].reshape(h, w, 3)
-        return Image.fromarray(np.array(pixels)), self.targets[i]
+        return torch.from_numpy(np.array(pixels)).permute(2, 0, 1), self.targets[i]
 
 
 def read_meta(folder: str | Path) -> dict:
