@@ -108,6 +108,15 @@ def test_eval_train_split_prints_the_gap_per_group(gap_run, capsys):
     assert cli.main(["eval", str(run), "--split", "train", "--tte", "none", "-q"]) == 0
     text = capsys.readouterr().out
     assert "generalisation gap" in text and f"{train['few'] - test['few']:+.2f}" in text
+    assert text.count("generalisation gap") == 1  # the new one, not also the run's saved subset gap
+
+
+def test_the_results_printed_after_training_end_with_the_gap(gap_run):
+    run, metrics = gap_run
+    text = api.format_results(metrics)
+    gap = metrics["generalisation_gap"]["gap"]
+    assert text.count("generalisation gap") == 1 and f"{gap['overall']:+.2f}" in text
+    assert "generalisation gap" in (run / "log.txt").read_text()
 
 
 def test_gap_can_be_switched_off_and_rejects_negative_sizes(tmp_path):

@@ -472,6 +472,10 @@ def format_results(metrics: dict) -> str:
     selection = describe_selection(metrics)
     if selection:
         lines.append(selection)
+    if metrics.get("generalisation_gap"):
+        from .gap import format_gap
+
+        lines.append(format_gap(metrics["generalisation_gap"], groups))
     return "\n".join(lines)
 
 

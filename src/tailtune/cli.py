@@ -66,7 +66,7 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(test, indent=2))
         return 0
-    shown = dict(saved, test=test, dataset=f"{saved['dataset']} ({args.split} split)")
+    shown = dict(saved, test=test, dataset=f"{saved['dataset']} ({args.split} split)", generalisation_gap=None)
     print(format_results(shown))
     if args.split == "train":
         from .gap import format_gap
