@@ -396,9 +396,10 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
         log(format_results(metrics))
         run.close()  # flushes the TensorBoard scalars the report reads
         (run.path / STATE).unlink(missing_ok=True)  # finished: the checkpoint holds the result
-        report = write_report(run.path)
-        if not cfg.quiet:
-            print(f"report: {report}")
+        if cfg.eval.report:
+            report = write_report(run.path)
+            if not cfg.quiet:
+                print(f"report: {report}")
     barrier()
     return metrics
 

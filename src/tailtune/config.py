@@ -285,6 +285,7 @@ class EvalConfig:
     randaug_views: int = 10  # randaug: draws of the training augmentation per image
     batch_size: int = 128
     gap_per_class: int = 100  # train-vs-test gap: train images per class evaluated (stratified, seeded); 0 = skip
+    report: bool = True  # write report.html (+ PNGs) at the end of the run; later: `tailtune report RUN_DIR`
 
     def __post_init__(self) -> None:
         _check_choice("eval", "tte", self.tte, TTE_MODES)
