@@ -103,3 +103,25 @@ def test_cli_cache_then_train_from_the_store(tmp_path, capsys):
     exp = build(load_config("lift", overrides=[*TINY_CLIP, f"data.store={store}"]))
     assert isinstance(exp.data.train, StoreSplit) and exp.data.train[0][0].shape == (3, 16, 16)
     assert any("below the test view's resize" in n for n in exp.notes)
+
+
+def test_a_store_spares_the_start_up_decode_of_every_raw_file(tmp_path):
+    from datatrees import class_tree
+    from tailtune.api import build
+
+    root = tmp_path / "photos"
+    class_tree(root / "train", [6, 3])
+    class_tree(root / "test", [2, 2])
+    data_args = ["folder", f"data.root={root}"]
+    assert main(["data", "cache", *data_args, "--out", str(tmp_path / "store"), "--short-side", "8", "-q",
+                 "--workers", "0"]) == 0
+    (root / "train" / "c0" / "0.jpg").write_bytes(b"not a jpeg any more")  # the raw file breaks later
+
+    def cfg(*more):
+        model = [o for o in TINY_CLIP if o.startswith("model.")]
+        return load_config("lift", "folder", overrides=[*model, "quiet=true", f"data.root={root}", *more])
+
+    with pytest.raises(DataError, match="0.jpg"):
+        build(cfg())  # from the files: the start-up check names the broken one
+    exp = build(cfg(f"data.store={tmp_path / 'store'}"))  # from the store: its pixels were decoded when built
+    assert isinstance(exp.data.train, StoreSplit) and len(exp.data.train) == 9

@@ -128,7 +128,7 @@ def build(cfg: C.Config, data: LTData | None = None) -> Experiment:
     base_params = backbone.encoder_param_count()
     check_peft(backbone, cfg.peft)
     check_head(cfg.head, backbone)
-    data = data if data is not None else use_store(build_data(cfg.data), cfg.data, backbone.preprocess.resolution)
+    data = data if data is not None else _load_data(cfg.data, backbone.preprocess.resolution)
     apply_peft(backbone, cfg.peft, data.num_classes)
     head = build_head(cfg.head, backbone.feature_dim, data.num_classes)
     model = TailModel(backbone, head, bn_train=trains_bn_stats(cfg.peft))
@@ -402,6 +402,17 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
                 print(f"report: {report}")
     barrier()
     return metrics
+
+
+def _load_data(cfg: C.DataConfig, resolution: int) -> LTData:
+    """The dataset of ``cfg``, read from its image store when ``data.store`` is set.
+
+    A store holds pixels decoded when it was built, so the raw files are not checked again
+    (decoding a large dataset at every start-up is what the store saves); with
+    ``data.skip_corrupt`` they are, to drop the same images the store left out.
+    """
+    check_files = not cfg.store or cfg.skip_corrupt
+    return use_store(build_data(cfg, check_files=check_files), cfg, resolution)
 
 
 def load_run(run_dir: str | Path, data: LTData | None = None) -> Experiment:
