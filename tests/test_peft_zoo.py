@@ -229,6 +229,30 @@ def test_checkpoint_round_trip(tiny_bases, family, method, tmp_path):
         assert torch.equal(a(IMAGES), b(IMAGES))
 
 
+def test_masked_checkpoints_carry_the_entries_they_trained(tiny_bases, tmp_path):
+    """The mask is saved, not only re-drawn from the seed: a model that drew other entries takes the saved ones."""
+    from tailtune.models.peft.masked import MaskedLinear
+
+    def model():
+        backbone = fresh(tiny_bases, "open_clip")
+        apply_peft(backbone, PeftConfig(method="masked", mask_ratio=0.2, mask_seed=3), C)
+        return TailModel(backbone, nn.Linear(D, C)).eval()
+
+    a, b = model(), model()
+    with torch.no_grad():
+        for p in a.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+        for layer in (m for m in b.modules() if isinstance(m, MaskedLinear)):  # as if the generator drew otherwise
+            layer.weight_index.copy_((layer.weight_index + 1) % layer.base.weight.numel())
+    saved = a.trainable_state_dict()
+    assert sum(k.endswith((".weight_index", ".bias_index")) for k in saved) == 2 * 4 * L
+    save_checkpoint(tmp_path / "c.safetensors", saved, "peft: {}", {"name": "x"}, C)
+    load_checkpoint(tmp_path / "c.safetensors", b, {"name": "x"}, C)
+    with torch.no_grad():
+        assert torch.equal(a(IMAGES), b(IMAGES))
+
+
 def test_bn_tuning_on_a_cnn_trains_exactly_the_batchnorm_affines():
     backbone = build_backbone(ModelConfig(provider="timm", name="tf_efficientnet_lite0", pretrained="none"))
     expected = {f"{n}.{k}" for n, m in backbone.named_modules() if isinstance(m, nn.BatchNorm2d) for k in ("weight", "bias")}

@@ -30,10 +30,14 @@ class TailModel(nn.Module):
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only the tensors that training changes (PEFT modules, tuned parameters, head)."""
+        """The tensors that make a trained model: what training changes (PEFT modules, tuned
+        parameters, head, trained BatchNorm statistics) and what a PEFT module is defined by
+        beyond its parameters (``saved_buffers``, e.g. the entries masked tuning trains)."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         if self.bn_train:  # running statistics of BatchNorm layers that train
             names |= {n for n, _ in self.named_buffers() if "running_" in n or "num_batches" in n}
+        for prefix, module in self.named_modules():  # buffers a PEFT module defines itself by (saved_buffers)
+            names |= {f"{prefix}.{b}" if prefix else b for b in getattr(module, "saved_buffers", ())}
         return {n: t.detach() for n, t in self.state_dict().items() if n in names}
 
     def param_counts(self) -> dict[str, int]:

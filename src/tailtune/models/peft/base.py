@@ -18,6 +18,8 @@ class PeftMethod:
 
     ``apply`` injects modules and/or sets ``requires_grad`` on existing parameters; it
     never unfreezes anything else. ``kinds`` says which backbones it makes sense on.
+    Checkpoints hold the trainable parameters; an injected module that is also defined by
+    buffers (masked tuning's chosen entries) names them in a ``saved_buffers`` tuple.
 
     Composed methods (``peft.method=a+b``) are applied in ``stage`` order, so the result
     does not depend on the order they are written in: methods that pick existing

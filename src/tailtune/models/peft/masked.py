@@ -46,6 +46,8 @@ class MaskedLinear(LayerWrapper):
     are scattered into copies of the frozen tensors at every forward.
     """
 
+    saved_buffers = ("weight_index", "bias_index")
+
     def __init__(self, base: nn.Linear, count: int, rng: np.random.Generator):
         super().__init__(base)
         out_f, in_f = base.weight.shape
@@ -56,9 +58,10 @@ class MaskedLinear(LayerWrapper):
         row, col = picked // cols, picked % cols
         in_weight = col < in_f
         device = base.weight.device
-        # The indices follow from the seed; they are rebuilt, not saved (persistent=False).
-        self.register_buffer("weight_index", (row * in_f + col)[in_weight].to(device), persistent=False)
-        self.register_buffer("bias_index", row[~in_weight].to(device), persistent=False)
+        # The indices follow from the seed, and are saved with the values too (saved_buffers): a
+        # checkpoint names the entries it trained, whatever NumPy's generator draws elsewhere.
+        self.register_buffer("weight_index", (row * in_f + col)[in_weight].to(device))
+        self.register_buffer("bias_index", row[~in_weight].to(device))
         self.weight_values = nn.Parameter(base.weight.detach().flatten()[self.weight_index].clone())
         self.bias_values = (nn.Parameter(base.bias.detach()[self.bias_index].clone())
                             if base.bias is not None else None)
