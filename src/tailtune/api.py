@@ -329,7 +329,7 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
 
     trainer = Trainer(train_model, loss_fn, train_set, cfg.train, exp.device, exp.dtype, workers,
                       backbone_lr=cfg.peft.lr, quiet=cfg.quiet or not info.is_main, log=log,
-                      epoch_aware=(augment,), dist=info, save=save,
+                      dist=info, save=save,
                       on_step=lambda step, s: run.scalars(step, {f"train/{k}": v for k, v in s.items()}))
     if saved:
         trainer.load_state(saved["counters"], saved["optimizer"])

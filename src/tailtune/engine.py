@@ -86,11 +86,49 @@ def default_workers(device: torch.device) -> int:
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, device: torch.device,
-                generator: torch.Generator | None = None, sampler=None) -> torch.utils.data.DataLoader:
+                generator: torch.Generator | None = None, sampler=None,
+                persistent: bool = False) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
-        sampler=sampler, pin_memory=device.type == "cuda", persistent_workers=False, drop_last=False,
+        sampler=sampler, pin_memory=device.type == "cuda", persistent_workers=persistent and workers > 0,
+        drop_last=False,
     )
+
+
+class EpochKeyed(torch.utils.data.Dataset):
+    """A training set indexed by ``(epoch, index)`` keys.
+
+    Each copy (one per loader worker) moves its dataset to the key's epoch (``set_epoch``:
+    seeded augmentation, the augmentation's curriculum, a feature cache's view) before
+    reading. So one DataLoader, with persistent workers, serves every epoch: the epoch
+    travels with the indices the main process hands out.
+    """
+
+    def __init__(self, base):
+        self.base, self.targets, self.epoch = base, base.targets, None
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        epoch, i = key
+        if epoch != self.epoch and hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+        self.epoch = epoch
+        return self.base[i]
+
+
+class EpochKeys(torch.utils.data.Sampler):
+    """The ``(epoch, index)`` keys of the images left in the current epoch; refilled each epoch."""
+
+    def __init__(self):
+        self.keys: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __iter__(self):
+        return iter(self.keys)
 
 
 def progress(iterable, desc: str, quiet: bool, total: int | None = None, unit: str = "batch", scale: int = 1):
@@ -173,8 +211,8 @@ class Trainer:
     quiet: bool = False
     log: Callable[[str], None] = print
     on_step: Callable[[int, dict], None] | None = None
-    # Objects told the epoch before it starts (set_epoch): the minimalist augmentation's
-    # area curriculum; the loss (LDAM's deferred re-weighting) is always told.
+    # Objects told the epoch before it starts (set_epoch); the loss (LDAM's deferred
+    # re-weighting) is always told, the training set through the loader's keys (EpochKeyed).
     epoch_aware: tuple = ()
     dist: DistInfo = field(default_factory=DistInfo)
     save: Callable[[Trainer], None] | None = None  # stores the training state (rank 0 writes)
@@ -183,6 +221,7 @@ class Trainer:
     epoch_step: int = 0  # optimizer steps done in the current epoch
     history: list = field(default_factory=list)
     stop_signal: int | None = None  # set by a signal handler; honoured at the next step boundary
+    _loader: torch.utils.data.DataLoader | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         world = self.dist.world_size
@@ -252,13 +291,22 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def _epoch_batches(self):
-        """Micro-batch loader over this rank's share of the epoch plan, from the resume point."""
+        """Micro-batch loader over this rank's share of the epoch plan, from the resume point.
+
+        One loader serves every epoch (its workers persist): the keys it hands out carry the epoch.
+        """
         share = self.sampler.share(self.epoch)
         start = self.epoch_step * self.rank_batch
-        if hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(self.epoch)
-        return share[start:], make_loader(self.train_set, self.micro, False, self.workers, self.device,
-                                          sampler=share[start:].tolist())
+        if self._loader is None:
+            self._keys = EpochKeys()
+            self._loader = make_loader(EpochKeyed(self.train_set), self.micro, False, self.workers, self.device,
+                                       sampler=self._keys, persistent=True)
+        self._keys.keys = [(self.epoch, int(i)) for i in share[start:]]
+        return share[start:], self._loader
+
+    def close(self) -> None:
+        """Stop the training loader's workers (they persist across epochs until this)."""
+        self._loader = None
 
     def _any_rank(self, flag: bool) -> bool:
         """True if ``flag`` is set on any rank (all ranks take the same decision)."""
@@ -377,4 +425,5 @@ class Trainer:
             if on_epoch:
                 on_epoch(self.epoch, stats)
             self._save()
+        self.close()
         return self.history

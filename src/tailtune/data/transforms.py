@@ -130,8 +130,8 @@ class MinimalAugment:
     """The minimalist augmentation: square random-resized crops without flips whose
     minimum area rises over the epochs (see :func:`minimal_min_area`).
 
-    The area bound lives in the transform, so ``set_epoch`` must run before the epoch's
-    loader starts its workers (they copy the transform when they start).
+    The area bound lives in the transform: each copy of it (one per loader worker) is told
+    the epoch with the images it reads (the trainer's keys carry it: ``engine.EpochKeyed``).
     """
 
     def __init__(self, p: Preprocess, epochs: int = 1):

@@ -1,0 +1,72 @@
+"""The training loop's data side: one loader for every epoch, its workers kept, the epoch in its keys."""
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY_CLIP
+from tailtune import api
+from tailtune.config import TrainConfig, load_config
+from tailtune.engine import Trainer
+
+CPU = torch.device("cpu")
+
+
+class WhereAndWhen(torch.utils.data.Dataset):
+    """Items that say which process read them and at which epoch (set_epoch) they were read."""
+
+    def __init__(self, n: int = 12):
+        self.targets = [i % 3 for i in range(n)]
+        self.epoch = -1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return torch.tensor([float(os.getpid()), float(self.epoch), float(i)]), self.targets[i]
+
+
+class Recorder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.fc(x * 0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_one_loader_serves_every_epoch_and_tells_each_copy_the_epoch(workers):
+    model = Recorder()
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=0.01)
+    trainer = Trainer(model, nn.CrossEntropyLoss(), WhereAndWhen(), cfg, CPU, None, workers, quiet=True,
+                      log=lambda _: None)
+    pids_by_epoch = []
+    for epoch in range(3):
+        model.seen.clear()
+        trainer.train_epoch()
+        rows = torch.cat(model.seen)
+        assert sorted(rows[:, 2].long().tolist()) == list(range(12))  # every image once
+        assert set(rows[:, 1].long().tolist()) == {epoch}  # read by a copy set to this epoch
+        pids_by_epoch.append(set(rows[:, 0].long().tolist()))
+    if workers:  # the same worker processes all along (persistent), none of them this one
+        assert pids_by_epoch[0] == pids_by_epoch[1] == pids_by_epoch[2] and os.getpid() not in pids_by_epoch[0]
+        assert trainer._loader.persistent_workers
+    trainer.close()
+    assert trainer._loader is None
+
+
+def test_runs_with_loader_workers_match_runs_without(tmp_path):
+    """Seeded augmentation (and the minimal augmentation's epoch curriculum) give the same run either way."""
+    base = [*TINY_CLIP, "train.epochs=2", "train.augment=minimal", "eval.tte=none", "eval.gap_per_class=0",
+            "eval.report=false", f"output_dir={tmp_path}"]
+    runs = [api.fit(load_config("lift", overrides=[*base, f"data.num_workers={w}", f"name=w{w}"])) for w in (0, 2)]
+    (a, b) = [[(h["loss"], h["accuracy"]) for h in m["history"]] for m in runs]
+    assert a == b and runs[0]["test"]["per_class"] == runs[1]["test"]["per_class"]
