@@ -98,9 +98,12 @@ class FakeClip:
     def __init__(self):
         self.seen = []
 
-    def text_features(self, prompts):
+    def text_embeddings(self, prompts):
         self.seen += prompts
         return torch.stack([fake_embedding(p) for p in prompts])
+
+    def text_to_features(self, text):  # identity mapping: the expected rows are the averaged embeddings
+        return F.normalize(text, dim=-1)
 
 
 class FakeVision(nn.Module):
@@ -147,6 +150,23 @@ def test_text_init_ensemble_uses_the_80_openclip_templates():
     assert len(per_class[0]) == 80 and "a bad photo of a cat." in per_class[1]
     assert clip.seen == per_class[0] + per_class[1]
     assert torch.allclose(got, expected_text(per_class), atol=1e-5)
+
+
+def test_text_init_averages_prompts_in_the_text_space_then_maps_them_on_a_clip():
+    """normalise(mean_p normalise(e_p) @ proj^T): the method's order, on a (tiny, random) open_clip model."""
+    from tailtune.config import ModelConfig
+    from tailtune.models.backbones import build_backbone
+
+    torch.manual_seed(0)
+    clip = build_backbone(ModelConfig(name="TT-Tiny-ViT", pretrained="none"))
+    cfg = HeadConfig(prompt_mode="ensemble")
+    got = H.text_init(ctx_for(clip, cfg))
+    for row, prompts in zip(got, class_prompts(["sea_lion", "cat"], cfg)):
+        mean = F.normalize(clip.text_embeddings(prompts), dim=-1).mean(0)
+        want = F.normalize(mean @ clip.image_proj.t(), dim=0)
+        assert torch.allclose(row, want, atol=1e-5)
+        mapped_first = F.normalize(clip.text_features(prompts).mean(0), dim=0)  # the other order differs
+        assert not torch.allclose(row, mapped_first, atol=1e-4)
 
 
 def test_text_init_descriptors(tmp_path):

@@ -102,8 +102,8 @@ def test_zeroshot_ensemble_is_the_mean_of_normalised_template_embeddings(tiny_cf
 
     torch.manual_seed(0)
     backbone = build_backbone(tiny_cfg.model)
-    got = class_text_features(backbone.clip_text_embeddings, ensemble_prompts(["sea_lion"], tiny_cfg.head))
-    each = backbone.clip_text_embeddings([t("sea lion") for t in OPENAI_IMAGENET_TEMPLATES])
+    got = class_text_features(backbone.text_embeddings, ensemble_prompts(["sea_lion"], tiny_cfg.head))
+    each = backbone.text_embeddings([t("sea lion") for t in OPENAI_IMAGENET_TEMPLATES])
     assert each.shape[0] == 80
     mean = (each / each.norm(dim=1, keepdim=True)).mean(0)
     assert torch.allclose(got[0], mean / mean.norm(), atol=1e-5)

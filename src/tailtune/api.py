@@ -447,7 +447,7 @@ def zeroshot(cfg: C.Config) -> dict:
     if not backbone.has_text:
         raise ConfigError(f"zero-shot needs a CLIP model with a text tower; {cfg.model.name!r} has none.")
     data = build_data(cfg.data)
-    text = class_text_features(backbone.clip_text_embeddings, class_prompts(data.classnames, cfg.head))
+    text = class_text_features(backbone.text_embeddings, class_prompts(data.classnames, cfg.head))
     view = eval_transform(backbone.preprocess, cfg.eval.tte, tte_options(cfg))
     ds = Transformed(data.test, view)
     workers = default_workers(device) if cfg.data.num_workers < 0 else cfg.data.num_workers

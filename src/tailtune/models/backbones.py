@@ -49,9 +49,18 @@ class Backbone(nn.Module):
         """Transformer blocks of the encoder in depth order, found by name pattern."""
         return [(n, m) for n, m in self.encoder.named_modules() if BLOCK_PATTERN.search(n)]
 
-    def text_features(self, prompts: list[str]) -> torch.Tensor:
+    def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        """Normalised text embeddings in the model's joint image-text space (zero-shot)."""
         raise ConfigError(f"{self.info['provider']} model {self.info['name']!r} has no text tower: "
                           "text initialisation and zero-shot need a CLIP model; use head.init=class_mean.")
+
+    def text_to_features(self, text: torch.Tensor) -> torch.Tensor:
+        """Joint-space text embeddings mapped into the image feature space the classifier reads."""
+        raise ConfigError(f"{self.info['provider']} model {self.info['name']!r} has no text tower.")
+
+    def text_features(self, prompts: list[str]) -> torch.Tensor:
+        """Each prompt's text embedding in the image feature space (normalised)."""
+        return self.text_to_features(self.text_embeddings(prompts))
 
     def zeroshot_logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         raise ConfigError(f"{self.info['name']!r} has no text tower; zero-shot needs a CLIP model.")
@@ -150,22 +159,19 @@ class OpenClipBackbone(Backbone):
         return self.clip.visual(images)
 
     @torch.no_grad()
-    def text_features(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings mapped into the image feature space: normalise, @ proj.T, normalise."""
+    def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
+        """Normalised text embeddings in CLIP's joint space (256 prompts at a time)."""
         device = self.image_proj.device
         out = []
         for i in range(0, len(prompts), 256):
             tokens = self.tokenizer(prompts[i:i + 256]).to(device)
             out.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1))
-        text = torch.cat(out)
-        return F.normalize(text @ self.image_proj.float().t(), dim=-1)
+        return torch.cat(out)
 
     @torch.no_grad()
-    def clip_text_embeddings(self, prompts: list[str]) -> torch.Tensor:
-        """Normalised text embeddings in CLIP's joint space (zero-shot)."""
-        device = self.image_proj.device
-        tokens = self.tokenizer(prompts).to(device)
-        return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+    def text_to_features(self, text: torch.Tensor) -> torch.Tensor:
+        """Through the transpose of the image projection, then normalised (the method's mapping)."""
+        return F.normalize(text.float() @ self.image_proj.float().t(), dim=-1)
 
     def zeroshot_logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         img = F.normalize(self(images).float() @ self.image_proj.float(), dim=-1)

@@ -114,10 +114,15 @@ def _no_text_tower(backbone) -> ConfigError:
 
 @HEAD_INITS.register("text", help="text features of the class prompts (head.prompt_mode)")
 def text_init(ctx: InitContext) -> torch.Tensor:
-    """Text features of each class's prompts, in the image feature space."""
+    """Text features of each class's prompts, in the image feature space.
+
+    A class's prompts (several with an ensemble or descriptors) are averaged in the joint
+    text space, then mapped into the image feature space, as the method does.
+    """
     if not getattr(ctx.backbone, "has_text", False):
         raise _no_text_tower(ctx.backbone)
-    return class_text_features(ctx.backbone.text_features, class_prompts(ctx.classnames, ctx.cfg))
+    text = class_text_features(ctx.backbone.text_embeddings, class_prompts(ctx.classnames, ctx.cfg))
+    return ctx.backbone.text_to_features(text)
 
 
 def class_means(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
