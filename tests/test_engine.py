@@ -70,3 +70,27 @@ def test_runs_with_loader_workers_match_runs_without(tmp_path):
     runs = [api.fit(load_config("lift", overrides=[*base, f"data.num_workers={w}", f"name=w{w}"])) for w in (0, 2)]
     (a, b) = [[(h["loss"], h["accuracy"]) for h in m["history"]] for m in runs]
     assert a == b and runs[0]["test"]["per_class"] == runs[1]["test"]["per_class"]
+
+
+def _rates(schedule: str) -> list[float]:
+    """The learning rate of each of 9 optimizer steps (3 epochs of 3 steps)."""
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=0.01, scheduler=schedule, log_every=1)
+    rates = []
+    trainer = Trainer(Recorder(), nn.CrossEntropyLoss(), WhereAndWhen(), cfg, CPU, None, 0, quiet=True,
+                      log=lambda _: None)
+    trainer.on_step = lambda step, s: rates.append(s["lr"])  # the rate after the step: the next step's
+    trainer.fit()
+    return [0.01, *rates[:-1]]
+
+
+def test_schedules():
+    import math
+
+    from tailtune import config, engine
+
+    assert sorted(config.SCHEDULES) == sorted(engine.SCHEDULES)
+    by_epoch = _rates("cosine_epoch")  # the reference code's: fixed within an epoch
+    assert by_epoch == pytest.approx([0.01 * (1 + math.cos(math.pi * (k // 3) / 3)) / 2 for k in range(9)])
+    by_step = _rates("cosine")
+    assert by_step == pytest.approx([0.01 * (1 + math.cos(math.pi * k / 9)) / 2 for k in range(9)])
+    assert _rates("constant") == pytest.approx([0.01] * 9)

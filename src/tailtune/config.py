@@ -22,6 +22,7 @@ from .errors import ConfigError
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DEFAULT_PROMPT = "a photo of a {}."
 TTE_MODES = ("none", "fivecrop", "tencrop", "randaug")  # = data.transforms.TTE_MODES (a test keeps them equal)
+SCHEDULES = ("cosine", "cosine_epoch", "constant")  # = engine.SCHEDULES (a test keeps them equal)
 BN_MODES = ("auto", "eval", "train")
 INAT_LEVELS = ("species", "genus", "family", "order", "class", "phylum", "kingdom", "supercategory")
 VAL_MODES = ("auto", "split", "holdout", "none")
@@ -232,7 +233,7 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    scheduler: str = "cosine"  # cosine | constant
+    scheduler: str = "cosine"  # cosine (over the steps) | cosine_epoch (over the epochs, fixed within one: the reference code's) | constant
     precision: str = "auto"  # auto (CUDA: bf16, else fp16; CPU: bf16 for ViTs if the CPU has native bf16, else fp32) | bf16 | fp16 | fp32
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -262,7 +263,7 @@ class TrainConfig:
         _check_positive("train", "momentum", self.momentum, allow_zero=True)
         _check_positive("train", "weight_decay", self.weight_decay, allow_zero=True)
         _check_positive("train", "log_every", self.log_every)
-        _check_choice("train", "scheduler", self.scheduler, ("cosine", "constant"))
+        _check_choice("train", "scheduler", self.scheduler, SCHEDULES)
         _check_choice("train", "precision", self.precision, PRECISIONS)
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise ConfigError(

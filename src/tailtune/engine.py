@@ -85,6 +85,20 @@ def default_workers(device: torch.device) -> int:
     return 0 if cores <= 4 else min(4, cores // 4)
 
 
+def _cosine_per_epoch(optimizer, steps_per_epoch: int, epochs: int):
+    """Cosine over the epochs, the rate fixed within each: epoch e trains at lr * (1 + cos(pi e / E)) / 2."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * (step // steps_per_epoch) / epochs)))
+
+
+# train.scheduler: the learning-rate schedule, stepped after every optimizer step.
+SCHEDULES = {
+    "cosine": lambda opt, spe, epochs: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spe * epochs),
+    "cosine_epoch": _cosine_per_epoch,  # the reference code's (CosineAnnealingLR stepped once per epoch)
+    "constant": lambda opt, spe, epochs: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
+}
+
+
 def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, device: torch.device,
                 generator: torch.Generator | None = None, sampler=None,
                 persistent: bool = False) -> torch.utils.data.DataLoader:
@@ -249,11 +263,7 @@ class Trainer:
         self.sampler = build_sampler(self.cfg.sampler, self.train_set.targets, self.cfg.seed,
                                      self.dist.rank, world)
         self.steps_per_epoch = math.ceil(len(self.sampler) / self.rank_batch)
-        total = self.steps_per_epoch * self.cfg.epochs
-        if self.cfg.scheduler == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
-        else:
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda _: 1.0)
+        self.scheduler = SCHEDULES[self.cfg.scheduler](self.optimizer, self.steps_per_epoch, self.cfg.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.net = self.model
         if self.dist.enabled:
