@@ -114,9 +114,9 @@ def test_cached_training_matches_uncached_on_the_same_views(tmp_path, extra):
         # The cache stores bf16 (8 bits of mantissa): within 2% of how far training moved the weights.
         assert gaps[name] <= 0.02 * moved + 1e-6, (name, float(gaps[name]), float(moved))
     # Other views of the same images end elsewhere, far beyond the cache's gap: the test tells views apart.
-    for name in cached:
-        other_gap = (other_views[name] - uncached[name]).abs().max()
-        assert other_gap > 10 * gaps[name], name
+    # (Summed over the tensors: a single scalar such as an adapter's scale may barely move either way.)
+    other = sum(float((other_views[name] - uncached[name]).abs().max()) for name in cached)
+    assert other > 10 * sum(float(g) for g in gaps.values())
 
 
 def test_cached_logits_match_the_model_on_the_same_images(tmp_path):
