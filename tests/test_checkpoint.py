@@ -50,3 +50,24 @@ def test_foreign_and_missing_files(tmp_path):
         load_checkpoint(tmp_path / "foreign.safetensors", Toy(), INFO, 3)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.safetensors", Toy(), INFO, 3)
+
+
+def test_read_snapshot_matches_safetensors_and_gives_writable_tensors(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from tailtune.checkpoint import read_snapshot
+
+    tensors = {"f": torch.randn(3, 4), "b": torch.randn(5).bfloat16(), "h": torch.randn(2, 2).half(),
+               "i": torch.arange(7), "u": torch.arange(6, dtype=torch.uint8).view(2, 3),
+               "t": torch.tensor([True, False]), "empty": torch.zeros(0, dtype=torch.int64), "s": torch.tensor(2.5)}
+    save_file(tensors, str(tmp_path / "x.safetensors"), metadata={"k": "v"})
+    meta, got = read_snapshot(tmp_path / "x.safetensors", "test file")
+    want = load_file(str(tmp_path / "x.safetensors"))
+    assert meta == {"k": "v"} and got.keys() == want.keys()
+    for k in want:
+        assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+    got["f"].add_(1)  # views of one writable buffer (the optimizer updates loaded momentum in place)
+    data = (tmp_path / "x.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-8])
+    with pytest.raises(CheckpointError, match="truncated or not a safetensors file"):
+        read_snapshot(tmp_path / "cut.safetensors", "test file")

@@ -61,6 +61,22 @@ def test_one_loader_serves_every_epoch_and_tells_each_copy_the_epoch(workers):
         assert trainer._loader.persistent_workers
     trainer.close()
     assert trainer._loader is None
+    if workers:
+        import multiprocessing
+
+        assert not multiprocessing.active_children()  # the workers are gone
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loader_leaves_the_global_random_stream_alone(workers):
+    """Dropout draws from the global stream: loaders must not move it by an amount that depends on workers."""
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=0.01)
+    trainer = Trainer(Recorder(), nn.CrossEntropyLoss(), WhereAndWhen(), cfg, CPU, None, workers, quiet=True,
+                      log=lambda _: None)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    trainer.fit()
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_runs_with_loader_workers_match_runs_without(tmp_path):

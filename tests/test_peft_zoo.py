@@ -19,7 +19,7 @@ from torch import nn
 from tailtune import api
 from tailtune.checkpoint import load_checkpoint, save_checkpoint
 from tailtune.config import ModelConfig, PeftConfig, load_config
-from tailtune.errors import ConfigError
+from tailtune.errors import CheckpointError, ConfigError
 from tailtune.models.backbones import TimmBackbone, build_backbone
 from tailtune.models.model import TailModel
 from tailtune.models.peft import PEFT_METHODS, apply_peft, check_peft
@@ -251,6 +251,17 @@ def test_masked_checkpoints_carry_the_entries_they_trained(tiny_bases, tmp_path)
     load_checkpoint(tmp_path / "c.safetensors", b, {"name": "x"}, C)
     with torch.no_grad():
         assert torch.equal(a(IMAGES), b(IMAGES))
+    # A file written before the indices were saved still loads: the model keeps the ones its seed drew.
+    old = {k: v for k, v in saved.items() if not k.endswith("_index")}
+    save_checkpoint(tmp_path / "old.safetensors", old, "peft: {}", {"name": "x"}, C)
+    c = model()
+    load_checkpoint(tmp_path / "old.safetensors", c, {"name": "x"}, C)
+    with torch.no_grad():
+        assert torch.equal(a(IMAGES), c(IMAGES))
+    del old[next(k for k in old if k.endswith("weight_values"))]  # but a missing parameter is still refused
+    save_checkpoint(tmp_path / "bad.safetensors", old, "peft: {}", {"name": "x"}, C)
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(tmp_path / "bad.safetensors", model(), {"name": "x"}, C)
 
 
 def test_bn_tuning_on_a_cnn_trains_exactly_the_batchnorm_affines():

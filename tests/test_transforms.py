@@ -166,10 +166,11 @@ CLIP_LIKE = Preprocess(32, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28), "bicubic")
 TWO_LEVELS = 2 / 255 / 0.26  # PIL's and the uint8 kernel's bicubic agree to 2 of 255 levels
 
 
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear", "nearest", "box", "hamming", "lanczos"])
 @pytest.mark.parametrize("augment", sorted(T.AUGMENTATIONS.names()))
-def test_training_views_of_a_tensor_match_the_pil_views_draw_for_draw(augment):
+def test_training_views_of_a_tensor_match_the_pil_views_draw_for_draw(augment, mode):
     img = photo_like()
-    tf = T.train_transform(CLIP_LIKE, augment, epochs=3)
+    tf = T.train_transform(Preprocess(32, CLIP_LIKE.mean, CLIP_LIKE.std, mode), augment, epochs=3)
     for seed in range(5):
         torch.manual_seed(seed)
         from_pil = tf(img)
@@ -180,10 +181,11 @@ def test_training_views_of_a_tensor_match_the_pil_views_draw_for_draw(augment):
         assert (from_tensor - from_pil).abs().mean() < 0.05 * TWO_LEVELS  # nearly all pixels equal
 
 
+@pytest.mark.parametrize("mode", ["bicubic", "nearest"])
 @pytest.mark.parametrize("tte", sorted(TTE_MODES.names()))
-def test_evaluation_views_of_a_tensor_match_the_pil_views(tte):
+def test_evaluation_views_of_a_tensor_match_the_pil_views(tte, mode):
     img = photo_like()
-    view = eval_transform(CLIP_LIKE, tte, TTEOptions(randaug_views=3))
+    view = eval_transform(Preprocess(32, CLIP_LIKE.mean, CLIP_LIKE.std, mode), tte, TTEOptions(randaug_views=3))
     torch.testing.assert_close(view(as_uint8_tensor(img)), view(img), rtol=0, atol=TWO_LEVELS)
 
 
@@ -191,3 +193,7 @@ def test_to_input_normalises_like_to_tensor_and_normalize():
     img = photo_like()
     finish = T.ToInput(CLIP_LIKE.mean, CLIP_LIKE.std)
     torch.testing.assert_close(finish(as_uint8_tensor(img)), finish(img), rtol=0, atol=1e-5)
+    from tailtune.errors import DataError
+
+    with pytest.raises(DataError, match=r"\(3, H, W\) uint8 RGB, got shape \(1, 60, 80\)"):
+        finish(as_uint8_tensor(img)[:1])

@@ -68,7 +68,7 @@ class DataConfig:
     allow_absolute_paths: bool = False  # csv: accept absolute image paths (otherwise they must stay under data.root)
     holdout_per_class: Optional[int] = None  # folder / csv: images per class held out when test / val is missing (default: a quarter of the smallest class, at most 20)
     val: str = "auto"  # validation split: auto (the dataset's own; own data: a held-out slice of train) | split | holdout | none
-    verify_images: bool = True  # decode every listed image at start-up (a corrupt file stops the run, named); not with data.store
+    verify_images: bool = True  # decode every listed image at start-up (a corrupt file stops the run, named); with data.store only if data.skip_corrupt
     skip_corrupt: bool = False  # drop images that do not decode (the run reports how many) instead of stopping
     store: Optional[str] = None  # folder written by `tailtune data cache`: decoded, resized pixels (no JPEG decoding)
 

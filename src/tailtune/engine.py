@@ -309,7 +309,11 @@ class Trainer:
         start = self.epoch_step * self.rank_batch
         if self._loader is None:
             self._keys = EpochKeys()
+            # Its own generator: a loader draws its workers' base seed at every epoch's start, which
+            # must not move the global stream (dropout) by an amount that depends on the workers.
+            # The images' augmentation is seeded per item (SeededTransformed), not by the workers.
             self._loader = make_loader(EpochKeyed(self.train_set), self.micro, False, self.workers, self.device,
+                                       generator=torch.Generator().manual_seed(self.cfg.seed),
                                        sampler=self._keys, persistent=True)
         self._keys.keys = [(self.epoch, int(i)) for i in share[start:]]
         return share[start:], self._loader
@@ -426,14 +430,16 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def fit(self, on_epoch: Callable[[int, EpochStats], None] | None = None) -> list[dict]:
-        while self.epoch < self.cfg.epochs:
-            stats = self.train_epoch()
-            skipped = f", {stats.skipped_steps} non-finite steps skipped" if stats.skipped_steps else ""
-            self.log(f"epoch {self.epoch}/{self.cfg.epochs}: loss {stats.loss:.4f}, train acc "
-                     f"{stats.accuracy:.2f}%, lr {stats.lr:.5f}, {stats.seconds:.1f}s "
-                     f"({stats.images * self.dist.world_size / max(stats.seconds, 1e-9):.0f} img/s){skipped}")
-            if on_epoch:
-                on_epoch(self.epoch, stats)
-            self._save()
-        self.close()
+        try:
+            while self.epoch < self.cfg.epochs:
+                stats = self.train_epoch()
+                skipped = f", {stats.skipped_steps} non-finite steps skipped" if stats.skipped_steps else ""
+                self.log(f"epoch {self.epoch}/{self.cfg.epochs}: loss {stats.loss:.4f}, train acc "
+                         f"{stats.accuracy:.2f}%, lr {stats.lr:.5f}, {stats.seconds:.1f}s "
+                         f"({stats.images * self.dist.world_size / max(stats.seconds, 1e-9):.0f} img/s){skipped}")
+                if on_epoch:
+                    on_epoch(self.epoch, stats)
+                self._save()
+        finally:
+            self.close()
         return self.history

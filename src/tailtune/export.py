@@ -323,7 +323,7 @@ def load_export(path: str | Path, device: str = "auto"):
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{weights} is truncated or corrupt ({e}).") from None
     expected = image_path_state(exp.model)
-    check_fit(tensors, expected, str(weights))
+    check_fit(tensors, expected, str(weights), optional=exp.model.saved_buffer_names())
     state = exp.model.state_dict()
     with torch.no_grad():
         for k, v in tensors.items():

@@ -1,9 +1,10 @@
 """Train, test and test-time-ensemble views, tied to the backbone's preprocessing.
 
 Every view takes a PIL image or a (3, H, W) uint8 tensor (what the image store yields) and
-returns a normalised float tensor. Tensors stay uint8 through the crops and resizes (the
-native uint8 kernels match PIL's bicubic to within 2 levels at a third of its cost) and are
-converted and normalised in one step at the end.
+returns a normalised float tensor. Tensors stay uint8 through the crops and resizes (for
+bicubic and bilinear resampling the native uint8 kernels match PIL's to within 2 levels at
+a third of its cost; other modes go through PIL) and are converted and normalised in one
+step at the end.
 
 Two registries: ``AUGMENTATIONS`` (training views; each has ``set_epoch`` so that the
 trainer can drive a curriculum) and ``TTE_MODES`` (evaluation views; each has ``views``,
@@ -22,6 +23,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from torchvision.transforms.v2 import functional as TF2
 
+from ..errors import DataError
 from ..registry import Registry
 
 AUGMENTATIONS: Registry = Registry("augmentation")
@@ -51,6 +53,17 @@ def _is_uint8_tensor(img) -> bool:
     return torch.is_tensor(img) and img.dtype == torch.uint8
 
 
+# Resampling the native uint8 kernels do as PIL does (nearest, box, hamming differ or are missing).
+_NATIVE_UINT8 = (InterpolationMode.BILINEAR, InterpolationMode.BICUBIC)
+
+
+def _pil_unless_native(img, mode: InterpolationMode):
+    """``img`` itself, or as a PIL image where the uint8 kernels would not resample as PIL does."""
+    if _is_uint8_tensor(img) and mode not in _NATIVE_UINT8:
+        return TF.to_pil_image(img)
+    return img
+
+
 class ToInput:
     """The model's input: a float tensor normalised by ``mean`` / ``std`` (per channel, on [0, 1]).
 
@@ -65,6 +78,8 @@ class ToInput:
 
     def __call__(self, img) -> torch.Tensor:
         if _is_uint8_tensor(img):
+            if img.dim() != 3 or img.shape[0] != 3:
+                raise DataError(f"image tensors must be (3, H, W) uint8 RGB, got shape {tuple(img.shape)}.")
             x = img.to(torch.float32, memory_format=torch.contiguous_format)
             return x.sub_(self._shift).mul_(self._scale)
         return TF.normalize(TF.to_tensor(img), self.mean, self.std)
@@ -77,6 +92,7 @@ class RandomResizedCrop(T.RandomResizedCrop):
     """torchvision's RandomResizedCrop (same draws), resizing uint8 tensors with the native uint8 kernel."""
 
     def forward(self, img):
+        img = _pil_unless_native(img, self.interpolation)
         if not _is_uint8_tensor(img):
             return super().forward(img)
         i, j, h, w = self.get_params(img, self.scale, self.ratio)
@@ -87,6 +103,7 @@ class Resize(T.Resize):
     """torchvision's Resize, resizing uint8 tensors with the native uint8 kernel."""
 
     def forward(self, img):
+        img = _pil_unless_native(img, self.interpolation)
         if not _is_uint8_tensor(img):
             return super().forward(img)
         return TF2.resize(img, self.size, interpolation=self.interpolation, max_size=self.max_size, antialias=True)

@@ -36,9 +36,13 @@ class TailModel(nn.Module):
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         if self.bn_train:  # running statistics of BatchNorm layers that train
             names |= {n for n, _ in self.named_buffers() if "running_" in n or "num_batches" in n}
-        for prefix, module in self.named_modules():  # buffers a PEFT module defines itself by (saved_buffers)
-            names |= {f"{prefix}.{b}" if prefix else b for b in getattr(module, "saved_buffers", ())}
+        names |= self.saved_buffer_names()
         return {n: t.detach() for n, t in self.state_dict().items() if n in names}
+
+    def saved_buffer_names(self) -> set[str]:
+        """State names of the buffers PEFT modules are defined by (their ``saved_buffers``)."""
+        return {f"{prefix}.{b}" if prefix else b
+                for prefix, module in self.named_modules() for b in getattr(module, "saved_buffers", ())}
 
     def param_counts(self) -> dict[str, int]:
         """Trainable parameters of the backbone and head, and the backbone's size."""
