@@ -117,5 +117,6 @@ def format_gap(gap: dict, group_names: Sequence[str]) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in cells]
-    return ("generalisation gap (mean per-class accuracy, train - test; positive: better on the training images):\n"
-            + "\n".join(lines))
+    tte = f", tte {gap['tte']}" if gap.get("tte") else ""
+    return (f"generalisation gap (mean per-class accuracy{tte}, train - test; positive: better on the training "
+            "images):\n" + "\n".join(lines))
