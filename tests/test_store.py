@@ -125,3 +125,49 @@ def test_a_store_spares_the_start_up_decode_of_every_raw_file(tmp_path):
         build(cfg())  # from the files: the start-up check names the broken one
     exp = build(cfg(f"data.store={tmp_path / 'store'}"))  # from the store: its pixels were decoded when built
     assert isinstance(exp.data.train, StoreSplit) and len(exp.data.train) == 9
+
+
+def test_a_store_is_refused_for_other_classes_or_other_files(tmp_path):
+    import shutil
+
+    from datatrees import class_tree
+    from tailtune.api import build
+
+    model = [o for o in TINY_CLIP if o.startswith("model.")]
+
+    def cfg(root, *more):
+        return load_config("lift", "folder", overrides=[*model, "quiet=true", f"data.root={root}",
+                                                        f"data.store={tmp_path / 'store'}", *more])
+
+    a = tmp_path / "a"
+    class_tree(a / "train", [6, 3])
+    class_tree(a / "test", [2, 2])
+    assert main(["data", "cache", "folder", f"data.root={a}", "--out", str(tmp_path / "store"), "--short-side", "8",
+                 "-q", "--workers", "0"]) == 0
+    other_names = tmp_path / "b"  # the same counts under other class names
+    class_tree(other_names / "train", [6, 3], prefix="k")
+    class_tree(other_names / "test", [2, 2], prefix="k")
+    with pytest.raises(DataError, match="built for other classes .*'c0'.*'k0'"):
+        build(cfg(other_names))
+    other_files = tmp_path / "c"  # the same classes and counts, other files
+    class_tree(other_files / "train", [6, 3], start=100)
+    class_tree(other_files / "test", [2, 2])
+    with pytest.raises(DataError, match=r"train split .* other files .*9 stored, 9 listed.*c0/0\.jpg"):
+        build(cfg(other_files))
+    moved = tmp_path / "moved"  # the same folder elsewhere: fine (paths are relative to data.root)
+    shutil.copytree(a, moved)
+    assert len(build(cfg(moved)).data.train) == 9
+    (moved / "train" / "c0" / "5.jpg").unlink()
+    with pytest.raises(DataError, match=r"1 stored file\(s\) no longer listed \(e\.g\. train/c0/5\.jpg\)"):
+        build(cfg(moved))
+    with pytest.raises(DataError, match="does not exist"):
+        build(cfg(a, f"data.store={tmp_path / 'nowhere'}"))
+
+
+def test_a_store_inside_the_image_folder_is_refused(tmp_path, capsys):
+    from datatrees import class_tree
+
+    class_tree(tmp_path / "photos", [3, 3])
+    assert main(["data", "cache", "folder", f"data.root={tmp_path / 'photos'}", "--out",
+                 str(tmp_path / "photos" / "store"), "-q", "--workers", "0"]) == 2
+    assert "inside data.root" in capsys.readouterr().err

@@ -11,16 +11,18 @@ STORE_HELP = ("a data preset (`tailtune list data`), a YAML file, or a source na
 def cmd_cache(args) -> int:
     from .data.sources import build_data
     from .data.stats import data_config
-    from .data.store import write_store
+    from .data.store import check_store_folder, write_store
 
     cfg = data_config(args.source, args.overrides, args.config)
+    out = os.path.abspath(args.out)  # the hint below must work from any folder
+    check_store_folder(cfg.data, out)
     data = build_data(cfg.data)
     workers = args.workers if args.workers >= 0 else (os.cpu_count() or 1)
-    meta = write_store(data, cfg.data, args.out, args.short_side, args.interpolation, workers, quiet=args.quiet)
+    meta = write_store(data, cfg.data, out, args.short_side, args.interpolation, workers, quiet=args.quiet)
     sizes = ", ".join(f"{k} {v['images']:,} images ({v['bytes'] / 2**30:.2f} GiB)" for k, v in meta["splits"].items())
-    print(f"image store of {cfg.data.name} in {args.out}: {sizes}; short side {args.short_side} px.")
+    print(f"image store of {cfg.data.name} in {out}: {sizes}; short side {args.short_side} px.")
     overrides = " ".join(args.overrides)
-    print(f"train from it with: tailtune train ... {overrides + ' ' if overrides else ''}data.store={args.out}")
+    print(f"train from it with: tailtune train ... {overrides + ' ' if overrides else ''}data.store={out}")
     return 0
 
 

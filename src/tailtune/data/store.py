@@ -7,13 +7,17 @@ need (never up), and appends the pixels to one flat uint8 file per split; later 
 with ``data.store=DIR`` read the pixels through a memory map and decode nothing.
 
 Layout of DIR: ``<split>.u8`` (H x W x 3 pixels of every image, concatenated),
-``<split>.index.npy`` (N x 4 int64: byte offset, height, width, label) and ``meta.json``
-(format version, short side, interpolation, the data config it was built from).
+``<split>.index.npy`` (N x 4 int64: byte offset, height, width, label), ``<split>.files.txt``
+(for file-backed splits: each image's path relative to ``data.root``, in order) and
+``meta.json`` (format version, short side, interpolation, class names, the data config it
+was built from). A run refuses a store whose class names, labels or file list differ from
+its dataset's; it trusts that a file with the same path holds the same pixels.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +30,7 @@ from torchvision.transforms import functional as TF
 from ..config import DataConfig
 from ..errors import DataError
 
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: class names and file lists, checked at use
 DEFAULT_SHORT_SIDE = 256  # int(224 * 8 / 7): the test view's resize at 224 px, above five-crop's 248
 # Data keys that do not change which images a split holds (paths may move, workers vary).
 IGNORED_KEYS = ("store", "num_workers", "download", "verify_images", "root", "splits_dir")
@@ -67,7 +71,24 @@ def data_fingerprint(cfg: DataConfig) -> dict:
     """The data config keys that decide which images (and labels) each split holds."""
     from ..config import to_dict
 
-    return {k: v for k, v in to_dict(cfg).items() if k not in IGNORED_KEYS}
+    ignored = IGNORED_KEYS if cfg.name == "synthetic" else (*IGNORED_KEYS, "image_size")  # synthetic data only
+    return {k: v for k, v in to_dict(cfg).items() if k not in ignored}
+
+
+def relative_files(ds, root: str | None) -> list[str] | None:
+    """The split's image paths relative to ``root`` (None for splits not read from files)."""
+    paths = getattr(ds, "paths", None)
+    if paths is None:
+        return None
+    base = os.path.abspath(os.path.expanduser(root)) if root else None
+    return [os.path.relpath(os.path.abspath(p), base) if base else os.path.abspath(p) for p in paths]
+
+
+def check_store_folder(cfg: DataConfig, out: str | Path) -> None:
+    """Refuse a store folder inside an image folder that is scanned for classes (it would become one)."""
+    if cfg.name == "folder" and cfg.root and Path(out).resolve().is_relative_to(Path(cfg.root).expanduser().resolve()):
+        raise DataError(f"--out {out} is inside data.root={cfg.root}, where it would be read as a class folder; "
+                        "put the store elsewhere.")
 
 
 def write_store(data, cfg: DataConfig, out: str | Path, short_side: int = DEFAULT_SHORT_SIDE,
@@ -79,6 +100,7 @@ def write_store(data, cfg: DataConfig, out: str | Path, short_side: int = DEFAUL
         raise DataError(f"--short-side must be a positive number of pixels, not {short_side}.")
     InterpolationMode(interpolation)  # a bad name fails here, before any work
     out = Path(out)
+    check_store_folder(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # a half-written store is never mistaken for a finished one
     splits = {}
@@ -94,9 +116,12 @@ def write_store(data, cfg: DataConfig, out: str | Path, short_side: int = DEFAUL
                 index[i] = (offset, pixels.shape[0], pixels.shape[1], y)
                 offset += pixels.nbytes
         np.save(out / f"{name}.index.npy", index)
+        files = relative_files(ds, cfg.root)
+        if files is not None:
+            (out / f"{name}.files.txt").write_text("".join(f + "\n" for f in files), encoding="utf-8")
         splits[name] = {"images": len(ds), "bytes": offset}
     meta = {"version": STORE_VERSION, "short_side": short_side, "interpolation": interpolation,
-            "splits": splits, "data": data_fingerprint(cfg)}
+            "splits": splits, "classnames": list(data.classnames), "data": data_fingerprint(cfg)}
     (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     return meta
 
@@ -143,6 +168,9 @@ class StoreSplit(torch.utils.data.Dataset):
 def read_meta(folder: str | Path) -> dict:
     """The store's description; a clear error when ``folder`` is not a finished store."""
     path = Path(folder) / "meta.json"
+    if not Path(folder).is_dir():
+        raise DataError(f"data.store={folder} does not exist (relative paths count from the current folder); "
+                        "build a store with `tailtune data cache SOURCE --out DIR`.")
     if not path.exists():
         raise DataError(f"data.store={folder} is not an image store (no meta.json); build it with "
                         "`tailtune data cache SOURCE --out DIR` (an interrupted build leaves no meta.json).")
@@ -151,6 +179,26 @@ def read_meta(folder: str | Path) -> dict:
         raise DataError(f"the image store {folder} has format version {meta.get('version')}, this tailtune reads "
                         f"{STORE_VERSION}; rebuild it with `tailtune data cache`.")
     return meta
+
+
+def _check_files(store: Path, name: str, ds, root: str | None) -> None:
+    """Refuse a store split whose file list (paths relative to data.root) differs from ``ds``'s."""
+    listed = store / f"{name}.files.txt"
+    ours = relative_files(ds, root)
+    if ours is None or not listed.exists():
+        return
+    theirs = listed.read_text(encoding="utf-8").splitlines()
+    if theirs == ours:
+        return
+    gone = sorted(set(theirs) - set(ours))
+    new = sorted(set(ours) - set(theirs))
+    what = "; ".join(part for part in (
+        f"{len(gone)} stored file(s) no longer listed (e.g. {gone[0]})" if gone else "",
+        f"{len(new)} file(s) not in the store (e.g. {new[0]})" if new else "",
+        "the same files in another order" if not gone and not new else "") if part)
+    raise DataError(f"the {name} split of the image store {store} was built from other files than the dataset "
+                    f"lists ({len(theirs)} stored, {len(ours)} listed: {what}); rebuild it with "
+                    "`tailtune data cache`.")
 
 
 def use_store(data, cfg: DataConfig, resolution: int | None = None):
@@ -167,10 +215,18 @@ def use_store(data, cfg: DataConfig, resolution: int | None = None):
         diff = sorted(k for k in set(want) | set(meta["data"]) if want.get(k) != meta["data"].get(k))
         raise DataError(f"the image store {cfg.store} was built from another data config (differs in "
                         f"{', '.join('data.' + k for k in diff)}); rebuild it with `tailtune data cache`.")
+    if meta["classnames"] != list(data.classnames):
+        theirs, ours = meta["classnames"], list(data.classnames)
+        i = next((k for k, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
+        raise DataError(f"the image store {cfg.store} was built for other classes ({len(theirs)} classes, "
+                        f"class {i} {theirs[i] if i < len(theirs) else '(none)'!r}) than the dataset's "
+                        f"({len(ours)}, class {i} {ours[i] if i < len(ours) else '(none)'!r}); "
+                        "rebuild it with `tailtune data cache`.")
     splits = {}
     for name, ds in data.splits().items():
         if name not in meta["splits"]:
             raise DataError(f"the image store {cfg.store} has no {name} split; rebuild it with `tailtune data cache`.")
+        _check_files(Path(cfg.store), name, ds, cfg.root)
         split = StoreSplit(cfg.store, name)
         if split.targets != [int(t) for t in ds.targets]:
             raise DataError(f"the {name} split of the image store {cfg.store} holds other labels than the dataset "
