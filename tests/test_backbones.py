@@ -105,3 +105,25 @@ def test_openai_tags_get_quick_gelu(monkeypatch):
     monkeypatch.setattr(open_clip, "list_pretrained_tags_by_model", lambda name: ["openai"])
     build_backbone(ModelConfig(name="ViT-B-16", pretrained="openai"))
     assert seen.get("force_quick_gelu") is True
+
+
+@pytest.mark.parametrize("error", [RuntimeError("Failed to download weights for tag 'openai'"),
+                                   OSError("We couldn't connect to 'https://huggingface.co'")])
+def test_weights_that_cannot_be_downloaded_say_what_to_do(monkeypatch, error):
+    import open_clip
+    import timm
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(open_clip, "create_model", fail)
+    with pytest.raises(ConfigError, match=r"could not get the pretrained weights 'openai' .*model\.pretrained=/path"):
+        build_backbone(ModelConfig(name="ViT-B-16", pretrained="openai"))
+    monkeypatch.setattr(timm, "create_model", fail)
+    with pytest.raises(ConfigError, match=r"could not get the pretrained weights .*'vit_base_patch16_224'"):
+        build_backbone(ModelConfig(provider="timm", name="vit_base_patch16_224", pretrained="timm"))
+
+
+def test_random_weights_asked_for_raise_no_warning(caplog):
+    build_backbone(ModelConfig(name="TT-Tiny-ViT", pretrained="none"))
+    assert "No pretrained weights loaded" not in caplog.text

@@ -8,7 +8,9 @@ into the image feature space.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import logging
 import re
 from pathlib import Path
 
@@ -104,6 +106,34 @@ def _needs_quick_gelu(cfg: ModelConfig, pretrained: str | None) -> bool:
     return bool(open_clip.get_pretrained_cfg(cfg.name, pretrained).get("quick_gelu", False))
 
 
+class _NoRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init(active: bool):
+    """Hide open_clip's warning about random weights where they were asked for (pretrained=none,
+    exports, which load their own weights next)."""
+    if not active:
+        yield
+        return
+    root, flt = logging.getLogger(), _NoRandomInitWarning()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
+def _download_failed(cfg: ModelConfig, e: Exception) -> ConfigError:
+    detail = " ".join(str(e).split())
+    return ConfigError(f"could not get the pretrained weights {cfg.pretrained!r} of {cfg.provider} model {cfg.name!r} "
+                       f"({type(e).__name__}: {detail[:300]}). Without internet: download them on a machine with "
+                       "access and pass the file as model.pretrained=/path/to/weights (or point model.cache_dir at "
+                       "a cache holding them); model.pretrained=none builds the model with random weights.")
+
+
 class OpenClipBackbone(Backbone):
     """A CLIP model from open_clip; features are read before the image projection."""
 
@@ -132,14 +162,19 @@ class OpenClipBackbone(Backbone):
         if _needs_quick_gelu(cfg, pretrained):
             kwargs["force_quick_gelu"] = True  # OpenAI's CLIP weights were trained with QuickGELU
         try:
-            model = open_clip.create_model(cfg.name, pretrained=pretrained, cache_dir=cfg.cache_dir, **kwargs)
-        except RuntimeError as e:
-            if pretrained and _is_local_file(pretrained):
-                detail = " ".join(str(e).split())
-                raise CheckpointError(f"checkpoint {pretrained} does not fit open_clip model {cfg.name!r} "
-                                      f"({detail[:400]}{'...' if len(detail) > 400 else ''}); "
-                                      "check model.name against the checkpoint.") from None
-            raise
+            with _quiet_random_init(pretrained is None):
+                model = open_clip.create_model(cfg.name, pretrained=pretrained, cache_dir=cfg.cache_dir, **kwargs)
+        except (RuntimeError, OSError) as e:  # OSError: hub and connection errors
+            if not pretrained:
+                raise
+            if not _is_local_file(pretrained):
+                raise _download_failed(cfg, e) from None
+            if isinstance(e, OSError):
+                raise
+            detail = " ".join(str(e).split())
+            raise CheckpointError(f"checkpoint {pretrained} does not fit open_clip model {cfg.name!r} "
+                                  f"({detail[:400]}{'...' if len(detail) > 400 else ''}); "
+                                  "check model.name against the checkpoint.") from None
         visual = model.visual
         self.image_proj = nn.Parameter(visual.proj.detach().clone(), requires_grad=False)
         visual.proj = None  # features before the projection, as the method reads them
@@ -204,8 +239,13 @@ class TimmBackbone(Backbone):
                 kwargs["pretrained_cfg_overlay"] = {"file": cfg.pretrained}
             if cfg.resolution and "vit" in cfg.name:
                 kwargs["img_size"] = cfg.resolution
-            model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=0,
-                                      cache_dir=cfg.cache_dir, **kwargs)
+            try:
+                model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=0,
+                                          cache_dir=cfg.cache_dir, **kwargs)
+            except (OSError, RuntimeError) as e:  # hub and connection errors
+                if not pretrained or _is_local_file(cfg.pretrained):
+                    raise
+                raise _download_failed(cfg, e) from None
         self.net = model
         self.kind = "vit" if any(BLOCK_PATTERN.search(n) for n, _ in model.named_modules()) and \
             hasattr(model, "patch_embed") else "cnn"
