@@ -174,3 +174,15 @@ def test_same_finished_run_is_refused_and_a_failed_one_reused(run, tmp_path):
     cfg.output_dir, cfg.name = str(tmp_path), "failed"
     (failed / "config.yaml").write_text(to_yaml(cfg))
     assert api.fit(cfg)["test"]["num_samples"] == 24
+
+
+def test_data_is_checked_before_any_model_is_built(monkeypatch, tmp_path):
+    """A missing image folder is said at once, not after a model download."""
+    import open_clip
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the model was built before the data was checked")
+
+    monkeypatch.setattr(open_clip, "create_model", no_download)
+    with pytest.raises(DataError, match="does not exist"):
+        api.build(load_config("lift", "folder", overrides=[f"data.root={tmp_path / 'missing'}"]))

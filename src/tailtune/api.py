@@ -11,7 +11,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from .checkpoint import assign_trainable, load_checkpoint, save_checkpoint
 from .data.datasets import SeededTransformed, Subset, Transformed
 from .data.samplers import SAMPLERS
 from .data.sources import SOURCES, LTData, build_data
-from .data.store import use_store
+from .data.store import store_notes, use_store
 from .data.transforms import (
     AUGMENTATIONS,
     TTE_MODES,
@@ -120,6 +120,10 @@ def build(cfg: C.Config, data: LTData | None = None) -> Experiment:
     resolve_precision(cfg.train.precision, device)
     if device.type == "cpu":
         tune_cpu_allocator()
+    # The data's start-up checks (files present and decodable) come before the model, which
+    # may take minutes to download.
+    loaded = data is None
+    data = _load_data(cfg.data) if loaded else data
     # Seed before anything random is created: a randomly initialised backbone (tests) and the
     # PEFT modules must come out the same when a run is rebuilt from its folder.
     torch.manual_seed(cfg.train.seed)
@@ -128,7 +132,8 @@ def build(cfg: C.Config, data: LTData | None = None) -> Experiment:
     base_params = backbone.encoder_param_count()
     check_peft(backbone, cfg.peft)
     check_head(cfg.head, backbone)
-    data = data if data is not None else _load_data(cfg.data, backbone.preprocess.resolution)
+    if loaded:
+        data = replace(data, notes=[*data.notes, *store_notes(cfg.data, backbone.preprocess.resolution)])
     apply_peft(backbone, cfg.peft, data.num_classes)
     head = build_head(cfg.head, backbone.feature_dim, data.num_classes)
     model = TailModel(backbone, head, bn_train=trains_bn_stats(cfg.peft))
@@ -404,7 +409,7 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
     return metrics
 
 
-def _load_data(cfg: C.DataConfig, resolution: int) -> LTData:
+def _load_data(cfg: C.DataConfig) -> LTData:
     """The dataset of ``cfg``, read from its image store when ``data.store`` is set.
 
     A store holds pixels decoded when it was built, so the raw files are not checked again
@@ -412,7 +417,7 @@ def _load_data(cfg: C.DataConfig, resolution: int) -> LTData:
     ``data.skip_corrupt`` they are, to drop the same images the store left out.
     """
     check_files = not cfg.store or cfg.skip_corrupt
-    return use_store(build_data(cfg, check_files=check_files), cfg, resolution)
+    return use_store(build_data(cfg, check_files=check_files), cfg)
 
 
 def load_run(run_dir: str | Path, data: LTData | None = None) -> Experiment:
