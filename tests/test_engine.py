@@ -94,9 +94,10 @@ def _rates(schedule: str) -> list[float]:
     rates = []
     trainer = Trainer(Recorder(), nn.CrossEntropyLoss(), WhereAndWhen(), cfg, CPU, None, 0, quiet=True,
                       log=lambda _: None)
-    trainer.on_step = lambda step, s: rates.append(s["lr"])  # the rate after the step: the next step's
-    trainer.fit()
-    return [0.01, *rates[:-1]]
+    trainer.on_step = lambda step, s: rates.append(s["lr"])  # the rate each step trained at
+    history = trainer.fit()
+    assert [h["lr"] for h in history] == [rates[2], rates[5], rates[8]]  # an epoch's: its last step's
+    return rates
 
 
 def test_schedules():

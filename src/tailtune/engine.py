@@ -181,7 +181,7 @@ def predict_logits(fn: Callable[[torch.Tensor], torch.Tensor], loader, device: t
 class EpochStats:
     loss: float
     accuracy: float
-    lr: float
+    lr: float  # the rate of the epoch's last optimizer step
     seconds: float
     images: int
     skipped_steps: int = 0
@@ -341,6 +341,7 @@ class Trainer:
         bar = progress(loader, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.quiet, unit="img", scale=self.micro)
         self.optimizer.zero_grad(set_to_none=True)
         done_in_step, bad_step, offset = 0, False, 0
+        step_lr = self.lr
         for images, y in bar:
             step_images = min(self.rank_batch, len(remaining) - offset)
             images = _to_device(images, self.device, self.cfg.channels_last)
@@ -371,6 +372,7 @@ class Trainer:
                 self.scaler.update()
             bad_step = False
             self.optimizer.zero_grad(set_to_none=True)
+            step_lr = self.lr  # the rate this step trained at (reported: not the next step's)
             self.scheduler.step()
             self.step += 1
             self.epoch_step += 1
@@ -378,7 +380,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}",
                                 acc=f"{100 * sums['correct'] / sums['seen']:.1f}")
             if self.on_step and self.step % self.cfg.log_every == 0:
-                self.on_step(self.step, {"loss": loss.item(), "lr": self.lr,
+                self.on_step(self.step, {"loss": loss.item(), "lr": step_lr,
                                          "running_acc": 100.0 * sums["correct"] / max(sums["seen"], 1)})
             if self._any_rank(self.stop_signal is not None):
                 sums["seconds"] += time.perf_counter() - t0
@@ -393,7 +395,7 @@ class Trainer:
         sums["seconds"] += time.perf_counter() - t0
         total = self._global(sums)
         seen = max(total["seen"], 1)
-        stats = EpochStats(total["loss"] / seen, 100.0 * total["correct"] / seen, self.lr, sums["seconds"],
+        stats = EpochStats(total["loss"] / seen, 100.0 * total["correct"] / seen, step_lr, sums["seconds"],
                            int(total["seen"]), sums["skipped"])
         self.epoch += 1
         self.epoch_step = 0
