@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from tailtune.config import Config, from_yaml_text, list_presets, load_config, to_yaml
@@ -53,3 +55,21 @@ def test_unknown_recipe_and_malformed_override():
 def test_yaml_roundtrip():
     cfg = load_config("lift", overrides=["peft.r=8"])
     assert from_yaml_text(to_yaml(cfg)) == cfg
+
+
+def test_runs_save_their_files_and_folders_as_absolute_paths(tmp_path, monkeypatch):
+    from tailtune.config import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "list.csv").write_text("path,label\n")
+    (tmp_path / "w.pt").write_bytes(b"")
+    cfg = load_config("lift", overrides=["data.root=photos", "data.store=store", "data.csv=list.csv",
+                                         "model.pretrained=w.pt", "train.cache_dir=~/cache"])
+    out = with_absolute_paths(cfg)
+    assert out.data.root == str(tmp_path / "photos") and out.data.store == str(tmp_path / "store")
+    assert out.data.csv == str(tmp_path / "photos" / "list.csv")  # found under data.root, as the csv source looks
+    assert out.model.pretrained == str(tmp_path / "w.pt")
+    assert out.train.cache_dir == str(Path("~/cache").expanduser())
+    assert cfg.data.root == "photos"  # a copy
+    assert with_absolute_paths(load_config("lift")).model.pretrained == "openai"  # a tag stays a tag

@@ -230,9 +230,10 @@ def data_summary(data: LTData) -> dict:
 def fit(cfg: C.Config, run_dir: str | Path | None = None) -> dict:
     """Train and evaluate one run; writes the run folder and returns its metrics.
 
-    Under torchrun every process calls this; rank 0 alone writes the folder.
+    Under torchrun every process calls this; rank 0 alone writes the folder. Relative file and
+    folder settings are saved absolute (config.with_absolute_paths).
     """
-    return _train_run(cfg, run_dir, resume=False)
+    return _train_run(C.with_absolute_paths(cfg), run_dir, resume=False)
 
 
 def resume(run_dir: str | Path) -> dict:

@@ -8,6 +8,8 @@ friendlier error text. The resolved config is saved next to every run.
 
 from __future__ import annotations
 
+import copy
+import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -311,6 +313,39 @@ class Config:
     name: Optional[str] = None  # run folder name; default: <data>_<model>_<peft>_<time>
     overwrite: bool = False  # allow reusing a run folder that holds another run
     quiet: bool = False  # no progress bars
+
+
+# Settings that name files or folders; a run folder's config.yaml holds them absolute.
+PATH_KEYS = (("data", "root"), ("data", "store"), ("data", "splits_dir"), ("data", "classnames_file"),
+             ("head", "descriptors"), ("train", "cache_dir"), ("model", "cache_dir"))
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """A copy of ``cfg`` whose files and folders are absolute paths (relative ones count from the
+    current folder), so that ``tailtune eval`` or ``--resume`` of its run work from any folder.
+
+    ``data.csv`` is made absolute where it is found (under ``data.root`` first, as the csv source
+    looks); ``model.pretrained`` only when it names an existing file (otherwise it is a tag).
+    """
+    out = copy.deepcopy(cfg)
+
+    def absolute(v: str) -> str:
+        return os.path.abspath(os.path.expanduser(v))
+
+    for section, key in PATH_KEYS:
+        node = getattr(out, section)
+        if getattr(node, key):
+            setattr(node, key, absolute(getattr(node, key)))
+    csv = out.data.csv
+    if csv and not os.path.isabs(os.path.expanduser(csv)):
+        under_root = os.path.join(out.data.root, os.path.expanduser(csv)) if out.data.root else None
+        if under_root and os.path.isfile(under_root):
+            out.data.csv = under_root
+        elif os.path.isfile(os.path.expanduser(csv)):
+            out.data.csv = absolute(csv)
+    if out.model.pretrained and os.path.isfile(os.path.expanduser(out.model.pretrained)):
+        out.model.pretrained = absolute(out.model.pretrained)
+    return out
 
 
 def _preset_path(kind: str, name: str) -> Path:

@@ -347,6 +347,6 @@ def plan(base: str, data: str | None = None, files: tuple[str, ...] | list[str] 
 def _check_folder(run_dir: Path, cfg: C.Config) -> None:
     """A point's existing folder must hold a run of the same config (else skipping it would lie)."""
     saved = run_dir / "config.yaml"
-    if saved.exists() and comparable_config(saved.read_text()) != comparable_config(C.to_yaml(cfg)):
+    if saved.exists() and comparable_config(saved.read_text()) != comparable_config(C.to_yaml(C.with_absolute_paths(cfg))):
         raise ConfigError(f"{run_dir} holds a run of another config than this sweep's point; sweep into another "
                           "folder (--out DIR) or remove that folder.")
