@@ -105,3 +105,13 @@ def test_unknown_open_clip_model_lists_close_matches(tiny_overrides):
     cfg = load_config("lift", overrides=[*tiny_overrides, "model.name=ViT-B-61"])
     with pytest.raises(ConfigError, match="unknown open_clip model 'ViT-B-61'. Close matches: .*ViT-B-16"):
         api.build(cfg)
+
+
+def test_quiet_training_still_prints_the_results(tmp_path, capsys):
+    from conftest import TINY_CLIP
+    from tailtune import cli
+
+    assert cli.main(["train", "-r", "lift", *TINY_CLIP, "eval.tte=none", "eval.report=false", f"output_dir={tmp_path}",
+                     "name=q"]) == 0
+    out = capsys.readouterr().out
+    assert "overall" in out and "run folder" not in out  # the table, not the log

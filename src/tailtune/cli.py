@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import __version__
+from . import config as C
 from .cli_data import add_data_parser
 from .cli_results import add_results_parsers
 from .cli_sweep import add_sweep_parser
@@ -36,7 +38,9 @@ def cmd_train(args) -> int:
         if args.overrides or args.data or args.config or args.recipe != DEFAULT_RECIPE or args.dry_run:
             raise ConfigError("--resume continues a run with its own saved config; give only the run folder "
                               "(tailtune train --resume RUN_DIR).")
-        resume(args.resume)
+        metrics = resume(args.resume)
+        saved = Path(args.resume) / "config.yaml"
+        _print_if_quiet(metrics, C.from_yaml_text(saved.read_text(), str(saved)).quiet)
         return 0
     if any(o.startswith("seeds=") for o in args.overrides):  # one run per seed, with their mean and spread
         from .cli_sweep import train_seeds
@@ -48,8 +52,17 @@ def cmd_train(args) -> int:
 
         print("\n".join(dry_run(cfg, args.dry_run_steps).lines))
         return 0
-    fit(cfg, args.run_dir)
+    _print_if_quiet(fit(cfg, args.run_dir), cfg.quiet)
     return 0
+
+
+def _print_if_quiet(metrics: dict, quiet: bool) -> None:
+    """quiet=true keeps the run's log off the console, but not its results (printed once, by rank 0)."""
+    from .api import format_results
+    from .distributed import env_info
+
+    if quiet and env_info().is_main:
+        print(format_results(metrics))
 
 
 def cmd_eval(args) -> int:

@@ -312,7 +312,7 @@ class Config:
     output_dir: str = "runs"  # parent folder of run folders
     name: Optional[str] = None  # run folder name; default: <data>_<model>_<peft>_<time>
     overwrite: bool = False  # allow reusing a run folder that holds another run
-    quiet: bool = False  # no progress bars
+    quiet: bool = False  # nothing on the console but the results table: no progress bars, no log lines (log.txt keeps them)
 
 
 # Settings that name files or folders; a run folder's config.yaml holds them absolute.
