@@ -111,3 +111,13 @@ def test_schedules():
     by_step = _rates("cosine")
     assert by_step == pytest.approx([0.01 * (1 + math.cos(math.pi * k / 9)) / 2 for k in range(9)])
     assert _rates("constant") == pytest.approx([0.01] * 9)
+
+
+def test_progress_counts_images_not_batches_times_the_batch_size(capsys):
+    from tailtune.engine import ImageProgress
+
+    loader = torch.utils.data.DataLoader(WhereAndWhen(10), batch_size=4)
+    bar = ImageProgress(loader, "eval", quiet=False)
+    seen = sum(len(y) for _, y in bar)
+    assert seen == 10 and bar.bar.total == 10 and bar.bar.n == 10
+    assert "0/10 [" in capsys.readouterr().err  # images, not 3 batches of 4

@@ -145,10 +145,31 @@ class EpochKeys(torch.utils.data.Sampler):
         return iter(self.keys)
 
 
-def progress(iterable, desc: str, quiet: bool, total: int | None = None, unit: str = "batch", scale: int = 1):
-    """A progress bar with throughput and ETA; ``scale`` items per step (batch size: images/s)."""
-    return tqdm(iterable, desc=desc, total=total, disable=quiet, unit=unit, unit_scale=scale if scale > 1 else False,
-                dynamic_ncols=True, leave=False)
+def progress(iterable, desc: str, quiet: bool, total: int | None = None, unit: str = "item"):
+    """A progress bar with throughput and ETA over ``iterable``'s items (batches: ImageProgress)."""
+    return tqdm(iterable, desc=desc, total=total, disable=quiet, unit=unit, dynamic_ncols=True, leave=False)
+
+
+class ImageProgress:
+    """Iterates a loader's ``(images, labels, ...)`` batches behind a progress bar counted in images
+    (the sampler's length: images, not batches times the batch size), with images/s and ETA."""
+
+    def __init__(self, loader, desc: str, quiet: bool):
+        sampler = getattr(loader, "sampler", None)
+        total = len(sampler) if sampler is not None and hasattr(sampler, "__len__") else None
+        self.loader = loader
+        self.bar = tqdm(total=total, desc=desc, disable=quiet, unit="img", dynamic_ncols=True, leave=False)
+
+    def __iter__(self):
+        try:
+            for batch in self.loader:
+                yield batch
+                self.bar.update(len(batch[1]))
+        finally:
+            self.bar.close()
+
+    def set_postfix(self, **values) -> None:
+        self.bar.set_postfix(**values)
 
 
 def _to_device(images, device: torch.device, channels_last: bool):
@@ -164,7 +185,7 @@ def predict_logits(fn: Callable[[torch.Tensor], torch.Tensor], loader, device: t
                    channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs of ``fn`` over a loader, averaged over views when batches are (B, V, C, H, W)."""
     outs, labels = [], []
-    for images, y in progress(loader, desc, quiet, unit="img", scale=getattr(loader, "batch_size", None) or 1):
+    for images, y in ImageProgress(loader, desc, quiet):
         views = images.shape[1] if images.dim() == 5 else 1
         if views > 1:
             images = images.flatten(0, 1)
@@ -338,7 +359,7 @@ class Trainer:
         remaining, loader = self._epoch_batches()
         t0 = time.perf_counter()
         sums = self._sums
-        bar = progress(loader, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.quiet, unit="img", scale=self.micro)
+        bar = ImageProgress(loader, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.quiet)
         self.optimizer.zero_grad(set_to_none=True)
         done_in_step, bad_step, offset = 0, False, 0
         step_lr = self.lr

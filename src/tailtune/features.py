@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .data.datasets import SeededTransformed, Transformed
 from .data.transforms import test_transform, train_transform
-from .engine import autocast, make_loader, progress
+from .engine import ImageProgress, autocast, make_loader
 from .errors import ConfigError
 from .models.model import TailModel
 from .registry import Registry
@@ -379,8 +379,7 @@ def fill(store: FeatureStore, prefix: Callable[[torch.Tensor], torch.Tensor], da
     for v, ds in enumerate(datasets):
         loader = make_loader(ds, batch_size, False, workers, device)
         i = 0
-        for images, _ in progress(loader, f"feature cache, view {v + 1}/{len(datasets)}", quiet, unit="img",
-                                  scale=batch_size):
+        for images, _ in ImageProgress(loader, f"feature cache, view {v + 1}/{len(datasets)}", quiet):
             images = images.to(device, non_blocking=True)
             if channels_last and images.dim() == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
