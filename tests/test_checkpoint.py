@@ -71,3 +71,13 @@ def test_read_snapshot_matches_safetensors_and_gives_writable_tensors(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(data[:-8])
     with pytest.raises(CheckpointError, match="truncated or not a safetensors file"):
         read_snapshot(tmp_path / "cut.safetensors", "test file")
+
+
+def test_written_files_have_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    save_checkpoint(tmp_path / "c.safetensors", Toy(3).trainable_state_dict(), "", INFO, 3)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "c.safetensors").stat().st_mode) == 0o666 & ~umask

@@ -20,15 +20,24 @@ from .errors import CheckpointError
 FORMAT = "tailtune-checkpoint-1"
 
 
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write atomically (a temporary file in the same folder, then rename), readable as any file
+    the user writes (safetensors creates files private to the owner)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], config_yaml: str,
                     backbone_info: dict, num_classes: int) -> None:
-    """Write atomically: a temporary file in the same folder, then rename."""
-    path = Path(path)
+    """The trainable tensors with the config and backbone identity, written atomically."""
     meta = {"format": FORMAT, "config": config_yaml, "backbone": json.dumps(backbone_info, sort_keys=True),
             "num_classes": str(num_classes)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    write_safetensors(path, tensors, meta)
 
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -23,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from . import __version__
 from . import config as C
-from .checkpoint import check_fit
+from .checkpoint import check_fit, write_safetensors
 from .data.sources import LTData
 from .data.transforms import Preprocess
 from .errors import CheckpointError, ConfigError
@@ -204,9 +203,7 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True, onnx: b
     for stale in (out / EXPORT_ONNX, out / (EXPORT_ONNX + ".data")):  # of an export overwritten now
         stale.unlink(missing_ok=True)
     weights = out / EXPORT_WEIGHTS
-    tmp = weights.with_name(weights.name + ".tmp")
-    save_file(_detached(state), str(tmp), metadata={"format": FORMAT})
-    os.replace(tmp, weights)
+    write_safetensors(weights, _detached(state), {"format": FORMAT})
     meta = {
         "format": FORMAT, "tailtune_version": __version__, "config": C.to_dict(out_cfg),
         "classnames": list(classnames), "preprocess": asdict(exp.backbone.preprocess),

@@ -9,15 +9,13 @@ any moment leaves either the previous state or the new one, never half of one.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from .checkpoint import read_snapshot
+from .checkpoint import read_snapshot, write_safetensors
 from .errors import CheckpointError
 
 FORMAT = "tailtune-train-state-1"
@@ -81,9 +79,7 @@ def save_state(path: str | Path, model_tensors: dict[str, torch.Tensor], optimiz
     tensors.update(rng_tensors)
     meta = {"format": FORMAT, "counters": json.dumps(counters), "optimizer": json.dumps(optim_meta),
             "rng": json.dumps(rng_meta), "extra": json.dumps(extra)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    write_safetensors(path, tensors, meta)
 
 
 def load_state(path: str | Path) -> dict:
