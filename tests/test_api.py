@@ -115,3 +115,14 @@ def test_quiet_training_still_prints_the_results(tmp_path, capsys):
                      "name=q"]) == 0
     out = capsys.readouterr().out
     assert "overall" in out and "run folder" not in out  # the table, not the log
+
+
+def test_overrides_may_follow_options(tmp_path):
+    from tailtune import cli
+
+    args = ["train", "-r", "lift", "--dry-run", "model.provider=open_clip", "--dry-run-steps", "1",
+            "model.name=TT-Tiny-ViT", "model.pretrained=none", "data.name=synthetic", "data.num_classes=3",
+            "data.train_per_class=8", "data.test_per_class=2", "data.imb_ratio=2", "quiet=true"]
+    assert cli.main(args) == 0
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--dry-run", "--no-such-option"])
