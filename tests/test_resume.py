@@ -87,7 +87,7 @@ def test_sigterm_saves_and_says_how_to_resume(reference, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert f"tailtune train --resume {run}" in err
+    assert f"tailtune train --resume {run}" in err and f"--resume {run}" in (run / "log.txt").read_text()
     state = load_state(run / STATE)["counters"]
     assert state["epoch"] >= 1
     done = subprocess.run(_cli("train", "--resume", str(run)), env=ENV, capture_output=True, text=True,

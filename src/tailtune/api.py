@@ -356,7 +356,7 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
             history = trainer.fit(on_epoch)
     except TrainingInterrupted as e:
         message = f"{e}. Continue with: tailtune train --resume {run.path}"
-        log(message)
+        run.log(message, console=False)  # the caller says it (the CLI on stderr)
         run.close()
         raise TrainingInterrupted(message, e.signum) from None
     train_s = sum(h["seconds"] for h in history)  # across interruptions too

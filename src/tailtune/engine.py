@@ -407,7 +407,8 @@ class Trainer:
                 sums["seconds"] += time.perf_counter() - t0
                 self._save()
                 raise TrainingInterrupted(f"stopped by signal {self.stop_signal or 'on another rank'} at "
-                                          f"epoch {self.epoch + 1}, step {self.step}; the state is saved",
+                                          f"epoch {self.epoch + 1}, step {self.epoch_step} of "
+                                          f"{self.steps_per_epoch} ({self.step} in all); the state is saved",
                                           self.stop_signal or 15)
             if self.cfg.save_every and self.step % self.cfg.save_every == 0 and offset < len(remaining):
                 sums["seconds"] += time.perf_counter() - t0

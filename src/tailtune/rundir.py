@@ -80,8 +80,10 @@ class RunDir:
             return
         same = comparable_config(C.to_yaml(cfg)) == comparable_config((path / "config.yaml").read_text())
         if not same:
+            unfinished = (f" It is unfinished: `tailtune train --resume {path}` continues it with its own config."
+                          if (path / STATE).exists() else "")
             raise ConfigError(f"output folder {path} already holds a different run; choose another name "
-                              "(name=...), or pass overwrite=true to replace it.")
+                              f"(name=...), or pass overwrite=true to replace it.{unfinished}")
         if (path / "metrics.json").exists():
             raise ConfigError(f"output folder {path} already holds this run, finished; pass overwrite=true "
                               "to run it again, or choose another name (name=...).")
@@ -89,10 +91,10 @@ class RunDir:
             raise ConfigError(f"output folder {path} holds this run, unfinished; continue it with "
                               f"`tailtune train --resume {path}` or pass overwrite=true to start again.")
 
-    def log(self, msg: str) -> None:
+    def log(self, msg: str, console: bool = True) -> None:
         self._log.write(msg + "\n")
         self._log.flush()
-        if not self.quiet:
+        if console and not self.quiet:
             tqdm.write(msg)
 
     def scalars(self, step: int, values: dict) -> None:
@@ -127,7 +129,7 @@ class NullRun:
     def __init__(self, path: Path):
         self.path = path
 
-    def log(self, msg: str) -> None:
+    def log(self, msg: str, console: bool = True) -> None:
         pass
 
     def scalars(self, step: int, values: dict) -> None:
