@@ -18,7 +18,7 @@ from torch import nn
 
 from tailtune import api
 from tailtune.checkpoint import load_checkpoint, save_checkpoint
-from tailtune.config import ModelConfig, PeftConfig, load_config
+from tailtune.config import DataConfig, ModelConfig, PeftConfig, load_config
 from tailtune.errors import CheckpointError, ConfigError
 from tailtune.models.backbones import TimmBackbone, build_backbone
 from tailtune.models.model import TailModel
@@ -424,12 +424,17 @@ def test_self_attention_equals_multihead_attention(batch_first, mask):
 
 # ------------------------------------------------------------------ start-up errors and the run's record
 
-def test_vpt_on_a_cnn_fails_before_any_data_is_loaded(tiny_cfg, monkeypatch):
-    def no_data(*a, **k):
-        raise AssertionError("data was loaded before the PEFT check")
+def test_vpt_on_a_cnn_fails_before_any_image_is_decoded(tiny_cfg, monkeypatch, tmp_path):
+    import tailtune.data.validate as validate
+    from datatrees import class_tree
 
-    monkeypatch.setattr(api, "build_data", no_data)
+    def no_decoding(*a, **k):
+        raise AssertionError("images were decoded before the PEFT check")
+
+    monkeypatch.setattr(validate, "decode_error", no_decoding)
+    class_tree(tmp_path / "photos", [8, 8])
     cfg = tiny_cfg
+    cfg.data = DataConfig(name="folder", root=str(tmp_path / "photos"), num_workers=0)
     cfg.model = ModelConfig(provider="timm", name="tf_efficientnet_lite0", pretrained="none")
     cfg.head.init = "class_mean"
     cfg.peft = PeftConfig(method="vpt_deep")

@@ -11,7 +11,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from .checkpoint import assign_trainable, load_checkpoint, save_checkpoint
 from .data.datasets import SeededTransformed, Subset, Transformed
 from .data.samplers import SAMPLERS
 from .data.sources import SOURCES, LTData, build_data
-from .data.store import store_notes, use_store
+from .data.store import use_store
 from .data.transforms import (
     AUGMENTATIONS,
     TTE_MODES,
@@ -32,6 +32,7 @@ from .data.transforms import (
     test_transform,
     train_transform,
 )
+from .data.validate import check_image_files
 from .distributed import (
     DistInfo,
     barrier,
@@ -120,10 +121,10 @@ def build(cfg: C.Config, data: LTData | None = None) -> Experiment:
     resolve_precision(cfg.train.precision, device)
     if device.type == "cpu":
         tune_cpu_allocator()
-    # The data's start-up checks (files present and decodable) come before the model, which
-    # may take minutes to download.
+    # Start-up checks in order of cost: the data's listing and its files' presence (seconds), then
+    # the model (maybe a download) and what the config asks of it, then decoding every image.
     loaded = data is None
-    data = _load_data(cfg.data) if loaded else data
+    data = _list_data(cfg.data) if loaded else data
     # Seed before anything random is created: a randomly initialised backbone (tests) and the
     # PEFT modules must come out the same when a run is rebuilt from its folder.
     torch.manual_seed(cfg.train.seed)
@@ -133,7 +134,7 @@ def build(cfg: C.Config, data: LTData | None = None) -> Experiment:
     check_peft(backbone, cfg.peft)
     check_head(cfg.head, backbone)
     if loaded:
-        data = replace(data, notes=[*data.notes, *store_notes(cfg.data, backbone.preprocess.resolution)])
+        data = _finish_data(cfg.data, data, backbone.preprocess.resolution)
     apply_peft(backbone, cfg.peft, data.num_classes)
     head = build_head(cfg.head, backbone.feature_dim, data.num_classes)
     model = TailModel(backbone, head, bn_train=trains_bn_stats(cfg.peft))
@@ -410,15 +411,25 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
     return metrics
 
 
-def _load_data(cfg: C.DataConfig) -> LTData:
-    """The dataset of ``cfg``, read from its image store when ``data.store`` is set.
+def _list_data(cfg: C.DataConfig) -> LTData:
+    """The dataset of ``cfg`` as listed: class names, labels, splits, and its files present.
 
-    A store holds pixels decoded when it was built, so the raw files are not checked again
-    (decoding a large dataset at every start-up is what the store saves); with
+    A store (``data.store``) holds pixels decoded when it was built, so the raw files are not
+    checked (decoding a large dataset at every start-up is what the store saves); with
     ``data.skip_corrupt`` they are, to drop the same images the store left out.
     """
-    check_files = not cfg.store or cfg.skip_corrupt
-    return use_store(build_data(cfg, check_files=check_files), cfg)
+    data = build_data(cfg, check_files=False)
+    if not cfg.store or cfg.skip_corrupt:
+        data = check_image_files(data, verify=False)
+    return data
+
+
+def _finish_data(cfg: C.DataConfig, data: LTData, resolution: int) -> LTData:
+    """Decode every listed image (``data.verify_images``), then read the splits from the store if set."""
+    if (not cfg.store or cfg.skip_corrupt) and cfg.verify_images:
+        data = check_image_files(data, verify=True, skip_corrupt=cfg.skip_corrupt)
+        data.check()  # again: dropping corrupt images can empty a class
+    return use_store(data, cfg, resolution)
 
 
 def load_run(run_dir: str | Path, data: LTData | None = None) -> Experiment:
