@@ -2,6 +2,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import fake_fashion_mnist, write_idx
 from tailtune.config import DataConfig
@@ -35,7 +36,7 @@ def test_fashion_mnist_lt_from_a_folder(tmp_path):
     assert data.num_classes == 10 and len(data.train) == 700 and len(data.test) == 30
     assert data.group_names == ("head", "middle", "tail")
     img, y = data.train[0]
-    assert img.mode == "RGB" and img.size == (28, 28)
+    assert img.dtype == torch.uint8 and img.shape == (3, 28, 28) and torch.equal(img[0], img[2])  # gray as RGB
     assert "thirds" in data.notes[0]
 
 

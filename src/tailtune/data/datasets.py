@@ -1,6 +1,7 @@
 """Indexable datasets yielding ``(PIL.Image RGB, label)``; transforms are applied later.
 
-(The image store, data/store.py, yields (3, H, W) uint8 tensors instead; every transform takes both.)
+(Array-backed sources and the image store, data/store.py, yield (3, H, W) uint8 tensors instead;
+every transform takes both.)
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from ..errors import DataError
 
 
 class ArrayDataset(torch.utils.data.Dataset):
-    """Images held in a uint8 array (N, H, W) or (N, H, W, 3)."""
+    """Images held in a uint8 array (N, H, W) or (N, H, W, 3), yielded as (3, H, W) uint8 tensors
+    (views: a grayscale image is its one channel three times), which the transforms take without PIL."""
 
     def __init__(self, images: np.ndarray, targets: Sequence[int]):
         if len(images) != len(targets):
@@ -28,8 +30,9 @@ class ArrayDataset(torch.utils.data.Dataset):
         return len(self.targets)
 
     def __getitem__(self, i: int):
-        img = Image.fromarray(self.images[i])
-        return img.convert("RGB"), self.targets[i]
+        img = torch.from_numpy(np.asarray(self.images[i], dtype=np.uint8))
+        img = img.unsqueeze(0).expand(3, -1, -1) if img.dim() == 2 else img.permute(2, 0, 1)
+        return img, self.targets[i]
 
 
 class FileDataset(torch.utils.data.Dataset):

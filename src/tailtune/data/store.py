@@ -36,13 +36,14 @@ DEFAULT_SHORT_SIDE = 256  # int(224 * 8 / 7): the test view's resize at 224 px, 
 IGNORED_KEYS = ("store", "num_workers", "download", "verify_images", "root", "splits_dir")
 
 
-def resized(img: Image.Image, short_side: int, interpolation: str) -> Image.Image:
-    """``img`` in RGB with its short side brought down to ``short_side`` (never enlarged).
+def resized(img, short_side: int, interpolation: str) -> Image.Image:
+    """``img`` (PIL, or a (3, H, W) uint8 tensor) in RGB with its short side brought down to
+    ``short_side`` (never enlarged).
 
     The same resize the test transform applies (torchvision's ``Resize(short_side)``), so a
     store built at the test view's size gives the raw path's test views pixel for pixel.
     """
-    img = img.convert("RGB")
+    img = TF.to_pil_image(img) if torch.is_tensor(img) else img.convert("RGB")
     if min(img.size) <= short_side:
         return img
     return TF.resize(img, short_side, interpolation=InterpolationMode(interpolation))
