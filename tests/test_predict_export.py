@@ -43,7 +43,9 @@ def run(tmp_path_factory):
 def test_images(run):
     """The run's test images, as PIL images (the synthetic source regenerates them)."""
     data = build_data(from_yaml_text((run / "config.yaml").read_text()).data)
-    return [data.test[i][0] for i in range(len(data.test))]
+    from torchvision.transforms.functional import to_pil_image
+
+    return [to_pil_image(data.test[i][0]) for i in range(len(data.test))]
 
 
 @pytest.fixture(scope="module")

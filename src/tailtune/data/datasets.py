@@ -30,7 +30,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         return len(self.targets)
 
     def __getitem__(self, i: int):
-        img = torch.from_numpy(np.asarray(self.images[i], dtype=np.uint8))
+        img = torch.from_numpy(np.array(self.images[i], dtype=np.uint8))  # a copy: the array may be read-only
         img = img.unsqueeze(0).expand(3, -1, -1) if img.dim() == 2 else img.permute(2, 0, 1)
         return img, self.targets[i]
 
