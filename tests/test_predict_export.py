@@ -69,6 +69,12 @@ def test_predict_returns_the_trained_classes(run, test_images):
     assert [len(p.classes) for p in full] == [6, 6] and sum(full[0].probs) == pytest.approx(1.0, abs=1e-5)
     single = predictor.predict(test_images[:4], top_k=1, tte="none")
     assert [p.classes[0] for p in single] == saved["none"][:4].tolist()
+    from torchvision.transforms.functional import (
+        pil_to_tensor,  # (3, H, W) uint8 tensors are images too
+    )
+
+    as_tensors = predictor.predict([pil_to_tensor(img) for img in test_images[:4]], top_k=1, tte="none")
+    assert [p.classes[0] for p in as_tensors] == saved["none"][:4].tolist()
 
 
 def test_predict_files_folders_and_cli_json(run, test_images, tmp_path, capsys):

@@ -38,7 +38,9 @@ def image_files(paths) -> list[Path]:
     return files
 
 
-def _open(item) -> Image.Image:
+def _open(item):
+    if torch.is_tensor(item):  # a (3, H, W) uint8 image, as the array sources and the image store give
+        return item
     if isinstance(item, Image.Image):
         return item.convert("RGB")
     try:
@@ -129,12 +131,12 @@ class Predictor:
 
 
 def _items(images) -> list:
-    """A flat list of image paths and PIL images; folders are expanded."""
-    if isinstance(images, (str, Path, Image.Image)):
+    """A flat list of image paths, PIL images and (3, H, W) uint8 tensors; folders are expanded."""
+    if isinstance(images, (str, Path, Image.Image)) or (torch.is_tensor(images) and images.dim() == 3):
         images = [images]
     items = []
     for x in images:
-        items += [x] if isinstance(x, Image.Image) else image_files([x])
+        items += [x] if isinstance(x, Image.Image) or torch.is_tensor(x) else image_files([x])
     return items
 
 
