@@ -206,7 +206,8 @@ def use_store(data, cfg: DataConfig, resolution: int | None = None):
     """``data`` with its splits read from ``cfg.store`` (unchanged when no store is set).
 
     The store must have been built from the same data config (keys that pick images and
-    labels) and hold the same labels in the same order; otherwise it is refused.
+    labels) and hold the same class names, labels and files in the same order; otherwise it
+    is refused, saying what differs.
     """
     if not getattr(cfg, "store", None):
         return data
@@ -233,15 +234,8 @@ def use_store(data, cfg: DataConfig, resolution: int | None = None):
             raise DataError(f"the {name} split of the image store {cfg.store} holds other labels than the dataset "
                             "(files changed since it was built); rebuild it with `tailtune data cache`.")
         splits[name] = split
-    return replace(data, notes=[*data.notes, *store_notes(cfg, resolution)], **splits)
-
-
-def store_notes(cfg: DataConfig, resolution: int | None) -> list[str]:
-    """What a run should know about reading ``cfg.store`` at ``resolution`` (nothing without a store)."""
-    if not getattr(cfg, "store", None) or not resolution:
-        return []
-    short_side = read_meta(cfg.store)["short_side"]
-    if short_side >= int(resolution * 8 / 7):
-        return []
-    return [f"the image store's short side ({short_side} px) is below the test view's resize "
-            f"({int(resolution * 8 / 7)} px): evaluation enlarges stored images."]
+    notes = list(data.notes)
+    if resolution and meta["short_side"] < int(resolution * 8 / 7):
+        notes.append(f"the image store's short side ({meta['short_side']} px) is below the test view's "
+                     f"resize ({int(resolution * 8 / 7)} px): evaluation enlarges stored images.")
+    return replace(data, notes=notes, **splits)
