@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from tailtune.metrics import compute_metrics, geometric_mean, harmonic_mean
@@ -19,7 +20,9 @@ def metrics():
 def test_accuracies_overall_groups_and_per_class():
     m = metrics()
     assert m["overall"] == pytest.approx(100 * 6 / 8)
-    assert m["many"] == pytest.approx(100 * 4 / 6) and m["medium"] == pytest.approx(100.0) and m["few"] is None
+    # many: the mean of its classes' accuracies (75 and 50), not its images' (4/6 = 66.7)
+    assert m["many"] == pytest.approx(62.5) and m["medium"] == pytest.approx(100.0) and m["few"] is None
+    assert m["balanced"] == pytest.approx(75.0)  # (75 + 50 + 100) / 3; class 3 has no test image
     assert m["per_class"][:3] == pytest.approx([75.0, 50.0, 100.0]) and m["per_class"][3] is None
     assert m["num_samples"] == 8
 
@@ -48,6 +51,46 @@ def test_a_class_at_zero_makes_harmonic_and_geometric_mean_zero():
     assert m["worst_class"] == 0.0 and m["worst_class_index"] == 1
     assert m["harmonic_mean"] == 0.0 and m["geometric_mean"] == 0.0
     assert m["mean_class"] == 50.0 and m["overall"] == 50.0
+    # The reference clamps a class at 0.001% instead (reference: utils/evaluator.py:92): it would
+    # report 100 / mean(100 / 100, 100 / 0.001) = 0.002; tailtune takes the limit, 0.
+
+
+def test_harmonic_mean_agrees_with_the_references_clamp_when_no_class_is_at_zero():
+    accs = [100 / 7, 0.001, 64.0, 100.0]  # one right image of 7; the clamp's floor itself
+    clamped = 100.0 / np.mean([1.0 / (max(a, 0.001) / 100.0) for a in accs])
+    assert harmonic_mean(accs) == pytest.approx(clamped)
+
+
+def test_groups_are_class_means_on_an_unbalanced_test_set():
+    # 3 classes, all "many"; test images 10 / 2 / 4 per class, right 9 / 0 / 2.
+    targets = [0] * 10 + [1] * 2 + [2] * 4
+    preds = [0] * 9 + [1] + [0, 0] + [2, 2, 0, 0]
+    m = compute_metrics(preds, targets, [0, 0, 0], ["many", "few"], 3)
+    assert m["per_class"] == pytest.approx([90.0, 0.0, 50.0])
+    assert m["overall"] == pytest.approx(100 * 11 / 16)  # images: 68.75
+    assert m["many"] == pytest.approx(140 / 3) and m["balanced"] == pytest.approx(140 / 3)  # classes: 46.67
+    assert m["few"] is None  # a group without classes
+
+
+def test_a_class_without_test_images_is_left_out_of_its_group():
+    # many = classes 0 and 1; class 1 has no test image, so many is class 0's accuracy alone
+    # (counting it as 0% would give 25, as 100% 75).
+    m = compute_metrics([0, 1], [0, 0], [0, 0, 1], ["many", "few"], 3)
+    assert m["per_class"] == [50.0, None, None]
+    assert m["many"] == 50.0 and m["few"] is None and m["balanced"] == 50.0 and m["mean_class"] == 50.0
+
+
+def test_balanced_is_sklearns_balanced_accuracy():
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    targets = rng.choice(7, size=300, p=[0.4, 0.2, 0.15, 0.1, 0.08, 0.05, 0.02])
+    preds = np.where(rng.random(300) < 0.6, targets, rng.integers(0, 7, 300))
+    m = compute_metrics(preds, targets, [0, 0, 1, 1, 1, 2, 2], ["many", "medium", "few"], 7)
+    assert m["balanced"] == pytest.approx(100 * metrics.balanced_accuracy_score(targets, preds))
+    assert m["overall"] == pytest.approx(100 * metrics.accuracy_score(targets, preds))
+    assert m["balanced"] != pytest.approx(m["overall"])  # unbalanced: the two differ
+    recall = metrics.recall_score(targets, preds, average=None, labels=range(7))
+    assert m["few"] == pytest.approx(100 * recall[5:].mean())
 
 
 def test_no_samples():

@@ -1,9 +1,27 @@
-"""Accuracy overall, per class, per long-tail group, macro-F1 and summaries of per-class accuracy.
+"""Accuracy overall, balanced, per class, per long-tail group, macro-F1 and summaries of per-class accuracy.
 
-All accuracies are in percent. Summaries of the per-class accuracies (worst class,
-harmonic and geometric mean) are over the classes that have test images; a class with
-0% accuracy makes the harmonic and geometric means 0 (their limits as that accuracy
-goes to 0), so one forgotten class shows in them.
+All accuracies are in percent. ``overall`` is the share of test images classified
+correctly (the paper's headline number). Everything else is built on the per-class
+accuracies, and only on the classes that have test images (a class without test images
+has no accuracy and is left out of every mean, the group means included):
+
+- ``balanced``: the mean per-class accuracy (scikit-learn's ``balanced_accuracy_score``);
+- a group's accuracy (many / medium / few): the mean per-class accuracy of its classes,
+  as the reference computes it (reference: utils/evaluator.py:110-112, Evaluator.evaluate;
+  during training too, trainer.py:485-489). On a test set with the same number of images
+  per class (the benchmarks') it equals the accuracy over the group's images; on an
+  unbalanced one it does not, and the class mean is the one that keeps a group's rare
+  classes from vanishing behind its frequent ones;
+- worst class, harmonic and geometric mean.
+
+Harmonic and geometric mean: a class at 0% makes both 0, their limits as that class's
+accuracy goes to 0, so one forgotten class shows in them. The reference instead clamps
+each class at 0.001% in the harmonic mean (reference: utils/evaluator.py:92), which gives
+about C x 0.001% with one class at 0 out of C: a number that depends on the class count
+and not on the model. The two definitions agree exactly whenever no class is at 0% (a
+class with at least one correct image out of at most 100,000 is at 0.001% or more). The
+reference's geometric mean is the product's n-th root (utils/evaluator.py:95), which
+underflows to 0 for thousands of classes; here it is exp(mean(log)).
 """
 
 from __future__ import annotations
@@ -17,7 +35,8 @@ def confusion(preds: np.ndarray, targets: np.ndarray, num_classes: int) -> np.nd
 
 
 def harmonic_mean(values: np.ndarray) -> float:
-    """n / sum(1 / v); 0 if any value is 0 (the limit), 0 for no values."""
+    """n / sum(1 / v); 0 if any value is 0 (the limit; the reference clamps at 0.001 instead,
+    see the module's doc), 0 for no values."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) == 0 or (values <= 0).any():
         return 0.0
@@ -36,9 +55,10 @@ def compute_metrics(preds, targets, groups, group_names, num_classes: int) -> di
     """Metrics of predictions against targets; accuracies in percent.
 
     ``groups[c]`` is the group index of class c into ``group_names`` (e.g. many/medium/few).
-    A group's accuracy is over its test images (the benchmark's convention). Keys:
-    overall, one per group, macro_f1, per_class (None for classes without test images),
-    mean_class (mean per-class accuracy), worst_class, worst_class_index, harmonic_mean,
+    Keys: overall (image accuracy), balanced (mean per-class accuracy), one per group (the
+    mean per-class accuracy of the group's classes that have test images; None when none
+    has), macro_f1, per_class (None for classes without test images), mean_class (the same
+    as balanced, kept for older readers), worst_class, worst_class_index, harmonic_mean,
     geometric_mean, num_samples.
     """
     preds = np.asarray(preds, dtype=np.int64)
@@ -53,15 +73,15 @@ def compute_metrics(preds, targets, groups, group_names, num_classes: int) -> di
     precision = correct / np.maximum(predicted, 1)
     denom = precision + recall
     f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
-    out: dict = {"overall": float(100.0 * correct.sum() / max(len(targets), 1))}
+    accs = 100.0 * recall[present]
+    balanced = float(accs.mean()) if len(accs) else 0.0
+    out: dict = {"overall": float(100.0 * correct.sum() / max(len(targets), 1)), "balanced": balanced}
     for g, name in enumerate(group_names):
-        mask = groups == g
-        n = support[mask].sum()
-        out[name] = float(100.0 * correct[mask].sum() / n) if n else None
+        mask = (groups == g) & present
+        out[name] = float(100.0 * recall[mask].mean()) if mask.any() else None
     out["macro_f1"] = float(100.0 * f1[present].mean()) if present.any() else 0.0
     out["per_class"] = [float(100.0 * a) if p else None for a, p in zip(recall, present)]
-    accs = 100.0 * recall[present]
-    out["mean_class"] = float(accs.mean()) if len(accs) else 0.0
+    out["mean_class"] = balanced
     if len(accs):
         worst = int(np.flatnonzero(present)[np.argmin(accs)])
         out["worst_class"], out["worst_class_index"] = float(accs.min()), worst
