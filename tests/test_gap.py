@@ -105,10 +105,39 @@ def test_eval_train_split_prints_the_gap_per_group(gap_run, capsys):
     test = _class_means(metrics["test"]["per_class"], data["groups"], data["group_names"])
     assert out["generalisation_gap"]["gap"]["few"] == pytest.approx(train["few"] - test["few"])
     assert out["generalisation_gap"]["gap"]["overall"] == pytest.approx(train["overall"] - test["overall"])
+    # The train split's own group accuracies are class means too: the gap's train side is them.
+    for key in data["group_names"]:
+        assert out["generalisation_gap"]["train"][key] == pytest.approx(out[key])
+    assert out["generalisation_gap"]["train"]["overall"] == pytest.approx(out["balanced"])
     assert cli.main(["eval", str(run), "--split", "train", "--tte", "none", "-q"]) == 0
     text = capsys.readouterr().out
     assert "generalisation gap" in text and f"{train['few'] - test['few']:+.2f}" in text
     assert text.count("generalisation gap") == 1  # the new one, not also the run's saved subset gap
+
+
+def test_groups_of_the_long_tailed_train_split_are_class_means(gap_run, capsys):
+    # The train split is long-tailed: image and class means differ, and the reported ones are the
+    # class means (the reference's definition, reference: utils/evaluator.py:110-112).
+    run, metrics = gap_run
+    assert cli.main(["eval", str(run), "--split", "train", "--tte", "none", "--json", "-q"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    data = metrics["data"]
+    exp = api.load_run(run)
+    _, preds, labels = api.evaluate_with_predictions(exp, "none", "train")
+    groups = np.asarray(data["groups"])
+    per_class = np.array([100.0 * np.mean(preds[labels == c] == c) for c in range(len(groups))])
+    assert out["per_class"] == pytest.approx(per_class)
+    assert out["balanced"] == pytest.approx(per_class.mean())
+    assert out["overall"] == pytest.approx(100.0 * np.mean(preds == labels))
+    differ = 0
+    for g, name in enumerate(data["group_names"]):
+        in_group = groups[labels] == g
+        if not in_group.any():
+            assert out[name] is None
+            continue
+        assert out[name] == pytest.approx(per_class[groups == g].mean())
+        differ += abs(out[name] - 100.0 * np.mean(preds[in_group] == labels[in_group])) > 0.1
+    assert differ and abs(out["balanced"] - out["overall"]) > 0.1  # the check tells the two apart
 
 
 def test_the_results_printed_after_training_end_with_the_gap(gap_run):

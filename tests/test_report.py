@@ -66,6 +66,30 @@ def test_run_saves_predictions_of_both_evaluations(runs):
     assert metrics["test_no_tte"]["tte"] == "none" and metrics["test_no_tte"]["views_per_image"] == 1
 
 
+def test_metrics_table_and_report_carry_balanced_accuracy(runs):
+    run, metrics = runs["adapt"]
+    saved = json.loads((run / "metrics.json").read_text())
+    for key in ("test", "test_no_tte"):
+        per_class = np.array(saved[key]["per_class"], dtype=float)
+        assert saved[key]["balanced"] == pytest.approx(per_class.mean())
+        groups = np.asarray(saved["data"]["groups"])
+        for g, name in enumerate(saved["data"]["group_names"]):
+            if (groups == g).any():
+                assert saved[key][name] == pytest.approx(per_class[groups == g].mean())
+    lines = api.format_results(saved).splitlines()
+    header, row = lines[1].split(), lines[2].split()
+    assert header[:2] == ["overall", "balanced"]
+    assert row[:2] == [f"{saved['test']['overall']:.2f}", f"{saved['test']['balanced']:.2f}"]
+    results = _section((run / "report.html").read_text(), "results")
+    assert '<th class="num">overall</th><th class="num">balanced</th>' in results
+    for key in ("test", "test_no_tte"):
+        t = saved[key]
+        assert f'<td class="num">{t["overall"]:.2f}</td><td class="num">{t["balanced"]:.2f}</td>' in results
+    # A metrics.json from before balanced: the table falls back on mean_class.
+    old = {**saved, "test": {k: v for k, v in saved["test"].items() if k != "balanced"}}
+    assert api.format_results(old).splitlines()[2].split()[1] == f"{saved['test']['mean_class']:.2f}"
+
+
 def test_no_tte_metrics_match_a_fresh_evaluation(runs):
     run, metrics = runs["adapt"]
     assert api.evaluate(run, tte="none", quiet=True)["per_class"] == metrics["test_no_tte"]["per_class"]
@@ -171,6 +195,8 @@ def test_compare_two_runs(runs, tmp_path, capsys):
     summary = json.loads((out / "comparison.json").read_text())
     assert [r["run"] for r in summary["runs"]] == ["adapt", "probe"]
     assert [r["overall"] for r in summary["runs"]] == [ma["test"]["overall"], mb["test"]["overall"]]
+    assert [r["balanced"] for r in summary["runs"]] == [ma["test"]["balanced"], mb["test"]["balanced"]]
+    assert "balanced" in table
     assert [r["trainable_params"] for r in summary["runs"]][1] == 6 * 64  # classifier only: C x d
     diffs = _section(page, "differences")
     assert "peft.method" in diffs and "train.epochs" in diffs and "data.name" not in diffs

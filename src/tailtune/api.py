@@ -483,8 +483,11 @@ def format_results(metrics: dict) -> str:
     """A plain-text results table of a run's metrics."""
     test = metrics["test"]
     groups = metrics["data"]["group_names"]
-    head = ["overall", *groups, "macro-F1"]
-    vals = [test["overall"], *[test.get(g) for g in groups], test["macro_f1"]]
+    # overall: image accuracy; balanced and the groups: means of per-class accuracies (metrics.py).
+    # metrics.json of older runs has the same number as mean_class, or neither.
+    head = ["overall", "balanced", *groups, "macro-F1"]
+    vals = [test["overall"], test.get("balanced", test.get("mean_class")), *[test.get(g) for g in groups],
+            test["macro_f1"]]
     cells = ["-" if v is None else f"{v:.2f}" for v in vals]
     widths = [max(len(h), len(c)) for h, c in zip(head, cells)]
     line = "  ".join(h.rjust(w) for h, w in zip(head, widths))
@@ -492,8 +495,8 @@ def format_results(metrics: dict) -> str:
     lines = [f"results on {metrics['dataset']} test set (tte: {test['tte']}, {test['views_per_image']} view(s)/image):",
              line, row]
     if "harmonic_mean" in test:  # metrics.json of older runs lacks the per-class summaries
-        lines.append(f"per-class accuracy: mean {test['mean_class']:.2f}, worst {test['worst_class']:.2f}, "
-                     f"harmonic {test['harmonic_mean']:.2f}, geometric {test['geometric_mean']:.2f}")
+        lines.append(f"per-class accuracy: worst {test['worst_class']:.2f}, harmonic {test['harmonic_mean']:.2f}, "
+                     f"geometric {test['geometric_mean']:.2f} (balanced and groups: means of per-class accuracy)")
     if "params" in metrics:
         p = metrics["params"]
         lines.append(f"trainable: {p['trainable_backbone']:,} backbone ({100 * p['trainable_backbone_share']:.3f}%) "

@@ -106,7 +106,8 @@ def cmd_zeroshot(args) -> int:
     print(f"zero-shot {out['backbone']['name']} ({out['backbone']['pretrained']}) on {out['dataset']}, "
           f"prompt {out['prompt']!r}:")
     print("  ".join(f"{k} {test[k]:.2f}" if test.get(k) is not None else f"{k} -"
-                    for k in ["overall", *groups, "macro_f1", "worst_class", "harmonic_mean", "geometric_mean"]))
+                    for k in ["overall", "balanced", *groups, "macro_f1", "worst_class", "harmonic_mean",
+                              "geometric_mean"]))
     print(f"tte {test['tte']}: {test['views_per_image']} forward(s) per image")
     return 0
 

@@ -32,7 +32,9 @@ def summary_lines(sweep) -> list[str]:
         gap = (m.get("generalisation_gap") or {}).get("gap", {})
         accs = "  ".join(f"{g} {t[g]:.2f}" for g in groups if t.get(g) is not None)
         gaps = "  ".join(f"{g} {gap[g]:+.2f}" for g in groups if gap.get(g) is not None)
-        lines.append(f"{p.name}: overall {t['overall']:.2f}  {accs}" + (f"  | gap {gaps}" if gaps else ""))
+        balanced = t.get("balanced", t.get("mean_class"))
+        bal = "" if balanced is None else f"  balanced {balanced:.2f}"
+        lines.append(f"{p.name}: overall {t['overall']:.2f}{bal}  {accs}" + (f"  | gap {gaps}" if gaps else ""))
     return lines
 
 
@@ -44,8 +46,8 @@ def spread_lines(sweep) -> list[str]:
     if not sweep.has_seeds or not path.exists():
         return []
     summary = json.loads(path.read_text())
-    cols = ["overall", *summary["groups"]]
-    return [f"{s['setting']} ({s['n']} seeds): " + "  ".join(f"{c} {format_mean_std(s[c])}" for c in cols)
+    cols = ["overall", "balanced", *summary["groups"]]
+    return [f"{s['setting']} ({s['n']} seeds): " + "  ".join(f"{c} {format_mean_std(s[c])}" for c in cols if c in s)
             for s in summary.get("settings", [])]
 
 

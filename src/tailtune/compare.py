@@ -56,13 +56,14 @@ def _gap(row: dict, group: str) -> str:
 
 
 def format_comparison(result: dict) -> str:
-    """One table: accuracy overall and per group, trainable parameters and time per mode."""
+    """One table: accuracy overall, balanced and per group, trainable parameters and time per mode."""
     groups = result["group_names"]
-    header = ["mode", "overall", *groups, *[f"gap {g}" for g in groups], "trainable params", "time"]
+    header = ["mode", "overall", "balanced", *groups, *[f"gap {g}" for g in groups], "trainable params", "time"]
     table = [header]
     for r in result["rows"]:
         t, p = r["test"], r["params"]
-        table.append([r["mode"], f"{t['overall']:.2f}",
+        balanced = t.get("balanced", t.get("mean_class"))
+        table.append([r["mode"], f"{t['overall']:.2f}", "-" if balanced is None else f"{balanced:.2f}",
                       *["-" if t.get(g) is None else f"{t[g]:.2f}" for g in groups],
                       *[_gap(r, g) for g in groups],
                       f"{p['trainable_total']:,} ({100 * p['trainable_backbone_share']:.2f}% of backbone)",
@@ -73,6 +74,7 @@ def format_comparison(result: dict) -> str:
     tte = result["rows"][0]["test"].get("tte", "none") if result["rows"] else "none"
     lines.insert(1, "-" * len(lines[0]))
     lines.append(f"(test accuracy in %, test-time ensemble: {tte}; same data, epochs and schedule for every mode;"
+                 " overall: over the test images; balanced and groups: means of per-class accuracies;"
                  " gap: train - test mean per-class accuracy, one view)")
     if result.get("report"):
         lines.append(f"report: {result['report']}")

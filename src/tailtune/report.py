@@ -226,6 +226,11 @@ def _e(value) -> str:
     return html.escape(str(value))
 
 
+def _balanced(t: dict):
+    """Mean per-class accuracy of a test evaluation (``mean_class`` in runs from before ``balanced``)."""
+    return t.get("balanced", t.get("mean_class"))
+
+
 def _pct(v) -> str:
     return "–" if v is None else f"{v:.2f}"
 
@@ -307,11 +312,11 @@ def _cfg(config: dict, dotted: str, default="–"):
 
 def _results_section(page: _Page, r: RunRecord) -> None:
     groups = r.group_names
-    header = ["evaluation", "views / image", "overall", *groups, "macro-F1", "worst class"]
+    header = ["evaluation", "views / image", "overall", "balanced", *groups, "macro-F1", "worst class"]
     rows = []
     for label, t in r.evaluations():
-        rows.append([label, t.get("views_per_image", "–"), _pct(t["overall"]), *[_pct(t.get(g)) for g in groups],
-                     _pct(t.get("macro_f1")), _pct(t.get("worst_class"))])
+        rows.append([label, t.get("views_per_image", "–"), _pct(t["overall"]), _pct(_balanced(t)),
+                     *[_pct(t.get(g)) for g in groups], _pct(t.get("macro_f1")), _pct(t.get("worst_class"))])
     table = _table(header, rows, numeric=set(range(1, len(header))))
     series = {label: {"overall": t["overall"], **{g: t.get(g) for g in groups}} for label, t in r.evaluations()}
     png = plots.group_accuracy_bars(series, ["overall", *groups],
@@ -335,7 +340,8 @@ def _results_section(page: _Page, r: RunRecord) -> None:
     notes = "".join(f'<p class="note">note: {_e(n)}</p>' for n in r.metrics.get("notes", []))
     page.section("results", "Results", table + page.figure("metrics", png, "accuracy per group") +
                  _table(None, facts, cls="facts") + notes,
-                 "Test accuracy (%) overall and per group of classes by training-image count.")
+                 "Test accuracy (%): overall over the test images; balanced (the mean per-class accuracy) "
+                 "and each group of classes by training-image count as means of their classes' accuracies.")
 
 
 def _gap_section(page: _Page, r: RunRecord) -> None:
@@ -473,7 +479,7 @@ def comparison_rows(records: list[RunRecord], labels: list[str]) -> tuple[list[s
         rows.append({"run": label, "path": str(r.path), "dataset": r.metrics.get("dataset"),
                      "backbone": r.metrics.get("backbone", {}).get("name"), "peft": r.metrics.get("peft"),
                      "loss": _cfg(r.config, "loss.name"), "tte": t["tte"], "overall": t["overall"],
-                     **{g: t.get(g) for g in groups}, "overall_no_tte": no_tte["overall"] if no_tte else None,
+                     "balanced": _balanced(t), **{g: t.get(g) for g in groups}, "overall_no_tte": no_tte["overall"] if no_tte else None,
                      "macro_f1": t.get("macro_f1"), "trainable_params": p.get("trainable_total"),
                      "trainable_backbone_share": p.get("trainable_backbone_share"),
                      "train_s": r.metrics.get("time", {}).get("train_s"), **_gap_columns(r, groups)})
@@ -511,9 +517,9 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None,
     page = _Page(out, title or f"tailtune comparison of {len(records)} runs",
                  " · ".join(sorted({str(r['dataset']) for r in rows})))
 
-    metric_cols = ["overall", *groups, "overall_no_tte", "macro_f1"]
+    metric_cols = ["overall", "balanced", *groups, "overall_no_tte", "macro_f1"]
     gap_cols = [f"gap_{g}" for g in ["overall", *groups]]
-    header = ["run", "PEFT", "loss", "TTE", "overall", *groups, "overall, no TTE", "macro-F1",
+    header = ["run", "PEFT", "loss", "TTE", "overall", "balanced", *groups, "overall, no TTE", "macro-F1",
               *[f"gap: {g}" for g in ["overall", *groups]], "trainable params", "train time"]
     best = {}
     for j, col in enumerate(metric_cols):
@@ -529,7 +535,8 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None,
     numeric = set(range(4, len(header)))
     page.section("results", "Results side by side",
                  _table(header, table_rows, numeric, bold=best),
-                 "Test accuracy (%); the best value of each column is bold. Gap: mean per-class accuracy on "
+                 "Test accuracy (%); the best value of each column is bold. Overall: over the test images; "
+                 "balanced and the groups: means of per-class accuracies. Gap: mean per-class accuracy on "
                  "training images minus on test images (one view each; larger means more fitted to the training "
                  "images). Trainable parameters include the classifier; the percentage is the tuned share of the "
                  "backbone.")
@@ -571,8 +578,8 @@ def _spread_section(page: _Page, rows: list[dict], settings: list[str], columns:
     if len(settings) != len(rows):
         raise ConfigError(f"{len(settings)} settings given for {len(rows)} runs; give one per run.")
     stats = aggregate(rows, settings, columns)
-    shown = ["overall", *groups, "overall_no_tte", "gap_overall", *[f"gap_{g}" for g in groups]]
-    header = ["setting", "runs", "overall", *groups, "overall, no TTE", "gap: overall",
+    shown = ["overall", "balanced", *groups, "overall_no_tte", "gap_overall", *[f"gap_{g}" for g in groups]]
+    header = ["setting", "runs", "overall", "balanced", *groups, "overall, no TTE", "gap: overall",
               *[f"gap: {g}" for g in groups]]
     body = [[s["setting"], s["n"], *[format_mean_std(s[c]) for c in shown]] for s in stats]
     page.section("spread", "Mean and spread over seeds", _table(header, body, set(range(1, len(header)))),

@@ -12,8 +12,8 @@ Each point is an ordinary run folder ``<sweep folder>/<point name>/`` trained by
 :func:`tailtune.fit`. A point whose folder holds ``metrics.json`` is finished and skipped;
 one with a saved training state is resumed; so a sweep that stopped continues when the same
 command runs again. At the end the sweep folder gets one comparison report
-(``report.html``, ``comparison.json``) with a plot of each swept key against overall and
-per-group accuracy.
+(``report.html``, ``comparison.json``) with a plot of each swept key against overall,
+balanced and per-group accuracy.
 
 Points run one after another in this process by default. With ``parallel > 1`` or a
 launcher (``torchrun``) each point is a ``python -m tailtune.cli train`` subprocess.

@@ -1,8 +1,9 @@
 """A sweep's own part of its comparison report: accuracy against each swept key.
 
-For each swept key, one figure with a panel per metric (overall, then each group): the
-key's values along x in the order they were given, one line per combination of the other
-keys' values, each point the mean over seeds with the standard deviation as an error bar.
+For each swept key, one figure with a panel per metric (overall, balanced, then each
+group): the key's values along x in the order they were given, one line per combination of
+the other keys' values, each point the mean over seeds with the standard deviation as an
+error bar.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def axis_figure(key: str, values: Sequence[str], curves: dict, metrics: Sequence
 
 def sweep_sections(sweep, points, page, rows: Sequence[dict], groups: Sequence[str]) -> dict:
     """Add one section per swept key to a comparison page; returns the curves for comparison.json."""
-    metrics = ["overall", *groups]
+    metrics = ["overall", "balanced", *groups]
     out = {}
     grid = sweep.grid_axes
     for i, axis in enumerate(grid):
