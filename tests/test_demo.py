@@ -56,5 +56,5 @@ def test_compare_recipes_table(demo_overrides, tmp_path):
     params = [r["params"]["trainable_backbone"] for r in result["rows"]]
     assert params[0] == 0 < params[1] < params[2]
     table = format_comparison(result)
-    assert "head" in table and "tail" in table and "full fine-tuning" in table
+    assert "head" in table and "tail" in table and "full fine-tuning" in table and "balanced" in table
     assert (tmp_path / "cmp" / "comparison.json").exists()

@@ -76,11 +76,12 @@ def test_a_2x2_sweep_writes_four_runs_and_one_comparison(swept):
     assert [row["run"] for row in summary["runs"]] == POINTS
     for row in summary["runs"]:
         metrics = json.loads((out / row["run"] / "metrics.json").read_text())
-        assert row["overall"] == metrics["test"]["overall"]
+        assert row["overall"] == metrics["test"]["overall"] and row["balanced"] == metrics["test"]["balanced"]
     assert summary["sweep"]["axes"]["train.lr"]["values"] == ["0.01", "0.1"]
     # The plotted value for lr 0.1 on the loss=la line is that run's overall accuracy.
-    la = summary["sweep"]["axes"]["train.lr"]["curves"]["loss=la"]["overall"][1]
-    assert la["mean"] == json.loads((out / "train.lr=0.1__loss=la" / "metrics.json").read_text())["test"]["overall"]
+    curve = summary["sweep"]["axes"]["train.lr"]["curves"]["loss=la"]
+    saved = json.loads((out / "train.lr=0.1__loss=la" / "metrics.json").read_text())["test"]
+    assert curve["overall"][1]["mean"] == saved["overall"] and curve["balanced"][1]["mean"] == saved["balanced"]
     page = (out / "report.html").read_text()
     assert '<section id="sweep-0">' in page and '<section id="sweep-1">' in page
     assert (out / "report" / "sweep_0.png").exists() and (out / "report" / "sweep_1.png").exists()
@@ -157,4 +158,5 @@ def test_train_with_seeds_reports_mean_and_spread(tmp_path, capsys):
     assert spread[0]["overall"]["std"] == pytest.approx(np.std(runs, ddof=1))
     page = (folder / "report.html").read_text()
     assert '<section id="spread">' in page and format_mean_std(spread[0]["overall"]) in page
-    assert f"lift (2 seeds): overall {format_mean_std(spread[0]['overall'])}" in capsys.readouterr().out
+    assert (f"lift (2 seeds): overall {format_mean_std(spread[0]['overall'])}  "
+            f"balanced {format_mean_std(spread[0]['balanced'])}") in capsys.readouterr().out
