@@ -496,7 +496,7 @@ def format_results(metrics: dict) -> str:
              line, row]
     if "harmonic_mean" in test:  # metrics.json of older runs lacks the per-class summaries
         lines.append(f"per-class accuracy: worst {test['worst_class']:.2f}, harmonic {test['harmonic_mean']:.2f}, "
-                     f"geometric {test['geometric_mean']:.2f} (balanced and groups: means of per-class accuracy)")
+                     f"geometric {test['geometric_mean']:.2f} (balanced, groups: means over classes)")
     if "params" in metrics:
         p = metrics["params"]
         lines.append(f"trainable: {p['trainable_backbone']:,} backbone ({100 * p['trainable_backbone_share']:.3f}%) "
