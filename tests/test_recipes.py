@@ -1,13 +1,15 @@
-"""One recipe per published setting: each validates, carries its number, command and grid."""
+"""One recipe per published setting: each builds on LIFT, validates, carries its number, command and grid."""
 
 import re
 import shlex
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from tailtune import api, cli
-from tailtune.config import list_presets, load_config, to_dict
+from tailtune.config import from_yaml_text, list_presets, load_config, read_recipe, to_dict, to_yaml
+from tailtune.errors import ConfigError
 from tailtune.recipes import TABLE_ORDER, all_recipes, recipe_info, recipe_table
 from tailtune.report import config_differences
 from tailtune.sweep import plan
@@ -35,17 +37,17 @@ def test_every_recipe_loads_and_validates(name):
     cfg = load_config(name)
     api.validate(cfg)  # every registry name in it exists
     info = recipe_info(name)
-    assert info.description and info.description == info.path.read_text().splitlines()[0].lstrip("# ")
-    assert info.expected == PUBLISHED.get(name)
-    if info.expected is not None:  # the number is written in the description too
-        assert f"{info.expected}%" in info.description
+    assert info.description and info.path.name == f"{name}.yaml"
+    assert info.published == PUBLISHED.get(name)
+    if info.published is not None:  # the number is written in the description too
+        assert f"{info.published}%" in info.description and info.benchmark
 
 
 def test_every_published_setting_has_a_recipe():
-    expected = {r.name: r.expected for r in all_recipes() if r.expected is not None}
-    assert expected == PUBLISHED
+    published = {r.name: r.published for r in all_recipes() if r.published is not None}
+    assert published == PUBLISHED
     assert set(TABLE_ORDER) == set(RECIPES)
-    assert recipe_info("lift_inat2018").expected is None
+    assert recipe_info("lift_inat2018").published is None
 
 
 @pytest.mark.parametrize("name", sorted(SAME_AS_LIFT))
@@ -109,3 +111,120 @@ def test_list_recipes_shows_the_published_numbers(capsys):
     for name, number in PUBLISHED.items():
         assert lines[name].split()[1] == f"{number:g}"
     assert lines["lift_inat2018"].split()[1] == "-"
+
+
+# --- composition: `base:` chains, checked `recipe:` fields -----------------------------------------------------
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_recipes_build_on_lift_instead_of_copying_it():
+    chains = {r.name: r.bases for r in all_recipes()}
+    assert chains["ablation_peft"] == ("lift_imagenet_lt", "lift")
+    assert chains["lift_cifar100_ir10"] == ("lift_cifar100_ir100", "lift")
+    assert chains["lift_vitl14_places_lt"] == ("lift_places_lt", "lift")
+    assert chains["lift"] == chains["demo"] == ()
+    assert {name for name, bases in chains.items() if bases and bases[-1] == "lift"} == set(RECIPES) - {"lift", "demo"}
+    assert [s.name for s in read_recipe("ablation_tte")] == ["lift", "lift_imagenet_lt", "ablation_tte"]
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if read_recipe(n)[-1].base])
+def test_a_recipe_states_only_what_differs_from_its_base(name):
+    *bases, own = read_recipe(name)
+    inherited = OmegaConf.merge(*[b.layer for b in bases])
+    for key, value in _leaves(OmegaConf.to_container(own.layer)).items():
+        assert OmegaConf.select(inherited, key) != value, f"{name} repeats {key}={value!r} of its base"
+
+
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+# Written by hand from the recipes as they were before they composed (each a full copy of lift).
+@pytest.mark.parametrize("name, expected", [
+    ("lift_vitl14_places_lt", {"data.name": "places_lt", "data.root": "data/places365", "data.imb_ratio": 1,
+                               "model.name": "ViT-L-14", "model.pretrained": "openai", "peft.method": "adaptformer",
+                               "head.init": "text", "loss.name": "la", "train.lr": 0.01, "train.epochs": 10,
+                               "train.scheduler": "cosine_epoch", "eval.tte": "fivecrop", "eval.expand": 21}),
+    ("lift_cifar100_ir50", {"data.name": "cifar100_lt", "data.imb_ratio": 50, "data.group_imb_ratio": 100,
+                            "model.name": "ViT-B-16", "eval.expand": None, "train.scheduler": "cosine_epoch"}),
+    ("zeroshot_clip", {"data.name": "fashion_mnist_lt", "model.name": "ViT-B-16", "head.init": "auto",
+                       "head.prompt": "a photo of a {}.", "train.scheduler": "cosine", "eval.tte": "none"}),
+    ("ablation_epochs", {"data.name": "imagenet_lt", "train.epochs": 10, "peft.method": "adaptformer"}),
+])
+def test_resolved_recipes_keep_their_values(name, expected):
+    cfg = to_dict(load_config(name))
+    assert {key: OmegaConf.select(OmegaConf.create(cfg), key) for key in expected} == expected
+
+
+def test_a_users_recipe_file_builds_on_a_packaged_one_and_saves_a_full_config(tmp_path):
+    mine = _write(tmp_path / "mine.yaml", "base: lift_imagenet_lt\n"
+                  "recipe:\n  description: mine\n  sweep: ['peft.r=4,8']\ntrain:\n  epochs: 3\n")
+    cfg = load_config(mine)
+    assert cfg == load_config("lift_imagenet_lt", overrides=["train.epochs=3"])
+    saved = to_yaml(cfg)
+    assert "base" not in saved and "description" not in saved and from_yaml_text(saved) == cfg
+    info = recipe_info(mine)
+    assert (info.name, info.description, info.bases, info.published) == ("mine", "mine", ("lift_imagenet_lt", "lift"), None)
+    assert [p.cfg.peft.r for p in plan(mine, out=tmp_path / "s").points] == [4, 8]  # its own sweep field
+
+
+def test_a_base_path_counts_from_the_file_naming_it(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    _write(tmp_path / "sub" / "a.yaml", "base: lift\ntrain:\n  lr: 0.5\n")
+    top = _write(tmp_path / "sub" / "b.yaml", "base: a.yaml\ntrain:\n  epochs: 2\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(top)
+    assert (cfg.train.lr, cfg.train.epochs, cfg.peft.method) == (0.5, 2, "adaptformer")
+    assert [s.name for s in read_recipe(top)] == ["lift", "a.yaml", top]
+
+
+def test_a_cycle_of_bases_is_refused_naming_the_recipe(tmp_path):
+    _write(tmp_path / "a.yaml", "base: b.yaml\n")
+    b = _write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match=rf"recipe {re.escape(b)}: its bases form a cycle .*-> a.yaml -> b.yaml\)"):
+        load_config(b)
+    me = _write(tmp_path / "me.yaml", "base: me.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        recipe_info(me)
+
+
+def test_an_unknown_base_is_refused_with_close_matches(tmp_path):
+    bad = _write(tmp_path / "bad.yaml", "base: lfit\n")
+    with pytest.raises(ConfigError, match=rf"recipe {re.escape(bad)}: unknown base 'lfit'\. Did you mean lift\b"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="base file .*nowhere.yaml does not exist"):
+        load_config(_write(tmp_path / "far.yaml", "base: nowhere.yaml\n"))
+    with pytest.raises(ConfigError, match="must name a recipe"):
+        load_config(_write(tmp_path / "list.yaml", "base: [lift]\n"))
+
+
+@pytest.mark.parametrize("meta, message", [
+    ("published: '78.3'\n  benchmark: ImageNet-LT", r"published must be a number.*got '78.3'"),
+    ("published: true\n  benchmark: ImageNet-LT", "published must be a number"),
+    ("published: 178.3\n  benchmark: ImageNet-LT", "published must be a number"),
+    ("published: 78.3", r"published \(78.3\) needs recipe.benchmark"),
+    ("publshed: 78.3", r"publshed is not a recipe field\. Did you mean recipe.published\?"),
+    ("description: 3", "description must be a non-empty text"),
+    ("sweep: peft.r=4,8", "sweep must be a list"),
+    ("sweep: ['peft.r=4']", "sweep entry 'peft.r=4' is not an axis"),
+])
+def test_recipe_fields_are_checked(tmp_path, meta, message):
+    path = _write(tmp_path / "r.yaml", f"base: lift\nrecipe:\n  {meta}\n")
+    with pytest.raises(ConfigError, match=rf"recipe {re.escape(path)}: recipe\.{message}"):
+        load_config(path)  # a run refuses it too, not only `tailtune list`
+
+
+def test_recipe_keys_belong_to_recipes_and_old_comments_are_refused(tmp_path):
+    extra = _write(tmp_path / "extra.yaml", "base: lift\n")
+    with pytest.raises(ConfigError, match=r"has 'base:', which only a recipe has; pass the file as the recipe \(-r"):
+        load_config("lift", files=[extra])
+    old = _write(tmp_path / "old.yaml", "# my grid\n# sweep: peft.r=4,8\nbase: lift\n")
+    with pytest.raises(ConfigError, match=r"no longer read; write it as the YAML field recipe.sweep"):
+        plan(old, out=tmp_path / "s")

@@ -137,13 +137,9 @@ def cmd_list(args) -> int:
                   "prompts": PROMPT_MODES, "samplers": SAMPLERS, "augmentations": AUGMENTATIONS, "tte": TTE_MODES,
                   "datasets": SOURCES, "models": PROVIDERS}
     if args.what == "recipes":  # with the published accuracy each should reach
-        from .recipes import all_recipes, recipe_table
+        from .recipes import recipe_listing, recipe_table
 
-        if args.markdown:
-            print(recipe_table(), end="")
-            return 0
-        for r in all_recipes():
-            print(f"{r.name:24s} {'-' if r.expected is None else f'{r.expected:g}':>5s}  {r.description}")
+        print(recipe_table() if args.markdown else recipe_listing(), end="")
         return 0
     if args.what in ("recipes", "data"):
         kind = "recipes" if args.what == "recipes" else "data"

@@ -1,7 +1,9 @@
 """Dataclass configs: the schema of every run.
 
-Configs are composed as: schema defaults <- recipe YAML <- data preset YAML <- user YAML
-files <- ``key=value`` overrides. Merging, typing and override parsing are OmegaConf's
+Configs are composed as: schema defaults <- recipe YAML (after the recipes it names as
+``base:``, farthest first) <- data preset YAML <- user YAML files <- ``key=value``
+overrides. A recipe's ``base:`` and ``recipe:`` (its description) are read here and kept
+out of the schema (:func:`read_recipe`). Merging, typing and override parsing are OmegaConf's
 (structured configs); tailtune only adds value checks in ``__post_init__`` and a
 friendlier error text. The resolved config is saved next to every run.
 """
@@ -16,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
@@ -389,27 +391,147 @@ def load_config(
     """Compose and validate a config.
 
     Args:
-        recipe: packaged recipe name (``tailtune list recipes``) or a YAML path.
+        recipe: packaged recipe name (``tailtune list recipes``) or a YAML path; the recipes it
+            builds on (``base:``) come first, each as its own layer.
         data: packaged data preset name (e.g. ``cifar100_ir100``) or a YAML path.
         files: further YAML files, merged in order.
         overrides: ``key=value`` strings (OmegaConf dotlist syntax), e.g. ``train.epochs=5``.
     """
     layers: list[tuple[str, Any]] = []
     if recipe:
-        layers.append((f"recipe {recipe}", _load_yaml(_preset_path("recipes", recipe))))
+        chain = read_recipe(recipe)
+        for source in chain:
+            where = f"recipe {source.name}" + (f" (base of {recipe})" if source is not chain[-1] else "")
+            layers.append((where, source.layer))
     if data:
         layers.append((f"data preset {data}", {"data": _load_yaml(_preset_path("data", data))}))
     for f in files:
         path = Path(f)
         if not path.exists():
             raise ConfigError(f"config file {f} does not exist.")
-        layers.append((f"config file {f}", _load_yaml(path)))
+        layer = _load_yaml(path)
+        own = [k for k in (RECIPE_BASE, RECIPE_META) if isinstance(layer, DictConfig) and k in layer]
+        if own:
+            raise ConfigError(f"config file {f} has '{own[0]}:', which only a recipe has; pass the file as the "
+                              f"recipe (-r {f}), or drop '{own[0]}:'.")
+        layers.append((f"config file {f}", layer))
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. train.epochs=5).")
     if overrides:
         layers.append(("command-line overrides", _dotlist(list(overrides))))
     return merge_layers(layers)
+
+
+# A recipe file holds config keys plus two of its own, removed before the schema sees it:
+RECIPE_BASE = "base"  # the recipe it builds on: a packaged name, or a .yaml path (relative to the file)
+RECIPE_META = "recipe"  # what the recipe is (RECIPE_FIELDS); describes, never configures; not inherited
+RECIPE_FIELDS = {
+    "description": "one line shown by `tailtune list recipes` and the README table",
+    "benchmark": "the data set it is set up for (e.g. ImageNet-LT), or null",
+    "published": "the paper's overall top-1 accuracy (%) on the benchmark, or null",
+    "command": "how to run it (default: tailtune train -r NAME)",
+    "sweep": "the axes `tailtune sweep NAME` runs: a list of key=v1,v2,... as on the command line",
+}
+
+
+@dataclass(frozen=True)
+class RecipeSource:
+    """One recipe file as read: its config keys (``layer``) apart from its base and metadata."""
+
+    name: str  # the packaged name, or the path as given
+    path: Path
+    base: Optional[str]
+    layer: Any  # DictConfig of the config keys it sets
+    meta: dict  # its checked ``recipe:`` section (RECIPE_FIELDS present in the file)
+
+
+def read_recipe(name: str) -> list[RecipeSource]:
+    """A recipe and the recipes it builds on, the farthest base first (so it merges last).
+
+    Raises ConfigError for an unknown base (with close matches), a base that names itself
+    through a chain, or a bad ``recipe:`` section.
+    """
+    chain = [_read_recipe_file(name, _preset_path("recipes", name))]
+    while chain[-1].base is not None:
+        child = chain[-1]
+        source = _read_recipe_file(*_base_of(child))
+        if source.path.resolve() in [s.path.resolve() for s in chain]:
+            names = " -> ".join([s.name for s in chain] + [source.name])
+            raise ConfigError(f"recipe {name}: its bases form a cycle ({names}); remove one of these 'base:' keys.")
+        chain.append(source)
+    return chain[::-1]
+
+
+def _base_of(child: RecipeSource) -> tuple[str, Path]:
+    """(name, path) of the recipe ``child`` builds on."""
+    base = child.base
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"recipe {child.name}: 'base: {base}' must name a recipe (`tailtune list recipes`) "
+                          "or a .yaml file.")
+    if Path(base).suffix in (".yaml", ".yml"):
+        path = Path(base).expanduser()
+        path = path if path.is_absolute() else child.path.parent / path
+        if not path.is_file():
+            raise ConfigError(f"recipe {child.name}: its base file {path} does not exist (a relative base path "
+                              "counts from the folder of the file naming it).")
+        return base, path
+    known = list_presets("recipes")
+    if base not in known:
+        import difflib
+
+        close = difflib.get_close_matches(base, known, n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"recipe {child.name}: unknown base {base!r}.{hint} Known: {', '.join(known)} "
+                          "(or a path to a .yaml file).")
+    return base, _preset_path("recipes", base)
+
+
+def _read_recipe_file(name: str, path: Path) -> RecipeSource:
+    layer = _load_yaml(path)
+    layer = OmegaConf.create() if layer == {} else layer  # an empty file sets nothing
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"recipe {name} ({path}) is not a mapping of config keys.")
+    base = layer.pop(RECIPE_BASE, None)
+    meta = layer.pop(RECIPE_META, None)
+    if meta is not None and not isinstance(meta, DictConfig):
+        raise ConfigError(f"recipe {name}: 'recipe:' must be a mapping of {', '.join(RECIPE_FIELDS)}.")
+    meta = _check_recipe_meta(name, OmegaConf.to_container(meta) if meta is not None else {})
+    return RecipeSource(name, path, base, layer, meta)
+
+
+def _check_recipe_meta(name: str, meta: dict) -> dict:
+    """The ``recipe:`` section of recipe ``name``, with every field checked."""
+    where = f"recipe {name}: recipe."
+    unknown = [k for k in meta if k not in RECIPE_FIELDS]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(str(unknown[0]), list(RECIPE_FIELDS), n=1, cutoff=0.5)
+        hint = f" Did you mean recipe.{close[0]}?" if close else ""
+        raise ConfigError(f"{where}{unknown[0]} is not a recipe field.{hint} Fields: "
+                          + "; ".join(f"{k} ({v})" for k, v in RECIPE_FIELDS.items()) + ".")
+    for key in ("description", "benchmark", "command"):
+        if meta.get(key) is not None and not (isinstance(meta[key], str) and meta[key].strip()):
+            raise ConfigError(f"{where}{key} must be a non-empty text ({RECIPE_FIELDS[key]}); got {meta[key]!r}.")
+    published = meta.get("published")
+    if published is not None:
+        if isinstance(published, bool) or not isinstance(published, (int, float)) or not 0 < published <= 100:
+            raise ConfigError(f"{where}published must be a number of percent in (0, 100], e.g. 78.3, or null; "
+                              f"got {published!r}.")
+        if not meta.get("benchmark"):
+            raise ConfigError(f"{where}published ({published}) needs recipe.benchmark: the data set it is on.")
+    sweep = meta.get("sweep")
+    if sweep is not None:
+        if not isinstance(sweep, list) or not all(isinstance(a, str) for a in sweep):
+            raise ConfigError(f"{where}sweep must be a list of key=v1,v2,... texts, e.g. [\"peft.r=4,8,16\"]; "
+                              f"got {sweep!r}.")
+        for arg in sweep:
+            key, sep, values = arg.partition("=")
+            if not (key.strip() and sep and "," in values):
+                raise ConfigError(f"{where}sweep entry {arg!r} is not an axis key=v1,v2,... (two values or more); "
+                                  "a single value belongs in the recipe's config keys.")
+    return meta
 
 
 def _dotlist(overrides: list[str]) -> Any:

@@ -1,27 +1,33 @@
-"""What the packaged recipes say about themselves: description, published number, command, sweep.
+"""The packaged recipes as a catalogue: what each is, what it builds on, what it should reach.
 
-A recipe is a YAML config (validated like any other); its leading comment lines carry the
-rest. The first is the one-line description shown by ``tailtune list recipes``; then, each
-on its own line where it applies:
+A recipe is a YAML config that may build on another and carries its own description::
 
-    # expected: 81.7                            the published overall accuracy (%) to reach
-    # command: tailtune train -r NAME ...       how to run it (the README table shows it)
-    # sweep: peft.r=1,2,4 loss=ce,la            the grid `tailtune sweep NAME` runs
+    base: lift                    # a packaged recipe, or a .yaml path (relative to this file)
+    recipe:                       # about the recipe; never part of the run's config
+      description: "LIFT on ImageNet-LT, CLIP ViT-B/16: published 78.3% overall accuracy"
+      benchmark: ImageNet-LT      # the data set it is set up for, or null
+      published: 78.3             # the paper's overall top-1 accuracy (%), or null
+      command: tailtune train -r lift_imagenet_lt data.root=DIR   # default: tailtune train -r NAME
+      sweep: ["peft.r=1,2,4"]     # the axes `tailtune sweep NAME` runs, as on its command line
+    data:                         # then only the config keys that differ from the base
+      name: imagenet_lt
 
-A recipe without an ``expected`` line has no published number to compare with.
+Bases chain (``ablation_peft`` -> ``lift_imagenet_lt`` -> ``lift``); the config keys merge
+farthest base first, and the ``recipe:`` section belongs to its own file only (a published
+number is not inherited). Reading, chaining and checking the fields is
+:func:`tailtune.config.read_recipe`'s; a run folder's ``config.yaml`` is the resolved config,
+with neither key. This module lists them: ``tailtune list recipes`` and the README's table.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import _preset_path, list_presets
+from .config import list_presets, read_recipe
 from .errors import ConfigError
 
-_META = re.compile(r"#\s*(expected|command|sweep)\s*:\s*(.*?)\s*$")
 # The README table's order: the published results, then the baselines, then the ablations.
 TABLE_ORDER = (
     "lift_cifar100_ir100", "lift_cifar100_ir50", "lift_cifar100_ir10", "lift_imagenet_lt", "lift_places_lt",
@@ -29,54 +35,45 @@ TABLE_ORDER = (
     "full_finetune", "ablation_peft", "ablation_loss", "ablation_init", "ablation_tte", "ablation_epochs",
     "ablation_bottleneck", "ablation_backbones", "lift", "demo",
 )
+# The header comments that carried these fields before they were YAML keys.
+_OLD_HEADER = re.compile(r"#\s*(expected|command|sweep)\s*:")
 
 
 @dataclass(frozen=True)
 class RecipeInfo:
-    """A recipe's header: description, published accuracy (or None), command and sweep axes."""
+    """A recipe's own fields (its ``recipe:`` section) and the chain of recipes it builds on."""
 
     name: str
     path: Path
     description: str
-    expected: float | None = None
+    published: float | None = None
+    benchmark: str | None = None
     command: str | None = None
     sweep: tuple[str, ...] = ()
-
-
-def _header(path: Path) -> list[str]:
-    """The comment lines before the first YAML line."""
-    lines = []
-    for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            lines.append(line)
-        elif line.strip():
-            break
-    return lines
+    bases: tuple[str, ...] = ()  # what it builds on, nearest first
 
 
 def recipe_info(name: str) -> RecipeInfo:
-    """Parse the header of a packaged recipe (by name) or of a YAML file (by path)."""
-    path = _preset_path("recipes", name)
-    header = _header(path)
-    description = header[0].lstrip("# ").strip() if header else ""
-    meta: dict[str, str] = {}
-    for line in header[1:]:
-        m = _META.fullmatch(line)
+    """The fields of a packaged recipe (by name) or of a recipe YAML file (by path)."""
+    *bases, own = read_recipe(name)
+    meta = own.meta
+    if not meta:
+        _refuse_old_header(own.path)
+    return RecipeInfo(own.path.stem if own.path == Path(name) else name, own.path, meta.get("description") or "",
+                      meta.get("published"), meta.get("benchmark"), meta.get("command"),
+                      tuple(meta.get("sweep") or ()), tuple(b.name for b in reversed(bases)))
+
+
+def _refuse_old_header(path: Path) -> None:
+    """A recipe file still written the old way (``# sweep: ...`` comments) would lose its axes unsaid."""
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        m = _OLD_HEADER.match(line)
         if m:
-            meta[m.group(1)] = m.group(2)
-    expected = None
-    if "expected" in meta:
-        try:
-            expected = float(meta["expected"])
-        except ValueError:
-            raise ConfigError(f"{path}: '# expected: {meta['expected']}' is not a number; write the published "
-                              "accuracy in percent, e.g. '# expected: 81.7'.") from None
-    try:
-        sweep = tuple(shlex.split(meta.get("sweep", "")))
-    except ValueError as e:
-        raise ConfigError(f"{path}: cannot read '# sweep: {meta['sweep']}' ({e}).") from None
-    return RecipeInfo(Path(name).stem if path == Path(name) else name, path, description, expected,
-                      meta.get("command"), sweep)
+            field = "published" if m.group(1) == "expected" else m.group(1)
+            raise ConfigError(f"{path}: the comment {line.strip()!r} is no longer read; write it as the YAML field "
+                              f"recipe.{field} (e.g. recipe: {{{field}: ...}}), as the packaged recipes do.")
 
 
 def all_recipes() -> list[RecipeInfo]:
@@ -86,12 +83,21 @@ def all_recipes() -> list[RecipeInfo]:
     return [recipe_info(n) for n in ordered]
 
 
+def recipe_listing() -> str:
+    """``tailtune list recipes``: name, published accuracy (or -) and description, one a line."""
+    return "".join(f"{r.name:24s} {'-' if r.published is None else f'{r.published:g}':>5s}  {r.description}\n"
+                   for r in all_recipes())
+
+
 def recipe_table() -> str:
-    """The README's Markdown table of recipes: name, what it is, command, published accuracy."""
-    lines = ["| recipe | what | command | published |", "|---|---|---|---:|"]
+    """The README's Markdown table of recipes: name, base, what it is, benchmark, command, published accuracy."""
+    def cell(text: str | None) -> str:
+        return (text or "").replace("|", "\\|")
+
+    lines = ["| recipe | builds on | what | benchmark | command | published |", "|---|---|---|---|---|---:|"]
     for r in all_recipes():
-        command = f"`{r.command}`" if r.command else f"`tailtune train -r {r.name}`"
-        expected = f"{r.expected:g}" if r.expected is not None else ""
-        what = r.description.replace("|", "\\|")
-        lines.append(f"| `{r.name}` | {what} | {command.replace('|', chr(92) + '|')} | {expected} |")
+        base = f"`{r.bases[0]}`" if r.bases else ""
+        command = f"`{cell(r.command or f'tailtune train -r {r.name}')}`"
+        published = f"{r.published:g}" if r.published is not None else ""
+        lines.append(f"| `{r.name}` | {base} | {cell(r.description)} | {cell(r.benchmark)} | {command} | {published} |")
     return "\n".join(lines) + "\n"
