@@ -141,10 +141,9 @@ def cmd_list(args) -> int:
 
         print(recipe_table() if args.markdown else recipe_listing(), end="")
         return 0
-    if args.what in ("recipes", "data"):
-        kind = "recipes" if args.what == "recipes" else "data"
-        for name in list_presets(kind):
-            print(f"{name:24s} {preset_comment(kind, name)}")
+    if args.what == "data":
+        for name in list_presets("data"):
+            print(f"{name:24s} {preset_comment('data', name)}")
         return 0
     reg = registries[args.what]
     for name in reg.names():

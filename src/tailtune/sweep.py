@@ -4,7 +4,7 @@
 
 An argument ``key=v1,v2,...`` (commas outside brackets and quotes) is an axis of the grid,
 ``key=value`` a fixed override of every point, and ``seeds=0,1,2`` the axis over
-``train.seed`` whose runs are summarised as mean and spread. A recipe's ``# sweep:`` line
+``train.seed`` whose runs are summarised as mean and spread. A recipe's ``recipe.sweep`` field
 gives its own axes (an argument for the same key replaces one). The points are the product
 of the axes in the order given, the last axis and then the seed changing fastest.
 
@@ -303,7 +303,7 @@ def plan(base: str, data: str | None = None, files: tuple[str, ...] | list[str] 
     """Expand a sweep into points and check every point's config before anything runs.
 
     Args:
-        base: recipe name (``tailtune list recipes``) or YAML file; its ``# sweep:`` line adds axes.
+        base: recipe name (``tailtune list recipes``) or YAML file; its ``recipe.sweep`` field adds axes.
         data: data preset or YAML file; ``files``: more YAML files, as for ``tailtune train``.
         args: ``key=v1,v2,...`` axes, ``seeds=0,1,2`` and ``key=value`` fixed overrides.
         out: the sweep folder (default ``<output_dir>/sweep_<base>_<swept keys>``).
