@@ -119,18 +119,46 @@ def _head_count(targets, num_classes: int, standard: int, name: str) -> int:
 # ---------------------------------------------------------------- CIFAR-100-LT
 
 
+def _latin1_bytes(*args) -> bytes:
+    """``_codecs.encode`` as Python 3 pickles bytes under protocols 0-2: ``encode(str, 'latin1')``.
+
+    Any other call (another encoding, a non-str, more or fewer arguments) is refused.
+    """
+    if len(args) != 2 or type(args[0]) is not str or args[1] != "latin1":
+        raise pickle.UnpicklingError("refusing _codecs.encode with arguments other than (str, 'latin1') "
+                                     "in a dataset file")
+    return args[0].encode("latin1")
+
+
+def _empty_bytes(*args) -> bytes:
+    """``bytes()`` as Python 3 pickles ``b''`` under protocols 0-2; any argument is refused."""
+    if args:
+        raise pickle.UnpicklingError("refusing bytes(...) with arguments in a dataset file")
+    return b""
+
+
 class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickles the CIFAR python files while refusing anything but plain data and arrays."""
+    """Unpickles the CIFAR python files while refusing anything but plain data and arrays.
+
+    Besides numpy's array reconstruction, the two calls through which Python 3 writes
+    ``bytes`` under pickle protocols 0-2 are allowed, each only with the arguments
+    pickle itself writes (``_codecs.encode(str, 'latin1')``, ``bytes()``).
+    """
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     }
+    # Restricted stand-ins, not the functions themselves (the names as a protocol-2 file has them).
+    CHECKED = {("_codecs", "encode"): _latin1_bytes, ("__builtin__", "bytes"): _empty_bytes,
+               ("builtins", "bytes"): _empty_bytes}
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
+        if (module, name) in self.CHECKED:
+            return self.CHECKED[module, name]
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
 
 
