@@ -67,7 +67,7 @@ class DataConfig:
     path_map: list[str] = field(default_factory=list)  # rewrite listed paths: "OLD=NEW" prefixes, or places365_original
     taxonomy: str = "species"  # inat2018 label level: species | genus | family | order | class | phylum | kingdom | supercategory
     csv: Optional[str] = None  # csv source: file of path,label[,split] rows (relative: under data.root if there)
-    classnames_file: Optional[str] = None  # folder / csv: one class name per line, in label order
+    classnames_file: Optional[str] = None  # one class name per line, in label order (count checked); folder / csv: the classes' names (csv: also the labels); any other source: replaces its names, i.e. the prompts (e.g. the reference's Places-LT names, see places_lt)
     allow_absolute_paths: bool = False  # csv: accept absolute image paths (otherwise they must stay under data.root)
     holdout_per_class: Optional[int] = None  # folder / csv: images per class held out when test / val is missing (default: a quarter of the smallest class, at most 20)
     val: str = "auto"  # validation split: auto (the dataset's own; own data: a held-out slice of train) | split | holdout | none

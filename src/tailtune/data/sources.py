@@ -6,7 +6,7 @@ import gzip
 import pickle
 import struct
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,9 @@ from .longtail import (
 )
 
 SOURCES: Registry = Registry("dataset")
+# Sources that read data.classnames_file themselves (their labels may come from it); for every
+# other source the file replaces the source's class names after it is built (build_data).
+NAMES_FROM_FILE = ("folder", "csv")
 
 
 @dataclass
@@ -87,12 +90,36 @@ def build_data(cfg: DataConfig, check_files: bool = True) -> LTData:
     from .holdout import with_val
     from .validate import check_image_files
 
-    data = with_val(SOURCES.get(cfg.name)(cfg), cfg)
+    data = SOURCES.get(cfg.name)(cfg)
+    if cfg.classnames_file and cfg.name not in NAMES_FROM_FILE:
+        data = renamed(data, cfg)
+    data = with_val(data, cfg)
     data.check()
     if check_files:
         data = check_image_files(data, cfg.verify_images, cfg.skip_corrupt)
         data.check()  # again: dropping corrupt images can empty a class
     return data
+
+
+def renamed(data: LTData, cfg: DataConfig) -> LTData:
+    """``data`` with the class names of ``data.classnames_file`` (one per line, in label order).
+
+    Only the names change (what the text prompts say); images, labels and groups stay the
+    source's. The run's notes say how many names differ from the source's own.
+    """
+    from .own import read_classnames
+
+    names = read_classnames(cfg.classnames_file, data.num_classes, f"classes of {cfg.name}")
+
+    def spoken(name: str) -> str:  # as the prompts read a name (models.prompts.clean_classname)
+        return name.replace("_", " ").strip()
+
+    changed = [i for i, (a, b) in enumerate(zip(data.classnames, names)) if spoken(a) != spoken(b)]
+    note = (f"class names from {cfg.classnames_file} (data.classnames_file): {len(changed)} of {len(names)} "
+            f"prompts differ from {cfg.name}'s own names")
+    if changed:
+        note += f" (e.g. class {changed[0]}: {names[changed[0]]!r}, not {data.classnames[changed[0]]!r})"
+    return replace(data, classnames=names, notes=[*data.notes, note + "."])
 
 
 def _groups_for(counts, cfg: DataConfig, n_max: int, notes: list[str]) -> np.ndarray:
