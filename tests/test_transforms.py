@@ -240,6 +240,10 @@ def test_interpolation_key_sets_the_filter_of_every_view():
     assert (T.test_transform(bicubic)(img) - want).abs().max() > 0.05
     five_bl, five_bc = eval_transform(bilinear, "fivecrop", 4)(img), eval_transform(bicubic, "fivecrop", 4)(img)
     assert (five_bl - five_bc).abs().max() > 0.05
+    # the reference's five crops (trainer.py:118-123): torchvision's Resize with its default filter
+    ref = T.T.Compose([T.T.Resize(16 + 4), T.T.FiveCrop(16)])(img)
+    want = torch.stack([T.T.Normalize((0.5,) * 3, (0.5,) * 3)(T.T.ToTensor()(c)) for c in ref])
+    torch.testing.assert_close(five_bl, want, rtol=0, atol=1e-6)
     for tte in ("fivecrop", "tencrop"):
         assert eval_transform(bilinear, tte, 4).resize.interpolation == T.InterpolationMode.BILINEAR
     for augment in ("standard", "minimal"):
