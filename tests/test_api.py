@@ -126,3 +126,42 @@ def test_overrides_may_follow_options(tmp_path):
     assert cli.main(args) == 0
     with pytest.raises(SystemExit):
         cli.main(["train", "--dry-run", "--no-such-option"])
+
+
+def _spy_resizes(monkeypatch) -> list:
+    """Record (class, filter, size) of every resize the views make."""
+    from tailtune.data import transforms as T
+
+    seen = []
+    for cls in (T.Resize, T.RandomResizedCrop):
+        def spy(self, img, _orig=cls.forward, _name=cls.__name__):
+            seen.append((_name, self.interpolation.value, self.size))
+            return _orig(self, img)
+
+        monkeypatch.setattr(cls, "forward", spy)
+    return seen
+
+
+def test_data_interpolation_reaches_every_view_of_a_run(tiny_overrides, monkeypatch):
+    seen = _spy_resizes(monkeypatch)
+    cfg = load_config("lift", overrides=[*tiny_overrides, "data.interpolation=bilinear", "eval.report=false",
+                                         "name=bl"])
+    api.fit(cfg)
+    # training crops, the test / head-init / gap view (32 * 8 / 7 = 36) and the five crops (32 + 24)
+    assert {(name, size if name == "Resize" else None) for name, _, size in seen} == {
+        ("RandomResizedCrop", None), ("Resize", 36), ("Resize", 56)}
+    assert {mode for _, mode, _ in seen} == {"bilinear"}
+    run = cfg.output_dir + "/bl"
+    assert api.load_run(run).backbone.preprocess.interpolation == "bilinear"  # eval / predict / export
+    seen.clear()
+    api.zeroshot(cfg)
+    assert seen and {mode for _, mode, _ in seen} == {"bilinear"}
+
+
+def test_data_interpolation_auto_keeps_the_backbones_filter(tiny_cfg, monkeypatch):
+    seen = _spy_resizes(monkeypatch)
+    assert tiny_cfg.data.interpolation == "auto"
+    exp = api.build(tiny_cfg)
+    assert exp.backbone.preprocess.interpolation == "bicubic"  # open_clip's CLIP preprocessing
+    api.evaluate_model(exp)
+    assert seen and {mode for _, mode, _ in seen} == {"bicubic"}

@@ -76,6 +76,51 @@ def test_places_lt_synthetic_tree(tmp_path):
     assert data.test.paths[0] == str(tmp_path / "val/airfield/Places365_val_00000.jpg")
 
 
+def test_places_lt_takes_the_class_names_of_a_file(tmp_path):
+    """data.classnames_file reproduces another code's prompts (e.g. the reference's hyphenated names)."""
+    from tailtune.config import HeadConfig
+    from tailtune.models.prompts import class_prompts
+
+    rows = places_lt_rows(FOLDERS, [120, 30, 5, 2])
+    write_places_lists(tmp_path, rows)
+    write_images(tmp_path, [p for r in rows.values() for p, _ in r])
+    names = tmp_path / "names.txt"
+    # the second column of a two-column list, as `cut -d' ' -f2-` gives it: underscores and hyphens kept
+    names.write_text("airfield\napartment_building-outdoor\nart_gallery\nbazaar-indoor\n")
+    data = build_data(_data("places_lt", root=tmp_path, classnames_file=names))
+    assert data.classnames == ["airfield", "apartment_building-outdoor", "art_gallery", "bazaar-indoor"]
+    # the prompts: the reference's template.format(name.replace("_", " ")), by hand
+    assert [p for (p,) in class_prompts(data.classnames, HeadConfig())] == [
+        "a photo of a airfield.", "a photo of a apartment building-outdoor.", "a photo of a art gallery.",
+        "a photo of a bazaar-indoor."]
+    assert data.train_counts.tolist() == [120, 30, 5, 2] and data.groups.tolist() == [0, 1, 2, 2]
+    assert data.test.targets == [y for _, y in rows["test"]]
+    # art_gallery is spoken as tailtune's "art gallery": 2 of the 4 prompts differ
+    assert any("2 of 4 prompts differ from places_lt's own names (e.g. class 1: 'apartment_building-outdoor', "
+               "not 'apartment building outdoor')" in n for n in data.notes)
+
+    names.write_text("airfield\nart gallery\nbazaar\n")
+    with pytest.raises(DataError, match=r"names.txt has 3 names for 4 classes of places_lt; give exactly one"):
+        build_data(_data("places_lt", root=tmp_path, classnames_file=names), check_files=False)
+    # the reference's own file holds "folder name" lines: refused, with the command that takes the names
+    names.write_text("airfield airfield\napartment_building-outdoor apartment_building-outdoor\n"
+                     "art_gallery art_gallery\nbazaar-indoor bazaar-indoor\n")
+    with pytest.raises(DataError, match=r"two columns, folder and name .*cut -d' ' -f2- .*names.txt"):
+        build_data(_data("places_lt", root=tmp_path, classnames_file=names), check_files=False)
+    with pytest.raises(DataError, match=r"class-names file .*nowhere.txt does not exist"):
+        build_data(_data("places_lt", root=tmp_path, classnames_file=tmp_path / "nowhere.txt"), check_files=False)
+
+
+def test_every_source_takes_the_class_names_of_a_file(tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("cat\n\ndog\nsea_lion\n")  # blank lines ignored
+    data = build_data(DataConfig(name="synthetic", num_classes=3, classnames_file=str(names)))
+    assert data.classnames == ["cat", "dog", "sea_lion"]
+    names.write_text("n01440764 tench\nn01443537 goldfish\nn01484850 great white shark\n")  # ImageNet-LT's
+    with pytest.raises(DataError, match=r"two columns"):
+        build_data(DataConfig(name="synthetic", num_classes=3, classnames_file=str(names)))
+
+
 def test_places_lt_original_layout_by_path_map(tmp_path):
     """Lists in the easy format, files in Places365's original data_256/<letter>/... and val_256/."""
     rows = places_lt_rows(FOLDERS, [3, 2, 2, 1])

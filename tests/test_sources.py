@@ -85,6 +85,46 @@ def test_cifar_reader_refuses_code_in_pickles(tmp_path):
         read_cifar100(tmp_path)
 
 
+def test_cifar_files_pickled_by_python3_with_protocol_2_load(tmp_path):
+    # Python 3 writes bytes (and the arrays' raw data) under protocol 2 as _codecs.encode(str, 'latin1').
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    labels = list(np.tile(np.arange(100), 500))
+    data = rng.integers(0, 255, (len(labels), 3072), dtype=np.uint8)
+    with open(folder / "train", "wb") as f:
+        pickle.dump({"data": data, "fine_labels": labels, "batch_label": b"training batch 1 of 1",
+                     "filenames": [b"a_s_000001.png", b""]}, f, protocol=2)
+    with open(folder / "test", "wb") as f:
+        pickle.dump({"data": data[:200], "fine_labels": labels[:200], "batch_label": b"testing batch"}, f, protocol=2)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"class_{i}" for i in range(100)], "coarse_label_names": [b"x"]}, f,
+                    protocol=2)
+    assert b"c_codecs\nencode" in (folder / "train").read_bytes()  # the call this test is about
+    (xtr, ytr), (xte, yte), names = read_cifar100(tmp_path)
+    assert np.array_equal(xtr, data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)) and ytr == labels
+    assert len(xte) == 200 and names[5] == "class 5"
+
+
+@pytest.mark.parametrize("payload, refused", [
+    (b"cos\nsystem\n(S'echo pwned'\ntR.", "os.system"),  # GLOBAL os.system, called by REDUCE
+    (b"\x80\x02cposix\nsystem\nX\x04\x00\x00\x00trueq\x00\x85R.", "posix.system"),
+    (b"\x80\x02c_codecs\ndecode\nX\x02\x00\x00\x00abX\x06\x00\x00\x00latin1\x86R.", "_codecs.decode"),
+    # the allowed call with other arguments than pickle writes
+    (b"\x80\x02c_codecs\nencode\nX\x02\x00\x00\x00abX\x05\x00\x00\x00utf-8\x86R.", "other than"),
+    (b"\x80\x02c_codecs\nencode\nK\x05X\x06\x00\x00\x00latin1\x86R.", "other than"),
+    (b"\x80\x02c_codecs\nencode\nX\x02\x00\x00\x00ab\x85R.", "other than"),
+    (b"\x80\x02c__builtin__\nbytes\nJ\x00\x00\x00\x10\x85R.", "bytes"),
+])
+def test_cifar_reader_still_refuses_every_other_call(tmp_path, payload, refused):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for n in ("train", "test", "meta"):
+        (folder / n).write_bytes(payload)
+    with pytest.raises(DataError, match=rf"not a valid CIFAR-100 python file \(refusing .*{refused}"):
+        read_cifar100(tmp_path)
+
+
 def test_cifar_missing_files_message(tmp_path):
     with pytest.raises(DataError, match="cifar-100-python.*data.download=true"):
         read_cifar100(tmp_path)

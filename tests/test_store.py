@@ -171,3 +171,29 @@ def test_a_store_inside_the_image_folder_is_refused(tmp_path, capsys):
     assert main(["data", "cache", "folder", f"data.root={tmp_path / 'photos'}", "--out",
                  str(tmp_path / "photos" / "store"), "-q", "--workers", "0"]) == 2
     assert "inside data.root" in capsys.readouterr().err
+
+
+def test_a_store_of_another_filter_than_the_run_is_used_and_named_in_the_notes(tmp_path, capsys):
+    from tailtune.api import build
+
+    store = tmp_path / "store"
+    args = ["data.num_classes=6", "data.train_per_class=24", "data.imb_ratio=8", "data.test_per_class=4"]
+    # the cache command takes the config's data.interpolation as its filter (auto: bicubic)
+    assert main(["data", "cache", "synthetic", *args, "data.interpolation=bilinear", "--out", str(store),
+                 "--short-side", "36", "-q", "--workers", "0"]) == 0
+    assert json.loads((store / "meta.json").read_text())["interpolation"] == "bilinear"
+    assert "36 px, bilinear" in capsys.readouterr().out
+
+    def notes(*more):
+        return build(load_config("lift", overrides=[*TINY_CLIP, f"data.store={store}", *more])).notes
+
+    assert not [n for n in notes("data.interpolation=bilinear") if "resized with" in n]
+    # the run's filter differs (auto: the backbone's bicubic): used, and said, with the fix
+    (note,) = [n for n in notes() if "resized with" in n]
+    assert "resized with bilinear, this run resizes with bicubic" in note
+    assert "--interpolation bicubic" in note
+    # the key picks no images: it is not part of the store's data fingerprint
+    assert main(["data", "cache", "synthetic", *args, "--out", str(tmp_path / "s2"), "--short-side", "36", "-q",
+                 "--workers", "0", "--interpolation", "nearest"]) == 0
+    assert json.loads((tmp_path / "s2" / "meta.json").read_text())["interpolation"] == "nearest"
+    assert "interpolation" not in json.loads((store / "meta.json").read_text())["data"]

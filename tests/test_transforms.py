@@ -57,10 +57,35 @@ def test_ten_crops_add_the_crops_of_the_flipped_image():
         assert torch.allclose(got, w, atol=1e-6)
 
 
-def test_expand_defaults_to_24_and_21_at_336_pixels():
-    assert T.default_expand(224) == 24 and T.default_expand(336) == 21 and T.default_expand(32) == 24
+@pytest.mark.parametrize("name, expand", [
+    # the reference's values per backbone (configs/model/*.yaml): ViT-L/14 21 at 224 and 336 px, others 24
+    ("ViT-L-14", 21), ("ViT-L-14-336", 21), ("ViT-L-14-quickgelu", 21), ("vit_large_patch14_clip_224.openai", 21),
+    ("vit_large_patch14_clip_336.openai", 21), ("CLIP-ViT-L/14@336px", 21),
+    ("ViT-B-16", 24), ("ViT-B-32", 24), ("RN50", 24), ("RN101", 24), ("vit_large_patch16_224", 24),
+    ("vit_base_patch16_clip_224.openai", 24), ("TT-Tiny-ViT", 24),
+])
+def test_expand_is_the_backbones(name, expand):
+    assert T.default_expand(name) == expand
+
+
+@pytest.mark.parametrize("name, res, resize", [("ViT-L-14", 224, 245), ("ViT-L-14-336", 336, 357),
+                                               ("ViT-B-16", 224, 248)])
+def test_a_runs_five_crops_enlarge_by_its_backbones_expand(name, res, resize):
+    from tailtune.api import tte_options
+    from tailtune.config import load_config
+
+    p = Preprocess(res, (0, 0, 0), (1, 1, 1))
+    cfg = load_config("lift", overrides=[f"model.name={name}"])
+    assert eval_transform(p, "fivecrop", tte_options(cfg)).resize.size == resize
+    assert eval_transform(p, "tencrop", tte_options(cfg)).resize.size == resize
+    # eval.expand stays an explicit override, whatever the backbone
+    cfg = load_config("lift", overrides=[f"model.name={name}", "eval.expand=8"])
+    assert eval_transform(p, "fivecrop", tte_options(cfg)).resize.size == res + 8
+
+
+def test_five_crops_without_a_backbone_enlarge_by_24_whatever_the_resolution():
     assert eval_transform(Preprocess(224, (0, 0, 0), (1, 1, 1)), "fivecrop").resize.size == 248
-    assert eval_transform(Preprocess(336, (0, 0, 0), (1, 1, 1)), "fivecrop").resize.size == 357
+    assert eval_transform(Preprocess(336, (0, 0, 0), (1, 1, 1)), "fivecrop").resize.size == 360
     assert eval_transform(Preprocess(336, (0, 0, 0), (1, 1, 1)), "fivecrop", 8).resize.size == 344
 
 
@@ -197,3 +222,49 @@ def test_to_input_normalises_like_to_tensor_and_normalize():
 
     with pytest.raises(DataError, match=r"\(3, H, W\) uint8 RGB, got shape \(1, 60, 80\)"):
         finish(as_uint8_tensor(img)[:1])
+
+
+def _noise_image(w=48, h=40) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(3).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def test_interpolation_key_sets_the_filter_of_every_view():
+    bicubic = Preprocess(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "bicubic")
+    bilinear = T.with_interpolation(bicubic, "bilinear")
+    assert T.with_interpolation(bicubic, "auto") is bicubic and bilinear.interpolation == "bilinear"
+    img = _noise_image()
+    # the test view equals torchvision's own Resize(bilinear) + CenterCrop, and differs from bicubic
+    want = T.T.Compose([T.T.Resize(18, interpolation=T.InterpolationMode.BILINEAR), T.T.CenterCrop(16),
+                        T.T.ToTensor(), T.T.Normalize((0.5,) * 3, (0.5,) * 3)])(img)
+    torch.testing.assert_close(T.test_transform(bilinear)(img), want, rtol=0, atol=1e-6)
+    assert (T.test_transform(bicubic)(img) - want).abs().max() > 0.05
+    five_bl, five_bc = eval_transform(bilinear, "fivecrop", 4)(img), eval_transform(bicubic, "fivecrop", 4)(img)
+    assert (five_bl - five_bc).abs().max() > 0.05
+    # the reference's five crops (trainer.py:118-123): torchvision's Resize with its default filter
+    ref = T.T.Compose([T.T.Resize(16 + 4), T.T.FiveCrop(16)])(img)
+    want = torch.stack([T.T.Normalize((0.5,) * 3, (0.5,) * 3)(T.T.ToTensor()(c)) for c in ref])
+    torch.testing.assert_close(five_bl, want, rtol=0, atol=1e-6)
+    for tte in ("fivecrop", "tencrop"):
+        assert eval_transform(bilinear, tte, 4).resize.interpolation == T.InterpolationMode.BILINEAR
+    for augment in ("standard", "minimal"):
+        tf = T.train_transform(bilinear, augment)
+        crop = tf.transform.transforms[0] if augment == "standard" else tf.crop
+        assert crop.interpolation == T.InterpolationMode.BILINEAR
+        torch.manual_seed(0)
+        a = tf(img)
+        torch.manual_seed(0)
+        b = T.train_transform(bicubic, augment)(img)
+        assert (a - b).abs().max() > 0.05  # the same crop, resampled by another filter
+
+
+def test_interpolation_choices_match_the_config():
+    from tailtune.config import INTERPOLATIONS, DataConfig
+    from tailtune.errors import ConfigError, DataError
+
+    assert INTERPOLATIONS == T.INTERPOLATIONS
+    for mode in INTERPOLATIONS[1:]:
+        T.InterpolationMode(mode)  # every named filter is torchvision's
+    with pytest.raises(ConfigError, match=r"data.interpolation='cubic'.*bilinear"):
+        DataConfig(interpolation="cubic")
+    with pytest.raises(DataError, match=r"data.interpolation='cubic'"):
+        T.with_interpolation(P, "cubic")

@@ -28,9 +28,11 @@ from .data.transforms import (
     AUGMENTATIONS,
     TTE_MODES,
     TTEOptions,
+    default_expand,
     eval_transform,
     test_transform,
     train_transform,
+    with_interpolation,
 )
 from .data.validate import check_image_files
 from .distributed import (
@@ -130,11 +132,13 @@ def build(cfg: C.Config, data: LTData | None = None) -> Experiment:
     torch.manual_seed(cfg.train.seed)
     random.seed(cfg.train.seed)
     backbone = build_backbone(cfg.model)
+    # data.interpolation sets the filter of every view built from backbone.preprocess (train, test, TTE, init).
+    backbone.preprocess = with_interpolation(backbone.preprocess, cfg.data.interpolation)
     base_params = backbone.encoder_param_count()
     check_peft(backbone, cfg.peft)
     check_head(cfg.head, backbone)
     if loaded:
-        data = _finish_data(cfg.data, data, backbone.preprocess.resolution)
+        data = _finish_data(cfg.data, data, backbone.preprocess)
     apply_peft(backbone, cfg.peft, data.num_classes)
     head = build_head(cfg.head, backbone.feature_dim, data.num_classes)
     model = TailModel(backbone, head, bn_train=trains_bn_stats(cfg.peft))
@@ -206,8 +210,10 @@ def evaluate_with_predictions(exp: Experiment, tte: str | None = None, split: st
 
 
 def tte_options(cfg: C.Config) -> TTEOptions:
-    """Test-time-ensemble settings of a run (randaug draws the run's own training augmentation)."""
-    return TTEOptions(expand=cfg.eval.expand, randaug_views=cfg.eval.randaug_views, augment=cfg.train.augment,
+    """Test-time-ensemble settings of a run (randaug draws the run's own training augmentation;
+    fivecrop/tencrop enlarge by eval.expand, by default the backbone's: transforms.default_expand)."""
+    expand = default_expand(cfg.model.name) if cfg.eval.expand is None else cfg.eval.expand
+    return TTEOptions(expand=expand, randaug_views=cfg.eval.randaug_views, augment=cfg.train.augment,
                       epochs=cfg.train.epochs, seed=cfg.train.seed)
 
 
@@ -424,12 +430,12 @@ def _list_data(cfg: C.DataConfig) -> LTData:
     return data
 
 
-def _finish_data(cfg: C.DataConfig, data: LTData, resolution: int) -> LTData:
+def _finish_data(cfg: C.DataConfig, data: LTData, preprocess) -> LTData:
     """Decode every listed image (``data.verify_images``), then read the splits from the store if set."""
     if (not cfg.store or cfg.skip_corrupt) and cfg.verify_images:
         data = check_image_files(data, verify=True, skip_corrupt=cfg.skip_corrupt)
         data.check()  # again: dropping corrupt images can empty a class
-    return use_store(data, cfg, resolution)
+    return use_store(data, cfg, preprocess.resolution, preprocess.interpolation)
 
 
 def load_run(run_dir: str | Path, data: LTData | None = None) -> Experiment:
@@ -461,6 +467,7 @@ def zeroshot(cfg: C.Config) -> dict:
     if device.type == "cpu":
         tune_cpu_allocator()
     backbone = build_backbone(cfg.model).to(device)
+    backbone.preprocess = with_interpolation(backbone.preprocess, cfg.data.interpolation)
     if not backbone.has_text:
         raise ConfigError(f"zero-shot needs a CLIP model with a text tower; {cfg.model.name!r} has none.")
     data = build_data(cfg.data)

@@ -18,9 +18,10 @@ def cmd_cache(args) -> int:
     check_store_folder(cfg.data, out)
     data = build_data(cfg.data)
     workers = args.workers if args.workers >= 0 else (os.cpu_count() or 1)
-    meta = write_store(data, cfg.data, out, args.short_side, args.interpolation, workers, quiet=args.quiet)
+    interpolation = args.interpolation or ("bicubic" if cfg.data.interpolation == "auto" else cfg.data.interpolation)
+    meta = write_store(data, cfg.data, out, args.short_side, interpolation, workers, quiet=args.quiet)
     sizes = ", ".join(f"{k} {v['images']:,} images ({v['bytes'] / 2**30:.2f} GiB)" for k, v in meta["splits"].items())
-    print(f"image store of {cfg.data.name} in {out}: {sizes}; short side {args.short_side} px.")
+    print(f"image store of {cfg.data.name} in {out}: {sizes}; short side {args.short_side} px, {interpolation}.")
     overrides = " ".join(args.overrides)
     print(f"train from it with: tailtune train ... {overrides + ' ' if overrides else ''}data.store={out}")
     return 0
@@ -37,8 +38,9 @@ def add_cache_parser(dsub) -> None:
     q.add_argument("--short-side", type=int, default=256,
                    help="resize the short side down to this many pixels, never up (default 256: the test view's "
                         "resize at 224 px, int(224 * 8 / 7); use int(resolution * 8 / 7) for other resolutions)")
-    q.add_argument("--interpolation", default="bicubic", choices=["bicubic", "bilinear", "nearest", "lanczos"],
-                   help="resize filter (default bicubic, as CLIP and most timm models)")
+    q.add_argument("--interpolation", default=None, choices=["bicubic", "bilinear", "nearest", "lanczos"],
+                   help="resize filter (default: data.interpolation if set, else bicubic, as CLIP and most timm "
+                        "models); use the filter the runs resize with, or they note the difference")
     q.add_argument("--workers", type=int, default=-1, help="decoding processes (default: one per core)")
     q.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_cache)

@@ -30,6 +30,7 @@ SCHEDULES = ("cosine", "cosine_epoch", "constant")  # = engine.SCHEDULES (a test
 BN_MODES = ("auto", "eval", "train")
 INAT_LEVELS = ("species", "genus", "family", "order", "class", "phylum", "kingdom", "supercategory")
 VAL_MODES = ("auto", "split", "holdout", "none")
+INTERPOLATIONS = ("auto", "bicubic", "bilinear", "nearest", "lanczos")  # = data.transforms.INTERPOLATIONS (a test keeps them equal)
 VPT_POSITIONS = ("end", "after_cls")
 SSF_PARTS = ("qkv", "out", "mlp", "norm")
 _BLOCKS_HELP = "all, 'first N', 'last N', 'S:E' or [S, E] (blocks S..E-1, counted from 0)"
@@ -68,17 +69,19 @@ class DataConfig:
     path_map: list[str] = field(default_factory=list)  # rewrite listed paths: "OLD=NEW" prefixes, or places365_original
     taxonomy: str = "species"  # inat2018 label level: species | genus | family | order | class | phylum | kingdom | supercategory
     csv: Optional[str] = None  # csv source: file of path,label[,split] rows (relative: under data.root if there)
-    classnames_file: Optional[str] = None  # folder / csv: one class name per line, in label order
+    classnames_file: Optional[str] = None  # one class name per line, in label order (count checked); folder / csv: the classes' names (csv: also the labels); any other source: replaces its names, i.e. the prompts (e.g. the reference's Places-LT names, see places_lt)
     allow_absolute_paths: bool = False  # csv: accept absolute image paths (otherwise they must stay under data.root)
     holdout_per_class: Optional[int] = None  # folder / csv: images per class held out when test / val is missing (default: a quarter of the smallest class, at most 20)
     val: str = "auto"  # validation split: auto (the dataset's own; own data: a held-out slice of train) | split | holdout | none
     verify_images: bool = True  # decode every listed image at start-up (a corrupt file stops the run, named); with data.store only if data.skip_corrupt
     skip_corrupt: bool = False  # drop images that do not decode (the run reports how many) instead of stopping
     store: Optional[str] = None  # folder written by `tailtune data cache`: decoded, resized pixels (no JPEG decoding)
+    interpolation: str = "auto"  # resize filter of every view (training crops, test view, five/ten crops, head init): auto (the backbone's; bicubic for CLIP) | bilinear (the reference's, torchvision's default) | bicubic | nearest | lanczos
 
     def __post_init__(self) -> None:
         _check_choice("data", "taxonomy", self.taxonomy, INAT_LEVELS)
         _check_choice("data", "val", self.val, VAL_MODES)
+        _check_choice("data", "interpolation", self.interpolation, INTERPOLATIONS)
         _check_positive("data", "holdout_per_class", self.holdout_per_class)
         if self.imb_ratio < 1:
             raise ConfigError(f"data.imb_ratio={self.imb_ratio} must be >= 1 (n_max / n_min).")
@@ -286,7 +289,7 @@ class EvalConfig:
     """Evaluation and test-time ensembling."""
 
     tte: str = "fivecrop"  # `tailtune list tte`: none | fivecrop | tencrop | randaug
-    expand: Optional[int] = None  # fivecrop/tencrop: resize to resolution + expand; null = 24 (21 at 336 px)
+    expand: Optional[int] = None  # fivecrop/tencrop: resize to resolution + expand; null = the backbone's: 21 for ViT-L/14 (224 and 336 px), else 24 (the reference's values)
     randaug_views: int = 10  # randaug: draws of the training augmentation per image
     batch_size: int = 128
     gap_per_class: int = 100  # train-vs-test gap: train images per class evaluated (stratified, seeded); 0 = skip

@@ -8,6 +8,7 @@ a missing val split likewise when ``data.val`` is auto or holdout.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from .holdout import HELD_OUT_VAL, VAL_SPLIT, counts_of, holdout_size, split_off
 from .longtail import GROUPS, class_counts, exp_profile, shot_groups, subsample
 
 Split = tuple[list[str], list[int]]
+# Two-column "folder name" lists (LIFT's datasets/*/classnames.txt: "airfield airfield",
+# "n01440764 tench"): every line matching one of these is not a file of names.
+_TWO_COLUMN = (re.compile(r"^(\S+)\s+\1$"), re.compile(r"^n\d{8}\s+\S"))
 
 
 def read_classnames(path: str | Path, expected: int | None = None, what: str = "classes") -> list[str]:
@@ -31,6 +35,10 @@ def read_classnames(path: str | Path, expected: int | None = None, what: str = "
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read class-names file {path}: {e}") from None
+    if len(names) > 1 and any(all(p.match(n) for n in names) for p in _TWO_COLUMN):
+        raise DataError(f"class-names file {path} holds two columns, folder and name (line 1: {names[0]!r}); "
+                        "give one name per line, e.g. its second column: "
+                        f"cut -d' ' -f2- {path} > names.txt")
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise DataError(f"class-names file {path} repeats {', '.join(map(repr, dup[:5]))}; names must be unique.")

@@ -1,4 +1,21 @@
-"""The ``places_lt`` source: Places365-Standard images + the Places-LT split lists."""
+"""The ``places_lt`` source: Places365-Standard images + the Places-LT split lists.
+
+Class names come from the folders the training list names, so each label's name is its
+images' class; hyphens and underscores read as spaces ("apartment_building-outdoor" ->
+"apartment building outdoor").
+
+The reference (LIFT) takes its prompts from its own ``datasets/Places_LT/classnames.txt``
+(reference: datasets/places_lt.py:26 read_classnames, the second column of each line;
+trainer.py:306 replaces only underscores). That file keeps the hyphens ("apartment
+building-outdoor", which CLIP's tokeniser reads as "apartment building - outdoor") and
+orders five names differently from its own split lists: labels 116-118 are desert_road,
+desert-sand, desert-vegetation in Places_LT_{train,val,test}.txt but desert-sand,
+desert-vegetation, desert_road in classnames.txt (lines 117-119), labels 141-142 are
+field_road, field-wild but field-wild, field_road (lines 142-143). 77 of the 365 prompts
+differ. To reproduce the reference's prompts exactly, give its names as a file:
+``cut -d' ' -f2- LIFT/datasets/Places_LT/classnames.txt > names.txt`` and
+``data.classnames_file=names.txt`` (the run's notes count the prompts that change).
+"""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import gzip
 import pickle
 import struct
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,9 @@ from .longtail import (
 )
 
 SOURCES: Registry = Registry("dataset")
+# Sources that read data.classnames_file themselves (their labels may come from it); for every
+# other source the file replaces the source's class names after it is built (build_data).
+NAMES_FROM_FILE = ("folder", "csv")
 
 
 @dataclass
@@ -87,12 +90,36 @@ def build_data(cfg: DataConfig, check_files: bool = True) -> LTData:
     from .holdout import with_val
     from .validate import check_image_files
 
-    data = with_val(SOURCES.get(cfg.name)(cfg), cfg)
+    data = SOURCES.get(cfg.name)(cfg)
+    if cfg.classnames_file and cfg.name not in NAMES_FROM_FILE:
+        data = renamed(data, cfg)
+    data = with_val(data, cfg)
     data.check()
     if check_files:
         data = check_image_files(data, cfg.verify_images, cfg.skip_corrupt)
         data.check()  # again: dropping corrupt images can empty a class
     return data
+
+
+def renamed(data: LTData, cfg: DataConfig) -> LTData:
+    """``data`` with the class names of ``data.classnames_file`` (one per line, in label order).
+
+    Only the names change (what the text prompts say); images, labels and groups stay the
+    source's. The run's notes say how many names differ from the source's own.
+    """
+    from .own import read_classnames
+
+    names = read_classnames(cfg.classnames_file, data.num_classes, f"classes of {cfg.name}")
+
+    def spoken(name: str) -> str:  # as the prompts read a name (models.prompts.clean_classname)
+        return name.replace("_", " ").strip()
+
+    changed = [i for i, (a, b) in enumerate(zip(data.classnames, names)) if spoken(a) != spoken(b)]
+    note = (f"class names from {cfg.classnames_file} (data.classnames_file): {len(changed)} of {len(names)} "
+            f"prompts differ from {cfg.name}'s own names")
+    if changed:
+        note += f" (e.g. class {changed[0]}: {names[changed[0]]!r}, not {data.classnames[changed[0]]!r})"
+    return replace(data, classnames=names, notes=[*data.notes, note + "."])
 
 
 def _groups_for(counts, cfg: DataConfig, n_max: int, notes: list[str]) -> np.ndarray:
@@ -119,18 +146,46 @@ def _head_count(targets, num_classes: int, standard: int, name: str) -> int:
 # ---------------------------------------------------------------- CIFAR-100-LT
 
 
+def _latin1_bytes(*args) -> bytes:
+    """``_codecs.encode`` as Python 3 pickles bytes under protocols 0-2: ``encode(str, 'latin1')``.
+
+    Any other call (another encoding, a non-str, more or fewer arguments) is refused.
+    """
+    if len(args) != 2 or type(args[0]) is not str or args[1] != "latin1":
+        raise pickle.UnpicklingError("refusing _codecs.encode with arguments other than (str, 'latin1') "
+                                     "in a dataset file")
+    return args[0].encode("latin1")
+
+
+def _empty_bytes(*args) -> bytes:
+    """``bytes()`` as Python 3 pickles ``b''`` under protocols 0-2; any argument is refused."""
+    if args:
+        raise pickle.UnpicklingError("refusing bytes(...) with arguments in a dataset file")
+    return b""
+
+
 class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickles the CIFAR python files while refusing anything but plain data and arrays."""
+    """Unpickles the CIFAR python files while refusing anything but plain data and arrays.
+
+    Besides numpy's array reconstruction, the two calls through which Python 3 writes
+    ``bytes`` under pickle protocols 0-2 are allowed, each only with the arguments
+    pickle itself writes (``_codecs.encode(str, 'latin1')``, ``bytes()``).
+    """
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     }
+    # Restricted stand-ins, not the functions themselves (the names as a protocol-2 file has them).
+    CHECKED = {("_codecs", "encode"): _latin1_bytes, ("__builtin__", "bytes"): _empty_bytes,
+               ("builtins", "bytes"): _empty_bytes}
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
+        if (module, name) in self.CHECKED:
+            return self.CHECKED[module, name]
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
 
 

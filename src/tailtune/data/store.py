@@ -33,7 +33,8 @@ from ..errors import DataError
 STORE_VERSION = 2  # 2: class names and file lists, checked at use
 DEFAULT_SHORT_SIDE = 256  # int(224 * 8 / 7): the test view's resize at 224 px, above five-crop's 248
 # Data keys that do not change which images a split holds (paths may move, workers vary).
-IGNORED_KEYS = ("store", "num_workers", "download", "verify_images", "root", "splits_dir")
+# data.interpolation is the run's filter; a store made with another one is used, with a note (use_store).
+IGNORED_KEYS = ("store", "num_workers", "download", "verify_images", "root", "splits_dir", "interpolation")
 
 
 def resized(img, short_side: int, interpolation: str) -> Image.Image:
@@ -202,12 +203,14 @@ def _check_files(store: Path, name: str, ds, root: str | None) -> None:
                     "`tailtune data cache`.")
 
 
-def use_store(data, cfg: DataConfig, resolution: int | None = None):
+def use_store(data, cfg: DataConfig, resolution: int | None = None, interpolation: str | None = None):
     """``data`` with its splits read from ``cfg.store`` (unchanged when no store is set).
 
     The store must have been built from the same data config (keys that pick images and
     labels) and hold the same class names, labels and files in the same order; otherwise it
-    is refused, saying what differs.
+    is refused, saying what differs. A store resized with another filter than the run's
+    (``interpolation``, what data.interpolation resolved to) or to a short side below the
+    test view's resize is used, with a note saying how its pixels differ from the raw path's.
     """
     if not getattr(cfg, "store", None):
         return data
@@ -238,4 +241,10 @@ def use_store(data, cfg: DataConfig, resolution: int | None = None):
     if resolution and meta["short_side"] < int(resolution * 8 / 7):
         notes.append(f"the image store's short side ({meta['short_side']} px) is below the test view's "
                      f"resize ({int(resolution * 8 / 7)} px): evaluation enlarges stored images.")
+    if interpolation and meta["interpolation"] != interpolation:
+        notes.append(f"the image store {cfg.store} was resized with {meta['interpolation']}, this run resizes with "
+                     f"{interpolation} (data.interpolation): every image was first brought to "
+                     f"{meta['short_side']} px with {meta['interpolation']}, so the pixels differ from the raw "
+                     f"files' path; for the run's own filter rebuild it with "
+                     f"`tailtune data cache ... --interpolation {interpolation}`.")
     return replace(data, notes=notes, **splits)

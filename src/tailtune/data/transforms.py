@@ -14,8 +14,9 @@ the forward passes per image, reported next to the accuracy).
 from __future__ import annotations
 
 import math
+import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torchvision import transforms as T
@@ -29,9 +30,18 @@ from ..registry import Registry
 AUGMENTATIONS: Registry = Registry("augmentation")
 TTE_MODES: Registry = Registry("test-time ensemble")
 
-# fivecrop/tencrop resize to resolution + expand; 336-pixel models use 21 (LIFT's setting).
+# fivecrop/tencrop resize to resolution + expand, a value per backbone as the reference sets it:
+# 21 for CLIP ViT-L/14 at 224 and at 336 px (reference: configs/model/clip_vit_l14.yaml:24,
+# clip_vit_l14@336px.yaml:24, zsclip_vit_l14*.yaml:16), 24 for every other backbone it has
+# (clip_rn50.yaml:28, clip_rn101.yaml:28, clip_vit_b16.yaml:24, in21k_vit_b16*.yaml:24,
+# in21k_vit_l16.yaml:24) and by default (utils/config.py:56).
 DEFAULT_EXPAND = 24
-EXPAND_BY_RESOLUTION = {336: 21}
+VIT_L14_EXPAND = 21
+# ViT-L/14 in open_clip's (ViT-L-14, ViT-L-14-336, ...), timm's (vit_large_patch14_clip_224...)
+# and the reference's (CLIP-ViT-L/14@336px) spelling.
+_VIT_L14 = re.compile(r"vit[-_]l[-_/]14(?![0-9])|vit[-_]large[-_]patch14(?![0-9])", re.IGNORECASE)
+# data.interpolation: "auto" keeps the backbone's filter; these name one (torchvision's InterpolationMode).
+INTERPOLATIONS = ("auto", "bicubic", "bilinear", "nearest", "lanczos")
 RRC_MIN_AREA = 0.08  # RandomResizedCrop's default lower bound of the crop area
 
 
@@ -47,6 +57,13 @@ class Preprocess:
     @property
     def mode(self) -> InterpolationMode:
         return InterpolationMode(self.interpolation)
+
+
+def with_interpolation(p: Preprocess, interpolation: str = "auto") -> Preprocess:
+    """``p`` with every view's resize filter set by ``data.interpolation`` ("auto": the backbone's own)."""
+    if interpolation not in INTERPOLATIONS:
+        raise DataError(f"data.interpolation={interpolation!r} is not valid; choose one of {', '.join(INTERPOLATIONS)}.")
+    return p if interpolation == "auto" else replace(p, interpolation=interpolation)
 
 
 def _is_uint8_tensor(img) -> bool:
@@ -180,16 +197,17 @@ def test_transform(p: Preprocess) -> T.Compose:
 # ---------------------------------------------------------------- test-time ensembles
 
 
-def default_expand(resolution: int) -> int:
-    """The fivecrop/tencrop expand for a resolution: 24, or 21 for 336-pixel models."""
-    return EXPAND_BY_RESOLUTION.get(resolution, DEFAULT_EXPAND)
+def default_expand(model_name: str) -> int:
+    """The fivecrop/tencrop expand of a backbone (``model.name``): 21 for ViT-L/14 (at any
+    resolution), 24 for every other model, as the reference's per-backbone configs set it."""
+    return VIT_L14_EXPAND if _VIT_L14.search(model_name or "") else DEFAULT_EXPAND
 
 
 @dataclass(frozen=True)
 class TTEOptions:
     """Settings of the test-time ensembles (from the eval and train configs)."""
 
-    expand: int | None = None  # None: default_expand(resolution)
+    expand: int | None = None  # None: DEFAULT_EXPAND; a run passes its backbone's (api.tte_options)
     randaug_views: int = 10
     augment: str = "standard"  # randaug: which training augmentation to draw
     epochs: int = 1  # randaug: the augmentation is taken at its last epoch
@@ -220,7 +238,7 @@ class FiveCropStack:
     views = 5
 
     def __init__(self, p: Preprocess, opts: TTEOptions = TTEOptions()):
-        expand = default_expand(p.resolution) if opts.expand is None else opts.expand
+        expand = DEFAULT_EXPAND if opts.expand is None else opts.expand
         self.resize = Resize(p.resolution + expand, interpolation=p.mode)
         self.crop = self.crop_cls(p.resolution)
         self.finish = T.Compose(_finish(p))
