@@ -117,7 +117,8 @@ def test_weights_that_cannot_be_downloaded_say_what_to_do(monkeypatch, error):
         raise error
 
     monkeypatch.setattr(open_clip, "create_model", fail)
-    with pytest.raises(ConfigError, match=r"could not get the pretrained weights 'openai' .*model\.pretrained=/path"):
+    with pytest.raises(ConfigError, match=r"could not get the pretrained weights 'openai' .*model\.pretrained=/path"
+                       r".*add model\.quick_gelu=true"):
         build_backbone(ModelConfig(name="ViT-B-16", pretrained="openai"))
     monkeypatch.setattr(timm, "create_model", fail)
     with pytest.raises(ConfigError, match=r"could not get the pretrained weights .*'vit_base_patch16_224'"):

@@ -170,7 +170,18 @@ def _download_failed(cfg: ModelConfig, e: Exception) -> ConfigError:
     return ConfigError(f"could not get the pretrained weights {cfg.pretrained!r} of {cfg.provider} model {cfg.name!r} "
                        f"({type(e).__name__}: {detail[:300]}). Without internet: download them on a machine with "
                        "access and pass the file as model.pretrained=/path/to/weights (or point model.cache_dir at "
-                       "a cache holding them); model.pretrained=none builds the model with random weights.")
+                       "a cache holding them); model.pretrained=none builds the model with random weights."
+                       + (" OpenAI's weights were trained with QuickGELU: tailtune sees it in OpenAI's own .pt "
+                          "files and in the Hugging Face cache; for a file re-saved elsewhere add "
+                          "model.quick_gelu=true." if _openai_tag(cfg) else ""))
+
+
+def _openai_tag(cfg: ModelConfig) -> bool:
+    if cfg.provider != "open_clip" or cfg.quick_gelu != "auto":
+        return False
+    import open_clip
+
+    return bool((open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained) or {}).get("quick_gelu", False))
 
 
 class OpenClipBackbone(Backbone):
