@@ -146,7 +146,7 @@ def build(cfg: C.Config, data: LTData | None = None) -> Experiment:
     model.to(device)
     if cfg.train.channels_last and backbone.kind == "cnn":
         model.to(memory_format=torch.channels_last)
-    exp = Experiment(cfg, data, backbone, model, device, list(data.notes))
+    exp = Experiment(cfg, data, backbone, model, device, list(data.notes) + list(backbone.notes))
     exp.notes += apply_model_options(model, backbone, cfg.train, device, exp.dtype)
     return exp
 
@@ -482,7 +482,8 @@ def zeroshot(cfg: C.Config) -> dict:
     out = compute_metrics(logits.argmax(1).numpy(), labels.numpy(), data.groups, data.group_names, data.num_classes)
     out["tte"] = cfg.eval.tte
     out["views_per_image"] = view.views
-    return {"dataset": cfg.data.name, "data": data_summary(data), "notes": data.notes, "backbone": backbone.info,
+    return {"dataset": cfg.data.name, "data": data_summary(data), "notes": list(data.notes) + list(backbone.notes),
+            "backbone": backbone.info,
             "prompt": describe(cfg.head), "prompt_mode": cfg.head.prompt_mode, "test": out}
 
 

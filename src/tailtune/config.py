@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -104,10 +104,15 @@ class ModelConfig:
     pretrained: str = "openai"  # pretrained tag, 'none' for random init, or a local checkpoint path
     resolution: Optional[int] = None  # input size; default: the backbone's own
     cache_dir: Optional[str] = None  # where open_clip / timm keep downloaded weights
-    quick_gelu: Optional[bool] = None  # open_clip: QuickGELU activations; null = as the pretrained tag says (openai: yes)
+    # open_clip: QuickGELU activations (OpenAI's CLIP was trained with them): true | false | auto = the pretrained tag's (openai: yes) or, for a local file, yes if it shows OpenAI's training: a TorchScript archive whose modules include QuickGELU, OpenAI's input_resolution / context_length / vocab_size entries, or a file in the Hugging Face cache of open_clip's openai weights (a plain state dict cannot be told apart: set true for OpenAI's); the log says which and why
+    quick_gelu: Optional[Union[bool, str]] = "auto"
 
     def __post_init__(self) -> None:
         _check_positive("model", "resolution", self.resolution)
+        if self.quick_gelu is None:  # configs saved before 'auto' existed wrote null for it
+            self.quick_gelu = "auto"
+        if self.quick_gelu not in (True, False, "auto"):
+            raise ConfigError(f"model.quick_gelu={self.quick_gelu!r} is not valid; choose true, false or auto.")
         if not self.name:
             raise ConfigError("model.name must not be empty.")
 

@@ -82,7 +82,10 @@ def _type(annotation: Any) -> str:
     t = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     m = re.fullmatch(r"Optional\[(.+)\]", t)
     if m:
-        return f"{m.group(1)} or null"
+        return f"{_type(m.group(1))} or null"
+    m = re.fullmatch(r"Union\[(.+)\]", t)
+    if m:
+        return " or ".join(part.strip() for part in m.group(1).split(","))
     return {"Any": "any"}.get(t, t)
 
 

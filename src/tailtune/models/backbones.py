@@ -22,6 +22,7 @@ from ..config import ModelConfig
 from ..data.transforms import Preprocess
 from ..errors import CheckpointError, ConfigError
 from ..registry import Registry
+from .clip_files import OPENAI_META, activation_of_file, openai_meta_free, read_state_dict
 
 PROVIDERS: Registry = Registry("model provider")
 
@@ -38,6 +39,7 @@ class Backbone(nn.Module):
     preprocess: Preprocess
     info: dict  # provider, name, pretrained: identifies the weights in checkpoints
     has_text: bool = False
+    notes: tuple[str, ...] | list[str] = ()  # choices made while building it, for the run's log
 
     @property
     def encoder(self) -> nn.Module:
@@ -92,18 +94,55 @@ def _check_local(pretrained: str) -> None:
 
 
 def _needs_quick_gelu(cfg: ModelConfig, pretrained: str | None) -> bool:
-    """QuickGELU when asked, or when the pretrained tag was trained with it (all 'openai' weights).
+    """QuickGELU for a pretrained *tag*: when asked, or when the tag was trained with it (all 'openai' weights).
 
     open_clip's plain model names build GELU models; loading OpenAI's weights into them
-    silently changes every activation.
+    silently changes every activation. Local files are decided by :func:`_file_activation`.
     """
-    if cfg.quick_gelu is not None:
-        return cfg.quick_gelu
-    if not pretrained or _is_local_file(pretrained) or cfg.name.endswith("-quickgelu"):
-        return False
+    return _tag_activation(cfg, pretrained)[0]
+
+
+def _tag_activation(cfg: ModelConfig, pretrained: str | None) -> tuple[bool, str]:
+    if cfg.quick_gelu != "auto":
+        return bool(cfg.quick_gelu), f"model.quick_gelu={str(cfg.quick_gelu).lower()}"
+    if cfg.name.endswith("-quickgelu"):
+        return False, f"{cfg.name} is a QuickGELU architecture already"
+    if not pretrained:
+        return False, "random weights (model.pretrained=none)"
     import open_clip
 
-    return bool(open_clip.get_pretrained_cfg(cfg.name, pretrained).get("quick_gelu", False))
+    quick = bool(open_clip.get_pretrained_cfg(cfg.name, pretrained).get("quick_gelu", False))
+    return quick, f"open_clip's pretrained tag {pretrained!r} was trained with {'QuickGELU' if quick else 'GELU'}"
+
+
+def _file_activation(cfg: ModelConfig, path: str, state: dict, classes: set[str] | None) -> tuple[bool, str]:
+    """QuickGELU for a local checkpoint file: model.quick_gelu, or with auto the evidence in the file
+    (rules in models/clip_files.py: a TorchScript archive's module classes, OpenAI's metadata
+    entries, the Hugging Face cache folder of open_clip's 'openai' weights; otherwise GELU)."""
+    if cfg.quick_gelu != "auto":
+        return bool(cfg.quick_gelu), f"model.quick_gelu={str(cfg.quick_gelu).lower()}"
+    if cfg.name.endswith("-quickgelu"):
+        return False, f"{cfg.name} is a QuickGELU architecture already"
+    import open_clip
+
+    repo = (open_clip.get_pretrained_cfg(cfg.name, "openai") or {}).get("hf_hub")
+    return activation_of_file(path, state, classes, repo)
+
+
+def _load_clip_state(model: nn.Module, state: dict) -> None:
+    """Load an OpenAI-layout state dict (open_clip's CLIP names) strictly, as open_clip's
+    ``load_checkpoint`` would: positional embeddings resized to model.resolution, fp16 cast up."""
+    from open_clip.model import resize_pos_embed, resize_text_pos_embed
+
+    # Non-persistent buffers (open_clip's causal attn_mask) are the model's own, not checkpoint
+    # state; a TorchScript archive lists them with the persistent ones.
+    derived = set(dict(model.named_buffers())) - set(model.state_dict())
+    state = {k: v for k, v in state.items() if k not in derived}
+    if "logit_scale" in state and model.logit_scale.ndim != state["logit_scale"].ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    resize_pos_embed(state, model)
+    resize_text_pos_embed(state, model)
+    model.load_state_dict(state, strict=True)
 
 
 class _NoRandomInitWarning(logging.Filter):
@@ -131,7 +170,18 @@ def _download_failed(cfg: ModelConfig, e: Exception) -> ConfigError:
     return ConfigError(f"could not get the pretrained weights {cfg.pretrained!r} of {cfg.provider} model {cfg.name!r} "
                        f"({type(e).__name__}: {detail[:300]}). Without internet: download them on a machine with "
                        "access and pass the file as model.pretrained=/path/to/weights (or point model.cache_dir at "
-                       "a cache holding them); model.pretrained=none builds the model with random weights.")
+                       "a cache holding them); model.pretrained=none builds the model with random weights."
+                       + (" OpenAI's weights were trained with QuickGELU: tailtune sees it in OpenAI's own .pt "
+                          "files and in the Hugging Face cache; for a file re-saved elsewhere add "
+                          "model.quick_gelu=true." if _openai_tag(cfg) else ""))
+
+
+def _openai_tag(cfg: ModelConfig) -> bool:
+    if cfg.provider != "open_clip" or cfg.quick_gelu != "auto":
+        return False
+    import open_clip
+
+    return bool((open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained) or {}).get("quick_gelu", False))
 
 
 class OpenClipBackbone(Backbone):
@@ -159,15 +209,33 @@ class OpenClipBackbone(Backbone):
                     raise ConfigError(f"open_clip model {cfg.name!r} has no pretrained tag {pretrained!r}; "
                                       f"known tags: {', '.join(tags)} (or a local checkpoint path, or 'none').")
         kwargs = {"force_image_size": cfg.resolution} if cfg.resolution else {}
-        if _needs_quick_gelu(cfg, pretrained):
+        local = bool(pretrained) and _is_local_file(pretrained)
+        state: dict | None = None
+        if local:
+            # Read the file here (safely: see clip_files.py) to decide the activation from its contents.
+            state, classes = read_state_dict(pretrained)
+            quick, why = _file_activation(cfg, pretrained, state, classes)
+            # A TorchScript archive or OpenAI's metadata entries: open_clip cannot read the file
+            # itself (weights_only refuses archives; the entries are unexpected keys), so the
+            # tensors read here are loaded below; other files go through open_clip as before.
+            if classes is None and not any(k in state for k in OPENAI_META):
+                state = None
+        else:
+            quick, why = _tag_activation(cfg, pretrained)
+        self.notes = [f"model.quick_gelu={str(cfg.quick_gelu).lower()}: {'QuickGELU' if quick else 'GELU'} "
+                      f"({why})"] if pretrained else []
+        if quick:
             kwargs["force_quick_gelu"] = True  # OpenAI's CLIP weights were trained with QuickGELU
         try:
-            with _quiet_random_init(pretrained is None):
-                model = open_clip.create_model(cfg.name, pretrained=pretrained, cache_dir=cfg.cache_dir, **kwargs)
+            with _quiet_random_init(pretrained is None or state is not None):
+                model = open_clip.create_model(cfg.name, pretrained=None if state is not None else pretrained,
+                                               cache_dir=cfg.cache_dir, **kwargs)
+            if state is not None:
+                _load_clip_state(model, openai_meta_free(state))
         except (RuntimeError, OSError) as e:  # OSError: hub and connection errors
             if not pretrained:
                 raise
-            if not _is_local_file(pretrained):
+            if not local:
                 raise _download_failed(cfg, e) from None
             if isinstance(e, OSError):
                 raise
