@@ -1,8 +1,10 @@
+import os
+
 import pytest
 import torch
 from torch import nn
 
-from tailtune.checkpoint import load_checkpoint, save_checkpoint
+from tailtune.checkpoint import load_checkpoint, save_checkpoint, write_safetensors
 from tailtune.errors import CheckpointError
 
 
@@ -81,3 +83,34 @@ def test_written_files_have_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "c.safetensors").stat().st_mode) == 0o666 & ~umask
+
+
+def _rewrite_forever(path, stop):
+    step = 0
+    while not stop.is_set():  # new sizes and metadata every step: a mixed-up read cannot go unnoticed
+        write_safetensors(path, {"w": torch.full((1 + step % 7, 1000), float(step))}, {"step": str(step)})
+        step += 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks a writer process")
+def test_read_snapshot_is_whole_while_another_process_replaces_the_file(tmp_path):
+    """A writer in another process (a training job; a thread would hold the GIL and hide the race):
+    safetensors' default mmap reader mixed header and tensors of two files here in ~1% of reads."""
+    import multiprocessing
+
+    from tailtune.checkpoint import read_snapshot
+
+    path = tmp_path / "state.safetensors"
+    write_safetensors(path, {"w": torch.zeros(1, 1000)}, {"step": "0"})
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    writer = ctx.Process(target=_rewrite_forever, args=(path, stop))
+    writer.start()
+    try:
+        for _ in range(1500):
+            meta, tensors = read_snapshot(path, "test file")
+            step = int(meta["step"])
+            assert torch.equal(tensors["w"], torch.full((1 + step % 7, 1000), float(step))), step
+    finally:
+        stop.set()
+        writer.join()

@@ -33,6 +33,15 @@ def test_macro_f1():
     assert metrics()["macro_f1"] == pytest.approx(100 * sum(f1) / 3)
 
 
+def test_macro_f1_is_over_the_classes_with_test_images():
+    # 5 classes; 2 and 3 have no test image, 3 is predicted once (a miss of class 0), 2 never.
+    # Class 0: precision 1/1, recall 1/2 -> F1 2/3; class 1: precision 2/3, recall 1 -> 4/5;
+    # class 4 (present, never predicted): precision 0 (nothing predicted), recall 0 -> F1 0.
+    m = compute_metrics([0, 3, 1, 1, 1], [0, 0, 1, 1, 4], [0, 0, 0, 0, 0], ["all"], 5)
+    assert m["macro_f1"] == pytest.approx(100 * (2 / 3 + 4 / 5 + 0) / 3)
+    assert compute_metrics([], [], [0, 0], ["all"], 2)["macro_f1"] == 0.0
+
+
 def test_worst_class_and_means_of_per_class_accuracy():
     m = metrics()
     accs = [75.0, 50.0, 100.0]

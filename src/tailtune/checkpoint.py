@@ -7,12 +7,11 @@ model it is loaded into, and hold exactly the tensors that model trains, shape f
 from __future__ import annotations
 
 import json
-import math
 import os
-import struct
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .errors import CheckpointError
@@ -40,52 +39,34 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], config_y
     write_safetensors(path, tensors, meta)
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
-
-
 def read_snapshot(path: str | Path, what: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a safetensors file, from one read of it into one writable buffer.
+    """(metadata, tensors) of a safetensors file, both through one open file descriptor.
 
-    One read of one open file gives a consistent snapshot even while a running job
-    atomically replaces the file (a second open, or a memory map of the path, may see the
-    new file's size with the old one's header). The tensors are views of that buffer: the
-    file's size in memory, once.
+    A running job atomically replaces its training state while a watcher (or a resume) may
+    read it; metadata and tensors must come from the same file. safetensors' ``safe_open``
+    with ``backend="pread"`` opens the path once and reads header and tensors from that one
+    descriptor, so a rename mid-read cannot mix two files.
+
+    Measured (benchmarks/snapshot_read.py: a 100 MB file, and 3000 reads while another
+    process keeps replacing a small one; safetensors 0.8.0):
+    - ``backend="pread"``: peak +98 MB (1x the file), as fast as the hand-written reader this
+      replaced (165 vs 169 ms), 0 mixed reads (0 also in 20000 reads).
+    - ``backend="mmap"`` (the default) maps the *path* a second time for torch
+      (``UntypedStorage.from_file(filename)``): 13 reads mixed one file's header with another's
+      tensors and 8 failed ("file size ... is smaller than the required mapping size").
+    - ``safetensors.torch.load(f.read())`` copies every tensor out of the bytes: peak +192 MB
+      (2x the file), and it gives no metadata (a header parse of our own would be needed).
+    The tensors are writable (the optimizer updates loaded momentum in place).
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{what} {path} does not exist.")
-
-    def corrupt(why: str) -> CheckpointError:
-        return CheckpointError(f"{what} {path} is truncated or not a safetensors file ({why}); "
-                               "re-run training or restore the file.")
-
     try:
-        with open(path, "rb") as f:
-            buf = bytearray(os.fstat(f.fileno()).st_size)
-            if f.readinto(buf) != len(buf):
-                raise corrupt("short read")
-        (header_len,) = struct.unpack_from("<Q", buf, 0)
-        header = json.loads(bytes(buf[8:8 + header_len]))
-    except (OSError, ValueError, struct.error) as e:  # ValueError includes JSONDecodeError
-        raise corrupt(str(e)) from None
-    start = 8 + header_len
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, end) = _DTYPES[info["dtype"]], info["shape"], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise corrupt(f"tensor {name!r} has an unreadable entry {info!r}") from None
-        count = math.prod(shape)
-        size = torch.empty((), dtype=dtype).element_size()
-        if end - begin != count * size or start + end > len(buf) or begin < 0:
-            raise corrupt(f"tensor {name!r} does not fit the file")
-        tensors[name] = (torch.frombuffer(buf, dtype=dtype, count=count, offset=start + begin).view(shape)
-                         if count else torch.empty(shape, dtype=dtype))
-    return header.get("__metadata__") or {}, tensors
+        with safe_open(str(path), framework="pt", device="cpu", backend="pread") as f:
+            return f.metadata() or {}, f.get_tensors()
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{what} {path} is truncated or not a safetensors file ({e}); "
+                              "re-run training or restore the file.") from None
 
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module, backbone_info: dict, num_classes: int) -> dict:

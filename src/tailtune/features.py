@@ -56,7 +56,8 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 class Split:
     """A backbone's encoder cut before block ``depth``: ``prefix`` then ``suffix`` = ``backbone``.
 
-    Subclasses give the encoder's pieces: ``embed`` (images -> tokens before block 0),
+    Subclasses give the encoder's pieces: ``leaving`` (images -> tokens leaving block i, the
+    library's public ``forward_intermediates``), ``embed`` (images -> tokens before block 0),
     ``block_list``, ``finish`` (tokens after the last block -> features) and ``tail_names``,
     the encoder attributes used after the blocks (parameters there may train).
     """
@@ -71,6 +72,10 @@ class Split:
 
     @staticmethod
     def fits(backbone) -> bool:
+        raise NotImplementedError
+
+    def leaving(self, images: torch.Tensor, index: int) -> torch.Tensor:
+        """Tokens leaving block ``index`` (batch first, prefix tokens first), blocks after it not run."""
         raise NotImplementedError
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -92,7 +97,9 @@ class Split:
 
     def prefix(self, images: torch.Tensor) -> torch.Tensor:
         """Tokens entering block ``depth`` (batch first)."""
-        return self._run(self.embed(images), self.block_list()[:self.depth])
+        if self.depth == 0:  # only asked for directly: cache_point never cuts here (nothing is frozen)
+            return self.embed(images)
+        return self.leaving(images, self.depth - 1)
 
     def suffix(self, tokens: torch.Tensor) -> torch.Tensor:
         """Features from the tokens entering block ``depth``."""
@@ -106,21 +113,35 @@ class Split:
         return [m for m in self.encoder.modules() if id(m) not in later and m is not self.encoder]
 
 
-@SPLITS.register("open_clip_vit", help="open_clip VisionTransformer: _embeds, transformer.resblocks, _pool")
+@SPLITS.register("open_clip_vit",
+                 help="open_clip VisionTransformer: forward_intermediates, transformer.resblocks, _pool")
 class OpenClipViTSplit(Split):
-    """open_clip's ``VisionTransformer.forward``: ``_embeds`` -> ``transformer`` -> ``_pool`` (-> proj)."""
+    """open_clip's ``VisionTransformer.forward``: ``_embeds`` -> ``transformer`` -> ``_pool`` (-> proj).
+
+    The frozen prefix is the public ``forward_intermediates``. Two private calls stay, as
+    open_clip (3.3) has no public equivalent: ``_pool`` (ln_post / attentional pooling, then
+    the class token or the mean) for the suffix, because every public path to pooled features
+    starts from images and runs all blocks itself; and ``_embeds`` for a cut before block 0,
+    because ``forward_intermediates`` returns only tokens leaving a block.
+    """
 
     tail_names = ("ln_post", "attn_pool", "attn_pool_contrastive", "proj")
 
     @staticmethod
     def fits(backbone) -> bool:
         enc = backbone.encoder
-        return all(hasattr(enc, a) for a in ("_embeds", "_pool", "transformer")) and \
+        return all(hasattr(enc, a) for a in ("forward_intermediates", "_embeds", "_pool", "transformer")) and \
             hasattr(enc.transformer, "resblocks")
 
     @property
     def _batch_first(self) -> bool:
         return getattr(self.encoder.transformer, "batch_first", True)
+
+    def leaving(self, images, index):
+        out = self.encoder.forward_intermediates(images, indices=[index], stop_early=True, intermediates_only=True,
+                                                 output_fmt="NLC", output_extra_tokens=True)
+        # Batch first, split into the class token and the patch tokens: joined again as the blocks saw them.
+        return torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
 
     def embed(self, images):
         return self.encoder._embeds(images)
@@ -140,16 +161,30 @@ class OpenClipViTSplit(Split):
         return pooled @ proj if proj is not None else pooled
 
 
-@SPLITS.register("timm_vit", help="timm VisionTransformer: patch_embed, _pos_embed, blocks, norm, forward_head")
+@SPLITS.register("timm_vit", help="timm VisionTransformer: forward_intermediates, blocks, norm, forward_head")
 class TimmViTSplit(Split):
-    """timm's ``forward_features`` (patch_embed, _pos_embed, patch_drop, norm_pre, blocks, norm) + ``forward_head``."""
+    """timm's ``forward_features`` (patch_embed, _pos_embed, patch_drop, norm_pre, blocks, norm) + ``forward_head``.
+
+    The frozen prefix is the public ``forward_intermediates``, the suffix the blocks, ``norm``
+    and the public ``forward_head``. One private call stays: ``_pos_embed`` for a cut before
+    block 0, because ``forward_intermediates`` returns only tokens leaving a block.
+    """
 
     tail_names = ("norm", "fc_norm", "attn_pool", "head_drop", "head")
 
     @staticmethod
     def fits(backbone) -> bool:
         enc = backbone.encoder
-        return all(hasattr(enc, a) for a in ("patch_embed", "_pos_embed", "blocks", "norm", "forward_head"))
+        return all(hasattr(enc, a) for a in ("forward_intermediates", "num_prefix_tokens", "patch_embed",
+                                             "_pos_embed", "blocks", "norm", "forward_head"))
+
+    def leaving(self, images, index):
+        enc = self.encoder
+        # Prefix tokens (class, registers) asked for only when there are some (timm 1.0.3 fails otherwise).
+        with_prefix = bool(enc.num_prefix_tokens)
+        (out,) = enc.forward_intermediates(images, indices=[index], return_prefix_tokens=with_prefix, stop_early=True,
+                                           output_fmt="NLC", intermediates_only=True)
+        return torch.cat([out[1], out[0]], dim=1) if with_prefix else out
 
     def embed(self, images):
         enc = self.encoder

@@ -27,6 +27,7 @@ underflows to 0 for thousands of classes; here it is exp(mean(log)).
 from __future__ import annotations
 
 import numpy as np
+from sklearn.metrics import f1_score
 
 
 def confusion(preds: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
@@ -69,17 +70,16 @@ def compute_metrics(preds, targets, groups, group_names, num_classes: int) -> di
     correct = np.diag(cm)
     present = support > 0
     recall = correct / np.maximum(support, 1)
-    predicted = cm.sum(0)
-    precision = correct / np.maximum(predicted, 1)
-    denom = precision + recall
-    f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
     accs = 100.0 * recall[present]
     balanced = float(accs.mean()) if len(accs) else 0.0
     out: dict = {"overall": float(100.0 * correct.sum() / max(len(targets), 1)), "balanced": balanced}
     for g, name in enumerate(group_names):
         mask = (groups == g) & present
         out[name] = float(100.0 * recall[mask].mean()) if mask.any() else None
-    out["macro_f1"] = float(100.0 * f1[present].mean()) if present.any() else 0.0
+    # Over the classes with test images: a class only predicted counts against the others'
+    # recall, not as a zero F1 of its own; a class never predicted has precision 0.
+    out["macro_f1"] = (float(100.0 * f1_score(targets, preds, labels=np.flatnonzero(present), average="macro",
+                                              zero_division=0)) if present.any() else 0.0)
     out["per_class"] = [float(100.0 * a) if p else None for a, p in zip(recall, present)]
     out["mean_class"] = balanced
     if len(accs):
