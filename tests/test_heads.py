@@ -219,15 +219,26 @@ LABELS = torch.tensor([0, 0, 1, 1, 1, 0])
 
 
 def hand_class_mean(rows):
-    unit = [[v / norm(r) for v in r] for r in rows]
-    mean = [sum(col) / len(unit) for col in zip(*unit)]
+    """The reference's rule: the mean of the raw rows, then normalised."""
+    mean = [sum(col) / len(rows) for col in zip(*rows)]
     return [v / norm(mean) for v in mean]
 
 
 def test_class_mean_init():
     got = H.class_mean_init(ctx_for(FakeVision(), HeadConfig(init="class_mean"), ["a", "b"], FEATS, LABELS))
-    want = [hand_class_mean([[2, 0], [0, 1], [4, 3]]), hand_class_mean([[3, 4], [1, 1], [0, -5]])]
+    # a: mean of (2, 0), (0, 1), (4, 3) = (2, 4/3) -> (3, 2) / sqrt(13); b: (4/3, 0) -> (1, 0)
+    want = [[3 / math.sqrt(13), 2 / math.sqrt(13)], [1.0, 0.0]]
     assert close(got, want, 1e-6)
+    assert close(got, [hand_class_mean([[2, 0], [0, 1], [4, 3]]), hand_class_mean([[3, 4], [1, 1], [0, -5]])], 1e-6)
+
+
+def test_class_mean_averages_raw_features_then_normalises():
+    """(10, 0) and (0, 1): the raw mean (5, 0.5) points along (10, 1); normalising first would give (1, 1)."""
+    feats, labels = torch.tensor([[10.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
+    got = H.class_means(feats, labels, 2)
+    assert close(got, [[10 / math.sqrt(101), 1 / math.sqrt(101)], [0.0, 0.0]], 1e-6)  # absent class: zeros
+    normalised_first = [1 / math.sqrt(2), 1 / math.sqrt(2)]
+    assert (got[0] - torch.tensor(normalised_first)).abs().max() > 0.5
 
 
 def test_k_shot_indices_are_seeded_and_capped():
@@ -249,8 +260,7 @@ def test_k_shot_init_is_the_class_mean_of_the_chosen_images():
 
 
 def balanced_objective(x, y, w, b, num_classes):
-    """Written out independently: 0.5 |W|^2 + sum_i N / (K n_y) * CE(W x_i + b, y_i), x normalised."""
-    x = x / x.norm(dim=1, keepdim=True)
+    """Written out independently: 0.5 |W|^2 + sum_i N / (K n_y) * CE(W x_i + b, y_i), raw x."""
     counts = [int((y == c).sum()) for c in range(num_classes)]
     total = 0.5 * (w ** 2).sum()
     for xi, yi in zip(x, y.tolist()):
@@ -259,21 +269,56 @@ def balanced_objective(x, y, w, b, num_classes):
     return total
 
 
-def test_linear_probe_reaches_the_balanced_logistic_regression_optimum():
-    g = torch.Generator().manual_seed(0)
+def probe_data(seed=0):
+    g = torch.Generator().manual_seed(seed)
     y = torch.tensor([0] * 20 + [1] * 6 + [2] * 3)
-    x = torch.randn(29, 4, generator=g) + 1.5 * F.one_hot(y, 4)[:, :4].float()
+    x = 3.0 * torch.randn(29, 4, generator=g) + 4.0 * F.one_hot(y, 4).float()  # raw: norms far from 1
+    return x, y
+
+
+def test_linear_probe_is_scikit_learns_balanced_logistic_regression_on_raw_features():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = probe_data()
     w, b = H.fit_linear_probe(x, y, 3)
-    w64 = w.double().requires_grad_(True)
-    b64 = b.double().requires_grad_(True)
+    clf = LogisticRegression(solver="lbfgs", max_iter=100, class_weight="balanced").fit(x.numpy(), y.numpy())
+    assert torch.allclose(w, torch.from_numpy(clf.coef_).float(), atol=1e-6)
+    assert torch.allclose(b, torch.from_numpy(clf.intercept_).float(), atol=1e-6)
+    # ... which is the optimum of the balanced objective on the raw features (not the unweighted one)
+    w64, b64 = w.double().requires_grad_(True), b.double().requires_grad_(True)
     balanced_objective(x.double(), y, w64, b64, 3).backward()
-    assert w64.grad.abs().max() < 1e-3 and b64.grad.abs().max() < 1e-3
-    # the optimum of the *unweighted* objective is elsewhere: the balancing is in effect
+    assert w64.grad.abs().max() < 5e-3 and b64.grad.abs().max() < 5e-3
     w64.grad = None
-    unweighted = 0.5 * (w64 ** 2).sum() + F.cross_entropy(F.normalize(x.double(), dim=1) @ w64.t() + b64, y,
-                                                           reduction="sum")
+    unweighted = 0.5 * (w64 ** 2).sum() + F.cross_entropy(x.double() @ w64.t() + b64, y, reduction="sum")
     unweighted.backward()
-    assert w64.grad.abs().max() > 1e-2
+    assert w64.grad.abs().max() > 0.5
+
+
+def test_linear_probe_fills_absent_classes_with_zeros_and_handles_two_classes():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = probe_data(1)
+    y = torch.where(y == 1, 3, y)  # classes 0, 2, 3 of 5: rows 1 and 4 have no image
+    w, b = H.fit_linear_probe(x, y, 5)
+    clf = LogisticRegression(solver="lbfgs", max_iter=100, class_weight="balanced").fit(x.numpy(), y.numpy())
+    assert torch.allclose(w[[0, 2, 3]], torch.from_numpy(clf.coef_).float(), atol=1e-6)
+    assert not w[[1, 4]].any() and not b[[1, 4]].any()
+    two = y != 2
+    w2, b2 = H.fit_linear_probe(x[two], (y[two] == 3).long(), 2)
+    clf2 = LogisticRegression(solver="lbfgs", max_iter=100, class_weight="balanced").fit(
+        x[two].numpy(), (y[two] == 3).long().numpy())
+    # scikit-learn's one binary row w is the softmax pair (-w/2, w/2): the same probabilities
+    want = torch.from_numpy(clf2.predict_proba(x[two].numpy())).float()
+    assert torch.allclose(torch.softmax(x[two] @ w2.t() + b2, dim=1), want, atol=1e-5)
+
+
+def test_linear_probe_refuses_one_class_and_too_little_memory(monkeypatch):
+    x, y = probe_data()
+    with pytest.raises(ConfigError, match="at least two classes"):
+        H.fit_linear_probe(x, torch.zeros_like(y), 3)
+    monkeypatch.setattr(H, "available_memory", lambda: 1000)
+    with pytest.raises(ConfigError, match="needs about .* GiB.*head.init=class_mean"):
+        H.fit_linear_probe(x, y, 3)
 
 
 def test_linear_probe_init_gives_unit_rows_that_classify():
@@ -302,3 +347,30 @@ def test_initialise_head_writes_unit_rows(init):
     head = H.build_head(HeadConfig(), 6, 2)
     assert H.initialise_head(head, ctx_for(backbone, HeadConfig(init=init), ["a", "b"], feats, labels)) == init
     assert head.weight.norm(dim=1).tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
+
+
+# ---------------------------------------------------------------- the initialisers' view
+
+
+def test_init_view_is_resize_to_the_resolution_then_center_crop():
+    """Reference: trainer.py:109-114 (transform_plain), not the 8/7 test view."""
+    import numpy as np
+    from PIL import Image
+    from torchvision import transforms as TV
+
+    from tailtune.data.transforms import Preprocess, test_transform
+
+    yy, xx = np.mgrid[0:40, 0:80]  # 80 wide, 40 high; pixel values encode the position
+    img = Image.fromarray(np.stack([xx * 3, yy * 6, np.zeros_like(xx)], -1).astype(np.uint8))
+    nearest = Preprocess(16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "nearest")
+    got = H.init_transform(nearest)(img)
+    # short side 40 -> 16, so 80 -> 32; the center 16 columns are 8..23
+    want = torch.from_numpy(np.array(img.resize((32, 16), Image.NEAREST))).permute(2, 0, 1).float() / 255
+    assert torch.equal(got, want[:, :, 8:24])
+    assert not torch.equal(got, test_transform(nearest)(img))  # the test view resizes to 18 first
+    bilinear = Preprocess(16, (0.5, 0.4, 0.3), (0.2, 0.3, 0.4), "bilinear")
+    library = TV.Compose([TV.Resize(16, interpolation=TV.InterpolationMode.BILINEAR), TV.CenterCrop(16),
+                          TV.ToTensor(), TV.Normalize(bilinear.mean, bilinear.std)])
+    assert torch.allclose(H.init_transform(bilinear)(img), library(img), atol=1e-6)
+    as_tensor = torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()  # the store's uint8 tensors
+    assert torch.equal(H.init_transform(nearest)(as_tensor), got)

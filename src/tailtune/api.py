@@ -30,7 +30,6 @@ from .data.transforms import (
     TTEOptions,
     default_expand,
     eval_transform,
-    test_transform,
     train_transform,
     with_interpolation,
 )
@@ -60,9 +59,24 @@ from .features import cached_training
 from .losses import LOSSES, build_loss
 from .metrics import compute_metrics
 from .models.backbones import PROVIDERS, Backbone, build_backbone
-from .models.heads import HEAD_INITS, HEADS, InitContext, build_head, check_head, initialise_head
+from .models.heads import (
+    HEAD_INITS,
+    HEADS,
+    InitContext,
+    build_head,
+    check_head,
+    init_transform,
+    initialise_head,
+)
 from .models.model import TailModel
-from .models.peft import PEFT_METHODS, apply_peft, check_peft, method_names, trains_bn_stats
+from .models.peft import (
+    PEFT_METHODS,
+    apply_peft,
+    check_peft,
+    method_names,
+    peft_off,
+    trains_bn_stats,
+)
 from .models.prompts import PROMPT_MODES, class_prompts, class_text_features, describe
 from .rundir import STATE, NullRun, RunDir
 from .selection import VAL_TTE, Selector
@@ -173,11 +187,13 @@ def predict_split(exp: Experiment, fn, dataset, quiet: bool, desc: str):
 
 
 def train_features(exp: Experiment, quiet: bool = True, indices=None):
-    """Frozen features of the training set (or its images at ``indices``) under the test transform."""
+    """Features of the training set (or its images at ``indices``) for the head's initialisation:
+    the frozen backbone alone (PEFT modules off) in the init view (heads.init_transform)."""
     base = exp.data.train if indices is None else Subset(exp.data.train, indices)
     exp.backbone.eval()
-    return predict_split(exp, exp.backbone, Transformed(base, test_transform(exp.backbone.preprocess)), quiet,
-                         "features")
+    with peft_off(exp.backbone):
+        return predict_split(exp, exp.backbone, Transformed(base, init_transform(exp.backbone.preprocess)), quiet,
+                             "features")
 
 
 def init_head(exp: Experiment, quiet: bool = True) -> str:

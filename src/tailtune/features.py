@@ -39,6 +39,7 @@ from .data.datasets import SeededTransformed, Transformed
 from .data.transforms import test_transform, train_transform
 from .engine import ImageProgress, autocast, make_loader
 from .errors import ConfigError
+from .hardware import available_memory
 from .models.model import TailModel
 from .registry import Registry
 
@@ -356,10 +357,7 @@ class CachedInputModel(TailModel):
 
 
 def _available_memory() -> int:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not POSIX: assume a modest machine
-        return 8 << 30
+    return available_memory()
 
 
 def fingerprint(parts: dict) -> str:

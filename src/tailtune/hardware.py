@@ -57,6 +57,14 @@ def precision_note(dtype: torch.dtype | None, device: torch.device) -> str | Non
     return None
 
 
+def available_memory() -> int:
+    """Bytes of free physical memory (8 GiB where the system cannot say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a modest machine
+        return 8 << 30
+
+
 def describe_machine() -> dict:
     """CPU, cores, vector capability, bf16 support, torch version and GPU: for benchmark records."""
     info = {

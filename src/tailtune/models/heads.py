@@ -10,12 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision import transforms as T
 
 from ..config import HeadConfig
+from ..data.transforms import Preprocess, Resize, ToInput
 from ..errors import ConfigError
+from ..hardware import available_memory
 from ..registry import Registry
 from .prompts import PROMPT_MODES, class_prompts, class_text_features
 
@@ -87,13 +91,27 @@ def build_head(cfg: HeadConfig, dim: int, num_classes: int) -> nn.Module:
     return HEADS.get(cfg.type)(dim, num_classes, scale=cfg.scale)
 
 
+def init_transform(p: Preprocess) -> T.Compose:
+    """The view of the initialisers' training features: Resize(res) (short side) + CenterCrop(res).
+
+    The reference's ``transform_plain`` (reference: trainer.py:109-114), used only for the
+    head's initialisation; the test view resizes to 8/7 of the resolution instead. The filter
+    is the preprocessing's, like every other view's.
+    """
+    return T.Compose([Resize(p.resolution, interpolation=p.mode), T.CenterCrop(p.resolution),
+                      ToInput(p.mean, p.std)])
+
+
 @dataclass
 class InitContext:
     """What an initialiser may use; features are computed lazily (only if asked for).
 
     ``train_features(indices=None)`` returns (features, labels) of the training images
-    (all, or those at ``indices``) under the test transform, from the frozen backbone.
-    ``train_labels`` lets an initialiser choose images before computing any feature.
+    (all, or those at ``indices``) from the frozen backbone alone (PEFT modules off), in the
+    plain view Resize(res) + CenterCrop(res), as the reference computes them (reference:
+    trainer.py:109-114 ``transform_plain``, trainer.py:init_head_class_mean ``use_tuner=False``).
+    The features are raw (not normalised). ``train_labels`` lets an initialiser choose images
+    before computing any feature.
     """
 
     backbone: object
@@ -126,17 +144,22 @@ def text_init(ctx: InitContext) -> torch.Tensor:
 
 
 def class_means(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Normalised mean of the L2-normalised features of each class (zero rows for absent classes)."""
-    feats = F.normalize(feats.float(), dim=-1)
-    labels = labels.long()
-    sums = torch.zeros(num_classes, feats.shape[1]).index_add_(0, labels, feats)
+    """Per class, the mean of the raw features, then L2-normalised (zero rows for absent classes).
+
+    The features are averaged as they are and only the mean is normalised, as the reference
+    does (reference: trainer.py:init_head_class_mean, lines 382-388): images with larger
+    features weigh more than in a mean of normalised features.
+    """
+    feats = feats.float()
+    labels = labels.long().to(feats.device)
+    sums = torch.zeros(num_classes, feats.shape[1], device=feats.device).index_add_(0, labels, feats)
     counts = torch.bincount(labels, minlength=num_classes).clamp(min=1).unsqueeze(1)
     return F.normalize(sums / counts, dim=-1)
 
 
-@HEAD_INITS.register("class_mean", help="mean of normalised frozen features per class (training set)")
+@HEAD_INITS.register("class_mean", help="normalised mean of the raw frozen features per class (training set)")
 def class_mean_init(ctx: InitContext) -> torch.Tensor:
-    """Mean of L2-normalised frozen features of each class over the training set."""
+    """Normalised mean of the raw frozen features of each class over the training set."""
     feats, labels = ctx.train_features()
     return class_means(feats, labels, ctx.num_classes)
 
@@ -156,67 +179,76 @@ def k_shot_indices(labels: Sequence[int], k: int, seed: int) -> list[int]:
 
 @HEAD_INITS.register("k_shot", help="class means over at most head.shots images per class (head.seed)")
 def k_shot_init(ctx: InitContext) -> torch.Tensor:
-    """Class means of L2-normalised features over at most ``shots`` images per class."""
+    """Class means (:func:`class_means`) over at most ``shots`` images per class."""
     labels = ctx.train_labels if ctx.train_labels is not None else ctx.train_features()[1].tolist()
     feats, got = ctx.train_features(k_shot_indices(labels, ctx.cfg.shots, ctx.cfg.seed))
     return class_means(feats, got, ctx.num_classes)
 
 
-PROBE_C = 1.0  # inverse L2 strength, scikit-learn's default (the LIFT code's probe)
-PROBE_MAX_ITER = 100
-PROBE_CHUNK = 8192  # rows per forward inside the LBFGS closure: bounds the (N, C) logits in memory
+PROBE_C = 1.0  # inverse L2 strength, scikit-learn's default, as the reference's probe
+PROBE_MAX_ITER = 100  # reference: trainer.py:init_head_linear_probe, line 413
+# scikit-learn's multinomial loss holds a few (N, C) float64 arrays besides the (N, D) features.
+PROBE_ARRAYS = 4
 
 
-def probe_objective(feats: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                    sample_w: torch.Tensor, chunk: int = PROBE_CHUNK, backward: bool = False) -> float:
-    """0.5 |W|^2 + C * sum_i s_i CE(W x_i + b, y_i); with ``backward`` accumulates its gradient."""
-    total = 0.5 * (weight * weight).sum()
-    if backward:
-        total.backward()
-    value = float(total.detach())
-    for i in range(0, len(feats), chunk):
-        logits = feats[i:i + chunk] @ weight.t() + bias
-        part = PROBE_C * (sample_w[i:i + chunk] * F.cross_entropy(logits, labels[i:i + chunk], reduction="none")).sum()
-        if backward:
-            part.backward()
-        value += float(part.detach())
-    return value
+def probe_memory(n: int, dim: int, num_classes: int) -> int:
+    """Bytes the probe's solver needs, roughly: float64 features and a few (N, C) arrays."""
+    return 8 * n * (dim + PROBE_ARRAYS * num_classes)
 
 
 def fit_linear_probe(feats: torch.Tensor, labels: torch.Tensor, num_classes: int,
                      max_iter: int = PROBE_MAX_ITER) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class-balanced multinomial logistic regression on L2-normalised features.
+    """scikit-learn's class-balanced logistic regression on the raw features; returns (W, b).
 
-    Minimises 0.5 |W|^2 + C * sum_i s_i CE(W x_i + b, y_i) with s_i = N / (K n_{y_i}) over
-    the K classes present (scikit-learn's ``class_weight="balanced"``), bias unpenalised,
-    by full-batch LBFGS from zero. Returns (W, b).
+    As the reference (reference: trainer.py:init_head_linear_probe, line 413):
+    ``LogisticRegression(solver="lbfgs", max_iter=100, class_weight="balanced")`` with its
+    default L2 penalty and C = 1, i.e. it minimises 0.5 |W|^2 + C * sum_i s_i CE(W x_i + b, y_i)
+    with s_i = N / (K n_{y_i}) over the K classes present, multinomial for K > 2. It stops
+    after ``max_iter`` iterations, converged or not, as the reference's does. W is (C, D)
+    with zero rows (and bias) for classes without images; for K = 2 scikit-learn's single row
+    w becomes the rows -w/2 and w/2, the softmax classifier with the same probabilities.
     """
-    x = F.normalize(feats.float(), dim=-1)
-    y = labels.long().to(x.device)
-    counts = torch.bincount(y, minlength=num_classes).float()
-    present = int((counts > 0).sum())
-    sample_w = len(y) / (present * counts[y])
-    weight = torch.zeros(num_classes, x.shape[1], device=x.device, requires_grad=True)
-    bias = torch.zeros(num_classes, device=x.device, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iter, history_size=20,
-                            tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+    import warnings
 
-    def closure():
-        opt.zero_grad()
-        return probe_objective(x, y, weight, bias, sample_w, backward=True)
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
 
-    with torch.enable_grad():
-        opt.step(closure)
-    return weight.detach(), bias.detach()
+    x = feats.detach().float().cpu().numpy()
+    y = labels.detach().long().cpu().numpy()
+    present = np.unique(y)
+    if len(present) < 2:
+        raise ConfigError(f"head.init=linear_probe needs training images of at least two classes, got "
+                          f"{len(present)}; use head.init=class_mean (or text with a CLIP backbone).")
+    if (y < 0).any() or (y >= num_classes).any():
+        raise ConfigError(f"head.init=linear_probe got labels outside 0..{num_classes - 1}; "
+                          "check the dataset's labels against its class names.")
+    need, have = probe_memory(len(y), x.shape[1], len(present)), available_memory()
+    if need > have:
+        raise ConfigError(f"head.init=linear_probe on {len(y):,} images of {len(present):,} classes needs about "
+                          f"{need / 2**30:.1f} GiB for scikit-learn's solver, {have / 2**30:.1f} GiB is free; "
+                          "use head.init=class_mean (or text with a CLIP backbone), or a machine with more memory.")
+    clf = LogisticRegression(solver="lbfgs", C=PROBE_C, max_iter=max_iter, class_weight="balanced")
+    with warnings.catch_warnings():
+        # Like the reference's, the probe stops at max_iter: it gives the head a starting point.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, y)
+    coef, intercept = clf.coef_, clf.intercept_
+    if coef.shape[0] == 1:
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    weight = torch.zeros(num_classes, x.shape[1])
+    bias = torch.zeros(num_classes)
+    rows = torch.from_numpy(clf.classes_.astype(np.int64))
+    weight[rows] = torch.from_numpy(coef).float()
+    bias[rows] = torch.from_numpy(intercept).float()
+    return weight, bias
 
 
-@HEAD_INITS.register("linear_probe", help="class-balanced logistic regression on frozen features, rows normalised")
+@HEAD_INITS.register("linear_probe", help="rows of scikit-learn's class-balanced logistic regression on the raw "
+                                          "frozen features, normalised")
 def linear_probe_init(ctx: InitContext) -> torch.Tensor:
-    """Normalised class rows of a balanced logistic regression on the normalised frozen features."""
+    """Normalised class rows of a balanced logistic regression on the raw frozen features."""
     feats, labels = ctx.train_features()
-    params = next(iter(ctx.backbone.parameters()), None) if isinstance(ctx.backbone, nn.Module) else None
-    device = params.device if params is not None else torch.device("cpu")
-    weight, _ = fit_linear_probe(feats.to(device), labels.to(device), ctx.num_classes)
+    weight, _ = fit_linear_probe(feats, labels, ctx.num_classes)
     return F.normalize(weight, dim=-1)
 
 

@@ -6,11 +6,19 @@ import torch
 from torch import nn
 
 from .adaptformer import Bottleneck
-from .base import PEFT_METHODS, PeftMethod, device_of, feature_width, resolve_r, select_blocks
+from .base import (
+    PEFT_METHODS,
+    PeftMethod,
+    PeftModule,
+    device_of,
+    feature_width,
+    resolve_r,
+    select_blocks,
+)
 from .targets import check_parts
 
 
-class SequentialAdapter(nn.Module):
+class SequentialAdapter(PeftModule):
     """Replaces a block's ``mlp``: h = mlp(x); h + adapter(h). The zero up-projection makes it h at init."""
 
     def __init__(self, mlp: nn.Module, adapter: nn.Module):
@@ -20,7 +28,7 @@ class SequentialAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.mlp(x)
-        return h + self.adapter(h)
+        return h + self.adapter(h) if self.active else h
 
 
 @PEFT_METHODS.register("adapter")

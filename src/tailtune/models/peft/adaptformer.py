@@ -10,6 +10,7 @@ from torch import nn
 from .base import (
     PEFT_METHODS,
     PeftMethod,
+    PeftModule,
     device_of,
     feature_width,
     mlp_parts,
@@ -37,7 +38,7 @@ class Bottleneck(nn.Module):
         return out * self.scale if self.scale is not None else out
 
 
-class ParallelMLP(nn.Module):
+class ParallelMLP(PeftModule):
     """Replaces a block's (norm, mlp) pair: mlp(norm(x)) + adapter(x).
 
     The block's own norm is set to Identity, so its forward is untouched and the adapter
@@ -51,7 +52,8 @@ class ParallelMLP(nn.Module):
         self.adapter = adapter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.norm(x)) + self.adapter(x)
+        out = self.mlp(self.norm(x))
+        return out + self.adapter(x) if self.active else out
 
 
 @PEFT_METHODS.register("adaptformer")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from torch import nn
 
@@ -20,6 +22,8 @@ class PeftMethod:
     never unfreezes anything else. ``kinds`` says which backbones it makes sense on.
     Checkpoints hold the trainable parameters; an injected module that is also defined by
     buffers (masked tuning's chosen entries) names them in a ``saved_buffers`` tuple.
+    Every module a method injects derives from :class:`PeftModule`, so that :func:`peft_off`
+    can compute the frozen backbone's own features (the head's initialisation needs them).
 
     Composed methods (``peft.method=a+b``) are applied in ``stage`` order, so the result
     does not depend on the order they are written in: methods that pick existing
@@ -44,6 +48,38 @@ class PeftMethod:
 
     def apply(self, backbone, cfg: PeftConfig, num_classes: int) -> None:
         raise NotImplementedError
+
+
+class PeftModule(nn.Module):
+    """Base of the modules PEFT methods inject into a backbone.
+
+    While ``active`` is False (inside :func:`peft_off`) a module computes exactly what the
+    backbone computed before it was injected: a wrapper calls only the layer it wraps, a
+    prompt inserts no tokens.
+    """
+
+    active = True
+
+
+@contextmanager
+def peft_off(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block, ``model`` computes without its injected PEFT modules.
+
+    The features are those of the frozen backbone alone, whatever the modules' values; the
+    head's class-mean and linear-probe initialisations use them, as the reference does
+    (reference: trainer.py:init_head_class_mean, ``self.model(image, use_tuner=False)``).
+    Methods that train the backbone's own tensors (full, bitfit, ln_tuning, bn_tuning) have
+    nothing to switch off: before training those tensors are the frozen ones.
+    """
+    modules = [m for m in model.modules() if isinstance(m, PeftModule)]
+    before = [m.active for m in modules]
+    for m in modules:
+        m.active = False
+    try:
+        yield model
+    finally:
+        for m, active in zip(modules, before):
+            m.active = active
 
 
 def get_method(name: str) -> PeftMethod:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError
+from .base import PeftModule
 
 PART_PATHS: dict[str, tuple[str, ...]] = {
     "qkv": ("attn.qkv",),  # timm, and open_clip after explicit_attention
@@ -72,8 +73,10 @@ class SelfAttention(nn.Module):
         return (out if self.batch_first else out.transpose(0, 1)), None
 
 
-class LayerWrapper(nn.Module):
+class LayerWrapper(PeftModule):
     """Base of modules that wrap a backbone layer (``self.base``) and change its output.
+
+    While not ``active`` (:func:`~.base.peft_off`) a wrapper's forward is the wrapped layer's.
 
     ``weight`` and ``bias`` read through to the wrapped layer, so code that queries a
     layer's dtype or shape that way (e.g. open_clip's ``get_weight_dtype``) still works.

@@ -22,16 +22,23 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import PEFT_METHODS, PeftMethod, device_of, feature_width, select_blocks
+from .base import PEFT_METHODS, PeftMethod, PeftModule, device_of, feature_width, select_blocks
 
 
-class Prompts(nn.Module):
+class Prompts(PeftModule):
     """``length`` prompt tokens, uniform in +-sqrt(6 / (3 * patch_area + dim)) as in the VPT paper."""
 
     def __init__(self, length: int, dim: int, patch_area: int):
         super().__init__()
         bound = math.sqrt(6.0 / (3 * patch_area + dim))
         self.tokens = nn.Parameter(torch.empty(length, dim).uniform_(-bound, bound))
+
+
+class PromptExit(PeftModule):
+    """Marks the block after which the prompts leave (``block.vpt_exit``); holds no tensors.
+
+    Its ``active`` flag tells :class:`RemovePrompts` whether prompts were inserted.
+    """
 
 
 def _splice(x: torch.Tensor, seq_dim: int, start: int, drop: int, insert: torch.Tensor | None) -> torch.Tensor:
@@ -70,6 +77,8 @@ class InsertPrompts:
     replace: bool
 
     def __call__(self, block: nn.Module, args: tuple):
+        if not block.vpt.active:
+            return None
         x, *rest = args
         batch = x.shape[0 if self.layout.seq_dim == 1 else 1]
         prompts = block.vpt.tokens.unsqueeze(0).expand(batch, -1, -1)
@@ -84,6 +93,8 @@ class RemovePrompts:
     layout: _Layout
 
     def __call__(self, block: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        if not block.vpt_exit.active:
+            return out
         return _splice(out, self.layout.seq_dim, self.layout.start(out, present=True), self.layout.length, None)
 
 
@@ -120,7 +131,9 @@ class _VPT(PeftMethod):
         for i, (_, block) in enumerate(selected if self.deep else selected[:1]):
             block.vpt = Prompts(cfg.vpt_length, feature_width(block), area).to(device_of(block))
             block.register_forward_pre_hook(InsertPrompts(layout, replace=i > 0))
-        backbone.blocks()[-1][1].register_forward_hook(RemovePrompts(layout))
+        last = backbone.blocks()[-1][1]
+        last.vpt_exit = PromptExit()
+        last.register_forward_hook(RemovePrompts(layout))
 
 
 @PEFT_METHODS.register("vpt_shallow")
