@@ -26,7 +26,8 @@ from tailtune.models.peft import PEFT_METHODS, apply_peft, check_peft
 from tailtune.models.peft.targets import SelfAttention
 
 VIT_METHODS = [m for m in PEFT_METHODS.names() if "vit" in PEFT_METHODS.get(m).kinds]
-NOT_IDENTITY = {"vpt_shallow", "vpt_deep"}  # prompts join attention from the start
+# prompts join attention from the start; SSF's scale and shift are drawn around (1, 0) as the reference's
+NOT_IDENTITY = {"vpt_shallow", "vpt_deep", "ssf"}
 
 
 def shared_copy(backbone):
@@ -278,9 +279,12 @@ def test_composition_counts_add_up_and_order_does_not_matter(tiny_bases):
     b = _model(tiny_bases, "open_clip", "lora+ssf+adaptformer").backbone
     assert n_trainable(a) == TINY_COUNTS["adaptformer"] + TINY_COUNTS["ssf"] + TINY_COUNTS["lora"]
     assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+    with torch.no_grad():  # applied in the same order, so the same draws from the same seed
+        assert torch.equal(a(IMAGES), b(IMAGES))
     plain = fresh(tiny_bases, "open_clip")
+    c = _model(tiny_bases, "open_clip", "adaptformer+lora").backbone  # without SSF: the identity at init
     with torch.no_grad():
-        assert torch.allclose(plain(IMAGES), a(IMAGES), atol=1e-5)
+        assert torch.allclose(plain(IMAGES), c(IMAGES), atol=1e-5)
 
 
 @pytest.mark.parametrize("spec,tuned", [("first 1", {0}), ("last 1", {1}), ("1:2", {1}), ([0, 1], {0}), ("all", {0, 1})])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -9,14 +11,32 @@ from .base import PEFT_METHODS, PeftMethod, device_of, resolve_r, select_blocks
 from .targets import LayerWrapper, check_parts, get_part, innermost, set_part
 
 
+def reference_down_init(d_in: int, r: int) -> torch.Tensor:
+    """The down-projection's initial (r, d_in) weight, drawn as the reference draws its A.
+
+    The reference holds A as a (d_in, r) tensor (x @ A) and fills it with
+    ``kaiming_uniform_(a=sqrt(5))``, whose fan-in is then r: uniform in +-1/sqrt(r), std
+    1/sqrt(3r) (0.289 at r = 4) (reference: models/peft_modules.py:LoRA, lines 81-89). The same
+    draw is made here and transposed into nn.Linear's layout, so from the same RNG state the
+    values equal the reference's. HF peft differs: it draws A as an (r, d_in) nn.Linear weight,
+    fan-in d_in, bound 1/sqrt(d_in) (std 0.021 at d_in = 768), about 14x weaker at r = 4.
+    """
+    a = torch.empty(d_in, r)
+    nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+    return a.t().contiguous()
+
+
 class LowRank(nn.Module):
-    """x -> up(down(x)) / r. ``down`` keeps nn.Linear's Kaiming-uniform init, ``up`` starts at zero."""
+    """x -> up(down(x)) / r. ``down`` starts as the reference's A (:func:`reference_down_init`),
+    ``up`` at zero, so the update is zero at init. The global RNG is drawn once, for ``down``."""
 
     def __init__(self, d_in: int, d_out: int, r: int):
         super().__init__()
-        self.down = nn.Linear(d_in, r, bias=False)
-        self.up = nn.Linear(r, d_out, bias=False)
-        nn.init.zeros_(self.up.weight)
+        # On the meta device nn.Linear's own initialisation draws nothing; the weights are set below.
+        self.down = nn.Linear(d_in, r, bias=False, device="meta")
+        self.up = nn.Linear(r, d_out, bias=False, device="meta")
+        self.down.weight = nn.Parameter(reference_down_init(d_in, r))
+        self.up.weight = nn.Parameter(torch.zeros(d_out, r))
         self.scaling = 1.0 / r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,6 +60,8 @@ class LoRALinear(LayerWrapper):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
+        if not self.active:
+            return out
         if self.chunks == 1:
             return out + sum(m(x) for m in self.lora.values())
         parts = list(out.chunk(self.chunks, dim=-1))

@@ -2,8 +2,12 @@
 
 The targets are the attention qkv and output projections and the two MLP linears of the
 selected blocks. Each layer's weight and bias are seen together as an out x (in + 1)
-matrix (the bias as the last column) and ``floor(ratio * out * (in + 1))`` of its entries,
-drawn by one NumPy generator seeded with ``peft.mask_seed``, become trainable.
+matrix (the bias as the last column) and ``floor(ratio * out * (in + 1))`` of its entries
+become trainable: the first that many of ``torch.randperm(out * (in + 1))``, drawn from one
+CPU ``torch.Generator`` seeded with ``peft.mask_seed`` and shared by the layers in the
+reference's order (blocks in depth order; in each, qkv, out, fc1, fc2). For the same seed
+these are the reference's entries (reference: models/peft_vit.py:221-236 and
+models/peft_modules.py:MaskedLinear, lines 120-138). The global RNG is not touched.
 
 The default ratio is C / (12 L d) (C classes, L blocks, d width: the rule that makes the
 count about C * d, like the bottleneck rule), floored to a multiple of 0.001 and at least
@@ -17,7 +21,6 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,18 +51,18 @@ class MaskedLinear(LayerWrapper):
 
     saved_buffers = ("weight_index", "bias_index")
 
-    def __init__(self, base: nn.Linear, count: int, rng: np.random.Generator):
+    def __init__(self, base: nn.Linear, count: int, generator: torch.Generator):
         super().__init__(base)
         out_f, in_f = base.weight.shape
         cols = in_f + (base.bias is not None)
-        # NumPy's choice without replacement samples few-of-many in O(count) (a set of draws),
-        # where a permutation of every entry of ViT-B/16's 48 layers takes seconds.
-        picked = torch.from_numpy(np.sort(rng.choice(out_f * cols, size=count, replace=False, shuffle=False)))
+        # The reference's rule: a full permutation, its first ``count`` entries (6 s in all
+        # for ViT-B/16's 48 layers on 2 CPU cores). Sorted, the values are in masked_select's order.
+        picked = torch.randperm(out_f * cols, generator=generator)[:count].sort().values
         row, col = picked // cols, picked % cols
         in_weight = col < in_f
         device = base.weight.device
         # The indices follow from the seed, and are saved with the values too (saved_buffers): a
-        # checkpoint names the entries it trained, whatever NumPy's generator draws elsewhere.
+        # checkpoint names the entries it trained, whatever the generator draws elsewhere.
         self.register_buffer("weight_index", (row * in_f + col)[in_weight].to(device))
         self.register_buffer("bias_index", row[~in_weight].to(device))
         self.weight_values = nn.Parameter(base.weight.detach().flatten()[self.weight_index].clone())
@@ -67,6 +70,8 @@ class MaskedLinear(LayerWrapper):
                             if base.bias is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return self.base(x)
         w = self.base.weight
         weight = w.flatten().scatter(0, self.weight_index, self.weight_values.to(w.dtype)).view_as(w)
         bias = self.base.bias
@@ -91,9 +96,10 @@ class Masked(PeftMethod):
         blocks = backbone.blocks()
         ratio = (Fraction(str(cfg.mask_ratio)) if cfg.mask_ratio is not None
                  else default_ratio(num_classes, len(blocks), feature_width(blocks[0][1])))
-        rng = np.random.default_rng(cfg.mask_seed)  # a local generator: the same choice on any device
+        # A local CPU generator, as the reference's: the same choice on any device.
+        generator = torch.Generator().manual_seed(cfg.mask_seed)
         for _, block in select_blocks(backbone, cfg):
             for part in PARTS:
                 path, layer = get_part(block, part, self.name)
                 count = masked_count(ratio, layer.out_features, layer.in_features, layer.bias is not None)
-                set_part(block, path, MaskedLinear(layer, count, rng))
+                set_part(block, path, MaskedLinear(layer, count, generator))

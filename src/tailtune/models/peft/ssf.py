@@ -11,18 +11,27 @@ from .targets import LayerWrapper, check_parts, get_part, innermost, set_part
 
 # peft.ssf_parts -> block parts (targets.PART_PATHS)
 PARTS = {"qkv": ("qkv",), "out": ("out",), "mlp": ("fc1", "fc2"), "norm": ("norm1", "norm2")}
+# The reference's groups, in the order it creates them: all blocks' attention pair, then all
+# blocks' MLP pair, then all blocks' LayerNorm pair (reference: models/peft_vit.py:185-219).
+DRAW_ORDER = (("qkv", "out"), ("fc1", "fc2"), ("norm1", "norm2"))
+INIT_STD = 0.02  # scale ~ N(1, 0.02), shift ~ N(0, 0.02) (reference: models/peft_modules.py:SSF, lines 102-108)
 
 
 class ScaleShift(LayerWrapper):
-    """layer(x) * scale + shift over the last (channel) dimension; scale 1 and shift 0 at init."""
+    """layer(x) * scale + shift over the last (channel) dimension.
+
+    As in the reference, scale starts at N(1, 0.02) and shift at N(0, 0.02) per channel
+    (scale drawn first), so a fresh SSF model is close to, not equal to, the frozen backbone.
+    """
 
     def __init__(self, base: nn.Module, channels: int):
         super().__init__(base)
-        self.scale = nn.Parameter(torch.ones(channels))
-        self.shift = nn.Parameter(torch.zeros(channels))
+        self.scale = nn.Parameter(torch.empty(channels).normal_(1.0, INIT_STD))
+        self.shift = nn.Parameter(torch.empty(channels).normal_(0.0, INIT_STD))
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self.base(*args, **kwargs) * self.scale + self.shift
+        out = self.base(*args, **kwargs)
+        return out * self.scale + self.shift if self.active else out
 
 
 def channels(layer: nn.Module) -> int:
@@ -39,6 +48,7 @@ class SSF(PeftMethod):
     """Scale and shift after the attention qkv and out projections, the MLP linears and the LayerNorms."""
 
     kinds = ("vit",)
+    identity_at_init = False  # scale and shift are drawn around (1, 0), as the reference does
     stage = 3  # after LoRA: the scale and shift act on the updated layer's output
 
     def check(self, backbone, name, cfg):
@@ -47,8 +57,11 @@ class SSF(PeftMethod):
             check_parts(block, block_parts(cfg), name)
 
     def apply(self, backbone, cfg, num_classes):
-        for _, block in select_blocks(backbone, cfg):
-            device = device_of(block)
-            for part in block_parts(cfg):
-                path, layer = get_part(block, part, self.name)
-                set_part(block, path, ScaleShift(layer, channels(layer)).to(device))
+        wanted = set(block_parts(cfg))
+        blocks = select_blocks(backbone, cfg)
+        # Created in the reference's order, so that from one RNG state the draws are the reference's.
+        for group in DRAW_ORDER:
+            for _, block in blocks:
+                for part in (p for p in group if p in wanted):
+                    path, layer = get_part(block, part, self.name)
+                    set_part(block, path, ScaleShift(layer, channels(layer)).to(device_of(block)))
