@@ -3,6 +3,7 @@
     python benchmarks/eval.py                          # ViT-B/16 (random weights), 32 test images
     python benchmarks/eval.py --images 128 --compile   # more images, plus a torch.compile column
     python benchmarks/eval.py --device cuda --batch 128
+    python benchmarks/eval.py --precisions --images 16  # eval.precision: fp32 vs bf16 autocast, one process
 
 The whole evaluation path runs: synthetic 500x375 test images -> the backbone's test view
 (or five crops) -> ``predict_logits`` (views averaged) with the classifier-only model.
@@ -10,6 +11,11 @@ Images/s counts test images (a five-crop image costs five forwards). Paths: the 
 (fp32, glibc's default allocator) and the default path (train.precision=auto,
 tune_cpu_allocator(), train.compile with --compile), each (TTE, path) in a fresh process
 started by this one, in ABBA order (see train_step.py).
+
+``--precisions`` answers what ``eval.precision`` costs: one process, one model, one batch of
+already transformed images (the transform is the same for both, so it is left out), and
+``predict_logits`` timed in fp32 and under bf16 autocast in turn (ABBA, ``--repeats`` rounds);
+it also prints how far the bf16 logits are from the fp32 ones.
 """
 
 from __future__ import annotations
@@ -67,16 +73,61 @@ def measure(model, images, preprocess, tte: str, args, device, dtype, path: str)
     return out
 
 
+def compare_precisions(args, device: torch.device) -> None:
+    """fp32 vs bf16 autocast evaluation of the same images by the same model, interleaved in one process."""
+    header("eval precision: predict_logits in fp32 vs under bf16 autocast (one process, interleaved)", args)
+    model = build_model("open_clip", args.model, "none", device).eval()
+    view = eval_transform(model.backbone.preprocess, args.tte)
+    images = test_images(args.images)
+    x = torch.stack([view(images[i][0]) for i in range(len(images))])
+    loader = make_loader(torch.utils.data.TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), args.batch,
+                         False, 0, device)
+    dtypes = {"fp32": None, "bf16": torch.bfloat16}
+    logits = {name: predict_logits(model, loader, device, dtype)[0] for name, dtype in dtypes.items()}  # warm-up
+    sync = cuda_sync()
+    times = {name: [] for name in dtypes}
+    for name in interleaved(range(args.repeats), list(dtypes)):
+        name = name[1]
+        if sync:
+            sync()
+        t0, c0 = time.perf_counter(), time.process_time()
+        predict_logits(model, loader, device, dtypes[name])
+        if sync:
+            sync()
+        times[name].append((time.perf_counter() - t0, time.process_time() - c0))
+        print(f"   {name}: {len(x) / times[name][-1][0]:.2f} img/s wall, {times[name][-1][1]:.1f} CPU-s", flush=True)
+    rows = []
+    for name, runs in times.items():
+        wall, cpu = float(np.median([w for w, _ in runs])), float(np.median([c for _, c in runs]))
+        rows.append({"precision": name, "img/s": len(x) / wall, "s": wall, "img/cpu-s": len(x) / cpu, "cpu-s": cpu})
+    print()
+    print(table(rows, ["precision", "img/s", "s", "img/cpu-s", "cpu-s"]))
+    key = "img/cpu-s" if rate_basis(device) == "cpu" else "img/s"
+    ratio = rows[1][key] / rows[0][key]
+    diff = (logits["fp32"] - logits["bf16"]).abs()
+    print(f"\n   bf16 / fp32 ({key}, medians of {args.repeats}): {ratio:.2f}x")
+    print(f"   logits: max |bf16 - fp32| {diff.max().item():.4f} (largest |fp32 logit| "
+          f"{logits['fp32'].abs().max().item():.2f}); top-1 agrees on "
+          f"{(logits['fp32'].argmax(1) == logits['bf16'].argmax(1)).float().mean().item():.0%} of the images")
+    save_json(args.json, {"results": rows, "bf16_over_fp32": ratio, "max_abs_logit_diff": diff.max().item()})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="ViT-B-16", help="open_clip model (random weights)")
     p.add_argument("--images", type=int, default=32, help="test images per measurement")
     p.add_argument("--batch", type=int, default=32, help="test images per loader batch")
     p.add_argument("--workers", type=int, default=0, help="loader workers (tailtune uses 0 on <= 4 CPU cores)")
+    p.add_argument("--precisions", action="store_true", help="eval.precision: fp32 vs bf16 autocast in one process")
+    p.add_argument("--tte", default="none", help="--precisions: the test view (none) or crops (fivecrop)")
+    p.add_argument("--repeats", type=int, default=3, help="--precisions: timed rounds per precision")
     add_run_args(p, "(TTE, path)")
     args = p.parse_args()
     default_threads(args.threads)
     device = torch.device(args.device)
+    if args.precisions:
+        compare_precisions(args, device)
+        return
     if args.measure:
         spec = json.loads(args.measure)
         tuned = spec["tune"] and device.type == "cpu" and tune_cpu_allocator()

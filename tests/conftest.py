@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tailtune.config import load_config
+from tailtune.hardware import cpu_bf16_native
 
 SPLITS = Path(__file__).resolve().parents[1].parent / "shared" / "splits"
 
@@ -20,6 +21,13 @@ TINY_CLIP = [
     "train.epochs=1", "train.batch_size=16", "train.log_every=1", "eval.batch_size=32",
     "quiet=true",
 ]
+
+# train.precision=auto (the default) trains ViTs in bf16 on CPUs with native bf16 (AMX / AVX-512
+# BF16) and in fp32 elsewhere, so a test that compares the numbers of two runs (resume, torchrun,
+# cache vs direct) sets the precision it compares: train.precision=fp32 unless it is about bf16.
+needs_native_bf16 = pytest.mark.skipif(
+    not cpu_bf16_native(), reason="this CPU has no native bf16 (AMX / AVX-512 BF16): auto picks fp32 here "
+                                  "and bf16 is emulated (slow)")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +49,10 @@ from .engine import (
     TrainingInterrupted,
     default_workers,
     make_loader,
+    precision_name,
     predict_logits,
     resolve_device,
+    resolve_eval_precision,
     resolve_precision,
     tune_cpu_allocator,
 )
@@ -118,7 +120,14 @@ class Experiment:
 
     @property
     def dtype(self):
+        """Training's autocast dtype (``train.precision``; None = fp32)."""
         return resolve_precision(self.cfg.train.precision, self.device, self.backbone.kind)
+
+    @property
+    def eval_dtype(self):
+        """Every evaluation's autocast dtype (``eval.precision``; None = fp32)."""
+        return resolve_eval_precision(self.cfg.eval.precision, self.cfg.train.precision, self.device,
+                                      self.backbone.kind)
 
     @property
     def workers(self) -> int:
@@ -135,6 +144,7 @@ def build(cfg: C.Config, data: LTData | None = None) -> Experiment:
     validate(cfg)
     device = local_device(resolve_device(cfg.train.device), env_info())
     resolve_precision(cfg.train.precision, device)
+    resolve_eval_precision(cfg.eval.precision, cfg.train.precision, device)
     if device.type == "cpu":
         tune_cpu_allocator()
     # Start-up checks in order of cost: the data's listing and its files' presence (seconds), then
@@ -173,7 +183,8 @@ def param_summary(model: TailModel) -> dict:
 
 
 def predict_split(exp: Experiment, fn, dataset, quiet: bool, desc: str):
-    """(outputs, labels) of ``fn`` over a transformed dataset, shared out among torchrun ranks.
+    """(outputs, labels) of ``fn`` over a transformed dataset, shared out among torchrun ranks,
+    computed in the evaluation precision (``eval.precision``).
 
     Each rank predicts every world_size-th sample; the outputs are gathered back into the
     original order on every rank, so metrics count each sample exactly once.
@@ -181,7 +192,7 @@ def predict_split(exp: Experiment, fn, dataset, quiet: bool, desc: str):
     info = env_info()
     part = Subset(dataset, shard_indices(len(dataset), info)) if info.enabled else dataset
     loader = make_loader(part, exp.cfg.eval.batch_size, False, exp.workers, exp.device)
-    out, labels = predict_logits(fn, loader, exp.device, exp.dtype, quiet or not info.is_main, desc,
+    out, labels = predict_logits(fn, loader, exp.device, exp.eval_dtype, quiet or not info.is_main, desc,
                                  exp.channels_last)
     return gather_ordered(out, len(dataset), info), gather_ordered(labels, len(dataset), info)
 
@@ -222,6 +233,7 @@ def evaluate_with_predictions(exp: Experiment, tte: str | None = None, split: st
     out = compute_metrics(preds, labels, exp.data.groups, exp.data.group_names, exp.data.num_classes)
     out["tte"] = tte
     out["views_per_image"] = view.views
+    out["precision"] = precision_name(exp.eval_dtype)
     return out, preds, labels
 
 
@@ -322,6 +334,8 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
         raise
     for note in exp.notes:
         log(f"note: {note}")
+    log(f"precision: training {precision_name(exp.dtype)}, evaluation {precision_name(exp.eval_dtype)} "
+        f"(train.precision={cfg.train.precision}, eval.precision={cfg.eval.precision})")
     params = param_summary(exp.model)
     log(f"data: {cfg.data.name}, {len(exp.data.train)} training / {len(exp.data.test)} test images, "
         f"{exp.data.num_classes} classes")
@@ -466,9 +480,14 @@ def load_run(run_dir: str | Path, data: LTData | None = None) -> Experiment:
     return exp
 
 
-def evaluate(run_dir: str | Path, tte: str | None = None, split: str = "test", quiet: bool = False) -> dict:
-    """Evaluate a finished run (rebuilds it from its folder)."""
+def evaluate(run_dir: str | Path, tte: str | None = None, split: str = "test", quiet: bool = False,
+             precision: str | None = None) -> dict:
+    """Evaluate a finished run (rebuilds it from its folder); ``precision``: an ``eval.precision``
+    value in place of the run's own."""
     exp = load_run(run_dir)
+    if precision is not None:
+        exp.cfg = replace(exp.cfg, eval=replace(exp.cfg.eval, precision=precision))  # checks the value
+        resolve_eval_precision(precision, exp.cfg.train.precision, exp.device)
     return evaluate_model(exp, tte, split, quiet)
 
 
@@ -480,6 +499,7 @@ def zeroshot(cfg: C.Config) -> dict:
     """
     validate(cfg)
     device = resolve_device(cfg.train.device)
+    resolve_eval_precision(cfg.eval.precision, cfg.train.precision, device)  # before any loading
     if device.type == "cpu":
         tune_cpu_allocator()
     backbone = build_backbone(cfg.model).to(device)
@@ -492,12 +512,13 @@ def zeroshot(cfg: C.Config) -> dict:
     ds = Transformed(data.test, view)
     workers = default_workers(device) if cfg.data.num_workers < 0 else cfg.data.num_workers
     loader = make_loader(ds, cfg.eval.batch_size, False, workers, device)
-    logits, labels = predict_logits(lambda x: backbone.zeroshot_logits(x, text), loader, device,
-                                    resolve_precision(cfg.train.precision, device, backbone.kind), cfg.quiet,
+    dtype = resolve_eval_precision(cfg.eval.precision, cfg.train.precision, device, backbone.kind)
+    logits, labels = predict_logits(lambda x: backbone.zeroshot_logits(x, text), loader, device, dtype, cfg.quiet,
                                     "zero-shot")
     out = compute_metrics(logits.argmax(1).numpy(), labels.numpy(), data.groups, data.group_names, data.num_classes)
     out["tte"] = cfg.eval.tte
     out["views_per_image"] = view.views
+    out["precision"] = precision_name(dtype)
     return {"dataset": cfg.data.name, "data": data_summary(data), "notes": list(data.notes) + list(backbone.notes),
             "backbone": backbone.info,
             "prompt": describe(cfg.head), "prompt_mode": cfg.head.prompt_mode, "test": out}

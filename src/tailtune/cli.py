@@ -69,7 +69,7 @@ def cmd_eval(args) -> int:
     from .api import evaluate, format_results, read_metrics
 
     saved = read_metrics(args.run_dir)
-    test = evaluate(args.run_dir, args.tte, args.split, quiet=args.quiet)
+    test = evaluate(args.run_dir, args.tte, args.split, quiet=args.quiet, precision=args.precision)
     gap = None
     if args.split == "train":  # against the saved test accuracy with the same views: the generalisation gap
         from .gap import gap_against
@@ -88,8 +88,10 @@ def cmd_eval(args) -> int:
               f"(no gap: the run saved no test metrics with tte {test['tte']}; use --tte none or the run's own)")
     if args.split == "test" and test["tte"] == saved["test"]["tte"]:
         same = abs(test["overall"] - saved["test"]["overall"]) < 1e-6
+        was = saved["test"].get("precision")  # runs saved before eval.precision existed lack it
         print("matches metrics.json" if same else
-              f"differs from metrics.json (saved overall {saved['test']['overall']:.4f})")
+              f"differs from metrics.json (saved overall {saved['test']['overall']:.4f}"
+              + (f", evaluated in {was}; now {test['precision']}" if was and was != test["precision"] else "") + ")")
     return 0
 
 
@@ -175,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--tte", default=None, help="test-time ensemble, `tailtune list tte` (default: the run's)")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--precision", choices=C.EVAL_PRECISIONS, default=None,
+                   help="eval.precision for this evaluation (default: the run's own)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)

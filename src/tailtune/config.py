@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+EVAL_PRECISIONS = ("train", *PRECISIONS)  # eval.precision: train = whatever train.precision resolves to
 DEFAULT_PROMPT = "a photo of a {}."
 TTE_MODES = ("none", "fivecrop", "tencrop", "randaug")  # = data.transforms.TTE_MODES (a test keeps them equal)
 SCHEDULES = ("cosine", "cosine_epoch", "constant")  # = engine.SCHEDULES (a test keeps them equal)
@@ -297,6 +298,7 @@ class EvalConfig:
     expand: Optional[int] = None  # fivecrop/tencrop: resize to resolution + expand; null = the backbone's: 21 for ViT-L/14 (224 and 336 px), else 24 (the reference's values)
     randaug_views: int = 10  # randaug: draws of the training augmentation per image
     batch_size: int = 128
+    precision: str = "train"  # every evaluation of the run (test, val, train-vs-test gap, head-init features, `tailtune eval`, predict, zero-shot): train (as train.precision resolves) | auto (the rule of train.precision=auto) | bf16 | fp16 | fp32 (the reference code's)
     gap_per_class: int = 100  # train-vs-test gap: train images per class evaluated (stratified, seeded); 0 = skip
     report: bool = True  # write report.html (+ PNGs) at the end of the run; later: `tailtune report RUN_DIR`
 
@@ -305,6 +307,7 @@ class EvalConfig:
         _check_positive("eval", "expand", self.expand, allow_zero=True)
         _check_positive("eval", "randaug_views", self.randaug_views)
         _check_positive("eval", "batch_size", self.batch_size)
+        _check_choice("eval", "precision", self.precision, EVAL_PRECISIONS)
         _check_positive("eval", "gap_per_class", self.gap_per_class, allow_zero=True)
 
 

@@ -107,7 +107,7 @@ class Predictor:
         view = eval_transform(self.exp.backbone.preprocess, tte or self.tte, tte_options(self.exp.cfg))
         loader = make_loader(_Images(items, view), batch_size or self.exp.cfg.eval.batch_size, False,
                              self.exp.workers, self.exp.device)
-        logits, _ = predict_logits(self.model, loader, self.exp.device, self.exp.dtype, quiet,
+        logits, _ = predict_logits(self.model, loader, self.exp.device, self.exp.eval_dtype, quiet,
                                    f"predict ({tte or self.tte})", self.exp.channels_last)
         return logits
 
