@@ -26,8 +26,8 @@ SAME_AS_LIFT = {
     "lift_cifar100_ir100": ("cifar100_ir100", []), "lift_cifar100_ir50": ("cifar100_ir50", []),
     "lift_cifar100_ir10": ("cifar100_ir10", []), "lift_imagenet_lt": ("imagenet_lt", []),
     "lift_places_lt": ("places_lt", []), "lift_inat2018": ("inat2018", ["train.epochs=20"]),
-    "lift_vitl14_imagenet_lt": ("imagenet_lt", ["model.name=ViT-L-14", "eval.expand=21"]),
-    "lift_vitl14_places_lt": ("places_lt", ["model.name=ViT-L-14", "eval.expand=21"]),
+    "lift_vitl14_imagenet_lt": ("imagenet_lt", ["model.name=ViT-L-14"]),
+    "lift_vitl14_places_lt": ("places_lt", ["model.name=ViT-L-14"]),
 }
 RECIPES = list_presets("recipes")
 
@@ -146,16 +146,19 @@ def _leaves(d: dict, prefix: str = "") -> dict:
     return out
 
 
-# Written by hand from the recipes as they were before they composed (each a full copy of lift).
+# Written by hand from the recipes as they were before they composed (each a full copy of lift),
+# with the reference's protocol keys that lift gained since (interpolation, evaluation precision;
+# the five-crop expand now follows the backbone, 21 for ViT-L/14, so no recipe sets it).
 @pytest.mark.parametrize("name, expected", [
     ("lift_vitl14_places_lt", {"data.name": "places_lt", "data.root": "data/places365", "data.imb_ratio": 1,
                                "model.name": "ViT-L-14", "model.pretrained": "openai", "peft.method": "adaptformer",
                                "head.init": "text", "loss.name": "la", "train.lr": 0.01, "train.epochs": 10,
-                               "train.scheduler": "cosine_epoch", "eval.tte": "fivecrop", "eval.expand": 21}),
+                               "train.scheduler": "cosine_epoch", "eval.tte": "fivecrop", "eval.expand": None,
+                               "data.interpolation": "bilinear", "eval.precision": "fp32"}),
     ("lift_cifar100_ir50", {"data.name": "cifar100_lt", "data.imb_ratio": 50, "data.group_imb_ratio": 100,
                             "model.name": "ViT-B-16", "eval.expand": None, "train.scheduler": "cosine_epoch"}),
-    ("zeroshot_clip", {"data.name": "fashion_mnist_lt", "model.name": "ViT-B-16", "head.init": "auto",
-                       "head.prompt": "a photo of a {}.", "train.scheduler": "cosine", "eval.tte": "none"}),
+    ("zeroshot_clip", {"data.name": "fashion_mnist_lt", "model.name": "ViT-B-16", "head.prompt": "a photo of a {}.",
+                       "eval.tte": "none", "data.interpolation": "bilinear", "eval.precision": "fp32"}),
     ("ablation_epochs", {"data.name": "imagenet_lt", "train.epochs": 10, "peft.method": "adaptformer"}),
 ])
 def test_resolved_recipes_keep_their_values(name, expected):
@@ -228,3 +231,14 @@ def test_recipe_keys_belong_to_recipes_and_old_comments_are_refused(tmp_path):
     old = _write(tmp_path / "old.yaml", "# my grid\n# sweep: peft.r=4,8\nbase: lift\n")
     with pytest.raises(ConfigError, match=r"no longer read; write it as the YAML field recipe.sweep"):
         plan(old, out=tmp_path / "s")
+
+
+def test_a_data_preset_replaces_the_recipes_dataset_and_keeps_its_protocol():
+    # lift_cifar100_ir50 describes CIFAR-100-LT (imbalance 50, groups by the IR-100 counts);
+    # none of that may reach ImageNet-LT, while the reference's resize filter must.
+    cfg = load_config("lift_cifar100_ir50", "imagenet_lt")
+    alone = load_config("lift", "imagenet_lt")
+    assert cfg.data == alone.data
+    assert cfg.data.name == "imagenet_lt" and cfg.data.imb_ratio == 1 and cfg.data.group_imb_ratio is None
+    assert cfg.data.interpolation == "bilinear"
+    assert load_config("lift_cifar100_ir50").data.group_imb_ratio == 100  # without a preset it stays

@@ -415,6 +415,9 @@ def load_config(
             where = f"recipe {source.name}" + (f" (base of {recipe})" if source is not chain[-1] else "")
             layers.append((where, source.layer))
     if data:
+        # The preset names another dataset: the recipe's description of its own dataset (name,
+        # root, imbalance, groups, ...) must not leak into it; its protocol keys stay.
+        layers = [(where, _without_dataset(layer)) for where, layer in layers]
         layers.append((f"data preset {data}", {"data": _load_yaml(_preset_path("data", data))}))
     for f in files:
         path = Path(f)
@@ -432,6 +435,20 @@ def load_config(
     if overrides:
         layers.append(("command-line overrides", _dotlist(list(overrides))))
     return merge_layers(layers)
+
+
+# Data keys of the run's protocol rather than of the dataset: a data preset keeps a recipe's.
+DATA_PROTOCOL_KEYS = ("interpolation", "num_workers", "verify_images", "skip_corrupt")
+
+
+def _without_dataset(layer: Any) -> Any:
+    """A recipe layer without its data keys that describe the dataset (DATA_PROTOCOL_KEYS stay)."""
+    if not isinstance(layer, DictConfig) or not isinstance(layer.get("data"), DictConfig):
+        return layer
+    layer = copy.deepcopy(layer)
+    for key in [k for k in layer.data if k not in DATA_PROTOCOL_KEYS]:
+        del layer.data[key]
+    return layer
 
 
 # A recipe file holds config keys plus two of its own, removed before the schema sees it:
