@@ -126,3 +126,68 @@ def test_overrides_may_follow_options(tmp_path):
     assert cli.main(args) == 0
     with pytest.raises(SystemExit):
         cli.main(["train", "--dry-run", "--no-such-option"])
+
+
+def _global_rng() -> tuple:
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return torch.get_rng_state().clone(), random.getstate(), (kind, keys.copy(), pos, has_gauss, cached)
+
+
+def _same_rng(a: tuple, b: tuple) -> bool:
+    import numpy as np
+    import torch
+
+    return (torch.equal(a[0], b[0]) and a[1] == b[1] and a[2][0] == b[2][0] and np.array_equal(a[2][1], b[2][1])
+            and a[2][2:] == b[2][2:])
+
+
+def _caller_draws(seed: int) -> None:
+    """A caller's own use of the global streams, different each time."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.rand(seed % 7 + 1), random.random(), np.random.rand()
+
+
+def test_build_leaves_the_callers_rng_and_allocator_alone(tiny_cfg, monkeypatch):
+    import torch
+
+    tuned = []
+    monkeypatch.setattr(api, "tune_cpu_allocator", lambda: tuned.append("api") or True)
+    monkeypatch.setattr("tailtune.engine.tune_cpu_allocator", lambda: tuned.append("engine") or True)
+    models = []
+    for seed in (11, 12):
+        _caller_draws(seed)
+        before = _global_rng()
+        models.append(api.build(tiny_cfg).model.state_dict())
+        assert _same_rng(before, _global_rng()), "build() moved the caller's RNG streams"
+    assert not tuned, "build() tuned the process's allocator"
+    # ... and its random parts (random backbone, PEFT modules, head) still come from train.seed alone.
+    assert models[0].keys() == models[1].keys()
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+
+
+def test_a_run_seeds_its_own_streams_and_gives_the_callers_back(tiny_overrides, monkeypatch):
+    tuned = []
+    monkeypatch.setattr(api, "tune_cpu_allocator", lambda: tuned.append(1) or True)
+    results = []
+    for seed in (21, 22):
+        _caller_draws(seed)
+        before = _global_rng()
+        cfg = load_config("lift", overrides=[*tiny_overrides, "peft.method=lora", "head.init=random",
+                                             "eval.tte=none", "eval.report=false", f"name=s{seed}"])
+        results.append(api.fit(cfg))
+        assert _same_rng(before, _global_rng()), "fit() did not give the caller's RNG streams back"
+    assert tuned == [1, 1]  # a run on the CPU asks for the allocator tuning
+    assert results[0]["test"]["per_class"] == results[1]["test"]["per_class"]
+    assert [h["loss"] for h in results[0]["history"]] == [h["loss"] for h in results[1]["history"]]
