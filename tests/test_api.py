@@ -191,3 +191,44 @@ def test_a_run_seeds_its_own_streams_and_gives_the_callers_back(tiny_overrides, 
     assert tuned == [1, 1]  # a run on the CPU asks for the allocator tuning
     assert results[0]["test"]["per_class"] == results[1]["test"]["per_class"]
     assert [h["loss"] for h in results[0]["history"]] == [h["loss"] for h in results[1]["history"]]
+
+
+def test_a_library_caller_sees_no_log_lines_until_it_asks(tiny_overrides, tmp_path, capsys, caplog):
+    """fit() prints nothing but its progress bars (stderr); its lines go to the `tailtune` logger."""
+    import logging
+
+    def cfg(name, *extra):
+        return load_config("lift", overrides=[*tiny_overrides, "quiet=false", "eval.tte=none", "eval.report=false",
+                                              f"name={name}", *extra])
+
+    logger = logging.getLogger("tailtune")
+    handlers = list(logger.handlers)
+    api.fit(cfg("plain"))
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "img/s" in err  # the progress bars stay
+    log_txt = (tmp_path / "runs" / "plain" / "log.txt").read_text()
+    for line in ("run folder:", "data: synthetic", "epoch 1/1: loss", "results on synthetic"):
+        assert line not in err and line in log_txt, line
+
+    with caplog.at_level(logging.INFO, logger="tailtune"):
+        api.fit(cfg("shown"))
+        shown = [r.getMessage() for r in caplog.records if r.name.startswith("tailtune")]
+        assert shown[0].startswith("run folder:") and any(m.startswith("results on synthetic") for m in shown)
+        caplog.clear()
+        api.fit(cfg("quiet", "quiet=true"))  # quiet: the lines stay off the console (DEBUG), log.txt keeps them
+        assert not [r for r in caplog.records if r.name.startswith("tailtune") and r.levelno >= logging.INFO]
+        assert "results on synthetic" in (tmp_path / "runs" / "quiet" / "log.txt").read_text()
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    try:
+        logger.setLevel(logging.WARNING)
+        api.fit(cfg("silenced"))
+    finally:
+        logger.setLevel(logging.NOTSET)
+    assert not [r for r in caplog.records if r.name.startswith("tailtune")]
+
+    assert cli.main(["train", "-r", "lift", *tiny_overrides, "quiet=false", "eval.tte=none", "eval.report=false",
+                     "name=cli"]) == 0
+    assert "run folder:" in capsys.readouterr().out  # the CLI attaches the console ...
+    assert logger.handlers == handlers and logger.level == logging.NOTSET and logger.propagate  # ... for its command

@@ -7,6 +7,7 @@ metrics -> run folder. The CLI is a thin layer over these functions.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 import time
@@ -67,6 +68,7 @@ from .selection import VAL_TTE, Selector
 from .selection import describe as describe_selection
 from .training_state import load_state, save_state, set_rng_state
 
+_log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
 
 
@@ -432,7 +434,7 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
         if cfg.eval.report:
             report = write_report(run.path)
             if not cfg.quiet:
-                print(f"report: {report}")
+                _log.info(f"report: {report}")
     barrier()
     return metrics
 

@@ -228,11 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from .engine import TrainingInterrupted
+    from .logs import console
 
     if args.command in COMPUTE_COMMANDS:
         _tune_process()
     try:
-        return args.func(args)
+        with console():  # the library's messages on this command's stdout, as plain lines
+            return args.func(args)
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + e.signum
