@@ -49,8 +49,8 @@ def seeded_rng(seed: int, keep: bool = True) -> Iterator[None]:
 def seed_global_rng(seed: int, cuda: bool = True) -> None:
     """Seed torch (CPU, and every CUDA device with ``cuda``) and Python's ``random`` with ``seed``.
 
-    Only a run calls it, inside :func:`kept_rng`: the stream its training draws from (dropout)
-    then starts from the run's seed, and the caller gets their own streams back afterwards.
+    Called only inside :func:`kept_rng` (directly or through :func:`seeded_rng`): a run's
+    training then draws (dropout) from its own seed, and the caller gets their streams back.
     """
     if cuda:
         torch.manual_seed(seed)
