@@ -165,3 +165,109 @@ def test_data_interpolation_auto_keeps_the_backbones_filter(tiny_cfg, monkeypatc
     assert exp.backbone.preprocess.interpolation == "bicubic"  # open_clip's CLIP preprocessing
     api.evaluate_model(exp)
     assert seen and {mode for _, mode, _ in seen} == {"bicubic"}
+
+
+def _global_rng() -> tuple:
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return torch.get_rng_state().clone(), random.getstate(), (kind, keys.copy(), pos, has_gauss, cached)
+
+
+def _same_rng(a: tuple, b: tuple) -> bool:
+    import numpy as np
+    import torch
+
+    return (torch.equal(a[0], b[0]) and a[1] == b[1] and a[2][0] == b[2][0] and np.array_equal(a[2][1], b[2][1])
+            and a[2][2:] == b[2][2:])
+
+
+def _caller_draws(seed: int) -> None:
+    """A caller's own use of the global streams, different each time."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.rand(seed % 7 + 1), random.random(), np.random.rand()
+
+
+def test_build_leaves_the_callers_rng_and_allocator_alone(tiny_cfg, monkeypatch):
+    import torch
+
+    tuned = []
+    monkeypatch.setattr(api, "tune_cpu_allocator", lambda: tuned.append("api") or True)
+    monkeypatch.setattr("tailtune.engine.tune_cpu_allocator", lambda: tuned.append("engine") or True)
+    models = []
+    for seed in (11, 12):
+        _caller_draws(seed)
+        before = _global_rng()
+        models.append(api.build(tiny_cfg).model.state_dict())
+        assert _same_rng(before, _global_rng()), "build() moved the caller's RNG streams"
+    assert not tuned, "build() tuned the process's allocator"
+    # ... and its random parts (random backbone, PEFT modules, head) still come from train.seed alone.
+    assert models[0].keys() == models[1].keys()
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+
+
+def test_a_run_seeds_its_own_streams_and_gives_the_callers_back(tiny_overrides, monkeypatch):
+    tuned = []
+    monkeypatch.setattr(api, "tune_cpu_allocator", lambda: tuned.append(1) or True)
+    results = []
+    for seed in (21, 22):
+        _caller_draws(seed)
+        before = _global_rng()
+        cfg = load_config("lift", overrides=[*tiny_overrides, "peft.method=lora", "head.init=random",
+                                             "eval.tte=none", "eval.report=false", f"name=s{seed}"])
+        results.append(api.fit(cfg))
+        assert _same_rng(before, _global_rng()), "fit() did not give the caller's RNG streams back"
+    assert tuned == [1, 1]  # a run on the CPU asks for the allocator tuning
+    assert results[0]["test"]["per_class"] == results[1]["test"]["per_class"]
+    assert [h["loss"] for h in results[0]["history"]] == [h["loss"] for h in results[1]["history"]]
+
+
+def test_a_library_caller_sees_no_log_lines_until_it_asks(tiny_overrides, tmp_path, capsys, caplog):
+    """fit() prints nothing but its progress bars (stderr); its lines go to the `tailtune` logger."""
+    import logging
+
+    def cfg(name, *extra):
+        return load_config("lift", overrides=[*tiny_overrides, "quiet=false", "eval.tte=none", "eval.report=false",
+                                              f"name={name}", *extra])
+
+    logger = logging.getLogger("tailtune")
+    handlers = list(logger.handlers)
+    api.fit(cfg("plain"))
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "img/s" in err  # the progress bars stay
+    log_txt = (tmp_path / "runs" / "plain" / "log.txt").read_text()
+    for line in ("run folder:", "data: synthetic", "epoch 1/1: loss", "results on synthetic"):
+        assert line not in err and line in log_txt, line
+
+    with caplog.at_level(logging.INFO, logger="tailtune"):
+        api.fit(cfg("shown"))
+        shown = [r.getMessage() for r in caplog.records if r.name.startswith("tailtune")]
+        assert shown[0].startswith("run folder:") and any(m.startswith("results on synthetic") for m in shown)
+        caplog.clear()
+        api.fit(cfg("quiet", "quiet=true"))  # quiet: the lines stay off the console (DEBUG), log.txt keeps them
+        assert not [r for r in caplog.records if r.name.startswith("tailtune") and r.levelno >= logging.INFO]
+        assert "results on synthetic" in (tmp_path / "runs" / "quiet" / "log.txt").read_text()
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    try:
+        logger.setLevel(logging.WARNING)
+        api.fit(cfg("silenced"))
+    finally:
+        logger.setLevel(logging.NOTSET)
+    assert not [r for r in caplog.records if r.name.startswith("tailtune")]
+
+    assert cli.main(["train", "-r", "lift", *tiny_overrides, "quiet=false", "eval.tte=none", "eval.report=false",
+                     "name=cli"]) == 0
+    assert "run folder:" in capsys.readouterr().out  # the CLI attaches the console ...
+    assert logger.handlers == handlers and logger.level == logging.NOTSET and logger.propagate  # ... for its command

@@ -5,6 +5,7 @@ import io
 import json
 import re
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -201,6 +202,37 @@ def test_compare_two_runs(runs, tmp_path, capsys):
     diffs = _section(page, "differences")
     assert "peft.method" in diffs and "train.epochs" in diffs and "data.name" not in diffs
 
+
+CALLER_MATPLOTLIB = """
+import sys
+import matplotlib
+
+matplotlib.use("svg")  # the caller's own backend and style
+matplotlib.rcParams["font.size"] = 17.0
+matplotlib.rcParams["axes.spines.top"] = True
+before = matplotlib.rcParams.copy()
+import tailtune
+from tailtune.data.stats import plot_counts
+from tailtune.sweep_report import axis_figure
+
+tailtune.write_report(sys.argv[1])
+tailtune.compare_runs([sys.argv[1], sys.argv[2]], sys.argv[3])
+plot_counts([30, 9, 2], sys.argv[3] + "/counts.png")
+axis_figure("loss.name", ["ce", "la"], {"all": {"overall": [{"mean": 50.0, "std": 1.0}] * 2}}, ["overall"])
+assert "matplotlib.pyplot" not in sys.modules, "tailtune imported pyplot"
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+changed = sorted(k for k in before if matplotlib.rcParams[k] != before[k])
+assert not changed, changed
+"""
+
+
+def test_reports_leave_the_callers_matplotlib_alone(runs, tmp_path):
+    """No backend switch, no global style, no pyplot: a notebook keeps its own matplotlib."""
+    (a, _), (b, _) = runs["adapt"], runs["probe"]
+    done = subprocess.run([sys.executable, "-c", CALLER_MATPLOTLIB, str(a), str(b), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "report.html").exists() and (tmp_path / "counts.png").exists()
 
 def test_config_differences():
     a = {"peft": {"method": "lora", "r": 4}, "name": "x", "train": {"lr": 0.1}}

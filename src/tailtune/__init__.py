@@ -2,6 +2,11 @@
 
 __version__ = "0.1.0"
 
+import logging  # noqa: E402
+
+# A library's logger: silent until the caller configures logging (the CLI does, tailtune.logs).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
 from .api import build, evaluate, fit, load_run, zeroshot  # noqa: E402
 from .config import Config, load_config  # noqa: E402
 from .errors import CheckpointError, ConfigError, DataError, TailtuneError  # noqa: E402

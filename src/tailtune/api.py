@@ -7,7 +7,7 @@ metrics -> run folder. The CLI is a thin layer over these functions.
 from __future__ import annotations
 
 import json
-import random
+import logging
 import signal
 import threading
 import time
@@ -80,11 +80,13 @@ from .models.peft import (
     trains_bn_stats,
 )
 from .models.prompts import PROMPT_MODES, class_prompts, class_text_features, describe
+from .rng import kept_rng, seeded_rng
 from .rundir import STATE, NullRun, RunDir
 from .selection import VAL_TTE, Selector
 from .selection import describe as describe_selection
 from .training_state import load_state, save_state, set_rng_state
 
+_log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.safetensors"
 
 
@@ -140,21 +142,32 @@ class Experiment:
 
 
 def build(cfg: C.Config, data: LTData | None = None) -> Experiment:
-    """Backbone, data, PEFT modules and head for ``cfg`` (the head is not initialised yet)."""
+    """Backbone, data, PEFT modules and head for ``cfg`` (the head is not initialised yet).
+
+    Their random parts (a randomly initialised backbone, the PEFT modules, the head) are drawn
+    from ``cfg.train.seed`` on forked generators: the same model whenever a run is rebuilt from
+    its folder, and the caller's RNG states left as they were.
+    """
+    return _build(cfg, data, keep_rng=True)
+
+
+def _build(cfg: C.Config, data: LTData | None, keep_rng: bool) -> Experiment:
+    """:func:`build`; a run (``keep_rng=False``) seeds the global streams instead, which its
+    training then continues (inside the run's own :func:`kept_rng`)."""
     validate(cfg)
     device = local_device(resolve_device(cfg.train.device), env_info())
     resolve_precision(cfg.train.precision, device)
     resolve_eval_precision(cfg.eval.precision, cfg.train.precision, device)
-    if device.type == "cpu":
-        tune_cpu_allocator()
     # Start-up checks in order of cost: the data's listing and its files' presence (seconds), then
     # the model (maybe a download) and what the config asks of it, then decoding every image.
     loaded = data is None
     data = _list_data(cfg.data) if loaded else data
-    # Seed before anything random is created: a randomly initialised backbone (tests) and the
-    # PEFT modules must come out the same when a run is rebuilt from its folder.
-    torch.manual_seed(cfg.train.seed)
-    random.seed(cfg.train.seed)
+    with seeded_rng(cfg.train.seed, keep=keep_rng):
+        return _create(cfg, data, loaded, device)
+
+
+def _create(cfg: C.Config, data: LTData, loaded: bool, device: torch.device) -> Experiment:
+    """The model of ``cfg`` on ``device``, from the seeded streams; decodes the data if ``loaded``."""
     backbone = build_backbone(cfg.model)
     # data.interpolation sets the filter of every view built from backbone.preprocess (train, test, TTE, init).
     backbone.preprocess = with_interpolation(backbone.preprocess, cfg.data.interpolation)
@@ -268,7 +281,7 @@ def fit(cfg: C.Config, run_dir: str | Path | None = None) -> dict:
     Under torchrun every process calls this; rank 0 alone writes the folder. Relative file and
     folder settings are saved absolute (config.with_absolute_paths).
     """
-    return _train_run(C.with_absolute_paths(cfg), run_dir, resume=False)
+    return _as_run(C.with_absolute_paths(cfg), run_dir, resume=False)
 
 
 def resume(run_dir: str | Path) -> dict:
@@ -277,7 +290,22 @@ def resume(run_dir: str | Path) -> dict:
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.exists():
         raise ConfigError(f"{run_dir} is not a tailtune run folder (no config.yaml).")
-    return _train_run(C.from_yaml_text(cfg_path.read_text(), str(cfg_path)), run_dir, resume=True)
+    return _as_run(C.from_yaml_text(cfg_path.read_text(), str(cfg_path)), run_dir, resume=True)
+
+
+def _as_run(cfg: C.Config, run_dir, resume: bool) -> dict:
+    """The run, with what it asks of its process.
+
+    On the CPU glibc's allocator is tuned for training (process-wide, and kept: see
+    engine.tune_cpu_allocator). The run seeds the global RNG streams, so that its training's own
+    draws (dropout) repeat with the seed; the caller's streams are given back when it ends.
+    """
+    device = local_device(resolve_device(cfg.train.device), env_info())
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+    with kept_rng(cuda):
+        return _train_run(cfg, run_dir, resume)
 
 
 def _open_run(cfg: C.Config, run_dir, resume: bool, info: DistInfo):
@@ -325,7 +353,7 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
     log = run.log
     log(f"run folder: {run.path}" + (f" ({info.world_size} processes)" if info.enabled else ""))
     try:
-        exp = build(cfg)
+        exp = _build(cfg, None, keep_rng=False)  # seeds the global streams training continues
         selector = Selector(exp.model, exp.data, cfg.train.select_by_val,
                             lambda: evaluate_model(exp, VAL_TTE, "val", cfg.quiet), log)
     except TailtuneError:
@@ -442,7 +470,7 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
         if cfg.eval.report:
             report = write_report(run.path)
             if not cfg.quiet:
-                print(f"report: {report}")
+                _log.info(f"report: {report}")
     barrier()
     return metrics
 
@@ -500,8 +528,6 @@ def zeroshot(cfg: C.Config) -> dict:
     validate(cfg)
     device = resolve_device(cfg.train.device)
     resolve_eval_precision(cfg.eval.precision, cfg.train.precision, device)  # before any loading
-    if device.type == "cpu":
-        tune_cpu_allocator()
     backbone = build_backbone(cfg.model).to(device)
     backbone.preprocess = with_interpolation(backbone.preprocess, cfg.data.interpolation)
     if not backbone.has_text:

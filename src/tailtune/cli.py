@@ -15,6 +15,8 @@ from .cli_sweep import add_sweep_parser
 from .errors import ConfigError, TailtuneError
 
 DEFAULT_RECIPE = "demo"
+# Commands that run a model: the CLI owns its process and tunes it for them (_tune_process).
+COMPUTE_COMMANDS = ("train", "eval", "zeroshot", "compare-recipes", "sweep", "predict", "export")
 
 
 def _config_args(p: argparse.ArgumentParser, default_recipe: str | None) -> None:
@@ -205,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tune_process() -> None:
+    """Without CUDA, keep glibc's large buffers in its heap (engine.tune_cpu_allocator): process-wide,
+    so the CLI, which owns its process, asks for it; the library leaves its caller's process alone
+    (a run on the CPU asks for it too)."""
+    import torch
+
+    from .engine import tune_cpu_allocator
+
+    if not torch.cuda.is_available():
+        tune_cpu_allocator()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -214,9 +228,13 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from .engine import TrainingInterrupted
+    from .logs import console
 
+    if args.command in COMPUTE_COMMANDS:
+        _tune_process()
     try:
-        return args.func(args)
+        with console():  # the library's messages on this command's stdout, as plain lines
+            return args.func(args)
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + e.signum

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import math
 import os
 import sys
@@ -26,6 +27,7 @@ from .distributed import DistInfo
 from .errors import ConfigError, TailtuneError
 from .hardware import auto_precision
 
+_log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _allocator_tuned = False
 
@@ -263,7 +265,7 @@ class Trainer:
     workers: int = 0
     backbone_lr: float | None = None
     quiet: bool = False
-    log: Callable[[str], None] = print
+    log: Callable[[str], None] = _log.info
     on_step: Callable[[int, dict], None] | None = None
     # Objects told the epoch before it starts (set_epoch); the loss (LDAM's deferred
     # re-weighting) is always told, the training set through the loader's keys (EpochKeyed).

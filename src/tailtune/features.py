@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from .models.model import TailModel
 from .registry import Registry
 
 SPLITS: Registry = Registry("backbone split")
+_log = logging.getLogger(__name__)
 CACHE_DTYPE = torch.bfloat16
 CACHE_MODES = ("auto", "always", "never")  # not on/off: YAML reads those as booleans
 # A memory cache may take this share of the memory available when training starts.
@@ -458,7 +460,7 @@ class CachedTraining:
     reused: bool
 
 
-def plan_cache(exp, log: Callable[[str], None] = print) -> CachePlan | None:
+def plan_cache(exp, log: Callable[[str], None] = _log.info) -> CachePlan | None:
     """Decide whether ``exp`` trains from a feature cache (``train.cache_features``).
 
     auto: when the frozen front is non-empty, the cache fits (memory: half of what is
@@ -525,7 +527,7 @@ def cache_key(exp, plan: CachePlan) -> tuple[str, dict]:
     return f"features-{fingerprint(meta)}", meta
 
 
-def cached_training(exp, quiet: bool = True, log: Callable[[str], None] = print) -> CachedTraining | None:
+def cached_training(exp, quiet: bool = True, log: Callable[[str], None] = _log.info) -> CachedTraining | None:
     """Build (or reuse) the feature cache of ``exp`` and the model and dataset that train on it."""
     import time
 

@@ -1,13 +1,18 @@
-"""The figures of run reports and comparisons (matplotlib, Agg backend, PNG bytes).
+"""The figures of run reports and comparisons (matplotlib ``Figure`` objects, PNG bytes).
 
 Each function takes plain numbers (no run folders) and returns PNG bytes, so the figures
 are testable on their own and the report decides where they go. Classes are always shown
 sorted by training-image count, most first (ties by class index), the order in which the
 long tail reads left to right.
+
+The caller's matplotlib is left as it was: figures are ``matplotlib.figure.Figure`` objects
+(no pyplot, so no backend is chosen or switched and no figure stays registered) and the
+style below applies only while a figure is drawn and saved (``matplotlib.rc_context``).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 
@@ -21,21 +26,32 @@ COUNT_COLOUR = "#6A3D9A"  # the training-count line: apart from the group and ru
 DPI = 110
 
 
-def _plt():
-    import matplotlib
+STYLE = {"font.size": 10, "axes.titlesize": 12, "axes.titleweight": "bold",
+         "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": DPI}
 
-    matplotlib.use("Agg", force=True)  # no display: files only, the same on every machine
-    import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 10, "axes.titlesize": 12, "axes.titleweight": "bold",
-                         "axes.spines.top": False, "axes.spines.right": False, "figure.dpi": DPI})
-    return plt
+def figure(**kwargs):
+    """A new figure of its own: drawn without pyplot, whatever the caller's backend."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def styled(draw):
+    """Draw (and save) under :data:`STYLE`; the global rcParams are restored afterwards."""
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context(STYLE):
+            return draw(*args, **kwargs)
+
+    return wrapper
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
-    _plt().close(fig)
     return buf.getvalue()
 
 
@@ -125,17 +141,20 @@ def _as_float(values) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
 
 
+@styled
 def per_class_accuracy(per_class, counts, groups, group_names, classnames, group_acc=None,
                        title: str = "Per-class test accuracy against training images") -> bytes:
     """Bars of per-class accuracy (coloured by group) over classes sorted by count, with the
     training count on a log-scale second axis and each group's accuracy as a dashed line."""
-    plt = _plt()
+    from matplotlib.lines import Line2D
+
     order = count_order(counts)
     acc = _as_float(per_class)[order]
     cnt = np.asarray(counts)[order]
     grp = np.asarray(groups)[order]
     n = len(order)
-    fig, ax = plt.subplots(figsize=(10, 4.6))
+    fig = figure(figsize=(10, 4.6))
+    ax = fig.subplots()
     width = 0.8 if n <= 200 else 1.0
     ax.bar(np.arange(n), np.nan_to_num(acc), width=width, color=[_colour(g) for g in grp], alpha=0.85,
            label="per-class accuracy")
@@ -166,19 +185,20 @@ def per_class_accuracy(per_class, counts, groups, group_names, classnames, group
     ax2.set_ylabel("training images (log scale)", color=COUNT_COLOUR)
     ax2.spines["right"].set_visible(True)
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    handles.append(plt.Line2D([], [], color=GREY, ls="--", lw=1.6, label="group accuracy"))
+    handles.append(Line2D([], [], color=GREY, ls="--", lw=1.6, label="group accuracy"))
     _legend_below(ax, handles, n)
     return _png(fig)
 
 
+@styled
 def count_profile(counts, groups, group_names, classnames) -> bytes:
     """The training-image count of every class, sorted, on a log scale, groups shaded."""
-    plt = _plt()
     order = count_order(counts)
     cnt = np.asarray(counts)[order]
     grp = np.asarray(groups)[order]
     n = len(order)
-    fig, ax = plt.subplots(figsize=(10, 3.8))
+    fig = figure(figsize=(10, 3.8))
+    ax = fig.subplots()
     ax.bar(np.arange(n), cnt, width=0.8 if n <= 200 else 1.0, color=[_colour(g) for g in grp], alpha=0.9)
     _log_axis(ax)
     if n <= 40:
@@ -195,14 +215,15 @@ def count_profile(counts, groups, group_names, classnames) -> bytes:
     return _png(fig)
 
 
+@styled
 def training_curves(curves: dict[str, tuple[list, list]], epoch_steps: Sequence[int] = ()) -> bytes:
     """Loss, learning rate and running training accuracy against the optimizer step.
 
     ``curves`` maps names (loss, epoch_loss, lr, running_acc, epoch_acc) to (steps, values);
     missing names leave their panel saying so.
     """
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig = figure(figsize=(12, 3.6))
+    axes = fig.subplots(1, 3)
     panels = [
         ("Training loss", "loss", [("loss", "per step", "-", 0.5), ("epoch_loss", "epoch mean", "o-", 1.0)]),
         ("Learning rate", "learning rate (head)", [("lr", None, "-", 1.0)]),
@@ -229,14 +250,15 @@ def training_curves(curves: dict[str, tuple[list, list]], epoch_steps: Sequence[
     return _png(fig)
 
 
+@styled
 def group_accuracy_bars(series: dict[str, dict[str, float | None]], categories: Sequence[str],
                         title: str, ylabel: str = "test accuracy (%)") -> bytes:
     """Grouped bars: one group of bars per category (overall, many, ...), one bar per series."""
-    plt = _plt()
     names = list(series)
     k = max(len(names), 1)
     width = 0.8 / k
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 + len(categories) * (0.5 + 0.45 * k)), 4.0))
+    fig = figure(figsize=(max(6.0, 1.2 + len(categories) * (0.5 + 0.45 * k)), 4.0))
+    ax = fig.subplots()
     x = np.arange(len(categories))
     for i, name in enumerate(names):
         vals = [series[name].get(c) for c in categories]
@@ -256,10 +278,13 @@ def group_accuracy_bars(series: dict[str, dict[str, float | None]], categories: 
     return _png(fig)
 
 
+@styled
 def confusion_bars(rows: Sequence[dict], group_names: Sequence[str], title: str) -> bytes:
     """Horizontal bars 'true → predicted' by count, coloured by the predicted class's group."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.38 * max(len(rows), 1)))
+    from matplotlib.patches import Rectangle
+
+    fig = figure(figsize=(9, 0.9 + 0.38 * max(len(rows), 1)))
+    ax = fig.subplots()
     if not rows:
         ax.text(0.5, 0.5, "no errors on the test images of this group", transform=ax.transAxes, ha="center")
         ax.set_axis_off()
@@ -278,20 +303,21 @@ def confusion_bars(rows: Sequence[dict], group_names: Sequence[str], title: str)
     ax.set_xlabel("test images (true class → predicted class)")
     ax.set_title(title)
     used = sorted({r["pred_group"] for r in rows})
-    handles = [plt.Rectangle((0, 0), 1, 1, color=_colour(g)) for g in used]
+    handles = [Rectangle((0, 0), 1, 1, color=_colour(g)) for g in used]
     ax.legend(handles, [f"predicted class is {group_names[g]}" for g in used], fontsize=8, loc="lower right")
     return _png(fig)
 
 
+@styled
 def per_class_overlay(per_class_by_run: dict[str, Sequence], counts, groups, group_names, classnames) -> bytes:
     """Per-class accuracy of several runs over the same classes sorted by count (smoothed for
     many classes), the training count on a log-scale second axis."""
-    plt = _plt()
     order = count_order(counts)
     grp = np.asarray(groups)[order]
     n = len(order)
     window = smoothing_window(n)
-    fig, ax = plt.subplots(figsize=(10, 4.6))
+    fig = figure(figsize=(10, 4.6))
+    ax = fig.subplots()
     markers, styles = "osD^vP*X", ("-", "--", "-.", ":")
     for i, (name, per_class) in enumerate(per_class_by_run.items()):
         acc = _as_float(per_class)[order]

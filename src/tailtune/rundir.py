@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from . import config as C
 from .errors import ConfigError
 
+_log = logging.getLogger(__name__)
 STATE = "train_state.safetensors"
 _RUN_ONLY_KEYS = ("overwrite:", "quiet:")
 
@@ -30,7 +30,7 @@ def default_name(cfg: C.Config) -> str:
 
 
 class RunDir:
-    """Creates and writes one run folder; ``log`` prints and appends to ``log.txt``."""
+    """Creates and writes one run folder; ``log`` appends to ``log.txt`` and logs the line."""
 
     def __init__(self, path: Path, quiet: bool = False):
         self.path = path
@@ -92,10 +92,11 @@ class RunDir:
                               f"`tailtune train --resume {path}` or pass overwrite=true to start again.")
 
     def log(self, msg: str, console: bool = True) -> None:
+        """``msg`` into log.txt (always: the run's record), and to the ``tailtune`` logger: at INFO,
+        or at DEBUG (off the CLI's console) for a quiet run or a line the caller says itself."""
         self._log.write(msg + "\n")
         self._log.flush()
-        if console and not self.quiet:
-            tqdm.write(msg)
+        _log.log(logging.INFO if console and not self.quiet else logging.DEBUG, msg)
 
     def scalars(self, step: int, values: dict) -> None:
         if self._tb is None:

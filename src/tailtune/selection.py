@@ -9,12 +9,14 @@ ensemble (one view), so selecting costs one plain pass over the split per epoch.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 
 from .errors import ConfigError
 
+_log = logging.getLogger(__name__)
 NONE = "none"
 VAL_TTE = "none"
 
@@ -22,7 +24,7 @@ VAL_TTE = "none"
 class Selector:
     """Tracks validation accuracy over epochs and restores the best epoch's tensors."""
 
-    def __init__(self, model, data, select: bool, evaluate: Callable[[], dict], log: Callable[[str], None] = print):
+    def __init__(self, model, data, select: bool, evaluate: Callable[[], dict], log: Callable[[str], None] = _log.info):
         if select and data.val is None:
             raise ConfigError("train.select_by_val=true needs a validation split and this dataset has none "
                               "(data.val=none, or a benchmark without one); set data.val=holdout to hold one "

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import re
 import subprocess
@@ -39,6 +40,7 @@ from . import config as C
 from .errors import ConfigError, TailtuneError
 from .rundir import STATE, comparable_config
 
+_log = logging.getLogger(__name__)
 SEEDS = "seeds"
 # Short forms for the keys swept most often (the issue's `loss=ce,la`).
 ALIASES = {"loss": "loss.name", "peft": "peft.method"}
@@ -210,7 +212,7 @@ class Sweep:
         (self.dir / SWEEP_FILE).write_text(json.dumps(self.describe(), indent=2))
 
     def run(self, parallel: int = 1, launcher: str | None = None, nproc: int = 1,
-            log: Callable[[str], None] = print) -> dict:
+            log: Callable[[str], None] = _log.info) -> dict:
         """Train the pending points, then write the comparison; returns what ran and failed."""
         if parallel < 1 or nproc < 1:
             raise ConfigError(f"--parallel {parallel} / --nproc-per-node {nproc} must be >= 1.")

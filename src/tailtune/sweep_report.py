@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .plots import RUN_COLOURS, _plt, _png
+from .plots import RUN_COLOURS, _png, figure, styled
 from .spread import mean_std
 
 
@@ -32,10 +32,11 @@ def axis_curves(axis, other_axes, points, rows: Sequence[dict], metrics: Sequenc
     return {label: {m: [mean_std(vals) for vals in line[m]] for m in metrics} for label, line in cells.items()}
 
 
+@styled
 def axis_figure(key: str, values: Sequence[str], curves: dict, metrics: Sequence[str]) -> bytes:
     """One panel per metric: accuracy (mean ± std over seeds) against the values of ``key``."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 0.6, 3.4), squeeze=False)
+    fig = figure(figsize=(3.2 * len(metrics) + 0.6, 3.4))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     x = np.arange(len(values))
     slanted = max(len(v) for v in values) > 5
     handles = []

@@ -8,6 +8,7 @@ its line count when that is known.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import urllib.error
@@ -19,6 +20,7 @@ from ..errors import DataError
 from ..registry import Registry
 from .lists import find_list, open_text, sha256_of
 
+_log = logging.getLogger(__name__)
 _CB = "https://raw.githubusercontent.com/facebookresearch/classifier-balancing/main/data"
 _LIFT = "https://raw.githubusercontent.com/shijxcs/LIFT/main/datasets"
 _OLTR = ("the OLTR authors' shared folder linked from https://github.com/zhmiao/OpenLongTailRecognition-OLTR "
@@ -92,7 +94,7 @@ def download(url: str, dest: Path, timeout: float = 60.0) -> None:
             tmp.unlink()
 
 
-def fetch_splits(name: str, root: str | Path, offline: bool = False, log=print) -> list[dict]:
+def fetch_splits(name: str, root: str | Path, offline: bool = False, log=_log.info) -> list[dict]:
     """Make sure the split lists of benchmark ``name`` are in ``root``; returns one status per file.
 
     A present file is verified (checksum, else line count); a missing one is downloaded

@@ -58,27 +58,23 @@ def format_profile(name: str, p: dict) -> str:
 
 def plot_counts(sorted_counts, path: str | Path, title: str = "") -> Path:
     """Save a bar plot of the per-class training counts, sorted (log scale, group thresholds marked)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed (servers, CI)
-    import matplotlib.pyplot as plt
+    # No pyplot: the caller's backend and figures stay as they are.
+    from matplotlib.figure import Figure
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    try:
-        ax.bar(np.arange(len(sorted_counts)), sorted_counts, width=1.0, color="#4C72B0")
-        ax.set_yscale("log")
-        for y, label in ((MANY_MIN, f"many > {MANY_MIN}"), (FEW_MAX, f"few < {FEW_MAX}")):
-            ax.axhline(y, color="#C44E52", lw=0.8, ls="--")
-            ax.text(len(sorted_counts) - 1, y, label, ha="right", va="bottom", fontsize=8, color="#C44E52")
-        ax.set_xlabel("class (sorted by training images)")
-        ax.set_ylabel("training images")
-        ax.set_title(title)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(8, 3.5))
+    ax = fig.subplots()
+    ax.bar(np.arange(len(sorted_counts)), sorted_counts, width=1.0, color="#4C72B0")
+    ax.set_yscale("log")
+    for y, label in ((MANY_MIN, f"many > {MANY_MIN}"), (FEW_MAX, f"few < {FEW_MAX}")):
+        ax.axhline(y, color="#C44E52", lw=0.8, ls="--")
+        ax.text(len(sorted_counts) - 1, y, label, ha="right", va="bottom", fontsize=8, color="#C44E52")
+    ax.set_xlabel("class (sorted by training images)")
+    ax.set_ylabel("training images")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     return path
 
 
