@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from tailtune.hardware import describe_machine  # noqa: E402
+from tailtune.runtime.hardware import describe_machine  # noqa: E402
 
 NUM_CLASSES = 100  # CIFAR-100-sized head and bottleneck
 

@@ -23,12 +23,14 @@ from _common import NUM_CLASSES, default_threads, header, peak_mb, reset_peak, s
 from train_step import DTYPES, build_model
 
 from tailtune.config import LossConfig, TrainConfig
-from tailtune.data.datasets import ArrayDataset, Subset, Transformed
+from tailtune.data.base import ArrayDataset, Subset, Transformed
 from tailtune.data.longtail import exp_profile
 from tailtune.data.transforms import train_transform
-from tailtune.engine import Trainer, resolve_precision, tune_cpu_allocator
-from tailtune.features import CachedInputModel, CachedViews, PooledSplit, ViewPlan
 from tailtune.losses import build_loss
+from tailtune.runtime.device import tune_cpu_allocator
+from tailtune.runtime.precision import resolve_precision
+from tailtune.training.feature_cache import CachedInputModel, CachedViews, PooledSplit, ViewPlan
+from tailtune.training.trainer import Trainer
 
 
 def cifar_like(seed: int = 0) -> ArrayDataset:

@@ -26,8 +26,8 @@ from _common import header, peak_mb, reset_peak, save_json, table
 from PIL import Image
 
 from tailtune.config import DataConfig
-from tailtune.data.datasets import FileDataset, Transformed
-from tailtune.data.sources import LTData
+from tailtune.data.base import FileDataset, Transformed
+from tailtune.data.sources.base import LTData
 from tailtune.data.store import DEFAULT_SHORT_SIDE, StoreSplit, write_store
 from tailtune.data.transforms import Preprocess, test_transform, train_transform
 

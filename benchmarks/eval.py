@@ -42,10 +42,13 @@ from _common import (
 )
 from train_step import DTYPES, build_model
 
-from tailtune.accel import compile_model
-from tailtune.data.datasets import ArrayDataset, Transformed
+from tailtune.data.base import ArrayDataset, Transformed
 from tailtune.data.transforms import eval_transform
-from tailtune.engine import make_loader, predict_logits, resolve_precision, tune_cpu_allocator
+from tailtune.models.accel import compile_model
+from tailtune.runtime.device import tune_cpu_allocator
+from tailtune.runtime.loader import predict_logits
+from tailtune.runtime.precision import resolve_precision
+from tailtune.training.trainer import make_loader
 
 
 def test_images(n: int, seed: int = 0) -> ArrayDataset:

@@ -2,7 +2,7 @@
 
     python benchmarks/snapshot_read.py            # 100 MB file, 3000 reads under a rewriting process
 
-Why ``tailtune.checkpoint.read_snapshot`` is ``safe_open(..., backend="pread")``. Each way
+Why ``tailtune.runtime.checkpoint.read_snapshot`` is ``safe_open(..., backend="pread")``. Each way
 of reading runs in its own child process, so its peak RSS (over the child's baseline) is its
 own (Linux: /proc/self/status). ``hand-written`` is the reader tailtune had before (one ``readinto`` of the file, tensors
 as views of that buffer), kept here as the yardstick.

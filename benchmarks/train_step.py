@@ -42,13 +42,15 @@ from _common import (
 )
 from torch import nn
 
-from tailtune.accel import compile_model
 from tailtune.config import HeadConfig, ModelConfig, PeftConfig
-from tailtune.engine import autocast, resolve_precision, tune_cpu_allocator
-from tailtune.models.backbones import build_backbone
+from tailtune.models.accel import compile_model
+from tailtune.models.backbones.base import build_backbone
 from tailtune.models.heads import build_head
 from tailtune.models.model import TailModel
 from tailtune.models.peft import PEFT_METHODS, apply_peft, trains_bn_stats
+from tailtune.runtime.device import tune_cpu_allocator
+from tailtune.runtime.precision import resolve_precision
+from tailtune.training.trainer import autocast
 
 VIT_METHODS = ("none", "adaptformer", "lora", "vpt_deep", "full")
 DTYPES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

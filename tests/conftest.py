@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tailtune.config import load_config
-from tailtune.hardware import cpu_bf16_native
+from tailtune.runtime.hardware import cpu_bf16_native
 
 SPLITS = Path(__file__).resolve().parents[1].parent / "shared" / "splits"
 

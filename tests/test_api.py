@@ -4,9 +4,11 @@ import json
 
 import pytest
 
-from tailtune import api, cli
+import tailtune
+from tailtune import cli
 from tailtune.config import load_config
 from tailtune.errors import CheckpointError, ConfigError
+from tailtune.evaluation.evaluate import evaluate_model
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +17,7 @@ def finished_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs")
     cfg = load_config("lift", overrides=[*TINY_CLIP, "train.micro_batch_size=8", f"output_dir={out}", "name=r1"])
-    metrics = api.fit(cfg)
+    metrics = tailtune.fit(cfg)
     return out / "r1", metrics
 
 
@@ -35,7 +37,7 @@ def test_train_writes_every_output(finished_run):
 
 def test_eval_reproduces_metrics_json(finished_run, capsys):
     run, metrics = finished_run
-    again = api.evaluate(run, quiet=True)
+    again = tailtune.evaluate(run, quiet=True)
     assert again["overall"] == metrics["test"]["overall"]
     assert again["per_class"] == metrics["test"]["per_class"]
     assert cli.main(["eval", str(run), "-q"]) == 0
@@ -50,7 +52,7 @@ def test_checkpoint_for_other_class_count_is_refused(finished_run, tmp_path):
     (other / "config.yaml").write_text(cfg_text)
     (other / "checkpoint.safetensors").write_bytes((run / "checkpoint.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="has 6 classes, the dataset has 5"):
-        api.load_run(other)
+        tailtune.load_run(other)
 
 
 def test_truncated_checkpoint_is_refused(finished_run, tmp_path):
@@ -60,7 +62,7 @@ def test_truncated_checkpoint_is_refused(finished_run, tmp_path):
     (other / "config.yaml").write_text((run / "config.yaml").read_text())
     (other / "checkpoint.safetensors").write_bytes((run / "checkpoint.safetensors").read_bytes()[:100])
     with pytest.raises(CheckpointError, match="truncated"):
-        api.load_run(other)
+        tailtune.load_run(other)
 
 
 def test_checkpoint_for_other_peft_is_refused(finished_run, tmp_path):
@@ -71,7 +73,7 @@ def test_checkpoint_for_other_peft_is_refused(finished_run, tmp_path):
                                                                                 "method: none"))
     (other / "checkpoint.safetensors").write_bytes((run / "checkpoint.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="does not fit this model"):
-        api.load_run(other)
+        tailtune.load_run(other)
 
 
 def test_existing_run_folder_is_refused(tiny_overrides, tmp_path):
@@ -79,7 +81,7 @@ def test_existing_run_folder_is_refused(tiny_overrides, tmp_path):
     (tmp_path / "runs" / "same").mkdir(parents=True)
     (tmp_path / "runs" / "same" / "config.yaml").write_text("x: 1")
     with pytest.raises(ConfigError, match="already holds a different run"):
-        api.fit(cfg)
+        tailtune.fit(cfg)
     assert (tmp_path / "runs" / "same" / "config.yaml").read_text() == "x: 1"
 
 
@@ -91,7 +93,7 @@ def test_classifier_only_and_cli_train(tiny_overrides, tmp_path):
 
 
 def test_zeroshot(tiny_cfg):
-    out = api.zeroshot(tiny_cfg)
+    out = tailtune.zeroshot(tiny_cfg)
     assert 0 <= out["test"]["overall"] <= 100 and out["test"]["num_samples"] == 24
 
 
@@ -104,7 +106,7 @@ def test_cli_reports_errors_without_traceback(capsys):
 def test_unknown_open_clip_model_lists_close_matches(tiny_overrides):
     cfg = load_config("lift", overrides=[*tiny_overrides, "model.name=ViT-B-61"])
     with pytest.raises(ConfigError, match="unknown open_clip model 'ViT-B-61'. Close matches: .*ViT-B-16"):
-        api.build(cfg)
+        tailtune.build(cfg)
 
 
 def test_quiet_training_still_prints_the_results(tmp_path, capsys):
@@ -146,24 +148,24 @@ def test_data_interpolation_reaches_every_view_of_a_run(tiny_overrides, monkeypa
     seen = _spy_resizes(monkeypatch)
     cfg = load_config("lift", overrides=[*tiny_overrides, "data.interpolation=bilinear", "eval.report=false",
                                          "name=bl"])
-    api.fit(cfg)
+    tailtune.fit(cfg)
     # training crops, the test / head-init / gap view (32 * 8 / 7 = 36) and the five crops (32 + 24)
     assert {(name, size if name == "Resize" else None) for name, _, size in seen} == {
         ("RandomResizedCrop", None), ("Resize", 36), ("Resize", 56)}
     assert {mode for _, mode, _ in seen} == {"bilinear"}
     run = cfg.output_dir + "/bl"
-    assert api.load_run(run).backbone.preprocess.interpolation == "bilinear"  # eval / predict / export
+    assert tailtune.load_run(run).backbone.preprocess.interpolation == "bilinear"  # eval / predict / export
     seen.clear()
-    api.zeroshot(cfg)
+    tailtune.zeroshot(cfg)
     assert seen and {mode for _, mode, _ in seen} == {"bilinear"}
 
 
 def test_data_interpolation_auto_keeps_the_backbones_filter(tiny_cfg, monkeypatch):
     seen = _spy_resizes(monkeypatch)
     assert tiny_cfg.data.interpolation == "auto"
-    exp = api.build(tiny_cfg)
+    exp = tailtune.build(tiny_cfg)
     assert exp.backbone.preprocess.interpolation == "bicubic"  # open_clip's CLIP preprocessing
-    api.evaluate_model(exp)
+    evaluate_model(exp)
     assert seen and {mode for _, mode, _ in seen} == {"bicubic"}
 
 
@@ -202,13 +204,13 @@ def test_build_leaves_the_callers_rng_and_allocator_alone(tiny_cfg, monkeypatch)
     import torch
 
     tuned = []
-    monkeypatch.setattr(api, "tune_cpu_allocator", lambda: tuned.append("api") or True)
-    monkeypatch.setattr("tailtune.engine.tune_cpu_allocator", lambda: tuned.append("engine") or True)
+    monkeypatch.setattr("tailtune.runs.run.tune_cpu_allocator", lambda: tuned.append("run") or True)
+    monkeypatch.setattr("tailtune.runtime.device.tune_cpu_allocator", lambda: tuned.append("device") or True)
     models = []
     for seed in (11, 12):
         _caller_draws(seed)
         before = _global_rng()
-        models.append(api.build(tiny_cfg).model.state_dict())
+        models.append(tailtune.build(tiny_cfg).model.state_dict())
         assert _same_rng(before, _global_rng()), "build() moved the caller's RNG streams"
     assert not tuned, "build() tuned the process's allocator"
     # ... and its random parts (random backbone, PEFT modules, head) still come from train.seed alone.
@@ -218,14 +220,14 @@ def test_build_leaves_the_callers_rng_and_allocator_alone(tiny_cfg, monkeypatch)
 
 def test_a_run_seeds_its_own_streams_and_gives_the_callers_back(tiny_overrides, monkeypatch):
     tuned = []
-    monkeypatch.setattr(api, "tune_cpu_allocator", lambda: tuned.append(1) or True)
+    monkeypatch.setattr("tailtune.runs.run.tune_cpu_allocator", lambda: tuned.append(1) or True)
     results = []
     for seed in (21, 22):
         _caller_draws(seed)
         before = _global_rng()
         cfg = load_config("lift", overrides=[*tiny_overrides, "peft.method=lora", "head.init=random",
                                              "eval.tte=none", "eval.report=false", f"name=s{seed}"])
-        results.append(api.fit(cfg))
+        results.append(tailtune.fit(cfg))
         assert _same_rng(before, _global_rng()), "fit() did not give the caller's RNG streams back"
     assert tuned == [1, 1]  # a run on the CPU asks for the allocator tuning
     assert results[0]["test"]["per_class"] == results[1]["test"]["per_class"]
@@ -242,7 +244,7 @@ def test_a_library_caller_sees_no_log_lines_until_it_asks(tiny_overrides, tmp_pa
 
     logger = logging.getLogger("tailtune")
     handlers = list(logger.handlers)
-    api.fit(cfg("plain"))
+    tailtune.fit(cfg("plain"))
     out, err = capsys.readouterr()
     assert out == ""
     assert "img/s" in err  # the progress bars stay
@@ -251,18 +253,18 @@ def test_a_library_caller_sees_no_log_lines_until_it_asks(tiny_overrides, tmp_pa
         assert line not in err and line in log_txt, line
 
     with caplog.at_level(logging.INFO, logger="tailtune"):
-        api.fit(cfg("shown"))
+        tailtune.fit(cfg("shown"))
         shown = [r.getMessage() for r in caplog.records if r.name.startswith("tailtune")]
         assert shown[0].startswith("run folder:") and any(m.startswith("results on synthetic") for m in shown)
         caplog.clear()
-        api.fit(cfg("quiet", "quiet=true"))  # quiet: the lines stay off the console (DEBUG), log.txt keeps them
+        tailtune.fit(cfg("quiet", "quiet=true"))  # quiet: the lines stay off the console (DEBUG), log.txt keeps them
         assert not [r for r in caplog.records if r.name.startswith("tailtune") and r.levelno >= logging.INFO]
         assert "results on synthetic" in (tmp_path / "runs" / "quiet" / "log.txt").read_text()
     caplog.set_level(logging.INFO)
     caplog.clear()
     try:
         logger.setLevel(logging.WARNING)
-        api.fit(cfg("silenced"))
+        tailtune.fit(cfg("silenced"))
     finally:
         logger.setLevel(logging.NOTSET)
     assert not [r for r in caplog.records if r.name.startswith("tailtune")]

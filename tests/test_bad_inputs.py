@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tailtune import api, cli
+import tailtune
+from tailtune import cli
 from tailtune.config import load_config
 from tailtune.errors import CheckpointError, ConfigError, DataError, TailtuneError
 
@@ -38,13 +39,13 @@ def test_config_errors(tiny_overrides, override, pattern):
 ])
 def test_unknown_names(tiny_overrides, override, pattern, tmp_path):
     with pytest.raises(ConfigError, match=pattern):
-        api.fit(_cfg(tiny_overrides, override))
+        tailtune.fit(_cfg(tiny_overrides, override))
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 def test_missing_dataset_root(tiny_overrides, tmp_path):
     with pytest.raises(DataError, match=r"CIFAR-100 files .* not found in .*nowhere.*data.download=true"):
-        api.build(_cfg(tiny_overrides, "data.name=cifar100_lt", f"data.root={tmp_path / 'nowhere'}"))
+        tailtune.build(_cfg(tiny_overrides, "data.name=cifar100_lt", f"data.root={tmp_path / 'nowhere'}"))
 
 
 def _folder(root: Path, counts, corrupt: bool = False):
@@ -63,7 +64,7 @@ def _folder(root: Path, counts, corrupt: bool = False):
 def test_empty_class(tiny_overrides, tmp_path):
     _folder(tmp_path / "d", [3, 0])
     with pytest.raises(DataError, match=r"1 classes have no training image \(e.g. c1\)"):
-        api.build(_cfg(tiny_overrides, "data.name=folder", f"data.root={tmp_path / 'd'}", "data.imb_ratio=1"))
+        tailtune.build(_cfg(tiny_overrides, "data.name=folder", f"data.root={tmp_path / 'd'}", "data.imb_ratio=1"))
 
 
 def test_corrupt_jpeg_names_the_file(tiny_overrides, tmp_path):
@@ -71,14 +72,14 @@ def test_corrupt_jpeg_names_the_file(tiny_overrides, tmp_path):
     cfg = _cfg(tiny_overrides, "data.name=folder", f"data.root={tmp_path / 'd'}", "data.imb_ratio=1",
                "head.init=class_mean")
     with pytest.raises(DataError, match=r"c0/0.jpg is corrupt"):
-        api.fit(cfg)
+        tailtune.fit(cfg)
 
 
 def test_label_out_of_range():
     import numpy as np
 
-    from tailtune.data.datasets import ArrayDataset
-    from tailtune.data.sources import LTData
+    from tailtune.data.base import ArrayDataset
+    from tailtune.data.sources.base import LTData
 
     data = LTData(ArrayDataset(np.zeros((2, 4, 4), np.uint8), [0, 5]), ArrayDataset(np.zeros((1, 4, 4), np.uint8), [0]),
                   ["a", "b"], np.zeros(2, int))
@@ -91,7 +92,7 @@ def run(tmp_path_factory):
     from conftest import TINY_CLIP
 
     out = tmp_path_factory.mktemp("bad")
-    api.fit(load_config("lift", overrides=[*TINY_CLIP, "eval.tte=none", f"output_dir={out}", "name=r"]))
+    tailtune.fit(load_config("lift", overrides=[*TINY_CLIP, "eval.tte=none", f"output_dir={out}", "name=r"]))
     return out / "r"
 
 
@@ -106,26 +107,26 @@ def _clone(run: Path, dst: Path, edit=lambda s: s, truncate: int | None = None) 
 
 def test_checkpoint_for_another_backbone(run, tmp_path):
     other = _clone(run, tmp_path / "o", lambda s: s.replace("name: TT-Tiny-ViT", "name: TT-Tiny-ViT-B"))
-    (tmp_path / "TT-Tiny-ViT-B.json").write_text((Path(api.__file__).parent / "models" / "open_clip_configs"
+    (tmp_path / "TT-Tiny-ViT-B.json").write_text((Path(tailtune.__file__).parent / "models" / "open_clip_configs"
                                                  / "TT-Tiny-ViT.json").read_text())
     import open_clip
 
     open_clip.add_model_config(tmp_path / "TT-Tiny-ViT-B.json")
     with pytest.raises(CheckpointError, match="trained on backbone .*TT-Tiny-ViT.*but the model is"):
-        api.load_run(other)
+        tailtune.load_run(other)
 
 
 def test_checkpoint_for_another_class_count(run, tmp_path):
     other = _clone(run, tmp_path / "o", lambda s: s.replace("num_classes: 6", "num_classes: 4"))
     with pytest.raises(CheckpointError, match="has 6 classes, the dataset has 4"):
-        api.load_run(other)
+        tailtune.load_run(other)
 
 
 def test_truncated_checkpoint(run, tmp_path):
     other = _clone(run, tmp_path / "o", truncate=200)
     before = _snapshot(other)
     with pytest.raises(CheckpointError, match="truncated"):
-        api.load_run(other)
+        tailtune.load_run(other)
     assert _snapshot(other) == before
 
 
@@ -133,7 +134,7 @@ def test_output_folder_holding_another_run(run, tiny_overrides):
     before = _snapshot(run)
     cfg = _cfg(tiny_overrides, f"output_dir={run.parent}", "name=r")
     with pytest.raises(ConfigError, match="already holds a different run.*overwrite=true"):
-        api.fit(cfg)
+        tailtune.fit(cfg)
     assert _snapshot(run) == before
 
 
@@ -142,14 +143,14 @@ def test_unwritable_output_folder_as_user(tiny_overrides, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o500)
     with pytest.raises(ConfigError, match="cannot write to output folder"):
-        api.fit(_cfg(tiny_overrides, f"output_dir={ro}"))
+        tailtune.fit(_cfg(tiny_overrides, f"output_dir={ro}"))
 
 
 def test_unwritable_output_folder(tiny_overrides, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(ConfigError, match="cannot write to output folder"):
-        api.fit(_cfg(tiny_overrides, f"output_dir={blocker}"))
+        tailtune.fit(_cfg(tiny_overrides, f"output_dir={blocker}"))
     assert blocker.read_text() == "not a folder"
 
 
@@ -166,14 +167,14 @@ def test_same_finished_run_is_refused_and_a_failed_one_reused(run, tmp_path):
     cfg = from_yaml_text((run / "config.yaml").read_text())
     before = _snapshot(run)
     with pytest.raises(ConfigError, match="already holds this run, finished"):
-        api.fit(cfg)
+        tailtune.fit(cfg)
     assert _snapshot(run) == before
     failed = _clone(run, tmp_path / "failed")
     (failed / "metrics.json").unlink()
     (failed / "checkpoint.safetensors").unlink()
     cfg.output_dir, cfg.name = str(tmp_path), "failed"
     (failed / "config.yaml").write_text(to_yaml(cfg))
-    assert api.fit(cfg)["test"]["num_samples"] == 24
+    assert tailtune.fit(cfg)["test"]["num_samples"] == 24
 
 
 def test_data_is_checked_before_any_model_is_built(monkeypatch, tmp_path):
@@ -185,4 +186,4 @@ def test_data_is_checked_before_any_model_is_built(monkeypatch, tmp_path):
 
     monkeypatch.setattr(open_clip, "create_model", no_download)
     with pytest.raises(DataError, match="does not exist"):
-        api.build(load_config("lift", "folder", overrides=[f"data.root={tmp_path / 'missing'}"]))
+        tailtune.build(load_config("lift", "folder", overrides=[f"data.root={tmp_path / 'missing'}"]))

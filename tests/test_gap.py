@@ -5,11 +5,14 @@ import json
 import numpy as np
 import pytest
 
+import tailtune
 from conftest import TINY_CLIP
-from tailtune import api, cli
+from tailtune import cli
 from tailtune.config import load_config
 from tailtune.errors import ConfigError
-from tailtune.gap import group_gap, stratified_indices
+from tailtune.evaluation.evaluate import evaluate_with_predictions
+from tailtune.evaluation.gap import group_gap, stratified_indices
+from tailtune.report.text import format_results
 
 # A random classifier trained briefly at a high rate: predictions vary by class and differ
 # between train and test images (the tiny model is otherwise exact or constant).
@@ -19,7 +22,7 @@ GAP_RUN = [*TINY_CLIP, "head.init=random", "peft.method=none", "train.lr=0.3", "
 @pytest.fixture(scope="module")
 def gap_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gap")
-    metrics = api.fit(load_config("lift", overrides=[*GAP_RUN, "eval.gap_per_class=5", f"output_dir={out}",
+    metrics = tailtune.fit(load_config("lift", overrides=[*GAP_RUN, "eval.gap_per_class=5", f"output_dir={out}",
                                                      "name=run"]))
     return out / "run", metrics
 
@@ -67,8 +70,8 @@ def test_fit_saves_the_gap_of_a_stratified_train_subset(gap_run):
     assert gap["train_images"] == int(np.minimum(counts, 5).sum())
     # Independently: predictions on every training image of the rebuilt run, restricted to the
     # subset (drawn with data.subset_seed), averaged class by class, then group by group.
-    exp = api.load_run(run)
-    _, preds, labels = api.evaluate_with_predictions(exp, "none", "train")
+    exp = tailtune.load_run(run)
+    _, preds, labels = evaluate_with_predictions(exp, "none", "train")
     idx = stratified_indices(labels, 5, exp.cfg.data.subset_seed)
     per_class = [100.0 * np.mean(preds[idx][labels[idx] == c] == c) for c in range(len(counts))]
     assert gap["train_per_class"] == pytest.approx(per_class)
@@ -122,8 +125,8 @@ def test_groups_of_the_long_tailed_train_split_are_class_means(gap_run, capsys):
     assert cli.main(["eval", str(run), "--split", "train", "--tte", "none", "--json", "-q"]) == 0
     out = json.loads(capsys.readouterr().out)
     data = metrics["data"]
-    exp = api.load_run(run)
-    _, preds, labels = api.evaluate_with_predictions(exp, "none", "train")
+    exp = tailtune.load_run(run)
+    _, preds, labels = evaluate_with_predictions(exp, "none", "train")
     groups = np.asarray(data["groups"])
     per_class = np.array([100.0 * np.mean(preds[labels == c] == c) for c in range(len(groups))])
     assert out["per_class"] == pytest.approx(per_class)
@@ -142,7 +145,7 @@ def test_groups_of_the_long_tailed_train_split_are_class_means(gap_run, capsys):
 
 def test_the_results_printed_after_training_end_with_the_gap(gap_run):
     run, metrics = gap_run
-    text = api.format_results(metrics)
+    text = format_results(metrics)
     gap = metrics["generalisation_gap"]["gap"]
     assert text.count("generalisation gap") == 1 and f"{gap['overall']:+.2f}" in text
     assert "generalisation gap" in (run / "log.txt").read_text()
@@ -151,7 +154,7 @@ def test_the_results_printed_after_training_end_with_the_gap(gap_run):
 def test_gap_can_be_switched_off_and_rejects_negative_sizes(tmp_path):
     with pytest.raises(ConfigError, match="eval.gap_per_class=-1 must be >= 0"):
         load_config("lift", overrides=["eval.gap_per_class=-1"])
-    metrics = api.fit(load_config("lift", overrides=[*GAP_RUN, "eval.gap_per_class=0", f"output_dir={tmp_path}",
+    metrics = tailtune.fit(load_config("lift", overrides=[*GAP_RUN, "eval.gap_per_class=0", f"output_dir={tmp_path}",
                                                      "name=nogap"]))
     assert metrics["generalisation_gap"] is None
     assert '<section id="gap">' not in (tmp_path / "nogap" / "report.html").read_text()

@@ -155,7 +155,7 @@ def test_text_init_ensemble_uses_the_80_openclip_templates():
 def test_text_init_averages_prompts_in_the_text_space_then_maps_them_on_a_clip():
     """normalise(mean_p normalise(e_p) @ proj^T): the method's order, on a (tiny, random) open_clip model."""
     from tailtune.config import ModelConfig
-    from tailtune.models.backbones import build_backbone
+    from tailtune.models.backbones.base import build_backbone
 
     torch.manual_seed(0)
     clip = build_backbone(ModelConfig(name="TT-Tiny-ViT", pretrained="none"))

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tailtune import api, cli
+import tailtune
+from tailtune import cli
 from tailtune.config import load_config
 from tailtune.data.samplers import SAMPLERS
 from tailtune.data.transforms import AUGMENTATIONS, TTE_MODES
@@ -35,24 +36,24 @@ def test_every_registry_is_reachable_from_config_and_a_wrong_name_lists_the_vali
     for name in reg.names():
         extra = ["head.descriptors=d.json"] if name == "descriptors" else []
         cfg = load_config("lift", overrides=[*tiny_overrides, f"{key}={name}", *extra])
-        api.validate(cfg)
+        tailtune.validate(cfg)
     with pytest.raises(ConfigError, match="'nope'") as err:  # at load (eval.tte) or at validation (the rest)
-        api.validate(load_config("lift", overrides=[*tiny_overrides, f"{key}=nope"]))
+        tailtune.validate(load_config("lift", overrides=[*tiny_overrides, f"{key}=nope"]))
     assert all(name in str(err.value).split("'nope'")[1] for name in reg.names()), str(err.value)
 
 
 def test_drw_epoch_beyond_training_is_refused(tiny_overrides):
     cfg = load_config("lift", overrides=[*tiny_overrides, "loss.name=ldam", "loss.drw_epoch=3", "train.epochs=2"])
     with pytest.raises(ConfigError, match="loss.drw_epoch=3 never starts in train.epochs=2"):
-        api.validate(cfg)
+        tailtune.validate(cfg)
 
 
 def test_trainer_iterates_the_sampler_plan(tiny_overrides):
     cfg = load_config("lift", overrides=[*tiny_overrides, "peft.method=none", "train.sampler=class_aware"])
-    exp = api.build(cfg)
-    from tailtune.data.datasets import Transformed
+    exp = tailtune.build(cfg)
+    from tailtune.data.base import Transformed
     from tailtune.data.transforms import test_transform
-    from tailtune.engine import Trainer
+    from tailtune.training.trainer import Trainer
 
     train_set = Transformed(exp.data.train, test_transform(exp.backbone.preprocess))
     trainer = Trainer(exp.model, torch.nn.CrossEntropyLoss(), train_set, cfg.train, exp.device)
@@ -69,7 +70,7 @@ def test_run_with_the_rest_of_the_menu(tiny_overrides, tmp_path):
                  "loss.name=ldam", "loss.drw_epoch=1", "train.sampler=square_root", "train.augment=minimal",
                  "head.type=layernorm", "head.init=k_shot", "head.shots=3",
                  "eval.tte=randaug", "eval.randaug_views=3"]
-    metrics = api.fit(load_config("lift", overrides=overrides))
+    metrics = tailtune.fit(load_config("lift", overrides=overrides))
     test = metrics["test"]
     assert metrics["head_init"] == "k_shot" and test["tte"] == "randaug" and test["views_per_image"] == 3
     for key in ("overall", "many", "medium", "few", "macro_f1", "per_class", "worst_class", "harmonic_mean",
@@ -79,16 +80,16 @@ def test_run_with_the_rest_of_the_menu(tiny_overrides, tmp_path):
     saved = json.loads((tmp_path / "runs" / "menu" / "metrics.json").read_text())
     assert saved["test"]["harmonic_mean"] == test["harmonic_mean"]
     # randaug views are seeded by the image: evaluating the run again gives the same numbers
-    again = api.evaluate(tmp_path / "runs" / "menu", quiet=True)
+    again = tailtune.evaluate(tmp_path / "runs" / "menu", quiet=True)
     assert again["per_class"] == test["per_class"]
-    tencrop = api.evaluate(tmp_path / "runs" / "menu", tte="tencrop", quiet=True)
+    tencrop = tailtune.evaluate(tmp_path / "runs" / "menu", tte="tencrop", quiet=True)
     assert tencrop["views_per_image"] == 10
     assert "worst" in (tmp_path / "runs" / "menu" / "log.txt").read_text()
 
 
 @pytest.mark.parametrize("mode", ["classname", "ensemble"])
 def test_zeroshot_prompt_modes(mode, tiny_overrides):
-    out = api.zeroshot(load_config("lift", overrides=[*tiny_overrides, f"head.prompt_mode={mode}", "eval.tte=none"]))
+    out = tailtune.zeroshot(load_config("lift", overrides=[*tiny_overrides, f"head.prompt_mode={mode}", "eval.tte=none"]))
     assert out["prompt_mode"] == mode and out["prompt"] == mode
     assert out["test"]["num_samples"] == 24 and out["test"]["views_per_image"] == 1
     assert {"worst_class", "harmonic_mean", "geometric_mean", "macro_f1"} <= set(out["test"])
@@ -97,7 +98,7 @@ def test_zeroshot_prompt_modes(mode, tiny_overrides):
 def test_zeroshot_ensemble_is_the_mean_of_normalised_template_embeddings(tiny_cfg):
     from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
-    from tailtune.models.backbones import build_backbone
+    from tailtune.models.backbones.base import build_backbone
     from tailtune.models.prompts import class_text_features, ensemble_prompts
 
     torch.manual_seed(0)
@@ -112,7 +113,7 @@ def test_zeroshot_ensemble_is_the_mean_of_normalised_template_embeddings(tiny_cf
 def test_cli_zeroshot_with_descriptors(tiny_overrides, tmp_path, capsys):
     desc = tmp_path / "d.json"
     desc.write_text(json.dumps({f"class_{i}": ["a shape", "a colour"] for i in range(6)}))
-    from tailtune.data.sources import build_data
+    from tailtune.data.sources.base import build_data
 
     names = build_data(load_config("lift", overrides=tiny_overrides).data).classnames
     desc.write_text(json.dumps({n: ["a shape", "a colour"] for n in names}))
@@ -126,4 +127,4 @@ def test_text_init_on_a_vision_only_backbone_fails_at_start_up(tiny_overrides):
     cfg = load_config("lift", overrides=[*tiny_overrides, "model.provider=timm", "model.name=test_vit",
                                          "head.init=text", "peft.method=none"])
     with pytest.raises(ConfigError, match="head.init=text needs a backbone with a text tower; 'test_vit'"):
-        api.build(cfg)
+        tailtune.build(cfg)

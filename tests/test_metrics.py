@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from tailtune.metrics import compute_metrics, geometric_mean, harmonic_mean
+from tailtune.evaluation.metrics import compute_metrics, geometric_mean, harmonic_mean
 
 # 4 classes; class 3 has no test image. Per class: 0: 3/4 right, 1: 1/2, 2: 2/2.
 TARGETS = [0, 0, 0, 0, 1, 1, 2, 2]

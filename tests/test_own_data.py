@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 
+import tailtune
 from datatrees import class_tree, jpeg_bytes, write_images
-from tailtune import api, cli
+from tailtune import cli
 from tailtune.config import load_config
 from tailtune.data.holdout import balanced_holdout
-from tailtune.data.sources import build_data
+from tailtune.data.sources.base import build_data
 from tailtune.errors import ConfigError, DataError
 
 
@@ -182,7 +183,7 @@ def test_corrupt_image_is_named_or_skipped(tmp_path):
 def test_select_by_val_needs_a_val_split(tiny_overrides):
     cfg = load_config("lift", overrides=[*tiny_overrides, "train.select_by_val=true"])
     with pytest.raises(ConfigError, match=r"train.select_by_val=true needs a validation split.*data.val=holdout"):
-        api.fit(cfg)
+        tailtune.fit(cfg)
 
 
 # ------------------------------------------------------------------ end to end
@@ -194,7 +195,7 @@ def test_one_run_on_a_custom_folder_selects_by_val(tiny_overrides, tmp_path, cap
     cfg = load_config("lift", "folder", overrides=[
         *tiny_overrides, "data.name=folder", "data.imb_ratio=1", f"data.root={tmp_path / 'mine'}", "train.epochs=2", "train.select_by_val=true",
         "eval.tte=none", f"output_dir={out}", "name=own"])
-    metrics = api.fit(cfg)
+    metrics = tailtune.fit(cfg)
     run = out / "own"
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["selection"] == "held-out slice of train"
@@ -204,7 +205,7 @@ def test_one_run_on_a_custom_folder_selects_by_val(tiny_overrides, tmp_path, cap
     best = max(ms["val_overall_per_epoch"])
     assert ms["best_epoch"] == ms["val_overall_per_epoch"].index(best) + 1
     assert saved["val"]["overall"] == pytest.approx(best)  # the kept tensors are the best epoch's
-    assert api.evaluate(run, "none", "val", quiet=True)["overall"] == pytest.approx(best)
+    assert tailtune.evaluate(run, "none", "val", quiet=True)["overall"] == pytest.approx(best)
     splits = json.loads((run / "splits.json").read_text())
     assert len(splits["test"]["files"]) == 8 and len(splits["val"]["files"]) == 4
     assert "validation: held-out slice of train" in (run / "log.txt").read_text()

@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from tailtune import config as C
-from tailtune.api import build
-from tailtune.checkpoint import load_checkpoint, save_checkpoint
 from tailtune.config import LossConfig, load_config
-from tailtune.engine import Trainer, predict_logits
+from tailtune.experiment import build
 from tailtune.losses import build_loss
+from tailtune.runtime.checkpoint import load_checkpoint, save_checkpoint
+from tailtune.runtime.loader import predict_logits
+from tailtune.training.trainer import Trainer
 
 PARITY = Path(__file__).parent / "parity"
 GOLDEN = json.loads((PARITY / "lift_golden.json").read_text())

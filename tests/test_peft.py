@@ -3,7 +3,7 @@ import torch
 
 from tailtune.config import ModelConfig, PeftConfig
 from tailtune.errors import ConfigError
-from tailtune.models.backbones import build_backbone
+from tailtune.models.backbones.base import build_backbone
 from tailtune.models.peft import apply_peft, bottleneck
 
 

@@ -16,13 +16,15 @@ import math
 import pytest
 import torch
 
-from tailtune import api
+import tailtune
 from tailtune.config import PeftConfig, load_config
+from tailtune.evaluation.evaluate import train_features
 from tailtune.models.peft import apply_peft, peft_off
 from tailtune.models.peft.lora import LowRank
 from tailtune.models.peft.masked import MaskedLinear
 from tailtune.models.peft.ssf import ScaleShift
 from tailtune.models.peft.targets import get_part
+from tailtune.runs.run import init_head
 from test_peft_zoo import FAMILIES, IMAGES, INTENDED, VIT_METHODS, C, D, L, fresh, tiny_bases  # noqa: F401
 
 # ------------------------------------------------------------------ LoRA
@@ -155,24 +157,24 @@ def test_peft_off_computes_the_frozen_backbone_alone(tiny_bases, family, method)
 
 
 def test_vpt_prompts_do_not_change_the_init_features(tiny_overrides):
-    """api.train_features: the init view, PEFT modules off; equal to the classifier-only model's."""
-    from tailtune.data.datasets import Transformed
+    """train_features: the init view, PEFT modules off; equal to the classifier-only model's."""
+    from tailtune.data.base import Transformed
     from tailtune.models.heads import init_transform
 
     def exp(method):  # fp32: the comparison is of the features, not of a precision
-        return api.build(load_config("lift", overrides=[*tiny_overrides, f"peft.method={method}",
+        return tailtune.build(load_config("lift", overrides=[*tiny_overrides, f"peft.method={method}",
                                                         "head.init=class_mean", "train.precision=fp32"]))
 
     with torch.random.fork_rng():
         plain, vpt = exp("none"), exp("vpt_deep")
-    feats, labels = api.train_features(plain)
+    feats, labels = train_features(plain)
     view = Transformed(plain.data.train, init_transform(plain.backbone.preprocess))
     images = torch.stack([view[i][0] for i in range(len(view))])
     with torch.no_grad():
         assert torch.allclose(feats, plain.backbone(images), atol=1e-5)
-        got, got_labels = api.train_features(vpt)
+        got, got_labels = train_features(vpt)
         assert torch.allclose(got, feats, atol=1e-5) and torch.equal(got_labels, labels)
         assert not torch.allclose(vpt.backbone(images), feats, atol=1e-3)  # the prompts do change the features
-    api.init_head(vpt)
-    api.init_head(plain)
+    init_head(vpt)
+    init_head(plain)
     assert torch.allclose(vpt.model.head.weight, plain.model.head.weight, atol=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+from pathlib import Path
 
 import pytest
 import timm
@@ -16,14 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tailtune import api
-from tailtune.checkpoint import load_checkpoint, save_checkpoint
+import tailtune
 from tailtune.config import DataConfig, ModelConfig, PeftConfig, load_config
 from tailtune.errors import CheckpointError, ConfigError
-from tailtune.models.backbones import TimmBackbone, build_backbone
+from tailtune.models.backbones.base import TimmBackbone, build_backbone
 from tailtune.models.model import TailModel
 from tailtune.models.peft import PEFT_METHODS, apply_peft, check_peft
 from tailtune.models.peft.targets import SelfAttention
+from tailtune.runs.run import read_metrics
+from tailtune.runtime.checkpoint import load_checkpoint, save_checkpoint
 
 VIT_METHODS = [m for m in PEFT_METHODS.names() if "vit" in PEFT_METHODS.get(m).kinds]
 # prompts join attention from the start; SSF's scale and shift are drawn around (1, 0) as the reference's
@@ -443,16 +445,16 @@ def test_vpt_on_a_cnn_fails_before_any_image_is_decoded(tiny_cfg, monkeypatch, t
     cfg.head.init = "class_mean"
     cfg.peft = PeftConfig(method="vpt_deep")
     with pytest.raises(ConfigError, match="vpt_deep.*vit backbones.*is a cnn"):
-        api.build(cfg)
+        tailtune.build(cfg)
     cfg.peft = PeftConfig(method="bn_tuning", blocks="last 2")
     with pytest.raises(ConfigError, match="peft.blocks='last 2'.*CNN"):
-        api.build(cfg)
+        tailtune.build(cfg)
 
 
 @pytest.mark.slow
 def test_train_records_the_masked_parameter_count(tiny_overrides):
     cfg = load_config("lift", overrides=[*tiny_overrides, "peft.method=masked", "eval.tte=none"])
-    metrics = api.fit(cfg)
+    metrics = tailtune.fit(cfg)
     # 6 classes, 2 blocks, width 64: ratio floor(1000 * 6 / 1536) / 1000 = 0.003
     layers = [(3 * D, D), (D, D), (4 * D, D), (D, 4 * D)]
     expected = L * sum(out * (inp + 1) * 3 // 1000 for out, inp in layers)
@@ -461,5 +463,5 @@ def test_train_records_the_masked_parameter_count(tiny_overrides):
     assert metrics["params"]["trainable_backbone"] == expected == 294
     assert metrics["params"]["backbone_total"] == total
     assert metrics["params"]["trainable_backbone_share"] == pytest.approx(expected / total)
-    assert api.read_metrics(next((cfg_dir := api.Path(cfg.output_dir)).iterdir()))["params"] == metrics["params"]
+    assert read_metrics(next((cfg_dir := Path(cfg.output_dir)).iterdir()))["params"] == metrics["params"]
     assert f"{expected:,} trainable backbone parameters" in (next(cfg_dir.iterdir()) / "log.txt").read_text()

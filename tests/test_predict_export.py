@@ -11,9 +11,9 @@ from safetensors.torch import load_file, save_file
 import tailtune
 from tailtune import cli
 from tailtune.config import from_yaml_text, load_config
-from tailtune.data.sources import build_data
+from tailtune.data.sources.base import build_data
 from tailtune.errors import CheckpointError, ConfigError, DataError
-from tailtune.export import (
+from tailtune.inference.export import (
     EXPORT_CONFIG,
     EXPORT_WEIGHTS,
     _align_attention,
@@ -21,7 +21,7 @@ from tailtune.export import (
     export_run,
     merge_lora,
 )
-from tailtune.report import PREDICTIONS, load_predictions
+from tailtune.report.html import PREDICTIONS, load_predictions
 
 CLASSES = [f"class {k}" for k in range(6)]
 
@@ -198,7 +198,7 @@ def test_export_loading_is_strict(exported, tmp_path):
     (bad / EXPORT_CONFIG).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="checksum differs"):
         tailtune.load(bad, device="cpu")
-    from tailtune.export import _sha256
+    from tailtune.inference.export import _sha256
 
     (bad / EXPORT_CONFIG).write_text(json.dumps({**meta, "weights_sha256": _sha256(bad / EXPORT_WEIGHTS)}))
     with pytest.raises(CheckpointError, match=f"missing \\['{dropped}'\\]"):

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tailtune import api, cli
+import tailtune
+from tailtune import cli
 from tailtune.config import from_yaml_text, list_presets, load_config, read_recipe, to_dict, to_yaml
+from tailtune.config.recipes import TABLE_ORDER, all_recipes, recipe_info, recipe_table
 from tailtune.errors import ConfigError
-from tailtune.recipes import TABLE_ORDER, all_recipes, recipe_info, recipe_table
-from tailtune.report import config_differences
-from tailtune.sweep import plan
+from tailtune.report.html import config_differences
+from tailtune.runs.sweep import plan
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # The paper's overall accuracy (Shi et al., ICML 2024), written here by hand.
@@ -35,7 +36,7 @@ RECIPES = list_presets("recipes")
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_loads_and_validates(name):
     cfg = load_config(name)
-    api.validate(cfg)  # every registry name in it exists
+    tailtune.validate(cfg)  # every registry name in it exists
     info = recipe_info(name)
     assert info.description and info.path.name == f"{name}.yaml"
     assert info.published == PUBLISHED.get(name)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tailtune import cli
 from tailtune import config as C
-from tailtune.reference import config_reference, field_choices, field_docs
+from tailtune.config.reference import config_reference, field_choices, field_docs
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
 

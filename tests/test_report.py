@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tailtune import api, cli
+import tailtune
+from tailtune import cli
 from tailtune.config import load_config
 from tailtune.errors import ConfigError
-from tailtune.report import (
+from tailtune.report.html import (
     PREDICTIONS,
     class_groups,
     config_differences,
@@ -25,6 +26,7 @@ from tailtune.report import (
     read_curves,
     tail_confusions,
 )
+from tailtune.report.text import format_results
 
 RUN_SECTIONS = ("results", "per-class", "class-counts", "training", "confusions", "config")
 COMPARE_SECTIONS = ("results", "groups", "per-class", "differences", "runs")
@@ -37,8 +39,8 @@ def runs(tmp_path_factory):
     from conftest import TINY_CLIP
 
     out = tmp_path_factory.mktemp("runs")
-    a = api.fit(load_config("lift", overrides=[*TINY_CLIP, "train.epochs=2", f"output_dir={out}", "name=adapt"]))
-    b = api.fit(load_config("lift", overrides=[*TINY_CLIP, "peft.method=none", "eval.report=false",
+    a = tailtune.fit(load_config("lift", overrides=[*TINY_CLIP, "train.epochs=2", f"output_dir={out}", "name=adapt"]))
+    b = tailtune.fit(load_config("lift", overrides=[*TINY_CLIP, "peft.method=none", "eval.report=false",
                                                f"output_dir={out}", "name=probe"]))
     return {"adapt": (out / "adapt", a), "probe": (out / "probe", b)}
 
@@ -77,7 +79,7 @@ def test_metrics_table_and_report_carry_balanced_accuracy(runs):
         for g, name in enumerate(saved["data"]["group_names"]):
             if (groups == g).any():
                 assert saved[key][name] == pytest.approx(per_class[groups == g].mean())
-    lines = api.format_results(saved).splitlines()
+    lines = format_results(saved).splitlines()
     header, row = lines[1].split(), lines[2].split()
     assert header[:2] == ["overall", "balanced"]
     assert row[:2] == [f"{saved['test']['overall']:.2f}", f"{saved['test']['balanced']:.2f}"]
@@ -88,12 +90,12 @@ def test_metrics_table_and_report_carry_balanced_accuracy(runs):
         assert f'<td class="num">{t["overall"]:.2f}</td><td class="num">{t["balanced"]:.2f}</td>' in results
     # A metrics.json from before balanced: the table falls back on mean_class.
     old = {**saved, "test": {k: v for k, v in saved["test"].items() if k != "balanced"}}
-    assert api.format_results(old).splitlines()[2].split()[1] == f"{saved['test']['mean_class']:.2f}"
+    assert format_results(old).splitlines()[2].split()[1] == f"{saved['test']['mean_class']:.2f}"
 
 
 def test_no_tte_metrics_match_a_fresh_evaluation(runs):
     run, metrics = runs["adapt"]
-    assert api.evaluate(run, tte="none", quiet=True)["per_class"] == metrics["test_no_tte"]["per_class"]
+    assert tailtune.evaluate(run, tte="none", quiet=True)["per_class"] == metrics["test_no_tte"]["per_class"]
 
 
 def test_report_is_written_by_fit_with_every_section(runs):
@@ -171,7 +173,7 @@ def test_report_can_be_left_to_the_report_command(runs, capsys):
 
 
 def test_report_refuses_unfinished_runs(tmp_path, capsys):
-    from tailtune.report import write_report
+    from tailtune.report.html import write_report
 
     with pytest.raises(ConfigError, match="not a tailtune run folder"):
         write_report(tmp_path)
@@ -213,7 +215,7 @@ matplotlib.rcParams["axes.spines.top"] = True
 before = matplotlib.rcParams.copy()
 import tailtune
 from tailtune.data.stats import plot_counts
-from tailtune.sweep_report import axis_figure
+from tailtune.report.sweep import axis_figure
 
 tailtune.write_report(sys.argv[1])
 tailtune.compare_runs([sys.argv[1], sys.argv[2]], sys.argv[3])
@@ -241,7 +243,7 @@ def test_config_differences():
 
 
 def test_compare_needs_two_finished_runs(runs, tmp_path):
-    from tailtune.report import compare_runs
+    from tailtune.report.html import compare_runs
 
     a, _ = runs["adapt"]
     with pytest.raises(ConfigError, match="at least two"):

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+import tailtune
 from conftest import TINY_CLIP
-from tailtune import api
 from tailtune.config import load_config
-from tailtune.engine import NonFiniteLoss
 from tailtune.errors import CheckpointError
-from tailtune.rundir import STATE
-from tailtune.training_state import load_state
+from tailtune.runtime.rundir import STATE
+from tailtune.training.state import load_state
+from tailtune.training.trainer import NonFiniteLoss
 
 pytestmark = pytest.mark.slow
 
@@ -103,10 +103,10 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_state(tiny_overrides, tmp_
     cfg = load_config("lift", overrides=[*tiny_overrides, "train.lr=1e30", "train.precision=fp32", "name=nan",
                                          "train.epochs=2", "peft.method=full"])
     with pytest.raises(NonFiniteLoss, match=r"the loss became (nan|inf) at epoch \d+, step \d+"):
-        api.fit(cfg)
+        tailtune.fit(cfg)
     skip = load_config("lift", overrides=[*tiny_overrides, "train.lr=1e30", "train.precision=fp32",
                                           "name=skip", "train.on_nan=skip", "peft.method=full"])
-    metrics = api.fit(skip)
+    metrics = tailtune.fit(skip)
     assert metrics["history"][0]["skipped_steps"] > 0
     assert "step skipped" in (tmp_path / "runs" / "skip" / "log.txt").read_text()
 

@@ -6,7 +6,13 @@ import torch
 
 from conftest import fake_fashion_mnist, write_idx
 from tailtune.config import DataConfig
-from tailtune.data.sources import SOURCES, build_data, read_cifar100, read_fashion_mnist, read_idx
+from tailtune.data.sources.base import (
+    SOURCES,
+    build_data,
+    read_cifar100,
+    read_fashion_mnist,
+    read_idx,
+)
 from tailtune.errors import DataError
 
 
@@ -41,7 +47,7 @@ def test_fashion_mnist_lt_from_a_folder(tmp_path):
 
 
 def test_fashion_mnist_missing_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr("tailtune.data.sources.FASHION_MNIST_DEBIAN", str(tmp_path / "nowhere"))
+    monkeypatch.setattr("tailtune.data.sources.base.FASHION_MNIST_DEBIAN", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         read_fashion_mnist(str(tmp_path / "empty"))
 

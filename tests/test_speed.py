@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import tailtune.hardware as hw
+import tailtune.runtime.hardware as hw
 from conftest import TINY_CLIP
-from tailtune.api import build
 from tailtune.cli import main
 from tailtune.config import load_config
-from tailtune.engine import Trainer, resolve_precision
+from tailtune.experiment import build
 from tailtune.losses import build_loss
+from tailtune.runtime.precision import resolve_precision
+from tailtune.training.trainer import Trainer
 
 TINY_TIMM = [o for o in TINY_CLIP if not o.startswith("model.")] + [
     "model.provider=timm", "model.name=vit_tiny_patch16_224", "model.pretrained=none", "model.resolution=32",
@@ -49,7 +50,7 @@ def test_grad_scaler_only_for_fp16(tmp_path):
 
 
 def test_bf16_training_keeps_parameters_and_optimizer_state_fp32(tmp_path):
-    from tailtune.data.datasets import Transformed
+    from tailtune.data.base import Transformed
     from tailtune.data.transforms import train_transform
 
     exp = _exp(tmp_path, "train.precision=bf16", "train.batch_size=32")
@@ -129,8 +130,8 @@ def test_grad_checkpointing_gives_the_same_gradients(tmp_path):
 
 
 def test_grad_checkpointing_on_a_model_without_it_is_refused(tmp_path):
-    from tailtune.accel import set_grad_checkpointing
     from tailtune.errors import ConfigError
+    from tailtune.models.accel import set_grad_checkpointing
 
     class NoCheckpointing:
         encoder = torch.nn.Linear(2, 2)

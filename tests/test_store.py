@@ -13,8 +13,8 @@ from conftest import TINY_CLIP
 from tailtune.cli import main
 from tailtune.config import DataConfig, load_config
 from tailtune.data import transforms
-from tailtune.data.datasets import FileDataset
-from tailtune.data.sources import LTData
+from tailtune.data.base import FileDataset
+from tailtune.data.sources.base import LTData
 from tailtune.data.store import StoreSplit, use_store, write_store
 from tailtune.errors import DataError
 
@@ -66,7 +66,7 @@ def test_test_views_are_identical_when_stored_at_the_test_resize(tmp_path):
 
 def test_store_refuses_another_config_and_half_written_stores(tmp_path):
     cfg = load_config(None, None, (), ["data.name=synthetic", "data.num_classes=3"]).data
-    from tailtune.data.sources import build_data
+    from tailtune.data.sources.base import build_data
 
     write_store(build_data(cfg), cfg, tmp_path / "store", short_side=16)
     other = load_config(None, None, (), ["data.name=synthetic", "data.num_classes=3", "data.subset_seed=1",
@@ -98,7 +98,7 @@ def test_cli_cache_then_train_from_the_store(tmp_path, capsys):
     meta = json.loads((store / "meta.json").read_text())
     assert meta["splits"]["train"]["images"] == 62 and meta["short_side"] == 16
     # the store holds 16 px images (32 px synthetic images, downscaled): training reads those
-    from tailtune.api import build
+    from tailtune.experiment import build
 
     exp = build(load_config("lift", overrides=[*TINY_CLIP, f"data.store={store}"]))
     assert isinstance(exp.data.train, StoreSplit) and exp.data.train[0][0].shape == (3, 16, 16)
@@ -107,7 +107,7 @@ def test_cli_cache_then_train_from_the_store(tmp_path, capsys):
 
 def test_a_store_spares_the_start_up_decode_of_every_raw_file(tmp_path):
     from datatrees import class_tree
-    from tailtune.api import build
+    from tailtune.experiment import build
 
     root = tmp_path / "photos"
     class_tree(root / "train", [6, 3])
@@ -131,7 +131,7 @@ def test_a_store_is_refused_for_other_classes_or_other_files(tmp_path):
     import shutil
 
     from datatrees import class_tree
-    from tailtune.api import build
+    from tailtune.experiment import build
 
     model = [o for o in TINY_CLIP if o.startswith("model.")]
 
@@ -174,7 +174,7 @@ def test_a_store_inside_the_image_folder_is_refused(tmp_path, capsys):
 
 
 def test_a_store_of_another_filter_than_the_run_is_used_and_named_in_the_notes(tmp_path, capsys):
-    from tailtune.api import build
+    from tailtune.experiment import build
 
     store = tmp_path / "store"
     args = ["data.num_classes=6", "data.train_per_class=24", "data.imb_ratio=8", "data.test_per_class=4"]

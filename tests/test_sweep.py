@@ -11,8 +11,8 @@ from conftest import TINY_CLIP
 from tailtune import cli
 from tailtune.config import load_config
 from tailtune.errors import ConfigError
-from tailtune.spread import aggregate, format_mean_std, mean_std
-from tailtune.sweep import parse_arguments, plan, split_values
+from tailtune.report.spread import aggregate, format_mean_std, mean_std
+from tailtune.runs.sweep import parse_arguments, plan, split_values
 
 # Classifier only, one view, no gap subset: the sweep's machinery is under test here.
 FAST = [*TINY_CLIP, "peft.method=none", "eval.tte=none", "eval.gap_per_class=0"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tailtune.errors import CheckpointError
-from tailtune.training_state import load_state, save_state, set_rng_state
+from tailtune.training.state import load_state, save_state, set_rng_state
 
 
 def test_state_roundtrip_restores_optimizer_and_every_rng(tmp_path):

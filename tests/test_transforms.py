@@ -71,8 +71,8 @@ def test_expand_is_the_backbones(name, expand):
 @pytest.mark.parametrize("name, res, resize", [("ViT-L-14", 224, 245), ("ViT-L-14-336", 336, 357),
                                                ("ViT-B-16", 224, 248)])
 def test_a_runs_five_crops_enlarge_by_its_backbones_expand(name, res, resize):
-    from tailtune.api import tte_options
     from tailtune.config import load_config
+    from tailtune.experiment import tte_options
 
     p = Preprocess(res, (0, 0, 0), (1, 1, 1))
     cfg = load_config("lift", overrides=[f"model.name={name}"])

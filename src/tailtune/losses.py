@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LossConfig
-from .errors import ConfigError
-from .registry import Registry
+from tailtune.config import LossConfig
+from tailtune.errors import ConfigError
+from tailtune.registry import Registry
 
 LOSSES: Registry = Registry("loss")
 

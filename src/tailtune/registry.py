@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from .errors import ConfigError
+from tailtune.errors import ConfigError
 
 T = TypeVar("T")
 

@@ -1,4 +1,2 @@
-"""Data: sources (registry ``SOURCES``), datasets, long-tail arithmetic, transforms."""
-
-# Importing the source modules registers them in SOURCES (sources.py holds the registry).
-from . import csv_source, folder, imagenet_lt, inat, places_lt  # noqa: F401
+"""Data: sources (one module per dataset, registered in ``SOURCES``), datasets, long-tail
+arithmetic, splits and held-out slices, transforms, samplers, the image store, statistics."""

@@ -16,9 +16,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
-from ..registry import Registry
-from .lists import find_list, open_text, sha256_of
+from tailtune.data.splits import find_list, open_text, sha256_of
+from tailtune.errors import DataError
+from tailtune.registry import Registry
 
 _log = logging.getLogger(__name__)
 _CB = "https://raw.githubusercontent.com/facebookresearch/classifier-balancing/main/data"

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import DataError
-from .datasets import FileDataset, Subset
-from .longtail import class_counts
+from tailtune.data.base import FileDataset, Subset
+from tailtune.data.longtail import class_counts
+from tailtune.errors import DataError
 
 AUTO_MAX_PER_CLASS = 20
 # Seed streams: the test and the val hold-outs of one seed must differ and never overlap

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from ..errors import ConfigError
-from ..registry import Registry
+from tailtune.errors import ConfigError
+from tailtune.registry import Registry
 
 SAMPLERS: Registry = Registry("sampler")
 

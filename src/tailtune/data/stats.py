@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import Config, list_presets, load_config
-from .longtail import FEW_MAX, MANY_MIN
-from .sources import SOURCES, LTData, build_data
+from tailtune.config import Config, list_presets, load_config
+from tailtune.data.longtail import FEW_MAX, MANY_MIN
+from tailtune.data.sources.base import SOURCES, LTData, build_data
 
 SHOWN = 5  # head / tail classes listed
 

@@ -27,8 +27,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from ..config import DataConfig
-from ..errors import DataError
+from tailtune.config import DataConfig
+from tailtune.errors import DataError
 
 STORE_VERSION = 2  # 2: class names and file lists, checked at use
 DEFAULT_SHORT_SIDE = 256  # int(224 * 8 / 7): the test view's resize at 224 px, above five-crop's 248
@@ -71,7 +71,7 @@ def _as_is(item):
 
 def data_fingerprint(cfg: DataConfig) -> dict:
     """The data config keys that decide which images (and labels) each split holds."""
-    from ..config import to_dict
+    from tailtune.config import to_dict
 
     ignored = IGNORED_KEYS if cfg.name == "synthetic" else (*IGNORED_KEYS, "image_size")  # synthetic data only
     return {k: v for k, v in to_dict(cfg).items() if k not in ignored}
@@ -96,7 +96,7 @@ def check_store_folder(cfg: DataConfig, out: str | Path) -> None:
 def write_store(data, cfg: DataConfig, out: str | Path, short_side: int = DEFAULT_SHORT_SIDE,
                 interpolation: str = "bicubic", workers: int = 0, quiet: bool = True) -> dict:
     """Decode and resize every image of ``data``'s splits into a store in ``out``; returns its meta."""
-    from ..engine import progress
+    from tailtune.runtime.progress import progress
 
     if short_side < 1:
         raise DataError(f"--short-side must be a positive number of pixels, not {short_side}.")

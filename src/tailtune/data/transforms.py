@@ -24,8 +24,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from torchvision.transforms.v2 import functional as TF2
 
-from ..errors import DataError
-from ..registry import Registry
+from tailtune.errors import DataError
+from tailtune.registry import Registry
 
 AUGMENTATIONS: Registry = Registry("augmentation")
 TTE_MODES: Registry = Registry("test-time ensemble")

@@ -12,8 +12,8 @@ from dataclasses import replace
 
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
-from .datasets import FileDataset
+from tailtune.data.base import FileDataset
+from tailtune.errors import DataError
 
 SHOWN = 5  # paths quoted in an error
 

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms as T
 
-from ..config import HeadConfig
-from ..data.transforms import Preprocess, Resize, ToInput
-from ..errors import ConfigError
-from ..hardware import available_memory
-from ..registry import Registry
-from .prompts import PROMPT_MODES, class_prompts, class_text_features
+from tailtune.config import HeadConfig
+from tailtune.data.transforms import Preprocess, Resize, ToInput
+from tailtune.errors import ConfigError
+from tailtune.models.prompts import PROMPT_MODES, class_prompts, class_text_features
+from tailtune.registry import Registry
+from tailtune.runtime.hardware import available_memory
 
 HEADS: Registry = Registry("classifier")
 HEAD_INITS: Registry = Registry("head initialisation")

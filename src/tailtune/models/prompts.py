@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..config import DEFAULT_PROMPT, HeadConfig
-from ..errors import ConfigError
-from ..registry import Registry
+from tailtune.config import DEFAULT_PROMPT, HeadConfig
+from tailtune.errors import ConfigError
+from tailtune.registry import Registry
 
 DEFAULT_TEMPLATE = DEFAULT_PROMPT
 PROMPT_MODES: Registry = Registry("prompt mode")

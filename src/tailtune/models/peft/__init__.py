@@ -1,7 +1,7 @@
 """PEFT methods: one module each, registered in :data:`PEFT_METHODS`."""
 
-from . import adapter, adaptformer, lora, masked, simple, ssf, vpt  # noqa: F401  (registration)
-from .base import (
+from tailtune.models.peft import adapter, adaptformer, lora, masked, simple, ssf, vpt  # noqa: F401  (registration)
+from tailtune.models.peft.base import (
     PEFT_METHODS,
     PeftModule,
     apply_peft,

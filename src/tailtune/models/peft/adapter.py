@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .adaptformer import Bottleneck
-from .base import (
+from tailtune.models.peft.adaptformer import Bottleneck
+from tailtune.models.peft.base import (
     PEFT_METHODS,
     PeftMethod,
     PeftModule,
@@ -15,7 +15,7 @@ from .base import (
     resolve_r,
     select_blocks,
 )
-from .targets import check_parts
+from tailtune.models.peft.targets import check_parts
 
 
 class SequentialAdapter(PeftModule):

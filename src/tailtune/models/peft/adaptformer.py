@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .base import (
+from tailtune.models.peft.base import (
     PEFT_METHODS,
     PeftMethod,
     PeftModule,

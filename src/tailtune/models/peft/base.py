@@ -8,9 +8,9 @@ from contextlib import contextmanager
 
 from torch import nn
 
-from ...config import PeftConfig, parse_blocks
-from ...errors import ConfigError
-from ...registry import Registry
+from tailtune.config import PeftConfig, parse_blocks
+from tailtune.errors import ConfigError
+from tailtune.registry import Registry
 
 PEFT_METHODS: Registry = Registry("PEFT method")
 

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from .base import PEFT_METHODS, PeftMethod, device_of, resolve_r, select_blocks
-from .targets import LayerWrapper, check_parts, get_part, innermost, set_part
+from tailtune.models.peft.base import PEFT_METHODS, PeftMethod, device_of, resolve_r, select_blocks
+from tailtune.models.peft.targets import LayerWrapper, check_parts, get_part, innermost, set_part
 
 
 def reference_down_init(d_in: int, r: int) -> torch.Tensor:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import PEFT_METHODS, PeftMethod, feature_width, select_blocks
-from .targets import LayerWrapper, check_parts, get_part, set_part
+from tailtune.models.peft.base import PEFT_METHODS, PeftMethod, feature_width, select_blocks
+from tailtune.models.peft.targets import LayerWrapper, check_parts, get_part, set_part
 
 PARTS = ("qkv", "out", "fc1", "fc2")
 

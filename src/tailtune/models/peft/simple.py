@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ...errors import ConfigError
-from .base import PEFT_METHODS, PeftMethod, select_blocks, unfreeze
+from tailtune.errors import ConfigError
+from tailtune.models.peft.base import PEFT_METHODS, PeftMethod, select_blocks, unfreeze
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 

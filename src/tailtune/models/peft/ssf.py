@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...config import ssf_parts
-from .base import PEFT_METHODS, PeftMethod, device_of, select_blocks
-from .targets import LayerWrapper, check_parts, get_part, innermost, set_part
+from tailtune.config import ssf_parts
+from tailtune.models.peft.base import PEFT_METHODS, PeftMethod, device_of, select_blocks
+from tailtune.models.peft.targets import LayerWrapper, check_parts, get_part, innermost, set_part
 
 # peft.ssf_parts -> block parts (targets.PART_PATHS)
 PARTS = {"qkv": ("qkv",), "out": ("out",), "mlp": ("fc1", "fc2"), "norm": ("norm1", "norm2")}

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import ConfigError
-from .base import PeftModule
+from tailtune.errors import ConfigError
+from tailtune.models.peft.base import PeftModule
 
 PART_PATHS: dict[str, tuple[str, ...]] = {
     "qkv": ("attn.qkv",),  # timm, and open_clip after explicit_attention

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import PEFT_METHODS, PeftMethod, PeftModule, device_of, feature_width, select_blocks
+from tailtune.models.peft.base import (
+    PEFT_METHODS,
+    PeftMethod,
+    PeftModule,
+    device_of,
+    feature_width,
+    select_blocks,
+)
 
 
 class Prompts(PeftModule):

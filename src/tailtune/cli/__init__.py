@@ -1,0 +1,5 @@
+"""The command-line interface (``tailtune``); ``python -m tailtune.cli`` runs it too."""
+
+from tailtune.cli.main import main
+
+__all__ = ["main"]

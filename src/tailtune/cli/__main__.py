@@ -1,0 +1,5 @@
+import sys
+
+from tailtune.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,50 @@
+"""The run configuration: the schema (dataclasses), composing it from presets, files and
+overrides, and the packaged presets (``config/presets/{recipes,data}``).
+
+Everything a caller needs is importable from here: ``from tailtune.config import load_config``.
+"""
+
+from tailtune.config.load import (  # noqa: F401
+    DATA_PROTOCOL_KEYS,
+    RECIPE_BASE,
+    RECIPE_FIELDS,
+    RECIPE_META,
+    RecipeSource,
+    from_yaml_text,
+    list_presets,
+    load_config,
+    merge_layers,
+    preset_comment,
+    read_recipe,
+    to_dict,
+    to_yaml,
+)
+from tailtune.config.schema import (  # noqa: F401  (the sections, their choices and checks)
+    _BLOCKS_HELP,
+    BN_MODES,
+    DEFAULT_PROMPT,
+    EVAL_PRECISIONS,
+    INAT_LEVELS,
+    INTERPOLATIONS,
+    PATH_KEYS,
+    PRECISIONS,
+    SCHEDULES,
+    SSF_PARTS,
+    TTE_MODES,
+    VAL_MODES,
+    VPT_POSITIONS,
+    Config,
+    DataConfig,
+    EvalConfig,
+    HeadConfig,
+    LossConfig,
+    ModelConfig,
+    PeftConfig,
+    TrainConfig,
+    _check_choice,
+    _check_positive,
+    _largest_divisor,
+    parse_blocks,
+    ssf_parts,
+    with_absolute_paths,
+)

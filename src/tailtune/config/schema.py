@@ -1,0 +1,355 @@
+"""Dataclass configs: the schema of every run, with the value checks of each section.
+
+Each section (data, model, peft, head, loss, train, eval) is a dataclass whose
+``__post_init__`` checks its values; OmegaConf reads the annotations for typing and merging
+(config/load.py composes the layers). The resolved config is saved next to every run.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from tailtune.errors import ConfigError
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+EVAL_PRECISIONS = ("train", *PRECISIONS)  # eval.precision: train = whatever train.precision resolves to
+DEFAULT_PROMPT = "a photo of a {}."
+TTE_MODES = ("none", "fivecrop", "tencrop", "randaug")  # = data.transforms.TTE_MODES (a test keeps them equal)
+SCHEDULES = ("cosine", "cosine_epoch", "constant")  # = engine.SCHEDULES (a test keeps them equal)
+BN_MODES = ("auto", "eval", "train")
+INAT_LEVELS = ("species", "genus", "family", "order", "class", "phylum", "kingdom", "supercategory")
+VAL_MODES = ("auto", "split", "holdout", "none")
+INTERPOLATIONS = ("auto", "bicubic", "bilinear", "nearest", "lanczos")  # = data.transforms.INTERPOLATIONS (a test keeps them equal)
+VPT_POSITIONS = ("end", "after_cls")
+SSF_PARTS = ("qkv", "out", "mlp", "norm")
+_BLOCKS_HELP = "all, 'first N', 'last N', 'S:E' or [S, E] (blocks S..E-1, counted from 0)"
+
+
+def _check_choice(section: str, key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}.{key}={value!r} is not valid; choose one of {', '.join(map(str, choices))}.")
+
+
+def _check_positive(section: str, key: str, value: float | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{section}.{key}={value!r} must be {bound}.")
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where its files are, and how it is made long-tailed."""
+
+    name: str = "fashion_mnist_lt"  # a registered source: `tailtune list datasets`
+    root: Optional[str] = None  # folder holding the dataset's files (source-specific default if unset)
+    imb_ratio: float = 100.0  # imbalance ratio n_max / n_min of the exponential profile (1 = no subsampling)
+    group_imb_ratio: Optional[float] = None  # counts used for many/medium/few groups (CIFAR IR50/10 use 100)
+    download: bool = False  # download missing files when online (torchvision's downloader)
+    num_classes: Optional[int] = None  # synthetic source only
+    train_per_class: int = 40  # synthetic source: images of the head class
+    test_per_class: int = 10  # synthetic source: test images per class
+    image_size: int = 32  # synthetic source: side of the generated images
+    num_workers: int = -1  # DataLoader workers; -1 = by core count
+    subset_seed: int = 0  # seed of the long-tail subsampling (the benchmark uses 0)
+    # List-based benchmarks (imagenet_lt, places_lt, inat2018) and your own data (folder, csv):
+    splits_dir: Optional[str] = None  # folder of the split lists / annotation files; default: data.root
+    path_map: list[str] = field(default_factory=list)  # rewrite listed paths: "OLD=NEW" prefixes, or places365_original
+    taxonomy: str = "species"  # inat2018 label level: species | genus | family | order | class | phylum | kingdom | supercategory
+    csv: Optional[str] = None  # csv source: file of path,label[,split] rows (relative: under data.root if there)
+    classnames_file: Optional[str] = None  # one class name per line, in label order (count checked); folder / csv: the classes' names (csv: also the labels); any other source: replaces its names, i.e. the prompts (e.g. the reference's Places-LT names, see places_lt)
+    allow_absolute_paths: bool = False  # csv: accept absolute image paths (otherwise they must stay under data.root)
+    holdout_per_class: Optional[int] = None  # folder / csv: images per class held out when test / val is missing (default: a quarter of the smallest class, at most 20)
+    val: str = "auto"  # validation split: auto (the dataset's own; own data: a held-out slice of train) | split | holdout | none
+    verify_images: bool = True  # decode every listed image at start-up (a corrupt file stops the run, named); with data.store only if data.skip_corrupt
+    skip_corrupt: bool = False  # drop images that do not decode (the run reports how many) instead of stopping
+    store: Optional[str] = None  # folder written by `tailtune data cache`: decoded, resized pixels (no JPEG decoding)
+    interpolation: str = "auto"  # resize filter of every view (training crops, test view, five/ten crops, head init): auto (the backbone's; bicubic for CLIP) | bilinear (the reference's, torchvision's default) | bicubic | nearest | lanczos
+
+    def __post_init__(self) -> None:
+        _check_choice("data", "taxonomy", self.taxonomy, INAT_LEVELS)
+        _check_choice("data", "val", self.val, VAL_MODES)
+        _check_choice("data", "interpolation", self.interpolation, INTERPOLATIONS)
+        _check_positive("data", "holdout_per_class", self.holdout_per_class)
+        if self.imb_ratio < 1:
+            raise ConfigError(f"data.imb_ratio={self.imb_ratio} must be >= 1 (n_max / n_min).")
+        if self.group_imb_ratio is not None and self.group_imb_ratio < 1:
+            raise ConfigError(f"data.group_imb_ratio={self.group_imb_ratio} must be >= 1.")
+        _check_positive("data", "num_classes", self.num_classes)
+        _check_positive("data", "train_per_class", self.train_per_class)
+        _check_positive("data", "test_per_class", self.test_per_class)
+        _check_positive("data", "image_size", self.image_size)
+        if self.num_workers < -1:
+            raise ConfigError("data.num_workers must be -1 (auto) or >= 0.")
+
+
+@dataclass
+class ModelConfig:
+    """The frozen backbone."""
+
+    provider: str = "open_clip"  # open_clip | timm | packaged (`tailtune list models`)
+    name: str = "ViT-B-16"  # model name within the provider
+    pretrained: str = "openai"  # pretrained tag, 'none' for random init, or a local checkpoint path
+    resolution: Optional[int] = None  # input size; default: the backbone's own
+    cache_dir: Optional[str] = None  # where open_clip / timm keep downloaded weights
+    # open_clip: QuickGELU activations (OpenAI's CLIP was trained with them): true | false | auto = the pretrained tag's (openai: yes) or, for a local file, yes if it shows OpenAI's training: a TorchScript archive whose modules include QuickGELU, OpenAI's input_resolution / context_length / vocab_size entries, or a file in the Hugging Face cache of open_clip's openai weights (a plain state dict cannot be told apart: set true for OpenAI's); the log says which and why
+    quick_gelu: Optional[Union[bool, str]] = "auto"
+
+    def __post_init__(self) -> None:
+        _check_positive("model", "resolution", self.resolution)
+        if self.quick_gelu is None:  # configs saved before 'auto' existed wrote null for it
+            self.quick_gelu = "auto"
+        if self.quick_gelu not in (True, False, "auto"):
+            raise ConfigError(f"model.quick_gelu={self.quick_gelu!r} is not valid; choose true, false or auto.")
+        if not self.name:
+            raise ConfigError("model.name must not be empty.")
+
+
+@dataclass
+class PeftConfig:
+    """The parameter-efficient module added to the frozen backbone."""
+
+    method: str = "adaptformer"  # `tailtune list peft`; 'none' = classifier only, 'full' = full fine-tuning
+    r: Optional[int] = None  # bottleneck / rank; default 2^max(0, floor(log2(C / 2L)))
+    bn_mode: str = "auto"  # BatchNorm statistics: auto (frozen unless full fine-tuning), eval, train
+    lr: Optional[float] = None  # learning rate of the backbone's tuned parameters (default: train.lr)
+    # Transformer blocks the method applies to: all | first N | last N | S:E or [S, E] ([S, E), from 0)
+    blocks: Any = "all"
+    vpt_length: int = 10  # vpt_shallow / vpt_deep: prompt tokens
+    vpt_position: str = "end"  # end (after the patch tokens) | after_cls (after the class/prefix tokens)
+    ssf_parts: str = "all"  # ssf: all, or '+'-joined parts of qkv, out, mlp, norm (e.g. qkv+mlp)
+    mask_ratio: Optional[float] = None  # masked: trainable share of the targets; default C / (12 L d), see masked.py
+    mask_seed: int = 0  # masked: seed of the random choice of trainable entries
+
+    def __post_init__(self) -> None:
+        _check_positive("peft", "r", self.r)
+        _check_positive("peft", "lr", self.lr)
+        _check_choice("peft", "bn_mode", self.bn_mode, BN_MODES)
+        parse_blocks(self.blocks)
+        _check_positive("peft", "vpt_length", self.vpt_length)
+        _check_choice("peft", "vpt_position", self.vpt_position, VPT_POSITIONS)
+        if not ssf_parts(self.ssf_parts):
+            raise ConfigError(f"peft.ssf_parts={self.ssf_parts!r} names no part; use all or e.g. qkv+mlp.")
+        for part in ssf_parts(self.ssf_parts):
+            _check_choice("peft", "ssf_parts", part, SSF_PARTS)
+        if self.mask_ratio is not None and not 0 < self.mask_ratio <= 1:
+            raise ConfigError(f"peft.mask_ratio={self.mask_ratio!r} must be in (0, 1].")
+
+
+def ssf_parts(spec: str) -> list[str]:
+    """The parts of ``peft.ssf_parts`` ('all' or e.g. 'qkv+mlp')."""
+    parts = list(dict.fromkeys(p.strip() for p in str(spec).split("+") if p.strip()))
+    return list(SSF_PARTS) if parts == ["all"] else parts
+
+
+def parse_blocks(spec: Any) -> tuple[slice, int]:
+    """``peft.blocks`` as a slice over a ViT's blocks, and how many blocks it needs to exist.
+
+    Accepts 'all', 'first N', 'last N' (also 'last_N'), 'S:E' and a two-item list [S, E].
+    """
+    if isinstance(spec, (list, tuple)) and len(spec) == 2 and all(isinstance(v, int) for v in spec):
+        start, stop = spec
+    elif isinstance(spec, str) and spec.strip() == "all":
+        return slice(None), 0
+    elif isinstance(spec, str) and (m := re.fullmatch(r"\s*(first|last)[\s_]*(\d+)\s*", spec)):
+        n = int(m.group(2))
+        if n < 1:
+            raise ConfigError(f"peft.blocks={spec!r} selects no block; N must be >= 1.")
+        return (slice(0, n) if m.group(1) == "first" else slice(-n, None)), n
+    elif isinstance(spec, str) and (m := re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", spec)):
+        start, stop = int(m.group(1)), int(m.group(2))
+    else:
+        # YAML reads an unquoted 6:12 as the base-60 number 372: say so rather than only "invalid".
+        hint = (" (an unquoted S:E with S >= 1 is read by YAML as a base-60 number: write [S, E] or quote it)"
+                if isinstance(spec, int) else "")
+        raise ConfigError(f"peft.blocks={spec!r} is not valid{hint}; use {_BLOCKS_HELP}.")
+    if not 0 <= start < stop:
+        raise ConfigError(f"peft.blocks={spec!r} selects no block; need 0 <= S < E in [S, E).")
+    return slice(start, stop), stop
+
+
+@dataclass
+class HeadConfig:
+    """The classifier on top of the image features and its initialisation."""
+
+    type: str = "cosine"  # `tailtune list heads`
+    scale: float = 25.0  # logit scale of the cosine classifier
+    init: str = "auto"  # `tailtune list inits`; auto = text when the backbone has a text tower, else class_mean
+    prompt: str = DEFAULT_PROMPT  # template of prompt_mode=default (text init and zero-shot)
+    prompt_mode: str = "default"  # `tailtune list prompts`: default | classname | ensemble | descriptors
+    descriptors: Optional[str] = None  # prompt_mode=descriptors: JSON file {class name: [description, ...]}
+    shots: int = 10  # init=k_shot: images per class (at most)
+    seed: int = 0  # init=k_shot: seed of the image choice
+
+    def __post_init__(self) -> None:
+        _check_positive("head", "scale", self.scale)
+        _check_positive("head", "shots", self.shots)
+        if "{}" not in self.prompt:
+            raise ConfigError(f"head.prompt={self.prompt!r} must contain '{{}}' where the class name goes.")
+        if self.prompt != DEFAULT_PROMPT and self.prompt_mode != "default":
+            raise ConfigError(f"head.prompt is only read with head.prompt_mode=default, not {self.prompt_mode!r}; "
+                              "drop head.prompt or set head.prompt_mode=default.")
+        if (self.prompt_mode == "descriptors") != (self.descriptors is not None):
+            raise ConfigError("head.prompt_mode=descriptors and head.descriptors=FILE.json go together "
+                              f"(got prompt_mode={self.prompt_mode!r}, descriptors={self.descriptors!r}).")
+
+
+@dataclass
+class LossConfig:
+    """The training loss."""
+
+    name: str = "la"  # `tailtune list losses`
+    tau: float = 1.0  # logit adjustment strength (la)
+    gamma: float = 2.0  # focal: focusing exponent
+    beta: float = 0.9999  # cb and ldam's DRW: class-balanced weights (1 - beta) / (1 - beta^n_j)
+    ldam_max_margin: float = 0.5  # ldam: margin of the rarest class
+    ldam_scale: float = 25.0  # ldam: the margin is subtracted as ldam_scale * m_j (match head.scale)
+    drw_epoch: Optional[int] = None  # ldam: deferred re-weighting from this epoch (0-based); null = off
+    lade_alpha: float = 0.1  # lade: weight of the LADE regulariser
+    lade_lambda: float = 0.1  # lade: ReMINE regularisation inside the regulariser
+
+    def __post_init__(self) -> None:
+        _check_positive("loss", "tau", self.tau, allow_zero=True)
+        _check_positive("loss", "gamma", self.gamma, allow_zero=True)
+        _check_positive("loss", "ldam_max_margin", self.ldam_max_margin)
+        _check_positive("loss", "ldam_scale", self.ldam_scale)
+        _check_positive("loss", "drw_epoch", self.drw_epoch, allow_zero=True)
+        _check_positive("loss", "lade_alpha", self.lade_alpha, allow_zero=True)
+        _check_positive("loss", "lade_lambda", self.lade_lambda, allow_zero=True)
+        if not 0 < self.beta < 1:
+            raise ConfigError(f"loss.beta={self.beta!r} must be in (0, 1) (0.9999 is usual).")
+        if self.drw_epoch is not None and self.name != "ldam":
+            raise ConfigError(f"loss.drw_epoch applies to loss.name=ldam only, not {self.name!r}; "
+                              "drop loss.drw_epoch or use loss.name=ldam.")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation."""
+
+    epochs: int = 10
+    batch_size: int = 128  # images per optimizer step
+    micro_batch_size: Optional[int] = None  # images per forward pass; accumulation fills the batch
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: str = "cosine"  # cosine (over the steps) | cosine_epoch (over the epochs, fixed within one: the reference code's) | constant
+    precision: str = "auto"  # auto (CUDA: bf16, else fp16; CPU: bf16 for ViTs if the CPU has native bf16, else fp32) | bf16 | fp16 | fp32
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = False  # torch deterministic algorithms (slower)
+    log_every: int = 20  # steps between log / TensorBoard lines
+    channels_last: bool = True  # CNN backbones: channels_last memory format
+    select_by_val: bool = False  # keep the epoch with the best validation accuracy (the test set is never used)
+    sampler: str = "instance"  # `tailtune list samplers`: instance | class_balanced | square_root | class_aware
+    augment: str = "standard"  # `tailtune list augmentations`: standard | minimal (area curriculum, no flips)
+    save_every: int = 0  # also save the resumable training state every N optimizer steps (0: epoch ends only)
+    on_nan: str = "stop"  # a NaN/inf loss: stop (keeping the last good state) | skip the step (counted in the log)
+    compile: bool = False  # torch.compile the model (the first steps compile it: minutes on CPU)
+    grad_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, one more forward of the blocks
+    cache_features: str = "auto"  # frozen-prefix feature cache: auto (when it saves work) | always | never
+    cache_views: Optional[int] = None  # augmented views cached per image; null = train.epochs; 0 = one un-augmented view
+    cache_dir: Optional[str] = None  # keep the feature cache in a disk memmap here (reused by later runs); null = memory
+
+    def __post_init__(self) -> None:
+        _check_positive("train", "epochs", self.epochs)
+        _check_positive("train", "save_every", self.save_every, allow_zero=True)
+        _check_choice("train", "on_nan", self.on_nan, ("stop", "skip"))
+        _check_choice("train", "cache_features", self.cache_features, ("auto", "always", "never"))
+        _check_positive("train", "cache_views", self.cache_views, allow_zero=True)
+        _check_positive("train", "batch_size", self.batch_size)
+        _check_positive("train", "micro_batch_size", self.micro_batch_size)
+        _check_positive("train", "lr", self.lr)
+        _check_positive("train", "momentum", self.momentum, allow_zero=True)
+        _check_positive("train", "weight_decay", self.weight_decay, allow_zero=True)
+        _check_positive("train", "log_every", self.log_every)
+        _check_choice("train", "scheduler", self.scheduler, SCHEDULES)
+        _check_choice("train", "precision", self.precision, PRECISIONS)
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"train.batch_size={self.batch_size} is not divisible by train.micro_batch_size="
+                f"{self.micro_batch_size}; pick a micro-batch that divides the batch "
+                f"(e.g. {_largest_divisor(self.batch_size, self.micro_batch_size)})."
+            )
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, at_most + 1) if n % d == 0)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation and test-time ensembling."""
+
+    tte: str = "fivecrop"  # `tailtune list tte`: none | fivecrop | tencrop | randaug
+    expand: Optional[int] = None  # fivecrop/tencrop: resize to resolution + expand; null = the backbone's: 21 for ViT-L/14 (224 and 336 px), else 24 (the reference's values)
+    randaug_views: int = 10  # randaug: draws of the training augmentation per image
+    batch_size: int = 128
+    precision: str = "train"  # every evaluation of the run (test, val, train-vs-test gap, head-init features, `tailtune eval`, predict, zero-shot): train (as train.precision resolves) | auto (the rule of train.precision=auto) | bf16 | fp16 | fp32 (the reference code's)
+    gap_per_class: int = 100  # train-vs-test gap: train images per class evaluated (stratified, seeded); 0 = skip
+    report: bool = True  # write report.html (+ PNGs) at the end of the run; later: `tailtune report RUN_DIR`
+
+    def __post_init__(self) -> None:
+        _check_choice("eval", "tte", self.tte, TTE_MODES)
+        _check_positive("eval", "expand", self.expand, allow_zero=True)
+        _check_positive("eval", "randaug_views", self.randaug_views)
+        _check_positive("eval", "batch_size", self.batch_size)
+        _check_choice("eval", "precision", self.precision, EVAL_PRECISIONS)
+        _check_positive("eval", "gap_per_class", self.gap_per_class, allow_zero=True)
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs"  # parent folder of run folders
+    name: Optional[str] = None  # run folder name; default: <data>_<model>_<peft>_<time>
+    overwrite: bool = False  # allow reusing a run folder that holds another run
+    quiet: bool = False  # nothing on the console but the results table: no progress bars, no log lines (log.txt keeps them)
+
+
+# Settings that name files or folders; a run folder's config.yaml holds them absolute.
+PATH_KEYS = (("data", "root"), ("data", "store"), ("data", "splits_dir"), ("data", "classnames_file"),
+             ("head", "descriptors"), ("train", "cache_dir"), ("model", "cache_dir"))
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """A copy of ``cfg`` whose files and folders are absolute paths (relative ones count from the
+    current folder), so that ``tailtune eval`` or ``--resume`` of its run work from any folder.
+
+    ``data.csv`` is made absolute where it is found (under ``data.root`` first, as the csv source
+    looks); ``model.pretrained`` only when it names an existing file (otherwise it is a tag).
+    """
+    out = copy.deepcopy(cfg)
+
+    def absolute(v: str) -> str:
+        return os.path.abspath(os.path.expanduser(v))
+
+    for section, key in PATH_KEYS:
+        node = getattr(out, section)
+        if getattr(node, key):
+            setattr(node, key, absolute(getattr(node, key)))
+    csv = out.data.csv
+    if csv and not os.path.isabs(os.path.expanduser(csv)):
+        under_root = os.path.join(out.data.root, os.path.expanduser(csv)) if out.data.root else None
+        if under_root and os.path.isfile(under_root):
+            out.data.csv = under_root
+        elif os.path.isfile(os.path.expanduser(csv)):
+            out.data.csv = absolute(csv)
+    if out.model.pretrained and os.path.isfile(os.path.expanduser(out.model.pretrained)):
+        out.model.pretrained = absolute(out.model.pretrained)
+    return out
+
+

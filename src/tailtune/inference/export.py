@@ -1,0 +1,331 @@
+"""Export a finished run as a standalone model: one safetensors file plus ``config.json``.
+
+The export holds the image path only (the image encoder with its PEFT modules, and the
+classifier) as plain tensors, and the JSON the loader needs without the run folder, the
+training data or the pretrained weights: the run's config with ``model.pretrained=none``
+(the architecture is rebuilt, then every tensor of the image path is loaded strictly),
+the class names and the backbone's preprocessing. Nothing is pickled.
+
+Mergeable PEFT methods (registered in :data:`MERGERS`, LoRA today) are folded into the
+backbone's weights on export, so the exported model runs at the plain backbone's cost.
+Every export is checked by loading it back and comparing logits with the run's model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from tailtune import config as C
+from tailtune.data.sources.base import LTData
+from tailtune.data.transforms import Preprocess
+from tailtune.errors import CheckpointError, ConfigError
+from tailtune.registry import Registry
+from tailtune.runtime.checkpoint import check_fit, write_safetensors
+from tailtune.version import __version__
+
+FORMAT = "tailtune-export-1"
+EXPORT_WEIGHTS = "model.safetensors"
+EXPORT_CONFIG = "config.json"
+EXPORT_ONNX = "model.onnx"
+_REQUIRED = ("format", "config", "classnames", "preprocess", "backbone", "num_classes", "weights_sha256")
+_OPTIONAL = ("tailtune_version", "merged", "source_run", "group_names", "groups", "test")
+
+# PEFT method name -> function(model) folding that method's modules into the backbone's
+# weights and removing them; returns how many layers it merged. A method registered here is
+# dropped from the exported config's peft.method.
+MERGERS: Registry[Callable[[nn.Module], int]] = Registry("mergeable PEFT method")
+
+
+def build_without_data(cfg: C.Config, classnames: list[str], groups=None):
+    """The model of ``cfg`` for these classes, without loading any dataset (prediction, export)."""
+    from tailtune.experiment import build
+
+    # build() reads only the class list and notes of the data; images are never touched.
+    data = LTData(train=None, test=None, classnames=list(classnames),
+                  groups=np.zeros(len(classnames), dtype=np.int64) if groups is None else np.asarray(groups))
+    return build(cfg, data)
+
+
+def _encoder_prefix(model: nn.Module) -> str:
+    for name, module in model.named_modules():
+        if module is model.backbone.encoder:
+            return name + "."
+    raise CheckpointError("the model's image encoder is not one of its modules; cannot export it.")
+
+
+def image_path_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors the image -> logits path reads: the image encoder (with its PEFT modules)
+    and the classifier. CLIP's text tower and projections are left out: prediction never uses them."""
+    prefix = _encoder_prefix(model)
+    state = {k: v for k, v in model.state_dict().items() if k.startswith((prefix, "head."))}
+    outside = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in state)
+    if outside:
+        raise CheckpointError(f"trained tensors outside the image encoder and classifier cannot be exported: "
+                              f"{outside[:5]}; this PEFT method places them elsewhere.")
+    return state
+
+
+# ---------------------------------------------------------------- merging
+
+
+def _implicit_attention(sa) -> nn.MultiheadAttention:
+    """An ``nn.MultiheadAttention`` holding the parameters of a :class:`SelfAttention` (the
+    inverse of ``targets.explicit_attention``), once nothing wraps its layers any more."""
+    dim = sa.qkv.in_features
+    mha = nn.MultiheadAttention(dim, sa.num_heads, dropout=sa.dropout, bias=sa.qkv.bias is not None,
+                                batch_first=sa.batch_first, device="meta")
+    mha.in_proj_weight = sa.qkv.weight
+    if sa.qkv.bias is not None:
+        mha.in_proj_bias = sa.qkv.bias
+    mha.out_proj = sa.proj
+    return mha
+
+
+def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, leaf = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, module)
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> int:
+    """Fold every LoRA update into its linear layer (W[slice] += up @ down / r) and unwrap it."""
+    from tailtune.models.peft.lora import LoRALinear
+
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    for name, layer in found:
+        if not isinstance(layer.base, nn.Linear):
+            raise ConfigError(f"cannot merge LoRA at {name}: it wraps {type(layer.base).__name__}, another "
+                              "method's layer, so the update does not fold into a weight. Export with --no-merge.")
+        weight = layer.base.weight
+        width = weight.shape[0] // layer.chunks
+        for slot, index in layer.slots.items():
+            lr = layer.lora[slot]
+            delta = (lr.up.weight.float() @ lr.down.weight.float()) * lr.scaling
+            rows = slice(index * width, (index + 1) * width) if layer.chunks > 1 else slice(None)
+            weight[rows] += delta.to(weight.dtype)
+        _set_module(model, name, layer.base)
+    return len(found)
+
+
+MERGERS.register("lora", help="low-rank updates folded into the attention weights")(merge_lora)
+MERGERS.register("lora_mlp", help="low-rank updates folded into the MLP weights")(merge_lora)
+
+
+def _align_attention(model: nn.Module, reference: nn.Module) -> None:
+    """Where ``reference`` (built from the export config) keeps open_clip's original attention
+    and ``model`` holds the explicit form a merged method introduced, switch back."""
+    from tailtune.models.peft.targets import SelfAttention
+
+    ref = dict(reference.named_modules())
+    for name, module in list(model.named_modules()):
+        if isinstance(module, SelfAttention) and isinstance(ref.get(name), nn.MultiheadAttention):
+            _set_module(model, name, _implicit_attention(module))
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, and no two keys sharing memory (safetensors refuses shared tensors)."""
+    out, seen = {}, set()
+    for k, v in state.items():
+        v = v.detach().cpu().contiguous()
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset())
+        out[k] = v.clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
+def _probe(model: nn.Module, resolution: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, resolution, resolution, generator=g)
+    with torch.no_grad():
+        return model.eval()(x).float()
+
+
+def export_run(run_dir: str | Path, out: str | Path, merge: bool = True, onnx: bool | None = None,
+               overwrite: bool = False) -> dict:
+    """Export a finished run to the folder ``out``; returns a summary (files, merged methods, ONNX).
+
+    ``merge``: fold mergeable PEFT methods (``MERGERS``) into the weights. ``onnx``: also write
+    ``model.onnx`` of the image path; None = when the ``onnx`` package is installed.
+    """
+    from tailtune.experiment import CHECKPOINT
+    from tailtune.models.peft.base import method_names
+    from tailtune.runs.run import read_metrics
+    from tailtune.runtime.checkpoint import load_checkpoint
+
+    run_dir, out = Path(run_dir), Path(out)
+    metrics = read_metrics(run_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"export destination {out} is a file; give a folder (created if missing).")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"export folder {out} is not empty; choose another or pass overwrite (--overwrite).")
+    cfg = C.from_yaml_text((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml"))
+    cfg.train.device = "cpu"  # exports are written from CPU tensors, whatever the run trained on
+    classnames = metrics["data"]["classnames"]
+    exp = build_without_data(cfg, classnames)
+    load_checkpoint(run_dir / CHECKPOINT, exp.model, exp.backbone.info, len(classnames))
+    model, res = exp.model.float(), exp.backbone.preprocess.resolution
+    reference = _probe(model, res)
+
+    names = method_names(cfg.peft)
+    merged = [n for n in names if merge and n in MERGERS]
+    for merge_fn in dict.fromkeys(MERGERS.get(n) for n in merged):  # lora + lora_mlp: one pass
+        merge_fn(model)
+    out_cfg = C.from_yaml_text(C.to_yaml(cfg))
+    out_cfg.peft.method = "+".join(n for n in names if n not in merged) or "none"
+    out_cfg.model.pretrained = "none"  # every image-path tensor comes from the export
+    target = build_without_data(out_cfg, classnames).model
+    _align_attention(model, target)
+    state = image_path_state(model)
+    check_fit(state, image_path_state(target), "the exported model")
+    del target  # three models of the backbone's size would otherwise be alive at the check below
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (out / EXPORT_ONNX, out / (EXPORT_ONNX + ".data")):  # of an export overwritten now
+        stale.unlink(missing_ok=True)
+    weights = out / EXPORT_WEIGHTS
+    write_safetensors(weights, _detached(state), {"format": FORMAT})
+    meta = {
+        "format": FORMAT, "tailtune_version": __version__, "config": C.to_dict(out_cfg),
+        "classnames": list(classnames), "preprocess": asdict(exp.backbone.preprocess),
+        "backbone": exp.backbone.info, "num_classes": len(classnames), "merged": merged,
+        "source_run": str(run_dir.resolve()), "group_names": metrics["data"].get("group_names"),
+        "groups": metrics["data"].get("groups"),
+        "test": {k: metrics["test"].get(k) for k in ("overall", "tte", "views_per_image")},
+        "weights_sha256": _sha256(weights),
+    }
+    (out / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
+
+    loaded = load_export(out, device="cpu")[0].model.float()
+    again = _probe(loaded, res)
+    if not torch.allclose(again, reference, rtol=1e-4, atol=1e-4 * max(1.0, reference.abs().max().item())):
+        raise RuntimeError(f"export check failed: the exported model's logits differ from the run's by up to "
+                           f"{(again - reference).abs().max().item():.3g}; please report this as a bug.")
+    summary = {"out": str(out), "weights": str(weights), "config": str(out / EXPORT_CONFIG), "merged": merged,
+               "tensors": len(state), "parameters": int(sum(v.numel() for v in state.values())),
+               "max_logit_difference": float((again - reference).abs().max()), "onnx": None}
+    summary["onnx"] = export_onnx(model, res, out / EXPORT_ONNX, required=bool(onnx)) if onnx is not False else None
+    return summary
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+def export_onnx(model: nn.Module, resolution: int, path: Path, required: bool = False) -> dict:
+    """Write the image -> logits path as ONNX (batch size dynamic). Without the ``onnx`` and
+    ``onnxscript`` packages it is skipped (an error if ``required``); the result says which."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        if required:
+            raise ConfigError("ONNX export needs the onnx and onnxscript packages: "
+                              "`pip install onnx onnxscript`.") from None
+        return {"written": False, "reason": "the onnx / onnxscript packages are not installed"}
+    model = model.float().eval()
+    x = torch.zeros(2, 3, resolution, resolution)
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        program = torch.onnx.export(model, (x,), dynamo=True, input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes={"images": {0: batch}}, verbose=False)
+    except torch.onnx.errors.OnnxExporterError as e:  # an operator or construct ONNX cannot express
+        if required:
+            raise ConfigError(f"this backbone cannot be exported to ONNX: {str(e).splitlines()[0]}") from None
+        return {"written": False, "reason": f"the backbone does not export: {str(e).splitlines()[0]}"}
+    program.save(str(path))
+    result = {"written": True, "path": str(path)}
+    result.update(_check_onnx(model, path, resolution))
+    return result
+
+
+def _check_onnx(model: nn.Module, path: Path, resolution: int) -> dict:
+    """Max |logit difference| between onnxruntime and PyTorch on a probe batch, if onnxruntime exists."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return {"checked": False}
+    x = torch.randn(3, 3, resolution, resolution, generator=torch.Generator().manual_seed(1))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"images": x.numpy()})[0]
+    with torch.no_grad():
+        want = model(x).float().numpy()
+    return {"checked": True, "max_logit_difference": float(np.abs(got - want).max())}
+
+
+# ---------------------------------------------------------------- reading
+
+
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` is an export folder (``config.json`` + ``model.safetensors``)."""
+    path = Path(path)
+    return (path / EXPORT_CONFIG).is_file() and (path / EXPORT_WEIGHTS).is_file()
+
+
+def read_export_config(path: str | Path) -> dict:
+    """The export's ``config.json``, checked strictly (format, keys, class count)."""
+    path = Path(path)
+    cfg_path = path / EXPORT_CONFIG
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {cfg_path}: {e}.") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{cfg_path} is not a tailtune export (format {got!r}, expected {FORMAT!r}).")
+    missing = [k for k in _REQUIRED if k not in meta]
+    unknown = sorted(set(meta) - set(_REQUIRED) - set(_OPTIONAL))
+    if missing or unknown:
+        raise CheckpointError(f"{cfg_path} is incomplete or altered: missing {missing}, unknown {unknown}; "
+                              "export the run again.")
+    if len(meta["classnames"]) != meta["num_classes"]:
+        raise CheckpointError(f"{cfg_path} lists {len(meta['classnames'])} class names for "
+                              f"{meta['num_classes']} classes.")
+    return meta
+
+
+def load_export(path: str | Path, device: str = "auto"):
+    """(Experiment with the exported weights loaded, export metadata); strict on every tensor."""
+    path = Path(path)
+    meta = read_export_config(path)
+    weights = path / EXPORT_WEIGHTS
+    if _sha256(weights) != meta["weights_sha256"]:
+        raise CheckpointError(f"{weights} does not belong to {path / EXPORT_CONFIG} (checksum differs): "
+                              "the files come from different exports or the weights were changed.")
+    cfg = C.merge_layers([(f"{path / EXPORT_CONFIG}", meta["config"])])
+    if cfg.model.pretrained != "none":
+        raise CheckpointError(f"{path / EXPORT_CONFIG}: model.pretrained must be 'none' in an export.")
+    cfg.train.device = device
+    exp = build_without_data(cfg, meta["classnames"], meta.get("groups"))
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights} is truncated or corrupt ({e}).") from None
+    expected = image_path_state(exp.model)
+    check_fit(tensors, expected, str(weights), optional=exp.model.saved_buffer_names())
+    state = exp.model.state_dict()
+    with torch.no_grad():
+        for k, v in tensors.items():
+            state[k].copy_(v)
+    exp.backbone.preprocess = Preprocess(**{**meta["preprocess"], "mean": tuple(meta["preprocess"]["mean"]),
+                                            "std": tuple(meta["preprocess"]["std"])})
+    return exp, meta

@@ -1,0 +1,1 @@
+"""Reports: the run's HTML report and comparisons, plots, text tables, sweep pages."""

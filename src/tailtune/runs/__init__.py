@@ -1,0 +1,1 @@
+"""Runs: one run (fit / resume), zero-shot, sweeps, recipe comparisons, dry-run estimates."""

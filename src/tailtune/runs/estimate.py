@@ -1,0 +1,129 @@
+"""``tailtune train --dry-run``: steps, trainable parameters and time per epoch, before a run.
+
+The model and data are built as the run would build them; a few training steps then run
+on real images (after one warm-up step that is not timed) and the time per image is scaled
+to an epoch. When the run would train from a feature cache, the frozen prefix is timed
+on the same images (the cache's build cost) and the steps run on their cached outputs.
+Nothing is written: no run folder, no checkpoint; the head keeps its random init.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+from tailtune.data.base import Subset, Transformed
+from tailtune.data.transforms import train_transform
+from tailtune.losses import build_loss
+from tailtune.training.feature_cache import (
+    CachedInputModel,
+    CachedViews,
+    FeatureStore,
+    ViewPlan,
+    fill,
+    plan_cache,
+    view_dataset,
+)
+from tailtune.training.trainer import Trainer
+
+DEFAULT_TIMED_STEPS = 2
+
+
+@dataclass
+class DryRun:
+    """What a dry run found and measured."""
+
+    summary: dict
+    lines: list[str]
+
+
+def _timed_trainer(model, loss_fn, dataset, exp, images: int) -> float:
+    """Seconds per image of training steps over the first ``images`` items of ``dataset``."""
+    cfg = exp.cfg.train
+    micro = min(cfg.micro_batch_size or cfg.batch_size, images)
+    # One optimizer step per micro-batch, plain order: the step cost without the sampler's choice.
+    step_cfg = replace(cfg, epochs=1, batch_size=micro, micro_batch_size=None, sampler="instance",
+                       save_every=0, log_every=10**9)
+    subset = Subset(dataset, range(min(images, len(dataset))))
+    workers = 0 if isinstance(dataset, CachedViews) else exp.workers  # cached items are in memory
+    trainer = Trainer(model, loss_fn, subset, step_cfg, exp.device, exp.dtype, workers, quiet=True,
+                      log=lambda _: None)
+    stats = trainer.train_epoch()
+    return stats.seconds / max(stats.images, 1)
+
+
+def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
+    """Build the run of ``cfg``, time ``timed_steps`` micro-batches and estimate an epoch."""
+    from tailtune.experiment import build, param_summary
+
+    exp = build(cfg)
+    notes: list[str] = list(exp.notes)
+    params = param_summary(exp.model)
+    augment = train_transform(exp.backbone.preprocess, cfg.train.augment, cfg.train.epochs)
+    train_set = Transformed(exp.data.train, augment)
+    loss_fn = build_loss(cfg.loss, exp.data.train_counts).to(exp.device)
+    full = Trainer(exp.model, loss_fn, train_set, cfg.train, exp.device, exp.dtype, exp.workers,
+                   quiet=True, log=lambda _: None)
+    steps, epoch_images = full.steps_per_epoch, len(full.sampler)
+    micro = full.micro
+    timed_images = min(len(train_set), micro * timed_steps)
+    warm_images = min(len(train_set), micro)
+
+    plan = plan_cache(exp, notes.append)
+    cache_s = 0.0
+    if plan is None:
+        _timed_trainer(exp.model, loss_fn, train_set, exp, warm_images)
+        per_image = _timed_trainer(exp.model, loss_fn, train_set, exp, timed_images)
+    else:
+        # Cache the timed images only (one view): its cost scales to the whole cache.
+        sample = Subset(exp.data.train, range(timed_images))
+        views = ViewPlan(1, 1, plan.views.augmented)
+        store = FeatureStore((1, timed_images, *plan.item_shape))
+        ds = view_dataset(sample, views, 0, exp.backbone.preprocess, cfg.train.augment, cfg.train.seed)
+        exp.model.eval()
+        t0 = time.perf_counter()
+        fill(store, plan.point.split.prefix, [ds], cfg.eval.batch_size, exp.workers, exp.device, exp.dtype,
+             True, exp.channels_last)
+        cache_s = (time.perf_counter() - t0) / timed_images * plan.images * plan.views.views
+        cached = CachedViews(store.tensor, sample.targets, views)
+        model = CachedInputModel(exp.model, plan.point.split)
+        _timed_trainer(model, loss_fn, cached, exp, warm_images)
+        per_image = _timed_trainer(model, loss_fn, cached, exp, timed_images)
+        notes.append(plan.describe())
+    epoch_s = per_image * epoch_images
+    total_s = epoch_s * cfg.train.epochs + cache_s
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[exp.dtype]
+    summary = {
+        "train_images": len(exp.data.train), "images_per_epoch": epoch_images, "batch_size": cfg.train.batch_size,
+        "micro_batch_size": micro, "steps_per_epoch": steps, "epochs": cfg.train.epochs,
+        "total_steps": steps * cfg.train.epochs, "trainable_backbone": params["trainable_backbone"],
+        "trainable_head": params["trainable_head"], "backbone_total": params["backbone_total"],
+        "precision": precision, "device": str(exp.device), "feature_cache": plan is not None,
+        "timed_images": timed_images, "seconds_per_image": per_image, "epoch_s": epoch_s,
+        "cache_build_s": cache_s, "train_s": total_s,
+    }
+    lines = [
+        f"dry run: {cfg.data.name}, {exp.backbone.info['provider']} {exp.backbone.info['name']}, peft {cfg.peft.method}",
+        f"  training images: {len(exp.data.train):,} ({epoch_images:,} per epoch with sampler {cfg.train.sampler})",
+        f"  steps: {steps:,} per epoch (batch {cfg.train.batch_size}, micro-batch {micro}) x {cfg.train.epochs} "
+        f"epochs = {steps * cfg.train.epochs:,} optimizer steps",
+        f"  trainable parameters: {params['trainable_backbone']:,} backbone "
+        f"({100 * params['trainable_backbone_share']:.3f}% of {params['backbone_total']:,}) + "
+        f"{params['trainable_head']:,} head",
+        f"  precision {precision} on {exp.device}, {exp.workers} loader workers",
+        *(f"  note: {n}" for n in notes),
+        f"  timed: {timed_images} images after a warm-up step: {per_image * 1000:.1f} ms per image",
+        f"  estimated time per epoch: {_hms(epoch_s)}; training ({cfg.train.epochs} epochs"
+        f"{' + feature cache' if plan else ''}): {_hms(total_s)}"
+        + (f" (cache build {_hms(cache_s)})" if plan else ""),
+        "  (head initialisation and evaluation come on top; nothing was written)",
+    ]
+    return DryRun(summary, lines)
+
+
+def _hms(seconds: float) -> str:
+    s = int(math.ceil(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

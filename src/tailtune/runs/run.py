@@ -1,0 +1,248 @@
+"""A run from start to end: open its folder, build, initialise the head, train (resumably),
+select, save, evaluate, write the metrics and the report. ``fit`` starts one, ``resume``
+continues one from its folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from tailtune import config as C
+from tailtune.data.base import SeededTransformed
+from tailtune.data.transforms import (
+    train_transform,
+)
+from tailtune.errors import ConfigError, TailtuneError
+from tailtune.evaluation.evaluate import evaluate_model, evaluate_with_predictions, train_features
+from tailtune.experiment import Experiment, _build, data_summary, load_run, param_summary, validate
+from tailtune.losses import build_loss
+from tailtune.models.heads import (
+    InitContext,
+    initialise_head,
+)
+from tailtune.report.text import format_results
+from tailtune.runtime.checkpoint import assign_trainable, save_checkpoint
+from tailtune.runtime.device import resolve_device, tune_cpu_allocator
+from tailtune.runtime.distributed import (
+    DistInfo,
+    barrier,
+    env_info,
+    local_device,
+    on_main,
+)
+from tailtune.runtime.distributed import setup as dist_setup
+from tailtune.runtime.precision import precision_name, resolve_eval_precision
+from tailtune.runtime.rng import kept_rng
+from tailtune.runtime.rundir import CHECKPOINT, STATE, NullRun, RunDir
+from tailtune.training.feature_cache import cached_training
+from tailtune.training.selection import VAL_TTE, Selector
+from tailtune.training.signals import SignalStop
+from tailtune.training.state import load_state, save_state, set_rng_state
+from tailtune.training.trainer import Trainer, TrainingInterrupted
+
+_log = logging.getLogger(__name__)
+
+
+def init_head(exp: Experiment, quiet: bool = True) -> str:
+    ctx = InitContext(exp.backbone, exp.data.classnames, exp.cfg.head,
+                      lambda indices=None: train_features(exp, quiet, indices), exp.data.train.targets)
+    return initialise_head(exp.model.head, ctx)
+
+
+def fit(cfg: C.Config, run_dir: str | Path | None = None) -> dict:
+    """Train and evaluate one run; writes the run folder and returns its metrics.
+
+    Under torchrun every process calls this; rank 0 alone writes the folder. Relative file and
+    folder settings are saved absolute (config.with_absolute_paths).
+    """
+    return _as_run(C.with_absolute_paths(cfg), run_dir, resume=False)
+
+
+def resume(run_dir: str | Path) -> dict:
+    """Continue an interrupted run from its folder's saved training state, where it stopped."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise ConfigError(f"{run_dir} is not a tailtune run folder (no config.yaml).")
+    return _as_run(C.from_yaml_text(cfg_path.read_text(), str(cfg_path)), run_dir, resume=True)
+
+
+def _as_run(cfg: C.Config, run_dir, resume: bool) -> dict:
+    """The run, with what it asks of its process.
+
+    On the CPU glibc's allocator is tuned for training (process-wide, and kept: see
+    engine.tune_cpu_allocator). The run seeds the global RNG streams, so that its training's own
+    draws (dropout) repeat with the seed; the caller's streams are given back when it ends.
+    """
+    device = local_device(resolve_device(cfg.train.device), env_info())
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+    with kept_rng(cuda):
+        return _train_run(cfg, run_dir, resume)
+
+
+def _open_run(cfg: C.Config, run_dir, resume: bool, info: DistInfo):
+    """Rank 0 creates (or reopens) the folder; the others learn its path and write nothing."""
+    def make():
+        return RunDir.open(run_dir, cfg.quiet) if resume else RunDir.create(cfg, run_dir)
+
+    run = on_main(make, info)
+    if not info.enabled:
+        return run
+    box = [str(run.path) if info.is_main else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return run if info.is_main else NullRun(Path(box[0]))
+
+
+def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
+    start = time.perf_counter()
+    validate(cfg)
+    info = dist_setup(resolve_device(cfg.train.device))
+    run = _open_run(cfg, run_dir, resume, info)
+    log = run.log
+    log(f"run folder: {run.path}" + (f" ({info.world_size} processes)" if info.enabled else ""))
+    try:
+        exp = _build(cfg, None, keep_rng=False)  # seeds the global streams training continues
+        selector = Selector(exp.model, exp.data, cfg.train.select_by_val,
+                            lambda: evaluate_model(exp, VAL_TTE, "val", cfg.quiet), log)
+    except TailtuneError:
+        if not resume:
+            run.discard()  # a run that never started leaves no folder behind
+        raise
+    for note in exp.notes:
+        log(f"note: {note}")
+    log(f"precision: training {precision_name(exp.dtype)}, evaluation {precision_name(exp.eval_dtype)} "
+        f"(train.precision={cfg.train.precision}, eval.precision={cfg.eval.precision})")
+    params = param_summary(exp.model)
+    log(f"data: {cfg.data.name}, {len(exp.data.train)} training / {len(exp.data.test)} test images, "
+        f"{exp.data.num_classes} classes")
+    log(f"model: {exp.backbone.info['provider']} {exp.backbone.info['name']} ({exp.backbone.info['pretrained']}), "
+        f"peft {cfg.peft.method}: {params['trainable_backbone']:,} trainable backbone parameters "
+        f"({100 * params['trainable_backbone_share']:.3f}% of {params['backbone_total']:,}), "
+        f"head {params['trainable_head']:,}")
+    saved = load_state(run.path / STATE) if resume else None
+    if saved:
+        assign_trainable(exp.model, saved["model"], str(run.path / STATE))
+        head_init = saved["extra"]["head_init"]
+    else:
+        t0 = time.perf_counter()
+        head_init = init_head(exp, cfg.quiet)
+        log(f"head: {cfg.head.type}, initialised by {head_init} ({time.perf_counter() - t0:.1f}s)")
+
+    augment = train_transform(exp.backbone.preprocess, cfg.train.augment, cfg.train.epochs)
+    # Augmentation seeded per (seed, epoch, image): the same views whatever the workers,
+    # ranks or resume point.
+    train_set = SeededTransformed(exp.data.train, augment, cfg.train.seed)
+    loss_fn = build_loss(cfg.loss, exp.data.train_counts).to(exp.device)
+    # With a frozen front (classifier only, PEFT in the last blocks) train on its cached outputs.
+    cached = cached_training(exp, cfg.quiet, log)
+    train_model, workers = (cached.model, 0) if cached else (exp.model, exp.workers)
+    if cached:
+        train_set = cached.dataset
+
+    def save(trainer: Trainer) -> None:
+        counters = trainer.state()  # collective under torchrun: every rank calls it
+        if info.is_main:
+            sel_meta, sel_tensors = selector.state()
+            save_state(run.path / STATE, exp.model.trainable_state_dict(), trainer.optimizer, counters,
+                       {"head_init": head_init, "selector": sel_meta}, sel_tensors)
+
+    trainer = Trainer(train_model, loss_fn, train_set, cfg.train, exp.device, exp.dtype, workers,
+                      backbone_lr=cfg.peft.lr, quiet=cfg.quiet or not info.is_main, log=log,
+                      dist=info, save=save,
+                      on_step=lambda step, s: run.scalars(step, {f"train/{k}": v for k, v in s.items()}))
+    if saved:
+        trainer.load_state(saved["counters"], saved["optimizer"])
+        selector.load_state(saved["extra"]["selector"], saved["extra_tensors"])
+        set_rng_state(*saved["rng"])
+        log(f"resumed from epoch {trainer.epoch + 1}, step {trainer.step} "
+            f"({trainer.epoch_step} steps into the epoch)")
+
+    def on_epoch(epoch, stats):
+        run.scalars(trainer.step, {"epoch/loss": stats.loss, "epoch/train_acc": stats.accuracy,
+                                   "epoch/lr": stats.lr})
+        val_acc = selector.after_epoch(epoch)
+        if val_acc is not None:
+            run.scalars(trainer.step, {"epoch/val_acc": val_acc})
+
+    try:
+        with SignalStop(trainer):
+            history = trainer.fit(on_epoch)
+    except TrainingInterrupted as e:
+        message = f"{e}. Continue with: tailtune train --resume {run.path}"
+        run.log(message, console=False)  # the caller says it (the CLI on stderr)
+        run.close()
+        raise TrainingInterrupted(message, e.signum) from None
+    train_s = sum(h["seconds"] for h in history)  # across interruptions too
+    validation = selector.finish()  # restores the selected epoch before it is saved and tested
+    if exp.data.record:  # how held-out test / val splits were drawn, file by file
+        run.write_metrics(exp.data.record, "splits.json")
+    if info.is_main:
+        save_checkpoint(run.path / CHECKPOINT, exp.model.trainable_state_dict(), C.to_yaml(cfg),
+                        exp.backbone.info, exp.data.num_classes)
+
+    t_eval = time.perf_counter()
+    test, preds, labels = evaluate_with_predictions(exp, quiet=cfg.quiet)
+    eval_s = time.perf_counter() - t_eval
+    predictions, no_tte = {test["tte"]: preds}, None
+    if test["tte"] != "none":  # the report shows what the test-time ensemble adds
+        no_tte, predictions["none"], _ = evaluate_with_predictions(exp, "none", quiet=cfg.quiet)
+    from tailtune.evaluation.gap import measure_gap
+
+    # Train vs test accuracy per group, one view each (cheap): does the tuning overfit the tail?
+    gap = measure_gap(exp, no_tte or test, cfg.quiet)
+    metrics = {
+        "dataset": cfg.data.name,
+        "data": data_summary(exp.data),
+        "notes": exp.notes,
+        "backbone": exp.backbone.info,
+        "peft": cfg.peft.method,
+        "params": params,
+        "head_init": head_init,
+        "test": test,
+        "test_no_tte": no_tte,
+        "generalisation_gap": gap,
+        **validation,
+        "history": history,
+        "distributed": {"world_size": info.world_size},
+        "time": {"train_s": train_s, "eval_s": eval_s, "total_s": time.perf_counter() - start},
+    }
+    if info.is_main:
+        from tailtune.report.html import PREDICTIONS, save_predictions, write_report
+
+        save_predictions(run.path / PREDICTIONS, labels, predictions)
+        run.write_metrics(metrics)
+        run.scalars(trainer.step, {"test/overall": test["overall"]})
+        log(format_results(metrics))
+        run.close()  # flushes the TensorBoard scalars the report reads
+        (run.path / STATE).unlink(missing_ok=True)  # finished: the checkpoint holds the result
+        if cfg.eval.report:
+            report = write_report(run.path)
+            if not cfg.quiet:
+                _log.info(f"report: {report}")
+    barrier()
+    return metrics
+
+
+def evaluate(run_dir: str | Path, tte: str | None = None, split: str = "test", quiet: bool = False,
+             precision: str | None = None) -> dict:
+    """Evaluate a finished run (rebuilds it from its folder); ``precision``: an ``eval.precision``
+    value in place of the run's own."""
+    exp = load_run(run_dir)
+    if precision is not None:
+        exp.cfg = replace(exp.cfg, eval=replace(exp.cfg.eval, precision=precision))  # checks the value
+        resolve_eval_precision(precision, exp.cfg.train.precision, exp.device)
+    return evaluate_model(exp, tte, split, quiet)
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist: the run did not finish.")
+    return json.loads(path.read_text())

@@ -1,0 +1,354 @@
+"""Sweeps: a grid of ordinary runs over config keys, and one comparison of them.
+
+    tailtune sweep lift peft.r=4,8,16 loss=ce,la seeds=0,1,2 data.root=DIR
+
+An argument ``key=v1,v2,...`` (commas outside brackets and quotes) is an axis of the grid,
+``key=value`` a fixed override of every point, and ``seeds=0,1,2`` the axis over
+``train.seed`` whose runs are summarised as mean and spread. A recipe's ``recipe.sweep`` field
+gives its own axes (an argument for the same key replaces one). The points are the product
+of the axes in the order given, the last axis and then the seed changing fastest.
+
+Each point is an ordinary run folder ``<sweep folder>/<point name>/`` trained by
+:func:`tailtune.fit`. A point whose folder holds ``metrics.json`` is finished and skipped;
+one with a saved training state is resumed; so a sweep that stopped continues when the same
+command runs again. At the end the sweep folder gets one comparison report
+(``report.html``, ``comparison.json``) with a plot of each swept key against overall,
+balanced and per-group accuracy.
+
+Points run one after another in this process by default. With ``parallel > 1`` or a
+launcher (``torchrun``) each point is a ``python -m tailtune.cli train`` subprocess.
+Clusters keep their own scheduler: :meth:`Sweep.command` is each pending point's command
+line, to hand to an existing launcher (submitit, a SLURM array), and :meth:`Sweep.report`
+writes the comparison once they are done.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tailtune import config as C
+from tailtune.errors import ConfigError, TailtuneError
+from tailtune.runtime.rundir import STATE, comparable_config
+
+_log = logging.getLogger(__name__)
+SEEDS = "seeds"
+# Short forms for the keys swept most often (the issue's `loss=ce,la`).
+ALIASES = {"loss": "loss.name", "peft": "peft.method"}
+SWEEP_FILE = "sweep.json"
+LOGS = "logs"
+
+
+def _torchrun(nproc: int) -> list[str]:
+    # --standalone: a rendezvous on a free local port, so several points can launch at once.
+    return ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+
+
+# How a point's training process is started, by launcher name: the arguments between the
+# Python interpreter and ``-m tailtune.cli``.
+LAUNCHERS: dict[str, Callable[[int], list[str]]] = {"torchrun": _torchrun}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept key: ``key`` as typed, ``target`` the config key, its values in order."""
+
+    key: str
+    target: str
+    values: tuple[str, ...]
+
+    @property
+    def seeds(self) -> bool:
+        return self.key == SEEDS
+
+
+@dataclass
+class Point:
+    """One run of the grid."""
+
+    name: str
+    values: dict[str, str]  # axis key -> value
+    setting: str  # the point without its seed: runs of one setting differ only in train.seed
+    overrides: list[str]  # key=value overrides of this point (fixed ones, then its axis values)
+    run_dir: Path
+    cfg: C.Config
+
+    @property
+    def finished(self) -> bool:
+        return (self.run_dir / "metrics.json").exists()
+
+    @property
+    def interrupted(self) -> bool:
+        return not self.finished and (self.run_dir / STATE).exists()
+
+
+def split_values(text: str) -> list[str]:
+    """Split ``v1,v2,...`` at the commas outside brackets and quotes (``[0,6]`` is one value)."""
+    parts, current, depth, quote = [], [], 0, None
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current).strip())
+    return parts
+
+
+def parse_arguments(args: list[str] | tuple[str, ...]) -> tuple[list[Axis], list[str]]:
+    """Axes (``key=v1,v2``, ``seeds=...``) and fixed overrides (``key=value``) from arguments."""
+    axes: list[Axis] = []
+    fixed: list[str] = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"sweep argument {arg!r} is not of the form key=value or key=v1,v2,... "
+                              "(e.g. peft.r=4,8,16).")
+        values = split_values(value)
+        if any(v == "" for v in values):
+            raise ConfigError(f"sweep argument {arg!r} has an empty value; separate values by single commas.")
+        if key == SEEDS:
+            if not all(re.fullmatch(r"\d+", v) for v in values):
+                raise ConfigError(f"seeds={value} must list whole numbers, e.g. seeds=0,1,2.")
+            axes.append(Axis(SEEDS, "train.seed", tuple(values)))
+        elif len(values) > 1:
+            axes.append(Axis(key, ALIASES.get(key, key), tuple(values)))
+        else:
+            fixed.append(f"{ALIASES.get(key, key)}={value}")
+    return axes, fixed
+
+
+def merge_axes(recipe_axes: list[Axis], axes: list[Axis], fixed: list[str]) -> list[Axis]:
+    """The recipe's axes, replaced by arguments for the same key (an axis or a fixed value);
+    checks that no key is swept twice or both swept and fixed; the seed axis goes last."""
+    fixed_keys = {f.partition("=")[0] for f in fixed}
+    given = {a.target for a in axes}
+    merged = [a for a in recipe_axes if a.target not in given and a.target not in fixed_keys] + axes
+    seen: set[str] = set()
+    for a in merged:
+        if a.target in seen:
+            raise ConfigError(f"{a.target} is swept twice (as {a.key}); give each key one list of values.")
+        if a.target in fixed_keys:
+            raise ConfigError(f"{a.target} is both swept ({a.key}=...) and fixed; keep one.")
+        if len(set(a.values)) != len(a.values):
+            raise ConfigError(f"{a.key}={','.join(a.values)} repeats a value; list each value once.")
+        seen.add(a.target)
+    # Each point's folder is <sweep folder>/<point name>; a fixed output_dir only places the sweep folder.
+    if "name" in fixed_keys or seen & {"name", "output_dir"}:
+        raise ConfigError("name (and output_dir) are set per point by the sweep; choose the sweep's folder "
+                          "with --out DIR.")
+    return [a for a in merged if not a.seeds] + [a for a in merged if a.seeds]
+
+
+def _safe(value: str) -> str:
+    """``value`` for a folder name: each run of other characters than letters, digits, ._+- becomes '-'."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", value) or "empty"
+
+
+@dataclass
+class Sweep:
+    """A planned grid: its base config, axes, folder and points (see the module docstring)."""
+
+    base: str
+    data: str | None
+    files: tuple[str, ...]
+    fixed: list[str]
+    axes: list[Axis]
+    dir: Path
+    points: list[Point] = field(default_factory=list)
+
+    @property
+    def grid_axes(self) -> list[Axis]:
+        """The axes other than the seeds."""
+        return [a for a in self.axes if not a.seeds]
+
+    @property
+    def has_seeds(self) -> bool:
+        return any(a.seeds for a in self.axes)
+
+    def pending(self) -> list[Point]:
+        return [p for p in self.points if not p.finished]
+
+    def command(self, point: Point, launcher: str | None = None, nproc: int = 1) -> list[str]:
+        """The command line that trains (or resumes) ``point``, for a subprocess or a cluster job."""
+        prefix = [sys.executable]
+        if launcher is not None:
+            prefix += _launcher(launcher)(nproc)
+        prefix += ["-m", "tailtune.cli", "train"]
+        if point.interrupted:
+            return [*prefix, "--resume", str(point.run_dir)]
+        args = ["--recipe", self.base, *(["--data", self.data] if self.data else [])]
+        for f in self.files:
+            args += ["--config", f]
+        return [*prefix, *args, "--run-dir", str(point.run_dir), *point.overrides]
+
+    def describe(self) -> dict:
+        """What ``sweep.json`` holds: the spec and every point with its folder and state."""
+        return {"base": self.base, "data": self.data, "files": list(self.files), "fixed": self.fixed,
+                "axes": [{"key": a.key, "target": a.target, "values": list(a.values)} for a in self.axes],
+                "points": [{"name": p.name, "values": p.values, "setting": p.setting, "run_dir": str(p.run_dir),
+                            "overrides": p.overrides, "finished": p.finished} for p in self.points]}
+
+    def write_plan(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / SWEEP_FILE).write_text(json.dumps(self.describe(), indent=2))
+
+    def run(self, parallel: int = 1, launcher: str | None = None, nproc: int = 1,
+            log: Callable[[str], None] = _log.info) -> dict:
+        """Train the pending points, then write the comparison; returns what ran and failed."""
+        if parallel < 1 or nproc < 1:
+            raise ConfigError(f"--parallel {parallel} / --nproc-per-node {nproc} must be >= 1.")
+        if launcher is not None:
+            _launcher(launcher)
+        self.write_plan()
+        pending = self.pending()
+        log(f"sweep {self.dir}: {len(self.points)} points, {len(self.points) - len(pending)} finished "
+            f"(skipped), {len(pending)} to run")
+        if parallel == 1 and launcher is None:
+            failed = self._run_here(pending, log)
+        else:
+            failed = self._run_processes(pending, parallel, launcher, nproc, log)
+        self.write_plan()
+        report = self.report()
+        if report is not None:
+            log(f"comparison: {report}")
+        else:
+            log("comparison: needs two finished points; none written yet")
+        return {"ran": [p.name for p in pending], "failed": failed, "report": report}
+
+    def _run_here(self, pending: list[Point], log) -> dict[str, str]:
+        from tailtune import experiment as api
+        from tailtune.training.trainer import TrainingInterrupted
+
+        failed = {}
+        for i, point in enumerate(pending, 1):
+            log(f"[{i}/{len(pending)}] {point.name}" + (" (resuming)" if point.interrupted else ""))
+            try:
+                if point.interrupted:
+                    api.resume(point.run_dir)
+                else:
+                    api.fit(point.cfg, point.run_dir)
+            except TrainingInterrupted:
+                raise  # a signal stops the whole sweep; running the command again continues it
+            except TailtuneError as e:  # e.g. one learning rate diverges: the other points still run
+                failed[point.name] = str(e)
+                log(f"[{i}/{len(pending)}] {point.name} failed: {e}")
+        return failed
+
+    def _run_processes(self, pending: list[Point], parallel: int, launcher: str | None, nproc: int,
+                       log) -> dict[str, str]:
+        logs = self.dir / LOGS
+        logs.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        # N processes on one machine: share the cores rather than each taking all of them.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // (parallel * nproc))))
+        commands = {p.name: self.command(p, launcher, nproc) for p in pending}
+
+        def launch(point: Point) -> tuple[str, int]:
+            log(f"start {point.name}: log in {logs / (point.name + '.log')}")
+            with open(logs / f"{point.name}.log", "w", encoding="utf-8") as out:
+                rc = subprocess.run(commands[point.name], stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+            log(f"{'done' if rc == 0 else f'failed (exit {rc})'}: {point.name}")
+            return point.name, rc
+
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            results = list(pool.map(launch, pending))
+        return {name: f"exit status {rc}, see {logs / (name + '.log')}" for name, rc in results if rc != 0}
+
+    def report(self) -> Path | None:
+        """Write the comparison of the finished points into the sweep folder (None if under two)."""
+        from tailtune.report.html import compare_runs
+        from tailtune.report.sweep import sweep_sections
+
+        done = [p for p in self.points if p.finished]
+        if len(done) < 2:
+            return None
+        keys = ", ".join(a.key for a in self.axes)
+        return compare_runs([p.run_dir for p in done], self.dir,
+                            settings=[p.setting for p in done] if self.has_seeds else None,
+                            extra=lambda page, rows, groups: sweep_sections(self, done, page, rows, groups),
+                            title=f"tailtune sweep of {Path(self.base).stem} over {keys}")
+
+
+def _launcher(name: str) -> Callable[[int], list[str]]:
+    if name not in LAUNCHERS:
+        raise ConfigError(f"unknown launcher {name!r}; choose {', '.join(LAUNCHERS)} (or none: points run here).")
+    return LAUNCHERS[name]
+
+
+def default_dir(cfg: C.Config, base: str, axes: list[Axis]) -> Path:
+    """``<output_dir>/sweep_<base>_<keys>``: the same command finds the same folder again."""
+    keys = "_".join(_safe(a.key) for a in axes)
+    return Path(cfg.output_dir) / f"sweep_{_safe(Path(base).stem)}_{keys}"
+
+
+def plan(base: str, data: str | None = None, files: tuple[str, ...] | list[str] = (),
+         args: list[str] | tuple[str, ...] = (), out: str | Path | None = None) -> Sweep:
+    """Expand a sweep into points and check every point's config before anything runs.
+
+    Args:
+        base: recipe name (``tailtune list recipes``) or YAML file; its ``recipe.sweep`` field adds axes.
+        data: data preset or YAML file; ``files``: more YAML files, as for ``tailtune train``.
+        args: ``key=v1,v2,...`` axes, ``seeds=0,1,2`` and ``key=value`` fixed overrides.
+        out: the sweep folder (default ``<output_dir>/sweep_<base>_<swept keys>``).
+    """
+    from tailtune.config.recipes import recipe_info
+    from tailtune.experiment import validate
+
+    axes, fixed = parse_arguments(args)
+    recipe_axes, _ = parse_arguments(recipe_info(base).sweep)
+    axes = merge_axes(recipe_axes, axes, fixed)
+    if not axes:
+        raise ConfigError("a sweep needs at least one axis: key=v1,v2,... (e.g. peft.r=4,8,16) or seeds=0,1,2; "
+                          "one setting is `tailtune train`.")
+    first = C.load_config(base, data, files, fixed)
+    folder = Path(out) if out else default_dir(first, base, axes)
+    sweep = Sweep(base, data, tuple(files), fixed, axes, folder)
+    names: set[str] = set()
+    for combo in itertools.product(*[a.values for a in axes]):
+        values = {a.key: v for a, v in zip(axes, combo)}
+        grid = [f"{a.key}={_safe(values[a.key])}" for a in axes if not a.seeds]
+        seed = [f"seed={values[SEEDS]}"] if SEEDS in values else []
+        name = "__".join(grid + seed)
+        if name in names:
+            raise ConfigError(f"two points of the sweep get the folder name {name!r}; use values that differ "
+                              "in letters, digits, '.', '+' or '-'.")
+        names.add(name)
+        run_dir = folder / name
+        # The sweep places every point: a fixed output_dir only chose the sweep folder.
+        overrides = [*[f for f in fixed if not f.startswith("output_dir=")],
+                     *[f"{a.target}={values[a.key]}" for a in axes], f"output_dir={folder}", f"name={name}"]
+        try:
+            cfg = C.load_config(base, data, files, overrides)
+            validate(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"sweep point {name}: {e}") from None
+        _check_folder(run_dir, cfg)
+        sweep.points.append(Point(name, values, "__".join(grid) or Path(base).stem, overrides, run_dir, cfg))
+    return sweep
+
+
+def _check_folder(run_dir: Path, cfg: C.Config) -> None:
+    """A point's existing folder must hold a run of the same config (else skipping it would lie)."""
+    saved = run_dir / "config.yaml"
+    if saved.exists() and comparable_config(saved.read_text()) != comparable_config(C.to_yaml(C.with_absolute_paths(cfg))):
+        raise ConfigError(f"{run_dir} holds a run of another config than this sweep's point; sweep into another "
+                          "folder (--out DIR) or remove that folder.")

@@ -1,0 +1,50 @@
+"""The device a run computes on, how many loader workers it gets, and the CPU allocator's tuning."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+import torch
+
+from tailtune.errors import ConfigError
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_allocator_tuned = False
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep large tensor buffers in glibc's heap instead of fresh mmap'd pages.
+
+    By default glibc serves every allocation above a (dynamic) threshold with mmap and
+    returns it on free, so each step re-faults its activation memory page by page: CNN
+    training on CPU ran 2x faster with the threshold raised (benchmarks/RESULTS.md).
+    Skipped when the user set MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ or libc is not glibc.
+    """
+    global _allocator_tuned
+    if _allocator_tuned or sys.platform != "linux" or any(
+            k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return _allocator_tuned
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        _allocator_tuned = bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        _allocator_tuned = False
+    return _allocator_tuned
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but CUDA is not available here; use train.device=cpu or auto.")
+    return torch.device(name)
+
+
+def default_workers(device: torch.device) -> int:
+    """DataLoader workers: on CPU the model's threads need the cores (0 workers was faster on 2)."""
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cores)
+    return 0 if cores <= 4 else min(4, cores // 4)

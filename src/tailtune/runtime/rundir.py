@@ -1,0 +1,149 @@
+"""A run's folder: resolved config, log, TensorBoard scalars, checkpoint and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from tailtune import config as C
+from tailtune.errors import ConfigError
+
+_log = logging.getLogger(__name__)
+STATE = "train_state.safetensors"
+_RUN_ONLY_KEYS = ("overwrite:", "quiet:")
+
+
+def comparable_config(config_yaml: str) -> str:
+    """A run's config without the keys that do not change what it computes."""
+    return "\n".join(line for line in config_yaml.splitlines() if not line.startswith(_RUN_ONLY_KEYS))
+
+
+def default_name(cfg: C.Config) -> str:
+    model = re.sub(r"[^A-Za-z0-9.-]+", "-", cfg.model.name)
+    peft = cfg.peft.method.replace("+", "-")
+    return f"{cfg.data.name}_{model}_{peft}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDir:
+    """Creates and writes one run folder; ``log`` appends to ``log.txt`` and logs the line."""
+
+    def __init__(self, path: Path, quiet: bool = False):
+        self.path = path
+        self.quiet = quiet
+        self._log = open(path / "log.txt", "a", encoding="utf-8")
+        self._tb = None
+
+    @classmethod
+    def create(cls, cfg: C.Config, path: str | Path | None = None) -> RunDir:
+        path = Path(path) if path else Path(cfg.output_dir) / (cfg.name or default_name(cfg))
+        if path.exists() and any(path.iterdir()):
+            cls._check_reuse(path, cfg)
+            shutil.rmtree(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"cannot write to output folder {path}: {e.strerror}. "
+                              "Set output_dir=... to a writable folder.") from None
+        tmp = path / "config.yaml.tmp"
+        tmp.write_text(C.to_yaml(cfg))
+        os.replace(tmp, path / "config.yaml")
+        return cls(path, cfg.quiet)
+
+    @classmethod
+    def open(cls, path: str | Path, quiet: bool = False) -> RunDir:
+        """An existing run folder, to continue an interrupted run in it."""
+        path = Path(path)
+        if not (path / "config.yaml").exists():
+            raise ConfigError(f"{path} is not a tailtune run folder (no config.yaml).")
+        if (path / "metrics.json").exists():
+            raise ConfigError(f"{path} holds a finished run: nothing to resume.")
+        if not (path / STATE).exists():
+            raise ConfigError(f"{path} has no saved training state ({STATE}): it stopped before its first "
+                              "save. Start it again (same command, or overwrite=true).")
+        return cls(path, quiet)
+
+    @staticmethod
+    def _check_reuse(path: Path, cfg: C.Config) -> None:
+        """May this existing folder be replaced by a new run of ``cfg``? Raise if not."""
+        if not (path / "config.yaml").exists():
+            raise ConfigError(f"output folder {path} exists and holds other files; choose another "
+                              "name (name=...) or empty it.")
+        if cfg.overwrite:
+            return
+        same = comparable_config(C.to_yaml(cfg)) == comparable_config((path / "config.yaml").read_text())
+        if not same:
+            unfinished = (f" It is unfinished: `tailtune train --resume {path}` continues it with its own config."
+                          if (path / STATE).exists() else "")
+            raise ConfigError(f"output folder {path} already holds a different run; choose another name "
+                              f"(name=...), or pass overwrite=true to replace it.{unfinished}")
+        if (path / "metrics.json").exists():
+            raise ConfigError(f"output folder {path} already holds this run, finished; pass overwrite=true "
+                              "to run it again, or choose another name (name=...).")
+        if (path / STATE).exists():
+            raise ConfigError(f"output folder {path} holds this run, unfinished; continue it with "
+                              f"`tailtune train --resume {path}` or pass overwrite=true to start again.")
+
+    def log(self, msg: str, console: bool = True) -> None:
+        """``msg`` into log.txt (always: the run's record), and to the ``tailtune`` logger: at INFO,
+        or at DEBUG (off the CLI's console) for a quiet run or a line the caller says itself."""
+        self._log.write(msg + "\n")
+        self._log.flush()
+        _log.log(logging.INFO if console and not self.quiet else logging.DEBUG, msg)
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.path / "tb"))
+        for k, v in values.items():
+            self._tb.add_scalar(k, v, step)
+
+    def write_metrics(self, metrics: dict, name: str = "metrics.json") -> None:
+        tmp = self.path / (name + ".tmp")
+        tmp.write_text(json.dumps(metrics, indent=2))
+        os.replace(tmp, self.path / name)
+
+    def discard(self) -> None:
+        """Remove the folder of a run that failed before training started."""
+        self.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if not self._log.closed:
+            self._log.close()
+
+
+class NullRun:
+    """What ranks other than 0 get under torchrun: the folder's path, and no writing."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def log(self, msg: str, console: bool = True) -> None:
+        pass
+
+    def scalars(self, step: int, values: dict) -> None:
+        pass
+
+    def write_metrics(self, metrics: dict, name: str = "metrics.json") -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+CHECKPOINT = "checkpoint.safetensors"

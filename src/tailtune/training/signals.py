@@ -1,0 +1,34 @@
+"""SIGTERM / SIGINT during training: save at the next step and stop (a second SIGINT quits)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from tailtune.training.trainer import (
+    Trainer,
+)
+
+
+class SignalStop:
+    """SIGTERM / SIGINT ask the trainer to save and stop at the next step; a second SIGINT quits."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.trainer.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.trainer.stop_signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
