@@ -29,7 +29,8 @@ EVERY_EVAL = ["data.val=holdout", "data.holdout_per_class=1", "train.select_by_v
 
 def test_eval_precision_is_checked(tiny_overrides):
     assert field_choices(C.EvalConfig)["precision"] == C.EVAL_PRECISIONS == ("train", "auto", "bf16", "fp16", "fp32")
-    assert load_config("lift").eval.precision == "train"  # as before the key existed: the run's own precision
+    assert C.EvalConfig().precision == "train"  # as before the key existed: the run's own precision
+    assert load_config("lift").eval.precision == "fp32"  # the reproduction recipes: the reference's
     with pytest.raises(ConfigError, match=r"eval.precision='fp64' is not valid; choose one of train, auto, bf16"):
         load_config("lift", overrides=["eval.precision=fp64"])
     cfg = load_config("lift", overrides=[*tiny_overrides, "train.device=cpu", "eval.precision=fp16"])
@@ -65,13 +66,13 @@ def _record_forward_dtypes(monkeypatch) -> list[tuple[str, torch.dtype]]:
     "eval:<split>" (an evaluation of split test / val / train).
     """
     seen, phase = [], []
-    real_build, real_eval, real_features = api.build, api.evaluate_with_predictions, api.train_features
+    real_build, real_eval, real_features = api._build, api.evaluate_with_predictions, api.train_features
 
     def hook(module, args, out):
         seen.append((phase[-1] if phase else "fit" if torch.is_grad_enabled() else "?", out.dtype))
 
-    def build(cfg, data=None):
-        exp = real_build(cfg, data)
+    def build(cfg, data=None, keep_rng=True):
+        exp = real_build(cfg, data, keep_rng)
         for m in exp.backbone.modules():  # (attention's out_proj is not called as a module)
             if isinstance(m, torch.nn.Linear):
                 m.register_forward_hook(hook)
@@ -86,7 +87,7 @@ def _record_forward_dtypes(monkeypatch) -> list[tuple[str, torch.dtype]]:
                 phase.pop()
         return wrapped
 
-    monkeypatch.setattr(api, "build", build)
+    monkeypatch.setattr(api, "_build", build)
     monkeypatch.setattr(api, "evaluate_with_predictions",
                         during(lambda exp, tte=None, split="test", quiet=True: f"eval:{split}", real_eval))
     monkeypatch.setattr(api, "train_features", during("init", real_features))
@@ -145,7 +146,7 @@ def test_auto_trains_and_evaluates_in_bf16_close_to_fp32(tiny_overrides, monkeyp
     """On a CPU with native bf16 the default (auto) runs the bf16 path for real: autocast in every
     forward, and training lands close to fp32's, within bf16's rounding, but not on it."""
     seen = _record_forward_dtypes(monkeypatch)
-    auto = api.fit(load_config("lift", overrides=[*tiny_overrides, "name=auto"]))
+    auto = api.fit(load_config("lift", overrides=[*tiny_overrides, "eval.precision=train", "name=auto"]))
     # "?": the text tower encoding the prompts of head.init=text, always in fp32 (as the reference's).
     assert set(seen) == {("fit", BF16), ("eval:test", BF16), ("eval:train", BF16), ("?", torch.float32)}
     assert auto["test"]["precision"] == "bf16"
