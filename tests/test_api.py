@@ -160,10 +160,10 @@ def test_data_interpolation_reaches_every_view_of_a_run(tiny_overrides, monkeypa
     assert seen and {mode for _, mode, _ in seen} == {"bilinear"}
 
 
-def test_data_interpolation_auto_keeps_the_backbones_filter(tiny_cfg, monkeypatch):
+def test_data_interpolation_auto_keeps_the_backbones_filter(tiny_overrides, monkeypatch):
     seen = _spy_resizes(monkeypatch)
-    assert tiny_cfg.data.interpolation == "auto"
-    exp = tailtune.build(tiny_cfg)
+    cfg = load_config("lift", overrides=[*tiny_overrides, "data.interpolation=auto"])  # lift's is bilinear
+    exp = tailtune.build(cfg)
     assert exp.backbone.preprocess.interpolation == "bicubic"  # open_clip's CLIP preprocessing
     evaluate_model(exp)
     assert seen and {mode for _, mode, _ in seen} == {"bicubic"}

@@ -33,7 +33,8 @@ EVERY_EVAL = ["data.val=holdout", "data.holdout_per_class=1", "train.select_by_v
 
 def test_eval_precision_is_checked(tiny_overrides):
     assert field_choices(C.EvalConfig)["precision"] == C.EVAL_PRECISIONS == ("train", "auto", "bf16", "fp16", "fp32")
-    assert load_config("lift").eval.precision == "train"  # as before the key existed: the run's own precision
+    assert C.EvalConfig().precision == "train"  # as before the key existed: the run's own precision
+    assert load_config("lift").eval.precision == "fp32"  # the reproduction recipes: the reference's
     with pytest.raises(ConfigError, match=r"eval.precision='fp64' is not valid; choose one of train, auto, bf16"):
         load_config("lift", overrides=["eval.precision=fp64"])
     cfg = load_config("lift", overrides=[*tiny_overrides, "train.device=cpu", "eval.precision=fp16"])
@@ -150,7 +151,7 @@ def test_auto_trains_and_evaluates_in_bf16_close_to_fp32(tiny_overrides, monkeyp
     """On a CPU with native bf16 the default (auto) runs the bf16 path for real: autocast in every
     forward, and training lands close to fp32's, within bf16's rounding, but not on it."""
     seen = _record_forward_dtypes(monkeypatch)
-    auto = tailtune.fit(load_config("lift", overrides=[*tiny_overrides, "name=auto"]))
+    auto = tailtune.fit(load_config("lift", overrides=[*tiny_overrides, "eval.precision=train", "name=auto"]))
     # "?": the text tower encoding the prompts of head.init=text, always in fp32 (as the reference's).
     assert set(seen) == {("fit", BF16), ("eval:test", BF16), ("eval:train", BF16), ("?", torch.float32)}
     assert auto["test"]["precision"] == "bf16"

@@ -189,7 +189,7 @@ def test_a_store_of_another_filter_than_the_run_is_used_and_named_in_the_notes(t
 
     assert not [n for n in notes("data.interpolation=bilinear") if "resized with" in n]
     # the run's filter differs (auto: the backbone's bicubic): used, and said, with the fix
-    (note,) = [n for n in notes() if "resized with" in n]
+    (note,) = [n for n in notes("data.interpolation=auto") if "resized with" in n]
     assert "resized with bilinear, this run resizes with bicubic" in note
     assert "--interpolation bicubic" in note
     # the key picks no images: it is not part of the store's data fingerprint
