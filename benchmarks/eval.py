@@ -46,9 +46,8 @@ from tailtune.data.base import ArrayDataset, Transformed
 from tailtune.data.transforms import eval_transform
 from tailtune.models.accel import compile_model
 from tailtune.runtime.device import tune_cpu_allocator
-from tailtune.runtime.loader import predict_logits
+from tailtune.runtime.loader import make_loader, predict_logits
 from tailtune.runtime.precision import resolve_precision
-from tailtune.training.trainer import make_loader
 
 
 def test_images(n: int, seed: int = 0) -> ArrayDataset:

@@ -47,10 +47,9 @@ from tailtune.models.accel import compile_model
 from tailtune.models.backbones.base import build_backbone
 from tailtune.models.heads import build_head
 from tailtune.models.model import TailModel
-from tailtune.models.peft import PEFT_METHODS, apply_peft, trains_bn_stats
+from tailtune.models.peft.base import PEFT_METHODS, apply_peft, trains_bn_stats
 from tailtune.runtime.device import tune_cpu_allocator
-from tailtune.runtime.precision import resolve_precision
-from tailtune.training.trainer import autocast
+from tailtune.runtime.precision import autocast, resolve_precision
 
 VIT_METHODS = ("none", "adaptformer", "lora", "vpt_deep", "full")
 DTYPES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

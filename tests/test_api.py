@@ -5,7 +5,7 @@ import json
 import pytest
 
 import tailtune
-from tailtune import cli
+from tailtune.cli import app as cli
 from tailtune.config import load_config
 from tailtune.errors import CheckpointError, ConfigError
 from tailtune.evaluation.evaluate import evaluate_model

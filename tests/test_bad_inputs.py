@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import tailtune
-from tailtune import cli
+from tailtune.cli import app as cli
 from tailtune.config import load_config
 from tailtune.errors import CheckpointError, ConfigError, DataError, TailtuneError
 

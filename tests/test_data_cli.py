@@ -10,7 +10,7 @@ import torch
 
 from conftest import SPLITS
 from datatrees import class_tree
-from tailtune import cli
+from tailtune.cli import app as cli
 from tailtune.data.fetch import SPLIT_LISTS, ListFile, fetch_splits
 from tailtune.errors import DataError
 from tailtune.training.selection import Selector

@@ -115,7 +115,7 @@ def test_schedules():
 
 
 def test_progress_counts_images_not_batches_times_the_batch_size(capsys):
-    from tailtune.training.trainer import ImageProgress
+    from tailtune.runtime.progress import ImageProgress
 
     loader = torch.utils.data.DataLoader(WhereAndWhen(10), batch_size=4)
     bar = ImageProgress(loader, "eval", quiet=False)

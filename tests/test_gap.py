@@ -7,7 +7,7 @@ import pytest
 
 import tailtune
 from conftest import TINY_CLIP
-from tailtune import cli
+from tailtune.cli import app as cli
 from tailtune.config import load_config
 from tailtune.errors import ConfigError
 from tailtune.evaluation.evaluate import evaluate_with_predictions

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tailtune
-from tailtune import cli
+from tailtune.cli import app as cli
 from tailtune.config import load_config
 from tailtune.data.samplers import SAMPLERS
 from tailtune.data.transforms import AUGMENTATIONS, TTE_MODES

@@ -7,7 +7,7 @@ import pytest
 
 import tailtune
 from datatrees import class_tree, jpeg_bytes, write_images
-from tailtune import cli
+from tailtune.cli import app as cli
 from tailtune.config import load_config
 from tailtune.data.holdout import balanced_holdout
 from tailtune.data.sources.base import build_data

@@ -4,7 +4,7 @@ import torch
 from tailtune.config import ModelConfig, PeftConfig
 from tailtune.errors import ConfigError
 from tailtune.models.backbones.base import build_backbone
-from tailtune.models.peft import apply_peft, bottleneck
+from tailtune.models.peft.base import apply_peft, bottleneck
 
 
 @pytest.mark.parametrize("c,blocks,r", [(100, 12, 4), (365, 12, 8), (1000, 12, 32), (8142, 12, 256), (1000, 24, 16)])

@@ -19,7 +19,7 @@ import torch
 import tailtune
 from tailtune.config import PeftConfig, load_config
 from tailtune.evaluation.evaluate import train_features
-from tailtune.models.peft import apply_peft, peft_off
+from tailtune.models.peft.base import apply_peft, peft_off
 from tailtune.models.peft.lora import LowRank
 from tailtune.models.peft.masked import MaskedLinear
 from tailtune.models.peft.ssf import ScaleShift

@@ -22,10 +22,10 @@ from tailtune.config import DataConfig, ModelConfig, PeftConfig, load_config
 from tailtune.errors import CheckpointError, ConfigError
 from tailtune.models.backbones.base import TimmBackbone, build_backbone
 from tailtune.models.model import TailModel
-from tailtune.models.peft import PEFT_METHODS, apply_peft, check_peft
+from tailtune.models.peft.base import PEFT_METHODS, apply_peft, check_peft
 from tailtune.models.peft.targets import SelfAttention
-from tailtune.runs.run import read_metrics
 from tailtune.runtime.checkpoint import load_checkpoint, save_checkpoint
+from tailtune.runtime.rundir import read_metrics
 
 VIT_METHODS = [m for m in PEFT_METHODS.names() if "vit" in PEFT_METHODS.get(m).kinds]
 # prompts join attention from the start; SSF's scale and shift are drawn around (1, 0) as the reference's

@@ -11,8 +11,8 @@ import torch
 import tailtune
 import tailtune.runtime.hardware as hw
 from conftest import TINY_CLIP, needs_native_bf16
-from tailtune import cli
 from tailtune import config as C
+from tailtune.cli import app as cli
 from tailtune.config import load_config
 from tailtune.config.reference import field_choices
 from tailtune.data.base import Transformed

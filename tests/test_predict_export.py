@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import tailtune
-from tailtune import cli
+from tailtune.cli import app as cli
 from tailtune.config import from_yaml_text, load_config
 from tailtune.data.sources.base import build_data
 from tailtune.errors import CheckpointError, ConfigError, DataError

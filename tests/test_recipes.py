@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import tailtune
-from tailtune import cli
+from tailtune.cli import app as cli
 from tailtune.config import from_yaml_text, list_presets, load_config, read_recipe, to_dict, to_yaml
 from tailtune.config.recipes import TABLE_ORDER, all_recipes, recipe_info, recipe_table
 from tailtune.errors import ConfigError

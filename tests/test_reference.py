@@ -4,8 +4,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from tailtune import cli
 from tailtune import config as C
+from tailtune.cli import app as cli
 from tailtune.config.reference import config_reference, field_choices, field_docs
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
@@ -14,7 +14,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
 def test_committed_reference_matches_the_schema():
     assert DOCS.exists(), "docs/CONFIG.md is missing: run `tailtune config-reference --out docs/CONFIG.md`"
     assert DOCS.read_text() == config_reference(), (
-        "docs/CONFIG.md is out of date with src/tailtune/config.py: run `tailtune config-reference --out docs/CONFIG.md`")
+        "docs/CONFIG.md is out of date with src/tailtune/config/schema.py: run `tailtune config-reference --out docs/CONFIG.md`")
 
 
 def test_reference_has_every_key_with_its_default():

@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 
 import tailtune
-from tailtune import cli
+from tailtune.cli import app as cli
 from tailtune.config import load_config
+from tailtune.data.longtail import class_groups
 from tailtune.errors import ConfigError
 from tailtune.report.html import (
     PREDICTIONS,
-    class_groups,
     config_differences,
     error_destinations,
     load_predictions,

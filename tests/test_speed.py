@@ -12,7 +12,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import tailtune.runtime.hardware as hw
 from conftest import TINY_CLIP
-from tailtune.cli import main
+from tailtune.cli.app import main
 from tailtune.config import load_config
 from tailtune.experiment import build
 from tailtune.losses import build_loss

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import TINY_CLIP
-from tailtune.cli import main
+from tailtune.cli.app import main
 from tailtune.config import DataConfig, load_config
 from tailtune.data import transforms
 from tailtune.data.base import FileDataset

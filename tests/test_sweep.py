@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY_CLIP
-from tailtune import cli
+from tailtune.cli import app as cli
 from tailtune.config import load_config
 from tailtune.errors import ConfigError
 from tailtune.report.spread import aggregate, format_mean_std, mean_std

@@ -36,7 +36,7 @@ from tailtune.models.heads import (
     check_head,
 )
 from tailtune.models.model import TailModel
-from tailtune.models.peft import (
+from tailtune.models.peft.base import (
     PEFT_METHODS,
     apply_peft,
     check_peft,

@@ -1,5 +1,5 @@
 import sys
 
-from tailtune.cli.main import main
+from tailtune.cli.app import main
 
 sys.exit(main())

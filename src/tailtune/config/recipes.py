@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tailtune.config import list_presets, read_recipe
+from tailtune.config.load import list_presets, read_recipe
 from tailtune.errors import ConfigError
 
 # The README table's order: the published results, then the baselines, then the ablations.

@@ -1,6 +1,6 @@
 """The configuration reference (docs/CONFIG.md), generated from the config schema.
 
-Every key, its type and default come from the dataclasses in ``config.py``; its text from
+Every key, its type and default come from the dataclasses in ``config/schema.py``; its text from
 the comment on the field's line (or the comment lines just above it); allowed values from
 the ``_check_choice`` calls in the section's ``__post_init__``. A test compares the
 committed file with this output, so the reference cannot drift from the code.
@@ -22,7 +22,7 @@ from tailtune import config as C
 
 HEADER = """# Configuration reference
 
-<!-- Generated from src/tailtune/config.py by `tailtune config-reference --out docs/CONFIG.md`.
+<!-- Generated from src/tailtune/config/schema.py by `tailtune config-reference --out docs/CONFIG.md`.
      Do not edit by hand: tests/test_reference.py checks that this file matches the schema. -->
 
 """

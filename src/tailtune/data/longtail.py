@@ -62,3 +62,23 @@ def third_groups(counts: Sequence[int]) -> np.ndarray:
     groups[order[:k]] = 0
     groups[order[len(counts) - k:]] = 2
     return groups
+
+
+def count_order(counts: Sequence[int]) -> np.ndarray:
+    """Class indices by training count, most first; ties by class index."""
+    counts = np.asarray(counts)
+    return np.lexsort((np.arange(len(counts)), -counts))
+
+
+def class_groups(data: dict) -> np.ndarray:
+    """Group index of each class: saved by newer runs; else rebuilt from the group sizes,
+    which cover the classes in count order (most first), as the groups are defined."""
+    if "groups" in data:
+        return np.asarray(data["groups"], dtype=np.int64)
+    order = count_order(data["train_counts"])
+    groups = np.zeros(len(order), dtype=np.int64)
+    start = 0
+    for g, k in enumerate(data["classes_per_group"]):
+        groups[order[start:start + k]] = g
+        start += k
+    return groups

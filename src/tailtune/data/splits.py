@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -155,3 +156,30 @@ def resolve_paths(root: Path, paths: Sequence[str], where: str, allow_absolute: 
         else:  # the common case, kept to string concatenation: lists have up to 460k lines
             out.append(inside + p)
     return out
+
+
+def read_classnames(path: str | Path, expected: int | None = None, what: str = "classes") -> list[str]:
+    """One class name per line (blank lines ignored); ``expected`` checks the count."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"class-names file {path} does not exist (data.classnames_file).")
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read class-names file {path}: {e}") from None
+    if len(names) > 1 and any(all(p.match(n) for n in names) for p in _TWO_COLUMN):
+        raise DataError(f"class-names file {path} holds two columns, folder and name (line 1: {names[0]!r}); "
+                        "give one name per line, e.g. its second column: "
+                        f"cut -d' ' -f2- {path} > names.txt")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DataError(f"class-names file {path} repeats {', '.join(map(repr, dup[:5]))}; names must be unique.")
+    if expected is not None and len(names) != expected:
+        raise DataError(f"class-names file {path} has {len(names)} names for {expected} {what}; "
+                        "give exactly one name per class, in label order.")
+    return names
+
+
+# Two-column "folder name" lists (LIFT's datasets/*/classnames.txt: "airfield airfield",
+# "n01440764 tench"): every line matching one of these is not a file of names.
+_TWO_COLUMN = (re.compile(r"^(\S+)\s+\1$"), re.compile(r"^n\d{8}\s+\S"))

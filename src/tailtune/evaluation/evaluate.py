@@ -15,17 +15,14 @@ from tailtune.experiment import Experiment, tte_options
 from tailtune.models.heads import (
     init_transform,
 )
-from tailtune.models.peft import (
-    peft_off,
-)
+from tailtune.models.peft.base import peft_off
 from tailtune.runtime.distributed import (
     env_info,
     gather_ordered,
     shard_indices,
 )
-from tailtune.runtime.loader import predict_logits
+from tailtune.runtime.loader import make_loader, predict_logits
 from tailtune.runtime.precision import precision_name
-from tailtune.training.trainer import make_loader
 
 
 def predict_split(exp: Experiment, fn, dataset, quiet: bool, desc: str):

@@ -99,7 +99,7 @@ def gap_against(metrics: dict, train: dict) -> dict | None:
     test = saved_test_for(metrics, train["tte"])
     if test is None:
         return None
-    from tailtune.report.html import class_groups
+    from tailtune.data.longtail import class_groups
 
     data = metrics["data"]
     return {"tte": train["tte"], "train_images": train.get("num_samples"),

@@ -168,10 +168,9 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True, onnx: b
     ``merge``: fold mergeable PEFT methods (``MERGERS``) into the weights. ``onnx``: also write
     ``model.onnx`` of the image path; None = when the ``onnx`` package is installed.
     """
-    from tailtune.experiment import CHECKPOINT
     from tailtune.models.peft.base import method_names
-    from tailtune.runs.run import read_metrics
     from tailtune.runtime.checkpoint import load_checkpoint
+    from tailtune.runtime.rundir import CHECKPOINT, read_metrics
 
     run_dir, out = Path(run_dir), Path(out)
     metrics = read_metrics(run_dir)

@@ -99,8 +99,7 @@ class Predictor:
         """(N, C) logits, averaged over the test-time-ensemble views as in evaluation."""
         from tailtune.data.transforms import eval_transform
         from tailtune.experiment import tte_options
-        from tailtune.runtime.loader import predict_logits
-        from tailtune.training.trainer import make_loader
+        from tailtune.runtime.loader import make_loader, predict_logits
 
         items = _items(images)
         if not items:
@@ -142,10 +141,9 @@ def _items(images) -> list:
 
 
 def _load_run(run_dir: Path, device: str):
-    from tailtune.experiment import CHECKPOINT
     from tailtune.inference.export import build_without_data
-    from tailtune.runs.run import read_metrics
     from tailtune.runtime.checkpoint import load_checkpoint
+    from tailtune.runtime.rundir import CHECKPOINT, read_metrics
 
     metrics = read_metrics(run_dir)
     cfg = C.from_yaml_text((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml"))

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from tailtune.data.longtail import class_groups, count_order
 from tailtune.errors import ConfigError, DataError
 from tailtune.report import plots
 
@@ -107,20 +108,6 @@ class RunRecord:
         if self.metrics.get("test_no_tte"):
             rows.append(("without TTE", self.metrics["test_no_tte"]))
         return rows
-
-
-def class_groups(data: dict) -> np.ndarray:
-    """Group index of each class: saved by newer runs; else rebuilt from the group sizes,
-    which cover the classes in count order (most first), as the groups are defined."""
-    if "groups" in data:
-        return np.asarray(data["groups"], dtype=np.int64)
-    order = plots.count_order(data["train_counts"])
-    groups = np.zeros(len(order), dtype=np.int64)
-    start = 0
-    for g, k in enumerate(data["classes_per_group"]):
-        groups[order[start:start + k]] = g
-        start += k
-    return groups
 
 
 def read_curves(tb_dir: Path) -> tuple[dict[str, tuple[list, list]], list[int]]:
@@ -372,7 +359,7 @@ def _per_class_section(page: _Page, r: RunRecord) -> None:
     test = r.metrics["test"]
     png = plots.per_class_accuracy(test["per_class"], r.counts, r.groups, r.group_names, r.classnames,
                                    {g: test.get(g) for g in r.group_names})
-    order = plots.count_order(r.counts)
+    order = count_order(r.counts)
     acc = [test["per_class"][c] for c in order]
     present = [a for a in acc if a is not None]
     lead = (f"Each bar is one class's test accuracy ({test['tte']}); classes run from the most to the fewest "

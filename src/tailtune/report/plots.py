@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tailtune.data.longtail import count_order
+
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
 GROUP_COLOURS = ("#0072B2", "#E69F00", "#D55E00", "#009E73", "#CC79A7", "#56B4E9")
 RUN_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -53,12 +55,6 @@ def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
     return buf.getvalue()
-
-
-def count_order(counts: Sequence[int]) -> np.ndarray:
-    """Class indices by training count, most first; ties by class index."""
-    counts = np.asarray(counts)
-    return np.lexsort((np.arange(len(counts)), -counts))
 
 
 def group_runs(sorted_groups: Sequence[int]) -> list[tuple[int, int, int]]:

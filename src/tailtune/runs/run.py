@@ -4,7 +4,6 @@ continues one from its folder."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import replace
@@ -241,8 +240,3 @@ def evaluate(run_dir: str | Path, tte: str | None = None, split: str = "test", q
     return evaluate_model(exp, tte, split, quiet)
 
 
-def read_metrics(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "metrics.json"
-    if not path.exists():
-        raise ConfigError(f"{path} does not exist: the run did not finish.")
-    return json.loads(path.read_text())

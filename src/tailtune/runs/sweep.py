@@ -38,7 +38,9 @@ from pathlib import Path
 
 from tailtune import config as C
 from tailtune.errors import ConfigError, TailtuneError
+from tailtune.runs.run import fit, resume
 from tailtune.runtime.rundir import STATE, comparable_config
+from tailtune.training.trainer import TrainingInterrupted
 
 _log = logging.getLogger(__name__)
 SEEDS = "seeds"
@@ -235,17 +237,14 @@ class Sweep:
         return {"ran": [p.name for p in pending], "failed": failed, "report": report}
 
     def _run_here(self, pending: list[Point], log) -> dict[str, str]:
-        from tailtune import experiment as api
-        from tailtune.training.trainer import TrainingInterrupted
-
         failed = {}
         for i, point in enumerate(pending, 1):
             log(f"[{i}/{len(pending)}] {point.name}" + (" (resuming)" if point.interrupted else ""))
             try:
                 if point.interrupted:
-                    api.resume(point.run_dir)
+                    resume(point.run_dir)
                 else:
-                    api.fit(point.cfg, point.run_dir)
+                    fit(point.cfg, point.run_dir)
             except TrainingInterrupted:
                 raise  # a signal stops the whole sweep; running the command again continues it
             except TailtuneError as e:  # e.g. one learning rate diverges: the other points still run

@@ -15,9 +15,8 @@ from tailtune.experiment import data_summary, tte_options, validate
 from tailtune.models.backbones.base import build_backbone
 from tailtune.models.prompts import class_prompts, class_text_features, describe
 from tailtune.runtime.device import default_workers, resolve_device
-from tailtune.runtime.loader import predict_logits
+from tailtune.runtime.loader import make_loader, predict_logits
 from tailtune.runtime.precision import precision_name, resolve_eval_precision
-from tailtune.training.trainer import make_loader
 
 
 def zeroshot(cfg: C.Config) -> dict:

@@ -147,3 +147,10 @@ class NullRun:
 
 
 CHECKPOINT = "checkpoint.safetensors"
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "metrics.json"
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist: the run did not finish.")
+    return json.loads(path.read_text())

@@ -42,7 +42,9 @@ from tailtune.errors import ConfigError
 from tailtune.models.model import TailModel
 from tailtune.registry import Registry
 from tailtune.runtime.hardware import available_memory
-from tailtune.training.trainer import ImageProgress, autocast, make_loader
+from tailtune.runtime.loader import make_loader
+from tailtune.runtime.precision import autocast
+from tailtune.runtime.progress import ImageProgress
 
 SPLITS: Registry = Registry("backbone split")
 _log = logging.getLogger(__name__)

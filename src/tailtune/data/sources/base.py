@@ -13,6 +13,7 @@ import numpy as np
 
 from tailtune.config import DataConfig
 from tailtune.data.base import ArrayDataset, Subset
+from tailtune.data.holdout import with_val
 from tailtune.data.longtail import (
     GROUPS,
     THIRDS,
@@ -22,6 +23,8 @@ from tailtune.data.longtail import (
     subsample,
     third_groups,
 )
+from tailtune.data.splits import read_classnames
+from tailtune.data.validate import check_image_files
 from tailtune.errors import DataError
 from tailtune.registry import Registry
 
@@ -87,9 +90,6 @@ def build_data(cfg: DataConfig, check_files: bool = True) -> LTData:
     names matching, and (``check_files``) every listed image present and, with
     ``data.verify_images``, decodable (``data.skip_corrupt`` drops the ones that are not).
     """
-    from tailtune.data.holdout import with_val
-    from tailtune.data.validate import check_image_files
-
     data = SOURCES.get(cfg.name)(cfg)
     if cfg.classnames_file and cfg.name not in NAMES_FROM_FILE:
         data = renamed(data, cfg)
@@ -107,7 +107,6 @@ def renamed(data: LTData, cfg: DataConfig) -> LTData:
     Only the names change (what the text prompts say); images, labels and groups stay the
     source's. The run's notes say how many names differ from the source's own.
     """
-    from tailtune.data.sources.own import read_classnames
 
     names = read_classnames(cfg.classnames_file, data.num_classes, f"classes of {cfg.name}")
 

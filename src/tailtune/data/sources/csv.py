@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tailtune.config import DataConfig
 from tailtune.data.sources.base import SOURCES
-from tailtune.data.sources.own import own_data, read_classnames
-from tailtune.data.splits import resolve_paths
+from tailtune.data.sources.own import own_data
+from tailtune.data.splits import read_classnames, resolve_paths
 from tailtune.errors import DataError
 
 SPLITS = ("train", "val", "test")

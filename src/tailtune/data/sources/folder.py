@@ -6,7 +6,8 @@ from pathlib import Path
 
 from tailtune.config import DataConfig
 from tailtune.data.sources.base import SOURCES
-from tailtune.data.sources.own import own_data, read_classnames
+from tailtune.data.sources.own import own_data
+from tailtune.data.splits import read_classnames
 from tailtune.errors import DataError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm"}

@@ -33,7 +33,7 @@ PROVIDERS: Registry = Registry("model provider")
 
 # Transformer blocks of open_clip (`transformer.resblocks.N`) and timm (`blocks.N`) ViTs.
 BLOCK_PATTERN = re.compile(r"(^|\.)(resblocks|blocks)\.\d+$")
-_OPEN_CLIP_CONFIGS = Path(__file__).parent / "open_clip_configs"
+_OPEN_CLIP_CONFIGS = Path(__file__).parents[1] / "open_clip_configs"
 
 
 class Backbone(nn.Module):

@@ -69,7 +69,8 @@ def _print_if_quiet(metrics: dict, quiet: bool) -> None:
 
 def cmd_eval(args) -> int:
     from tailtune.report.text import format_results
-    from tailtune.runs.run import evaluate, read_metrics
+    from tailtune.runs.run import evaluate
+    from tailtune.runtime.rundir import read_metrics
 
     saved = read_metrics(args.run_dir)
     test = evaluate(args.run_dir, args.tte, args.split, quiet=args.quiet, precision=args.precision)
@@ -136,7 +137,7 @@ def cmd_list(args) -> int:
     from tailtune.losses import LOSSES
     from tailtune.models.backbones.base import PACKAGED, PROVIDERS
     from tailtune.models.heads import HEAD_INITS, HEADS
-    from tailtune.models.peft import PEFT_METHODS
+    from tailtune.models.peft.base import PEFT_METHODS
     from tailtune.models.prompts import PROMPT_MODES
 
     registries = {"peft": PEFT_METHODS, "losses": LOSSES, "heads": HEADS, "inits": HEAD_INITS,
