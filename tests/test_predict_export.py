@@ -21,7 +21,8 @@ from tailtune.inference.export import (
     export_run,
     merge_lora,
 )
-from tailtune.report.html import PREDICTIONS, load_predictions
+from tailtune.report.record import load_predictions
+from tailtune.runtime.rundir import PREDICTIONS
 
 CLASSES = [f"class {k}" for k in range(6)]
 

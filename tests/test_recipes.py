@@ -12,7 +12,7 @@ from tailtune.cli import app as cli
 from tailtune.config import from_yaml_text, list_presets, load_config, read_recipe, to_dict, to_yaml
 from tailtune.config.recipes import TABLE_ORDER, all_recipes, recipe_info, recipe_table
 from tailtune.errors import ConfigError
-from tailtune.report.html import config_differences
+from tailtune.report.compare import config_differences
 from tailtune.runs.sweep import plan
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -18,15 +18,11 @@ from tailtune.cli import app as cli
 from tailtune.config import load_config
 from tailtune.data.longtail import class_groups
 from tailtune.errors import ConfigError
-from tailtune.report.html import (
-    PREDICTIONS,
-    config_differences,
-    error_destinations,
-    load_predictions,
-    read_curves,
-    tail_confusions,
-)
+from tailtune.report.compare import config_differences
+from tailtune.report.html import error_destinations, tail_confusions
+from tailtune.report.record import load_predictions, read_curves
 from tailtune.report.text import format_results
+from tailtune.runtime.rundir import PREDICTIONS
 
 RUN_SECTIONS = ("results", "per-class", "class-counts", "training", "confusions", "config")
 COMPARE_SECTIONS = ("results", "groups", "per-class", "differences", "runs")
@@ -243,7 +239,7 @@ def test_config_differences():
 
 
 def test_compare_needs_two_finished_runs(runs, tmp_path):
-    from tailtune.report.html import compare_runs
+    from tailtune.report.compare import compare_runs
 
     a, _ = runs["adapt"]
     with pytest.raises(ConfigError, match="at least two"):

@@ -19,7 +19,8 @@ from tailtune.errors import CheckpointError, ConfigError, DataError, TailtuneErr
 from tailtune.experiment import build, load_run, validate  # noqa: E402
 from tailtune.inference.export import export_run  # noqa: E402
 from tailtune.inference.predict import Predictor, load  # noqa: E402
-from tailtune.report.html import compare_runs, write_report  # noqa: E402
+from tailtune.report.compare import compare_runs  # noqa: E402
+from tailtune.report.html import write_report  # noqa: E402
 from tailtune.runs.run import evaluate, fit, resume  # noqa: E402
 from tailtune.runs.zeroshot import zeroshot  # noqa: E402
 

@@ -52,7 +52,7 @@ from tailtune.runtime.distributed import (
 )
 from tailtune.runtime.precision import resolve_eval_precision, resolve_precision
 from tailtune.runtime.rng import seeded_rng
-from tailtune.runtime.rundir import CHECKPOINT
+from tailtune.runtime.rundir import CHECKPOINT, read_config
 
 _log = logging.getLogger(__name__)
 
@@ -210,13 +210,8 @@ def _finish_data(cfg: C.DataConfig, data: LTData, preprocess) -> LTData:
 
 def load_run(run_dir: str | Path, data: LTData | None = None) -> Experiment:
     """Rebuild a finished run's model from its folder (config + checkpoint)."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        raise ConfigError(f"{run_dir} is not a tailtune run folder (no config.yaml).")
-    cfg = C.from_yaml_text(cfg_path.read_text(), str(cfg_path))
-    exp = build(cfg, data)
-    load_checkpoint(run_dir / CHECKPOINT, exp.model, exp.backbone.info, exp.data.num_classes)
+    exp = build(read_config(run_dir), data)
+    load_checkpoint(Path(run_dir) / CHECKPOINT, exp.model, exp.backbone.info, exp.data.num_classes)
     return exp
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from tailtune import config as C
 from tailtune.cli.data import add_data_parser
@@ -35,14 +34,14 @@ def _load(args):
 
 def cmd_train(args) -> int:
     from tailtune.runs.run import fit, resume
+    from tailtune.runtime.rundir import read_config
 
     if args.resume:
         if args.overrides or args.data or args.config or args.recipe != DEFAULT_RECIPE or args.dry_run:
             raise ConfigError("--resume continues a run with its own saved config; give only the run folder "
                               "(tailtune train --resume RUN_DIR).")
         metrics = resume(args.resume)
-        saved = Path(args.resume) / "config.yaml"
-        _print_if_quiet(metrics, C.from_yaml_text(saved.read_text(), str(saved)).quiet)
+        _print_if_quiet(metrics, read_config(args.resume).quiet)
         return 0
     if any(o.startswith("seeds=") for o in args.overrides):  # one run per seed, with their mean and spread
         from tailtune.cli.sweep import train_seeds

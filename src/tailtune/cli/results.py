@@ -16,7 +16,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from tailtune.report.html import compare_runs
+    from tailtune.report.compare import compare_runs
 
     print(f"comparison: {compare_runs(args.run_dirs, args.out)}")
     return 0

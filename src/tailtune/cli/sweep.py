@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 from tailtune.errors import ConfigError
+from tailtune.runtime.rundir import COMPARISON, read_metrics
 
 SWEEP_HELP = """examples:
   tailtune sweep lift -d cifar100_ir100 data.root=DIR peft.r=4,8,16,32,64
@@ -27,7 +28,7 @@ def summary_lines(sweep) -> list[str]:
         if not p.finished:
             lines.append(f"{p.name}: {'interrupted' if p.interrupted else 'not run'}")
             continue
-        m = json.loads((p.run_dir / "metrics.json").read_text())
+        m = read_metrics(p.run_dir)
         t, groups = m["test"], m["data"]["group_names"]
         gap = (m.get("generalisation_gap") or {}).get("gap", {})
         accs = "  ".join(f"{g} {t[g]:.2f}" for g in groups if t.get(g) is not None)
@@ -42,7 +43,7 @@ def spread_lines(sweep) -> list[str]:
     """Mean ± std over seeds per setting, from the sweep's comparison.json (none without seeds)."""
     from tailtune.report.spread import format_mean_std
 
-    path = sweep.dir / "comparison.json"
+    path = sweep.dir / COMPARISON
     if not sweep.has_seeds or not path.exists():
         return []
     summary = json.loads(path.read_text())

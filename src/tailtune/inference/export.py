@@ -29,8 +29,11 @@ from tailtune import config as C
 from tailtune.data.sources.base import LTData
 from tailtune.data.transforms import Preprocess
 from tailtune.errors import CheckpointError, ConfigError
+from tailtune.experiment import build
+from tailtune.models.peft.base import method_names
 from tailtune.registry import Registry
-from tailtune.runtime.checkpoint import check_fit, write_safetensors
+from tailtune.runtime.checkpoint import check_fit, load_checkpoint, write_safetensors
+from tailtune.runtime.rundir import CHECKPOINT, read_config, read_metrics
 from tailtune.version import __version__
 
 FORMAT = "tailtune-export-1"
@@ -48,8 +51,6 @@ MERGERS: Registry[Callable[[nn.Module], int]] = Registry("mergeable PEFT method"
 
 def build_without_data(cfg: C.Config, classnames: list[str], groups=None):
     """The model of ``cfg`` for these classes, without loading any dataset (prediction, export)."""
-    from tailtune.experiment import build
-
     # build() reads only the class list and notes of the data; images are never touched.
     data = LTData(train=None, test=None, classnames=list(classnames),
                   groups=np.zeros(len(classnames), dtype=np.int64) if groups is None else np.asarray(groups))
@@ -168,17 +169,13 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True, onnx: b
     ``merge``: fold mergeable PEFT methods (``MERGERS``) into the weights. ``onnx``: also write
     ``model.onnx`` of the image path; None = when the ``onnx`` package is installed.
     """
-    from tailtune.models.peft.base import method_names
-    from tailtune.runtime.checkpoint import load_checkpoint
-    from tailtune.runtime.rundir import CHECKPOINT, read_metrics
-
     run_dir, out = Path(run_dir), Path(out)
     metrics = read_metrics(run_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"export destination {out} is a file; give a folder (created if missing).")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"export folder {out} is not empty; choose another or pass overwrite (--overwrite).")
-    cfg = C.from_yaml_text((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml"))
+    cfg = read_config(run_dir)
     cfg.train.device = "cpu"  # exports are written from CPU tensors, whatever the run trained on
     classnames = metrics["data"]["classnames"]
     exp = build_without_data(cfg, classnames)

@@ -15,8 +15,19 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from tailtune import config as C
+from tailtune.data.transforms import eval_transform
 from tailtune.errors import ConfigError, DataError
+from tailtune.experiment import tte_options
+from tailtune.inference.export import (
+    EXPORT_CONFIG,
+    EXPORT_WEIGHTS,
+    build_without_data,
+    is_export,
+    load_export,
+)
+from tailtune.runtime.checkpoint import load_checkpoint
+from tailtune.runtime.loader import make_loader, predict_logits
+from tailtune.runtime.rundir import CHECKPOINT, CONFIG, METRICS, read_config, read_metrics
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -97,10 +108,6 @@ class Predictor:
     def logits(self, images, tte: str | None = None, batch_size: int | None = None,
                quiet: bool = True) -> torch.Tensor:
         """(N, C) logits, averaged over the test-time-ensemble views as in evaluation."""
-        from tailtune.data.transforms import eval_transform
-        from tailtune.experiment import tte_options
-        from tailtune.runtime.loader import make_loader, predict_logits
-
         items = _items(images)
         if not items:
             raise DataError("no images to predict.")
@@ -141,12 +148,8 @@ def _items(images) -> list:
 
 
 def _load_run(run_dir: Path, device: str):
-    from tailtune.inference.export import build_without_data
-    from tailtune.runtime.checkpoint import load_checkpoint
-    from tailtune.runtime.rundir import CHECKPOINT, read_metrics
-
     metrics = read_metrics(run_dir)
-    cfg = C.from_yaml_text((run_dir / "config.yaml").read_text(), str(run_dir / "config.yaml"))
+    cfg = read_config(run_dir)
     cfg.train.device = device
     names = metrics["data"]["classnames"]
     exp = build_without_data(cfg, names, metrics["data"].get("groups"))
@@ -159,14 +162,12 @@ def load(path: str | Path, device: str = "auto") -> Predictor:
 
     ``device``: auto (CUDA when available), cpu, cuda or cuda:N.
     """
-    from tailtune.inference.export import is_export, load_export
-
     path = Path(path)
     if is_export(path):
         exp, meta = load_export(path, device)
         return Predictor(exp, meta["classnames"], str(path))
-    if (path / "config.yaml").is_file():
+    if (path / CONFIG).is_file():
         exp, names = _load_run(path, device)
         return Predictor(exp, names, str(path))
-    raise ConfigError(f"{path} is neither a run folder (config.yaml, checkpoint.safetensors, metrics.json) "
-                      "nor an export folder (config.json, model.safetensors).")
+    raise ConfigError(f"{path} is neither a run folder ({CONFIG}, {CHECKPOINT}, {METRICS}) "
+                      f"nor an export folder ({EXPORT_CONFIG}, {EXPORT_WEIGHTS}).")

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 from tailtune import config as C
-from tailtune.report.html import compare_runs
+from tailtune.report.compare import compare_runs
 from tailtune.runs.run import fit
+from tailtune.runtime.rundir import COMPARISON
 
 # (label, overrides) per mode; "{light}" is the recipe's own lightweight method.
 DEFAULT_MODES = (
@@ -45,8 +46,8 @@ def compare_recipes(recipe: str | None = "demo", data: str | None = None, files:
     report = compare_runs([r["run_dir"] for r in rows], out)
     result = {"recipe": recipe, "data": data, "overrides": list(overrides),
               "group_names": metrics["data"]["group_names"], "rows": rows, "report": str(report)}
-    summary = json.loads((out / "comparison.json").read_text())
-    (out / "comparison.json").write_text(json.dumps({**summary, **result}, indent=2))
+    summary = json.loads((out / COMPARISON).read_text())
+    (out / COMPARISON).write_text(json.dumps({**summary, **result}, indent=2))
     return result
 
 

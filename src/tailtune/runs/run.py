@@ -16,14 +16,17 @@ from tailtune.data.base import SeededTransformed
 from tailtune.data.transforms import (
     train_transform,
 )
-from tailtune.errors import ConfigError, TailtuneError
+from tailtune.errors import TailtuneError
 from tailtune.evaluation.evaluate import evaluate_model, evaluate_with_predictions, train_features
+from tailtune.evaluation.gap import measure_gap
 from tailtune.experiment import Experiment, _build, data_summary, load_run, param_summary, validate
 from tailtune.losses import build_loss
 from tailtune.models.heads import (
     InitContext,
     initialise_head,
 )
+from tailtune.report.html import write_report
+from tailtune.report.record import save_predictions
 from tailtune.report.text import format_results
 from tailtune.runtime.checkpoint import assign_trainable, save_checkpoint
 from tailtune.runtime.device import resolve_device, tune_cpu_allocator
@@ -37,7 +40,15 @@ from tailtune.runtime.distributed import (
 from tailtune.runtime.distributed import setup as dist_setup
 from tailtune.runtime.precision import precision_name, resolve_eval_precision
 from tailtune.runtime.rng import kept_rng
-from tailtune.runtime.rundir import CHECKPOINT, STATE, NullRun, RunDir
+from tailtune.runtime.rundir import (
+    CHECKPOINT,
+    PREDICTIONS,
+    SPLITS,
+    STATE,
+    NullRun,
+    RunDir,
+    read_config,
+)
 from tailtune.training.feature_cache import cached_training
 from tailtune.training.selection import VAL_TTE, Selector
 from tailtune.training.signals import SignalStop
@@ -64,11 +75,7 @@ def fit(cfg: C.Config, run_dir: str | Path | None = None) -> dict:
 
 def resume(run_dir: str | Path) -> dict:
     """Continue an interrupted run from its folder's saved training state, where it stopped."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        raise ConfigError(f"{run_dir} is not a tailtune run folder (no config.yaml).")
-    return _as_run(C.from_yaml_text(cfg_path.read_text(), str(cfg_path)), run_dir, resume=True)
+    return _as_run(read_config(run_dir), Path(run_dir), resume=True)
 
 
 def _as_run(cfg: C.Config, run_dir, resume: bool) -> dict:
@@ -181,7 +188,7 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
     train_s = sum(h["seconds"] for h in history)  # across interruptions too
     validation = selector.finish()  # restores the selected epoch before it is saved and tested
     if exp.data.record:  # how held-out test / val splits were drawn, file by file
-        run.write_metrics(exp.data.record, "splits.json")
+        run.write_metrics(exp.data.record, SPLITS)
     if info.is_main:
         save_checkpoint(run.path / CHECKPOINT, exp.model.trainable_state_dict(), C.to_yaml(cfg),
                         exp.backbone.info, exp.data.num_classes)
@@ -192,8 +199,6 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
     predictions, no_tte = {test["tte"]: preds}, None
     if test["tte"] != "none":  # the report shows what the test-time ensemble adds
         no_tte, predictions["none"], _ = evaluate_with_predictions(exp, "none", quiet=cfg.quiet)
-    from tailtune.evaluation.gap import measure_gap
-
     # Train vs test accuracy per group, one view each (cheap): does the tuning overfit the tail?
     gap = measure_gap(exp, no_tte or test, cfg.quiet)
     metrics = {
@@ -213,8 +218,6 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
         "time": {"train_s": train_s, "eval_s": eval_s, "total_s": time.perf_counter() - start},
     }
     if info.is_main:
-        from tailtune.report.html import PREDICTIONS, save_predictions, write_report
-
         save_predictions(run.path / PREDICTIONS, labels, predictions)
         run.write_metrics(metrics)
         run.scalars(trainer.step, {"test/overall": test["overall"]})

@@ -38,16 +38,16 @@ from pathlib import Path
 
 from tailtune import config as C
 from tailtune.errors import ConfigError, TailtuneError
+from tailtune.report.compare import compare_runs
+from tailtune.report.sweep import sweep_sections
 from tailtune.runs.run import fit, resume
-from tailtune.runtime.rundir import STATE, comparable_config
+from tailtune.runtime.rundir import CONFIG, METRICS, STATE, SWEEP, SWEEP_LOGS, comparable_config
 from tailtune.training.trainer import TrainingInterrupted
 
 _log = logging.getLogger(__name__)
 SEEDS = "seeds"
 # Short forms for the keys swept most often (the issue's `loss=ce,la`).
 ALIASES = {"loss": "loss.name", "peft": "peft.method"}
-SWEEP_FILE = "sweep.json"
-LOGS = "logs"
 
 
 def _torchrun(nproc: int) -> list[str]:
@@ -86,7 +86,7 @@ class Point:
 
     @property
     def finished(self) -> bool:
-        return (self.run_dir / "metrics.json").exists()
+        return (self.run_dir / METRICS).exists()
 
     @property
     def interrupted(self) -> bool:
@@ -211,7 +211,7 @@ class Sweep:
 
     def write_plan(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / SWEEP_FILE).write_text(json.dumps(self.describe(), indent=2))
+        (self.dir / SWEEP).write_text(json.dumps(self.describe(), indent=2))
 
     def run(self, parallel: int = 1, launcher: str | None = None, nproc: int = 1,
             log: Callable[[str], None] = _log.info) -> dict:
@@ -254,7 +254,7 @@ class Sweep:
 
     def _run_processes(self, pending: list[Point], parallel: int, launcher: str | None, nproc: int,
                        log) -> dict[str, str]:
-        logs = self.dir / LOGS
+        logs = self.dir / SWEEP_LOGS
         logs.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         # N processes on one machine: share the cores rather than each taking all of them.
@@ -274,9 +274,6 @@ class Sweep:
 
     def report(self) -> Path | None:
         """Write the comparison of the finished points into the sweep folder (None if under two)."""
-        from tailtune.report.html import compare_runs
-        from tailtune.report.sweep import sweep_sections
-
         done = [p for p in self.points if p.finished]
         if len(done) < 2:
             return None
@@ -347,7 +344,7 @@ def plan(base: str, data: str | None = None, files: tuple[str, ...] | list[str] 
 
 def _check_folder(run_dir: Path, cfg: C.Config) -> None:
     """A point's existing folder must hold a run of the same config (else skipping it would lie)."""
-    saved = run_dir / "config.yaml"
+    saved = run_dir / CONFIG
     if saved.exists() and comparable_config(saved.read_text()) != comparable_config(C.to_yaml(C.with_absolute_paths(cfg))):
         raise ConfigError(f"{run_dir} holds a run of another config than this sweep's point; sweep into another "
                           "folder (--out DIR) or remove that folder.")

@@ -1,4 +1,9 @@
-"""A run's folder: resolved config, log, TensorBoard scalars, checkpoint and metrics."""
+"""A run's folder: resolved config, log, TensorBoard scalars, checkpoint and metrics.
+
+This module owns the names of every file and folder in a run folder (and in the folders
+that gather runs: a comparison, a sweep); the rest of the library joins paths with these
+constants, and :func:`check_run` is the one test of "is this a (finished) run folder".
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,23 @@ from tailtune import config as C
 from tailtune.errors import ConfigError
 
 _log = logging.getLogger(__name__)
-STATE = "train_state.safetensors"
+
+# ---- a run folder, in the order a run writes it
+CONFIG = "config.yaml"  # the resolved config, written first: a folder without it is no run folder
+LOG = "log.txt"  # every line the run logged
+TB = "tb"  # folder of TensorBoard scalars (training curves)
+STATE = "train_state.safetensors"  # resumable training state; removed when the run finishes
+SPLITS = "splits.json"  # which images went to train / val / test
+CHECKPOINT = "checkpoint.safetensors"  # the trained weights (trainable part) with config and checksums
+PREDICTIONS = "predictions.npz"  # test labels and predictions per test-time-ensemble mode
+METRICS = "metrics.json"  # written last: a run folder with it holds a finished run
+REPORT = "report.html"  # the run's (or a comparison's) self-contained report page
+FIGURES = "report"  # folder of the report's PNGs
+# ---- a folder of several runs
+COMPARISON = "comparison.json"  # the numbers of a comparison report (beside its report.html)
+SWEEP = "sweep.json"  # a sweep's points and their overrides
+SWEEP_LOGS = "logs"  # folder of the sweep's per-point console logs
+
 _RUN_ONLY_KEYS = ("overwrite:", "quiet:")
 
 
@@ -29,13 +50,31 @@ def default_name(cfg: C.Config) -> str:
     return f"{cfg.data.name}_{model}_{peft}_{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_run(path: str | Path, finished: bool = True) -> Path:
+    """``path`` as a run folder; raises ConfigError if it is none or, with ``finished``, if its run
+    did not finish (no metrics.json: stopped, failed or still running)."""
+    path = Path(path)
+    if not (path / CONFIG).is_file():
+        raise ConfigError(f"{path} is not a tailtune run folder (no {CONFIG}).")
+    if finished and not (path / METRICS).is_file():
+        resume = (f"; `tailtune train --resume {path}` continues it" if (path / STATE).is_file() else "")
+        raise ConfigError(f"{path} has no {METRICS} (an unfinished run): it did not finish{resume}.")
+    return path
+
+
+def read_config(run_dir: str | Path) -> C.Config:
+    """The config a run folder was trained with."""
+    path = check_run(run_dir, finished=False) / CONFIG
+    return C.from_yaml_text(path.read_text(), str(path))
+
+
 class RunDir:
     """Creates and writes one run folder; ``log`` appends to ``log.txt`` and logs the line."""
 
     def __init__(self, path: Path, quiet: bool = False):
         self.path = path
         self.quiet = quiet
-        self._log = open(path / "log.txt", "a", encoding="utf-8")
+        self._log = open(path / LOG, "a", encoding="utf-8")
         self._tb = None
 
     @classmethod
@@ -52,18 +91,16 @@ class RunDir:
         except OSError as e:
             raise ConfigError(f"cannot write to output folder {path}: {e.strerror}. "
                               "Set output_dir=... to a writable folder.") from None
-        tmp = path / "config.yaml.tmp"
+        tmp = path / (CONFIG + ".tmp")
         tmp.write_text(C.to_yaml(cfg))
-        os.replace(tmp, path / "config.yaml")
+        os.replace(tmp, path / CONFIG)
         return cls(path, cfg.quiet)
 
     @classmethod
     def open(cls, path: str | Path, quiet: bool = False) -> RunDir:
         """An existing run folder, to continue an interrupted run in it."""
-        path = Path(path)
-        if not (path / "config.yaml").exists():
-            raise ConfigError(f"{path} is not a tailtune run folder (no config.yaml).")
-        if (path / "metrics.json").exists():
+        path = check_run(path, finished=False)
+        if (path / METRICS).exists():
             raise ConfigError(f"{path} holds a finished run: nothing to resume.")
         if not (path / STATE).exists():
             raise ConfigError(f"{path} has no saved training state ({STATE}): it stopped before its first "
@@ -73,18 +110,18 @@ class RunDir:
     @staticmethod
     def _check_reuse(path: Path, cfg: C.Config) -> None:
         """May this existing folder be replaced by a new run of ``cfg``? Raise if not."""
-        if not (path / "config.yaml").exists():
+        if not (path / CONFIG).exists():
             raise ConfigError(f"output folder {path} exists and holds other files; choose another "
                               "name (name=...) or empty it.")
         if cfg.overwrite:
             return
-        same = comparable_config(C.to_yaml(cfg)) == comparable_config((path / "config.yaml").read_text())
+        same = comparable_config(C.to_yaml(cfg)) == comparable_config((path / CONFIG).read_text())
         if not same:
             unfinished = (f" It is unfinished: `tailtune train --resume {path}` continues it with its own config."
                           if (path / STATE).exists() else "")
             raise ConfigError(f"output folder {path} already holds a different run; choose another name "
                               f"(name=...), or pass overwrite=true to replace it.{unfinished}")
-        if (path / "metrics.json").exists():
+        if (path / METRICS).exists():
             raise ConfigError(f"output folder {path} already holds this run, finished; pass overwrite=true "
                               "to run it again, or choose another name (name=...).")
         if (path / STATE).exists():
@@ -102,11 +139,11 @@ class RunDir:
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.path / "tb"))
+            self._tb = SummaryWriter(str(self.path / TB))
         for k, v in values.items():
             self._tb.add_scalar(k, v, step)
 
-    def write_metrics(self, metrics: dict, name: str = "metrics.json") -> None:
+    def write_metrics(self, metrics: dict, name: str = METRICS) -> None:
         tmp = self.path / (name + ".tmp")
         tmp.write_text(json.dumps(metrics, indent=2))
         os.replace(tmp, self.path / name)
@@ -136,7 +173,7 @@ class NullRun:
     def scalars(self, step: int, values: dict) -> None:
         pass
 
-    def write_metrics(self, metrics: dict, name: str = "metrics.json") -> None:
+    def write_metrics(self, metrics: dict, name: str = METRICS) -> None:
         pass
 
     def discard(self) -> None:
@@ -146,11 +183,6 @@ class NullRun:
         pass
 
 
-CHECKPOINT = "checkpoint.safetensors"
-
-
 def read_metrics(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "metrics.json"
-    if not path.exists():
-        raise ConfigError(f"{path} does not exist: the run did not finish.")
-    return json.loads(path.read_text())
+    """The metrics of a finished run."""
+    return json.loads((check_run(run_dir) / METRICS).read_text())

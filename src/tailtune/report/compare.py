@@ -1,0 +1,163 @@
+"""Several finished runs side by side: one HTML page (``report.html``) plus ``comparison.json``.
+
+The page is built from the blocks of :mod:`tailtune.report.html`; sweeps add their own
+sections through ``compare_runs``' ``extra``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tailtune.errors import ConfigError
+from tailtune.report import plots
+from tailtune.report.html import Page, escape, html_table, minutes, pct, signed
+from tailtune.report.record import RunRecord, balanced, config_value, read_run
+from tailtune.report.spread import aggregate, format_mean_std
+from tailtune.runtime.rundir import COMPARISON
+
+# Config keys that name or place a run rather than change what it computes.
+_RUN_ONLY = ("name", "output_dir", "overwrite", "quiet")
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out = {}
+    for k, v in node.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def config_differences(configs: list[dict]) -> dict[str, list]:
+    """Config keys whose values differ between runs (run-naming keys left out), sorted."""
+    flat = [_flatten(c) for c in configs]
+    keys = sorted(set().union(*flat)) if flat else []
+    return {k: [f.get(k, "–") for f in flat] for k in keys
+            if k not in _RUN_ONLY and len({json.dumps(f.get(k, "–"), sort_keys=True, default=str) for f in flat}) > 1}
+
+
+def _labels(records: list[RunRecord]) -> list[str]:
+    """Folder names, or parent/name where two runs share a folder name."""
+    names = [r.name for r in records]
+    return [f"{r.path.parent.name}/{r.name}" if names.count(r.name) > 1 else r.name for r in records]
+
+
+def comparison_rows(records: list[RunRecord], labels: list[str]) -> tuple[list[str], list[dict]]:
+    """The group names (union, in order of appearance) and one summary row per run."""
+    groups: list[str] = []
+    for r in records:
+        groups += [g for g in r.group_names if g not in groups]
+    rows = []
+    for label, r in zip(labels, records):
+        t, p = r.metrics["test"], r.metrics.get("params", {})
+        no_tte = r.metrics.get("test_no_tte") or (t if t["tte"] == "none" else None)
+        rows.append({"run": label, "path": str(r.path), "dataset": r.metrics.get("dataset"),
+                     "backbone": r.metrics.get("backbone", {}).get("name"), "peft": r.metrics.get("peft"),
+                     "loss": config_value(r.config, "loss.name"), "tte": t["tte"], "overall": t["overall"],
+                     "balanced": balanced(t), **{g: t.get(g) for g in groups}, "overall_no_tte": no_tte["overall"] if no_tte else None,
+                     "macro_f1": t.get("macro_f1"), "trainable_params": p.get("trainable_total"),
+                     "trainable_backbone_share": p.get("trainable_backbone_share"),
+                     "train_s": r.metrics.get("time", {}).get("train_s"), **_gap_columns(r, groups)})
+    return groups, rows
+
+
+def _gap_columns(r: RunRecord, groups: list[str]) -> dict:
+    """``train_<g>`` and ``gap_<g>`` (train - test, mean per-class accuracy) for overall and each group."""
+    gap = r.metrics.get("generalisation_gap") or {}
+    out = {}
+    for g in ["overall", *groups]:
+        out[f"train_{g}"] = gap.get("train", {}).get(g)
+        out[f"gap_{g}"] = gap.get("gap", {}).get(g)
+    return out
+
+
+def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None,
+                 settings: list[str] | None = None, extra=None, title: str | None = None) -> Path:
+    """Write a side-by-side report of several finished runs into ``out_dir``; returns the page.
+
+    ``settings[i]`` names the setting run i belongs to: runs that share one differ only in
+    their seed, and a section (and ``comparison.json``'s "settings") gives each setting's mean
+    and standard deviation. ``extra(page, rows, groups)`` may add sections (sweeps add their
+    plots) and returns more keys for ``comparison.json``.
+    """
+    if len(run_dirs) < 2:
+        raise ConfigError(f"compare needs at least two run folders, got {len(run_dirs)}.")
+    records = [read_run(d) for d in run_dirs]
+    out = Path(out_dir) if out_dir else Path(f"compare_{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.resolve() in [r.path.resolve() for r in records]:
+        raise ConfigError(f"the comparison folder {out} is one of the runs; choose another (--out DIR).")
+    out.mkdir(parents=True, exist_ok=True)
+    labels = _labels(records)
+    groups, rows = comparison_rows(records, labels)
+    page = Page(out, title or f"tailtune comparison of {len(records)} runs",
+                 " · ".join(sorted({str(r['dataset']) for r in rows})))
+
+    metric_cols = ["overall", "balanced", *groups, "overall_no_tte", "macro_f1"]
+    gap_cols = [f"gap_{g}" for g in ["overall", *groups]]
+    header = ["run", "PEFT", "loss", "TTE", "overall", "balanced", *groups, "overall, no TTE", "macro-F1",
+              *[f"gap: {g}" for g in ["overall", *groups]], "trainable params", "train time"]
+    best = {}
+    for j, col in enumerate(metric_cols):
+        vals = [row[col] for row in rows]
+        top = max((v for v in vals if v is not None), default=None)
+        for i, v in enumerate(vals):
+            best[(i, 4 + j)] = v is not None and v == top
+    table_rows = [[row["run"], row["peft"], row["loss"], row["tte"], *[pct(row[c]) for c in metric_cols],
+                   *[signed(row[c]) for c in gap_cols],
+                   "–" if row["trainable_params"] is None else
+                   f"{row['trainable_params']:,} ({100 * (row['trainable_backbone_share'] or 0):.2f}%)",
+                   minutes(row["train_s"])] for row in rows]
+    numeric = set(range(4, len(header)))
+    page.section("results", "Results side by side",
+                 html_table(header, table_rows, numeric, bold=best),
+                 "Test accuracy (%); the best value of each column is bold. Overall: over the test images; "
+                 "balanced and the groups: means of per-class accuracies. Gap: mean per-class accuracy on "
+                 "training images minus on test images (one view each; larger means more fitted to the training "
+                 "images). Trainable parameters include the classifier; the percentage is the tuned share of the "
+                 "backbone.")
+    summary: dict = {"groups": groups, "runs": rows}
+    if settings is not None:
+        summary["settings"] = _spread_section(page, rows, settings, [*metric_cols, *gap_cols], groups)
+
+    series = {row["run"]: {c: row[c] for c in ["overall", *groups]} for row in rows}
+    png = plots.group_accuracy_bars(series, ["overall", *groups], "Test accuracy overall and per group")
+    page.section("groups", "Accuracy per group", page.figure("group_accuracy", png, "accuracy per group"))
+
+    ref = records[0]
+    same = [(label, r) for label, r in zip(labels, records) if r.classnames == ref.classnames]
+    skipped = [label for label, r in zip(labels, records) if r.classnames != ref.classnames]
+    png = plots.per_class_overlay({label: r.metrics["test"]["per_class"] for label, r in same}, ref.counts,
+                                  ref.groups, ref.group_names, ref.classnames)
+    note = (f'<p class="note">Left out (other classes than {labels[0]}): {escape(", ".join(skipped))}.</p>'
+            if skipped else "")
+    page.section("per-class", "Per-class accuracy", page.figure("per_class_overlay", png, "per-class accuracy")
+                 + note, f"Classes sorted by the training-image count of {labels[0]}.")
+
+    diffs = config_differences([r.config for r in records])
+    body = (html_table(["config key", *labels], [[k, *[json.dumps(v, default=str) for v in vals]]
+                                                  for k, vals in diffs.items()])
+            if diffs else "<p>The runs have the same configuration.</p>")
+    page.section("differences", "What differs between the runs", body)
+    page.section("runs", "Run folders", html_table(["run", "folder"], [[row["run"], row["path"]] for row in rows]))
+    if extra is not None:
+        summary.update(extra(page, rows, groups))
+    (out / COMPARISON).write_text(json.dumps(summary, indent=2))
+    return page.write()
+
+
+def _spread_section(page: Page, rows: list[dict], settings: list[str], columns: list[str],
+                    groups: list[str]) -> list[dict]:
+    """Mean ± standard deviation over the seeds of each setting; returns the numbers."""
+    if len(settings) != len(rows):
+        raise ConfigError(f"{len(settings)} settings given for {len(rows)} runs; give one per run.")
+    stats = aggregate(rows, settings, columns)
+    shown = ["overall", "balanced", *groups, "overall_no_tte", "gap_overall", *[f"gap_{g}" for g in groups]]
+    header = ["setting", "runs", "overall", "balanced", *groups, "overall, no TTE", "gap: overall",
+              *[f"gap: {g}" for g in groups]]
+    body = [[s["setting"], s["n"], *[format_mean_std(s[c]) for c in shown]] for s in stats]
+    page.section("spread", "Mean and spread over seeds", html_table(header, body, set(range(1, len(header)))),
+                 "Each setting's runs differ only in train.seed: mean ± sample standard deviation (ddof 1) "
+                 "of the test accuracy (%) and of the train − test gap.")
+    return stats
