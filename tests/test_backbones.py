@@ -48,7 +48,7 @@ def test_packaged_efficientnet_lite0_ranks_a_real_photo():
     from PIL import Image
 
     from tailtune.data import transforms as T
-    from tailtune.models.backbones.base import load_packaged_efficientnet_lite0
+    from tailtune.models.backbones.packaged import load_packaged_efficientnet_lite0
 
     model = load_packaged_efficientnet_lite0().eval()
     b = build_backbone(ModelConfig(provider="packaged", name="efficientnet_lite0", pretrained="packaged"))
@@ -88,7 +88,7 @@ def test_openai_tags_get_quick_gelu(monkeypatch):
     """OpenAI's CLIP weights expect QuickGELU; open_clip's plain names build GELU models."""
     import open_clip
 
-    from tailtune.models.backbones.base import _needs_quick_gelu
+    from tailtune.models.backbones.open_clip import _needs_quick_gelu
 
     assert _needs_quick_gelu(ModelConfig(name="ViT-B-16", pretrained="openai"), "openai")
     assert not _needs_quick_gelu(ModelConfig(name="ViT-B-16", pretrained="laion2b_s34b_b88k"), "laion2b_s34b_b88k")
@@ -136,7 +136,7 @@ def test_random_weights_asked_for_raise_no_warning(caplog):
 def _tiny_clip(quick_gelu: bool, seed: int = 1):
     import open_clip
 
-    from tailtune.models.backbones.base import _OPEN_CLIP_CONFIGS
+    from tailtune.models.backbones.open_clip import _OPEN_CLIP_CONFIGS
 
     open_clip.add_model_config(_OPEN_CLIP_CONFIGS)
     torch.manual_seed(seed)

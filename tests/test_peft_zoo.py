@@ -20,7 +20,8 @@ from torch import nn
 import tailtune
 from tailtune.config import DataConfig, ModelConfig, PeftConfig, load_config
 from tailtune.errors import CheckpointError, ConfigError
-from tailtune.models.backbones.base import TimmBackbone, build_backbone
+from tailtune.models.backbones.base import build_backbone
+from tailtune.models.backbones.timm import TimmBackbone
 from tailtune.models.model import TailModel
 from tailtune.models.peft.base import PEFT_METHODS, apply_peft, check_peft
 from tailtune.models.peft.targets import SelfAttention

@@ -134,7 +134,8 @@ def cmd_list(args) -> int:
     from tailtune.data.sources.base import SOURCES
     from tailtune.data.transforms import AUGMENTATIONS, TTE_MODES
     from tailtune.losses import LOSSES
-    from tailtune.models.backbones.base import PACKAGED, PROVIDERS
+    from tailtune.models.backbones.base import PROVIDERS
+    from tailtune.models.backbones.packaged import PACKAGED
     from tailtune.models.heads import HEAD_INITS, HEADS
     from tailtune.models.peft.base import PEFT_METHODS
     from tailtune.models.prompts import PROMPT_MODES
