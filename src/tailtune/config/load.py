@@ -10,7 +10,8 @@ keys, DATA_PROTOCOL_KEYS, stay).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import difflib
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
@@ -30,8 +31,6 @@ def _preset_path(kind: str, name: str) -> Path:
     root = resources.files("tailtune") / "config" / "presets" / kind
     candidate = Path(str(root)) / f"{name}.yaml"
     if not candidate.exists():
-        import difflib
-
         known = list_presets(kind)
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -171,8 +170,6 @@ def _base_of(child: RecipeSource) -> tuple[str, Path]:
         return base, path
     known = list_presets("recipes")
     if base not in known:
-        import difflib
-
         close = difflib.get_close_matches(base, known, n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(f"recipe {child.name}: unknown base {base!r}.{hint} Known: {', '.join(known)} "
@@ -198,8 +195,6 @@ def _check_recipe_meta(name: str, meta: dict) -> dict:
     where = f"recipe {name}: recipe."
     unknown = [k for k in meta if k not in RECIPE_FIELDS]
     if unknown:
-        import difflib
-
         close = difflib.get_close_matches(str(unknown[0]), list(RECIPE_FIELDS), n=1, cutoff=0.5)
         hint = f" Did you mean recipe.{close[0]}?" if close else ""
         raise ConfigError(f"{where}{unknown[0]} is not a recipe field.{hint} Fields: "
@@ -262,8 +257,6 @@ def _explain(e: OmegaConfBaseException, where: str) -> str:
     if "not in struct" in msg or "Key '" in msg and "not in" in msg:
         section, _, leaf = key.rpartition(".")
         node = _section_fields(section)
-        import difflib
-
         close = difflib.get_close_matches(leaf, node, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join((section + '.' if section else '') + c for c in close)}?" if close else ""
         return f"unknown config key {key!r} in {where}.{hint} Valid keys{' of ' + section if section else ''}: {', '.join(node)}."
@@ -271,8 +264,6 @@ def _explain(e: OmegaConfBaseException, where: str) -> str:
 
 
 def _section_fields(section: str) -> list[str]:
-    from dataclasses import fields
-
     cls: Any = Config
     for part in [p for p in section.split(".") if p]:
         match = [f for f in fields(cls) if f.name == part]

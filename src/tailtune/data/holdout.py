@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -93,8 +94,6 @@ def with_val(data, cfg):
     training images); split requires the dataset's own val split; holdout carves a
     balanced slice out of the training images; none drops validation.
     """
-    from dataclasses import replace
-
     if cfg.val == "none":
         return replace(data, val=None, val_source=None, record={k: v for k, v in data.record.items() if k != "val"})
     if cfg.val == "split" and data.val_source != VAL_SPLIT:

@@ -58,7 +58,8 @@ def format_profile(name: str, p: dict) -> str:
 
 def plot_counts(sorted_counts, path: str | Path, title: str = "") -> Path:
     """Save a bar plot of the per-class training counts, sorted (log scale, group thresholds marked)."""
-    # No pyplot: the caller's backend and figures stay as they are.
+    # No pyplot: the caller's backend and figures stay as they are. Imported here: matplotlib is slow to
+    # import, and only this plot needs it.
     from matplotlib.figure import Figure
 
     path = Path(path)

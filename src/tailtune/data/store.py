@@ -27,9 +27,11 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from tailtune.config import DataConfig
+from tailtune.config import DataConfig, to_dict
 from tailtune.errors import DataError
+from tailtune.runtime.progress import progress
 
+META = "meta.json"  # the store's description, written last: a store without it is unfinished
 STORE_VERSION = 2  # 2: class names and file lists, checked at use
 DEFAULT_SHORT_SIDE = 256  # int(224 * 8 / 7): the test view's resize at 224 px, above five-crop's 248
 # Data keys that do not change which images a split holds (paths may move, workers vary).
@@ -71,8 +73,6 @@ def _as_is(item):
 
 def data_fingerprint(cfg: DataConfig) -> dict:
     """The data config keys that decide which images (and labels) each split holds."""
-    from tailtune.config import to_dict
-
     ignored = IGNORED_KEYS if cfg.name == "synthetic" else (*IGNORED_KEYS, "image_size")  # synthetic data only
     return {k: v for k, v in to_dict(cfg).items() if k not in ignored}
 
@@ -96,15 +96,13 @@ def check_store_folder(cfg: DataConfig, out: str | Path) -> None:
 def write_store(data, cfg: DataConfig, out: str | Path, short_side: int = DEFAULT_SHORT_SIDE,
                 interpolation: str = "bicubic", workers: int = 0, quiet: bool = True) -> dict:
     """Decode and resize every image of ``data``'s splits into a store in ``out``; returns its meta."""
-    from tailtune.runtime.progress import progress
-
     if short_side < 1:
         raise DataError(f"--short-side must be a positive number of pixels, not {short_side}.")
     InterpolationMode(interpolation)  # a bad name fails here, before any work
     out = Path(out)
     check_store_folder(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").unlink(missing_ok=True)  # a half-written store is never mistaken for a finished one
+    (out / META).unlink(missing_ok=True)  # a half-written store is never mistaken for a finished one
     splits = {}
     for name, ds in data.splits().items():
         loader = torch.utils.data.DataLoader(_Decoded(ds, short_side, interpolation), batch_size=None,
@@ -124,7 +122,7 @@ def write_store(data, cfg: DataConfig, out: str | Path, short_side: int = DEFAUL
         splits[name] = {"images": len(ds), "bytes": offset}
     meta = {"version": STORE_VERSION, "short_side": short_side, "interpolation": interpolation,
             "splits": splits, "classnames": list(data.classnames), "data": data_fingerprint(cfg)}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    (out / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
     return meta
 
 
@@ -169,7 +167,7 @@ class StoreSplit(torch.utils.data.Dataset):
 
 def read_meta(folder: str | Path) -> dict:
     """The store's description; a clear error when ``folder`` is not a finished store."""
-    path = Path(folder) / "meta.json"
+    path = Path(folder) / META
     if not Path(folder).is_dir():
         raise DataError(f"data.store={folder} does not exist (relative paths count from the current folder); "
                         "build a store with `tailtune data cache SOURCE --out DIR`.")

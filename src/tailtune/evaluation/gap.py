@@ -20,6 +20,8 @@ from dataclasses import replace
 import numpy as np
 
 from tailtune.data.base import Subset
+from tailtune.data.longtail import class_groups
+from tailtune.evaluation.evaluate import evaluate_model
 
 
 def stratified_indices(targets: Sequence[int], per_class: int, seed: int) -> np.ndarray:
@@ -72,8 +74,6 @@ def measure_gap(exp, test: dict, quiet: bool = True) -> dict | None:
     per_class = exp.cfg.eval.gap_per_class
     if per_class == 0:
         return None
-    from tailtune.evaluation.evaluate import evaluate_model
-
     idx = stratified_indices(exp.data.train.targets, per_class, exp.cfg.data.subset_seed)
     # The same evaluation path as the test split (transforms, precision, devices), on the subset.
     on_subset = replace(exp, data=replace(exp.data, train=Subset(exp.data.train, idx)))
@@ -99,8 +99,6 @@ def gap_against(metrics: dict, train: dict) -> dict | None:
     test = saved_test_for(metrics, train["tte"])
     if test is None:
         return None
-    from tailtune.data.longtail import class_groups
-
     data = metrics["data"]
     return {"tte": train["tte"], "train_images": train.get("num_samples"),
             **group_gap(train["per_class"], test["per_class"], class_groups(data), data["group_names"])}

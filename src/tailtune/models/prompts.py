@@ -45,7 +45,9 @@ def classname_prompts(classnames: list[str], cfg: HeadConfig) -> list[list[str]]
 
 def imagenet_templates() -> list[Callable[[str], str]]:
     """The 80 CLIP ImageNet templates as shipped by open_clip (callables or '{}' strings)."""
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+    from open_clip.zero_shot_metadata import (
+        OPENAI_IMAGENET_TEMPLATES,  # here: open_clip is slow to import
+    )
 
     return [t if callable(t) else t.format for t in OPENAI_IMAGENET_TEMPLATES]
 

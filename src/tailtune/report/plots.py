@@ -20,6 +20,8 @@ import numpy as np
 
 from tailtune.data.longtail import count_order
 
+# matplotlib is imported where a figure is drawn: it is slow to import, and only reports draw.
+
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
 GROUP_COLOURS = ("#0072B2", "#E69F00", "#D55E00", "#009E73", "#CC79A7", "#56B4E9")
 RUN_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")

@@ -32,8 +32,6 @@ def format_results(metrics: dict) -> str:
     if selection:
         lines.append(selection)
     if metrics.get("generalisation_gap"):
-        from tailtune.report.text import format_gap
-
         lines.append(format_gap(metrics["generalisation_gap"], groups))
     return "\n".join(lines)
 

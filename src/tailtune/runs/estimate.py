@@ -17,6 +17,7 @@ import torch
 
 from tailtune.data.base import Subset, Transformed
 from tailtune.data.transforms import train_transform
+from tailtune.experiment import build, param_summary
 from tailtune.losses import build_loss
 from tailtune.training.feature_cache import (
     CachedInputModel,
@@ -57,8 +58,6 @@ def _timed_trainer(model, loss_fn, dataset, exp, images: int) -> float:
 
 def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
     """Build the run of ``cfg``, time ``timed_steps`` micro-batches and estimate an epoch."""
-    from tailtune.experiment import build, param_summary
-
     exp = build(cfg)
     notes: list[str] = list(exp.notes)
     params = param_summary(exp.model)

@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tailtune import config as C
+from tailtune.config.recipes import recipe_info
 from tailtune.errors import ConfigError, TailtuneError
+from tailtune.experiment import validate
 from tailtune.report.compare import compare_runs
 from tailtune.report.sweep import sweep_sections
 from tailtune.runs.run import fit, resume
@@ -306,9 +308,6 @@ def plan(base: str, data: str | None = None, files: tuple[str, ...] | list[str] 
         args: ``key=v1,v2,...`` axes, ``seeds=0,1,2`` and ``key=value`` fixed overrides.
         out: the sweep folder (default ``<output_dir>/sweep_<base>_<swept keys>``).
     """
-    from tailtune.config.recipes import recipe_info
-    from tailtune.experiment import validate
-
     axes, fixed = parse_arguments(args)
     recipe_axes, _ = parse_arguments(recipe_info(base).sweep)
     axes = merge_axes(recipe_axes, axes, fixed)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from tailtune.errors import ConfigError, TailtuneError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -99,8 +101,6 @@ def on_main(fn, info: DistInfo, fallback=None):
     Without this, the other ranks would wait forever at their next collective call when
     rank 0 refuses, say, an output folder.
     """
-    from tailtune.errors import ConfigError, TailtuneError
-
     if not info.enabled:
         return fn()
     result, error = fallback, None

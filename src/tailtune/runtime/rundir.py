@@ -137,6 +137,7 @@ class RunDir:
 
     def scalars(self, step: int, values: dict) -> None:
         if self._tb is None:
+            # Here, at the first scalar: tensorboard's writer is slow to import.
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.path / TB))

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tailtune.config import to_dict
 from tailtune.data.base import SeededTransformed, Transformed
 from tailtune.data.transforms import test_transform, train_transform
 from tailtune.errors import ConfigError
@@ -518,8 +520,6 @@ def _item_shape(exp, split: Split) -> tuple[int, ...]:
 
 def cache_key(exp, plan: CachePlan) -> tuple[str, dict]:
     """Name and description of a disk cache: everything the cached values depend on."""
-    from tailtune.config import to_dict
-
     cfg = to_dict(exp.cfg)
     data = {k: v for k, v in cfg["data"].items() if k not in ("num_workers", "download", "verify_images")}
     meta = {"version": 1, "backbone": exp.backbone.info, "model": cfg["model"], "peft": cfg["peft"], "data": data,
@@ -531,8 +531,6 @@ def cache_key(exp, plan: CachePlan) -> tuple[str, dict]:
 
 def cached_training(exp, quiet: bool = True, log: Callable[[str], None] = _log.info) -> CachedTraining | None:
     """Build (or reuse) the feature cache of ``exp`` and the model and dataset that train on it."""
-    import time
-
     plan = plan_cache(exp, log)
     if plan is None:
         return None

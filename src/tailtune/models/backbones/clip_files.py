@@ -34,6 +34,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from tailtune.errors import CheckpointError
 
@@ -189,8 +190,6 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict, set[str] | None]:
     """
     where = str(path)
     if where.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
         return load_file(where), None
     if torchscript_prefix(path) is not None:
         return read_torchscript(path)
