@@ -57,7 +57,7 @@ def _tag_activation(cfg: ModelConfig, pretrained: str | None) -> tuple[bool, str
 
 def _file_activation(cfg: ModelConfig, path: str, state: dict, classes: set[str] | None) -> tuple[bool, str]:
     """QuickGELU for a local checkpoint file: model.quick_gelu, or with auto the evidence in the file
-    (rules in models/clip_files.py: a TorchScript archive's module classes, OpenAI's metadata
+    (rules in clip_files.py: a TorchScript archive's module classes, OpenAI's metadata
     entries, the Hugging Face cache folder of open_clip's 'openai' weights; otherwise GELU)."""
     if cfg.quick_gelu != "auto":
         return bool(cfg.quick_gelu), f"model.quick_gelu={str(cfg.quick_gelu).lower()}"
