@@ -100,9 +100,10 @@ def _open_run(cfg: C.Config, run_dir, resume: bool, info: DistInfo):
 
 
 def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
-    """The stages of a run, in order. Each stage is a function below; the order matters for
-    reproducibility: the global RNG streams seeded by the build are drawn by the head's
-    initialisation, then by training (dropout), so a stage must not move to another place."""
+    """The stages of a run, each a function below, in an order that matters: the build seeds
+    the global RNG streams that the later stages draw from (the head's initialisation, then
+    training's dropout), and a resumed run sets the saved streams back only once the trainer
+    is made, just before training continues. Moving a stage changes the run's numbers."""
     start = time.perf_counter()
     validate(cfg)
     info = dist_setup(resolve_device(cfg.train.device))

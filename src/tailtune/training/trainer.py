@@ -43,6 +43,11 @@ SCHEDULES = {
 }
 
 
+def _zero_sums() -> dict:
+    """The running sums of an epoch on one rank (saved with the state: a resumed epoch continues them)."""
+    return {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "skipped": 0}
+
+
 @dataclass
 class EpochStats:
     loss: float
@@ -137,7 +142,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        self._sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "skipped": 0}
+        self._sums = _zero_sums()
 
     # ------------------------------------------------------------------ state
 
@@ -306,7 +311,7 @@ class Trainer:
                            int(total["seen"]), sums["skipped"])
         self.epoch += 1
         self.epoch_step = 0
-        self._sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "skipped": 0}
+        self._sums = _zero_sums()
         self.history.append(stats.__dict__)
         return stats
 
