@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -107,20 +107,49 @@ def _open_run(cfg: C.Config, run_dir, resume: bool, info: DistInfo):
 
 
 def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
+    """The stages of a run, each a function below, in an order that matters: the build seeds
+    the global RNG streams that the later stages draw from (the head's initialisation, then
+    training's dropout), and a resumed run sets the saved streams back only once the trainer
+    is made, just before training continues. Moving a stage changes the run's numbers."""
     start = time.perf_counter()
     validate(cfg)
     info = dist_setup(resolve_device(cfg.train.device))
     run = _open_run(cfg, run_dir, resume, info)
-    log = run.log
-    log(f"run folder: {run.path}" + (f" ({info.world_size} processes)" if info.enabled else ""))
+    run.log(f"run folder: {run.path}" + (f" ({info.world_size} processes)" if info.enabled else ""))
+    exp, selector = _build_run(cfg, run, resume)
+    params = _describe(exp, run.log)
+    saved = load_state(run.path / STATE) if resume else None
+    head_init = _restore_or_init_head(exp, saved, run)
+    trainer = _make_trainer(exp, _training_inputs(exp, run.log), run, info, selector, head_init)
+    if saved:
+        _restore_training(trainer, selector, saved, run.log)
+    history = _train(trainer, selector, run)
+    validation = selector.finish()  # restores the selected epoch before it is saved and tested
+    _save_result(exp, run, info)
+    result = _evaluate(exp)
+    metrics = _metrics(exp, params, head_init, result, validation, history, info, start)
+    if info.is_main:
+        _write_outputs(exp, run, metrics, result, trainer.step)
+    barrier()
+    return metrics
+
+
+def _build_run(cfg: C.Config, run: RunDir | NullRun, resume: bool) -> tuple[Experiment, Selector]:
+    """The experiment (data, backbone with PEFT, head) and the selector of the epoch to keep."""
     try:
         exp = _build(cfg, None, keep_rng=False)  # seeds the global streams training continues
         selector = Selector(exp.model, exp.data, cfg.train.select_by_val,
-                            lambda: evaluate_model(exp, VAL_TTE, "val", cfg.quiet), log)
+                            lambda: evaluate_model(exp, VAL_TTE, "val", cfg.quiet), run.log)
     except TailtuneError:
         if not resume:
             run.discard()  # a run that never started leaves no folder behind
         raise
+    return exp, selector
+
+
+def _describe(exp: Experiment, log) -> dict:
+    """Log what is trained on what, at which precision; returns the parameter counts."""
+    cfg = exp.cfg
     for note in exp.notes:
         log(f"note: {note}")
     log(f"precision: training {precision_name(exp.dtype)}, evaluation {precision_name(exp.eval_dtype)} "
@@ -132,15 +161,34 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
         f"peft {cfg.peft.method}: {params['trainable_backbone']:,} trainable backbone parameters "
         f"({100 * params['trainable_backbone_share']:.3f}% of {params['backbone_total']:,}), "
         f"head {params['trainable_head']:,}")
-    saved = load_state(run.path / STATE) if resume else None
+    return params
+
+
+def _restore_or_init_head(exp: Experiment, saved: dict | None, run: RunDir | NullRun) -> str:
+    """On resume the saved trainable weights; otherwise the head's initialisation. Returns how
+    the head was initialised (kept in the saved state, so a resumed run reports it too)."""
     if saved:
         assign_trainable(exp.model, saved["model"], str(run.path / STATE))
-        head_init = saved["extra"]["head_init"]
-    else:
-        t0 = time.perf_counter()
-        head_init = init_head(exp, cfg.quiet)
-        log(f"head: {cfg.head.type}, initialised by {head_init} ({time.perf_counter() - t0:.1f}s)")
+        return saved["extra"]["head_init"]
+    t0 = time.perf_counter()
+    head_init = init_head(exp, exp.cfg.quiet)
+    run.log(f"head: {exp.cfg.head.type}, initialised by {head_init} ({time.perf_counter() - t0:.1f}s)")
+    return head_init
 
+
+@dataclass
+class _TrainingInputs:
+    """What the trainer trains: the model and its images (or, with a feature cache, the model's
+    trainable rest and the cached outputs of its frozen front), the loss, the loader's workers."""
+
+    model: torch.nn.Module
+    dataset: object
+    loss_fn: torch.nn.Module
+    workers: int
+
+
+def _training_inputs(exp: Experiment, log) -> _TrainingInputs:
+    cfg = exp.cfg
     augment = train_transform(exp.backbone.preprocess, cfg.train.augment, cfg.train.epochs)
     # Augmentation seeded per (seed, epoch, image): the same views whatever the workers,
     # ranks or resume point.
@@ -148,9 +196,15 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
     loss_fn = build_loss(cfg.loss, exp.data.train_counts).to(exp.device)
     # With a frozen front (classifier only, PEFT in the last blocks) train on its cached outputs.
     cached = cached_training(exp, cfg.quiet, log)
-    train_model, workers = (cached.model, 0) if cached else (exp.model, exp.workers)
     if cached:
-        train_set = cached.dataset
+        return _TrainingInputs(cached.model, cached.dataset, loss_fn, 0)
+    return _TrainingInputs(exp.model, train_set, loss_fn, exp.workers)
+
+
+def _make_trainer(exp: Experiment, inputs: _TrainingInputs, run: RunDir | NullRun, info: DistInfo,
+                  selector: Selector, head_init: str) -> Trainer:
+    """The trainer, saving the training state (for resume) into the run folder when it asks."""
+    cfg = exp.cfg
 
     def save(trainer: Trainer) -> None:
         counters = trainer.state()  # collective under torchrun: every rank calls it
@@ -159,17 +213,23 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
             save_state(run.path / STATE, exp.model.trainable_state_dict(), trainer.optimizer, counters,
                        {"head_init": head_init, "selector": sel_meta}, sel_tensors)
 
-    trainer = Trainer(train_model, loss_fn, train_set, cfg.train, exp.device, exp.dtype, workers,
-                      backbone_lr=cfg.peft.lr, quiet=cfg.quiet or not info.is_main, log=log,
-                      dist=info, save=save,
-                      on_step=lambda step, s: run.scalars(step, {f"train/{k}": v for k, v in s.items()}))
-    if saved:
-        trainer.load_state(saved["counters"], saved["optimizer"])
-        selector.load_state(saved["extra"]["selector"], saved["extra_tensors"])
-        set_rng_state(*saved["rng"])
-        log(f"resumed from epoch {trainer.epoch + 1}, step {trainer.step} "
-            f"({trainer.epoch_step} steps into the epoch)")
+    return Trainer(inputs.model, inputs.loss_fn, inputs.dataset, cfg.train, exp.device, exp.dtype, inputs.workers,
+                   backbone_lr=cfg.peft.lr, quiet=cfg.quiet or not info.is_main, log=run.log,
+                   dist=info, save=save,
+                   on_step=lambda step, s: run.scalars(step, {f"train/{k}": v for k, v in s.items()}))
 
+
+def _restore_training(trainer: Trainer, selector: Selector, saved: dict, log) -> None:
+    """Where the interrupted run stopped: counters, optimizer, selector, and the RNG streams last."""
+    trainer.load_state(saved["counters"], saved["optimizer"])
+    selector.load_state(saved["extra"]["selector"], saved["extra_tensors"])
+    set_rng_state(*saved["rng"])
+    log(f"resumed from epoch {trainer.epoch + 1}, step {trainer.step} "
+        f"({trainer.epoch_step} steps into the epoch)")
+
+
+def _train(trainer: Trainer, selector: Selector, run: RunDir | NullRun) -> list[dict]:
+    """Train to the last epoch; a signal (SIGINT, SIGTERM) saves the state and stops at the next step."""
     def on_epoch(epoch, stats):
         run.scalars(trainer.step, {"epoch/loss": stats.loss, "epoch/train_acc": stats.accuracy,
                                    "epoch/lr": stats.lr})
@@ -179,57 +239,81 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
 
     try:
         with SignalStop(trainer):
-            history = trainer.fit(on_epoch)
+            return trainer.fit(on_epoch)
     except TrainingInterrupted as e:
         message = f"{e}. Continue with: tailtune train --resume {run.path}"
         run.log(message, console=False)  # the caller says it (the CLI on stderr)
         run.close()
         raise TrainingInterrupted(message, e.signum) from None
-    train_s = sum(h["seconds"] for h in history)  # across interruptions too
-    validation = selector.finish()  # restores the selected epoch before it is saved and tested
+
+
+def _save_result(exp: Experiment, run: RunDir | NullRun, info: DistInfo) -> None:
+    """The trained weights (the selected epoch's) and how the held-out splits were drawn."""
     if exp.data.record:  # how held-out test / val splits were drawn, file by file
         run.write_metrics(exp.data.record, SPLITS)
     if info.is_main:
-        save_checkpoint(run.path / CHECKPOINT, exp.model.trainable_state_dict(), C.to_yaml(cfg),
+        save_checkpoint(run.path / CHECKPOINT, exp.model.trainable_state_dict(), C.to_yaml(exp.cfg),
                         exp.backbone.info, exp.data.num_classes)
 
-    t_eval = time.perf_counter()
-    test, preds, labels = evaluate_with_predictions(exp, quiet=cfg.quiet)
-    eval_s = time.perf_counter() - t_eval
+
+@dataclass
+class _Evaluation:
+    test: dict
+    no_tte: dict | None  # the test set without the test-time ensemble (None when there is none)
+    gap: dict
+    labels: object
+    predictions: dict  # tte name -> predictions on the test set
+    seconds: float  # of the test evaluations (not the gap's)
+
+
+def _evaluate(exp: Experiment) -> _Evaluation:
+    quiet = exp.cfg.quiet
+    t0 = time.perf_counter()
+    test, preds, labels = evaluate_with_predictions(exp, quiet=quiet)
+    seconds = time.perf_counter() - t0
     predictions, no_tte = {test["tte"]: preds}, None
     if test["tte"] != "none":  # the report shows what the test-time ensemble adds
-        no_tte, predictions["none"], _ = evaluate_with_predictions(exp, "none", quiet=cfg.quiet)
+        no_tte, predictions["none"], _ = evaluate_with_predictions(exp, "none", quiet=quiet)
+
     # Train vs test accuracy per group, one view each (cheap): does the tuning overfit the tail?
-    gap = measure_gap(exp, no_tte or test, cfg.quiet)
-    metrics = {
-        "dataset": cfg.data.name,
+    gap = measure_gap(exp, no_tte or test, quiet)
+    return _Evaluation(test, no_tte, gap, labels, predictions, seconds)
+
+
+def _metrics(exp: Experiment, params: dict, head_init: str, result: _Evaluation, validation: dict,
+             history: list[dict], info: DistInfo, start: float) -> dict:
+    """metrics.json: what was trained, how, and how well."""
+    return {
+        "dataset": exp.cfg.data.name,
         "data": data_summary(exp.data),
         "notes": exp.notes,
         "backbone": exp.backbone.info,
-        "peft": cfg.peft.method,
+        "peft": exp.cfg.peft.method,
         "params": params,
         "head_init": head_init,
-        "test": test,
-        "test_no_tte": no_tte,
-        "generalisation_gap": gap,
+        "test": result.test,
+        "test_no_tte": result.no_tte,
+        "generalisation_gap": result.gap,
         **validation,
         "history": history,
         "distributed": {"world_size": info.world_size},
-        "time": {"train_s": train_s, "eval_s": eval_s, "total_s": time.perf_counter() - start},
+        "time": {"train_s": sum(h["seconds"] for h in history),  # across interruptions too
+                 "eval_s": result.seconds, "total_s": time.perf_counter() - start},
     }
-    if info.is_main:
-        save_predictions(run.path / PREDICTIONS, labels, predictions)
-        run.write_metrics(metrics)
-        run.scalars(trainer.step, {"test/overall": test["overall"]})
-        log(format_results(metrics))
-        run.close()  # flushes the TensorBoard scalars the report reads
-        (run.path / STATE).unlink(missing_ok=True)  # finished: the checkpoint holds the result
-        if cfg.eval.report:
-            report = write_report(run.path)
-            if not cfg.quiet:
-                _log.info(f"report: {report}")
-    barrier()
-    return metrics
+
+
+def _write_outputs(exp: Experiment, run: RunDir, metrics: dict, result: _Evaluation, step: int) -> None:
+    """Rank 0: predictions, metrics, the results in the log, the report; the resume state goes."""
+    save_predictions(run.path / PREDICTIONS, result.labels, result.predictions)
+    run.write_metrics(metrics)
+    run.scalars(step, {"test/overall": result.test["overall"]})
+    run.log(format_results(metrics))
+    run.close()  # flushes the TensorBoard scalars the report reads
+    (run.path / STATE).unlink(missing_ok=True)  # finished: the checkpoint holds the result
+    if exp.cfg.eval.report:
+        report = write_report(run.path)
+        if not exp.cfg.quiet:
+            _log.info(f"report: {report}")
 
 
 def evaluate(run_dir: str | Path, tte: str | None = None, split: str = "test", quiet: bool = False,

@@ -43,6 +43,11 @@ SCHEDULES = {
 }
 
 
+def _zero_sums() -> dict:
+    """The running sums of an epoch on one rank (saved with the state: a resumed epoch continues them)."""
+    return {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "skipped": 0}
+
+
 @dataclass
 class EpochStats:
     loss: float
@@ -137,7 +142,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        self._sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "skipped": 0}
+        self._sums = _zero_sums()
 
     # ------------------------------------------------------------------ state
 
@@ -197,76 +202,116 @@ class Trainer:
         return bool(t.item())
 
     def train_epoch(self) -> EpochStats:
+        """One epoch, or what is left of it on resume: micro-batches accumulate into optimizer steps."""
+        remaining, loader = self._begin_epoch()
+        t0 = time.perf_counter()
+        bar = ImageProgress(loader, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.quiet)
+        self.optimizer.zero_grad(set_to_none=True)
+        done, in_step, step_finite = 0, 0, True  # images of earlier steps, of the current step; no NaN yet
+        step_lr = self.lr
+        for images, y in bar:
+            step_images = min(self.rank_batch, len(remaining) - done)  # the epoch's last step may be short
+            last_micro = in_step + len(y) >= step_images  # micro-batches never straddle steps
+            loss, finite = self._forward_backward(images, y, step_images, last_micro)
+            in_step += len(y)
+            step_finite &= finite
+            if not last_micro:
+                continue  # gradients accumulate until the step's last micro-batch
+            done, in_step = done + in_step, 0
+            step_lr = self._optimizer_step(step_finite, loss)
+            step_finite = True
+            self._report_step(bar, loss, step_lr)
+            if self._any_rank(self.stop_signal is not None):  # every rank stops at the same step
+                self._interrupt(t0)
+            # The epoch's end saves anyway (fit), so a periodic save is skipped on its last step.
+            if self.cfg.save_every and self.step % self.cfg.save_every == 0 and done < len(remaining):
+                t0 = self._add_seconds(t0)
+                self._save()
+        self._add_seconds(t0)
+        return self._end_epoch(step_lr)
+
+    def _begin_epoch(self):
+        """Train mode, the epoch told to whoever depends on it, and the loader from the resume point."""
         self.model.train()
         for obj in (self.loss_fn, *self.epoch_aware):
             if hasattr(obj, "set_epoch"):
                 obj.set_epoch(self.epoch)
-        remaining, loader = self._epoch_batches()
-        t0 = time.perf_counter()
-        sums = self._sums
-        bar = ImageProgress(loader, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.quiet)
+        return self._epoch_batches()
+
+    def _forward_backward(self, images, y, step_images: int, last_micro: bool) -> tuple[torch.Tensor, bool]:
+        """One micro-batch: forward under autocast, loss in fp32, backward through the scaler.
+
+        Returns the loss and whether it is finite; only finite losses count in the epoch's sums.
+        """
+        images = to_device(images, self.device, self.cfg.channels_last)
+        y = y.to(self.device, non_blocking=True)
+        # DDP all-reduces gradients at every backward; no_sync leaves that to the step's last micro-batch.
+        sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.net.no_sync()
+        with sync:
+            with autocast(self.device, self.dtype):
+                logits = self.net(images)
+            loss = self.loss_fn(logits.float(), y)
+            finite = bool(torch.isfinite(loss))
+            # Weight by size so that the step's gradient is the mean over its images.
+            self.scaler.scale(loss * (len(y) / step_images)).backward()
+        if finite:
+            self._sums["loss"] += loss.item() * len(y)
+            self._sums["correct"] += (logits.argmax(1) == y).sum().item()
+            self._sums["seen"] += len(y)
+        return loss, finite
+
+    def _optimizer_step(self, finite: bool, loss: torch.Tensor) -> float:
+        """Step (or, after a non-finite loss on any rank, skip or stop), then advance the schedule.
+
+        Returns the rate this step trained at (the one reported: not the next step's).
+        """
+        if self._any_rank(not finite):
+            self._non_finite(loss)  # raises under train.on_nan=stop
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        done_in_step, bad_step, offset = 0, False, 0
-        step_lr = self.lr
-        for images, y in bar:
-            step_images = min(self.rank_batch, len(remaining) - offset)
-            images = to_device(images, self.device, self.cfg.channels_last)
-            y = y.to(self.device, non_blocking=True)
-            last_micro = done_in_step + len(y) >= step_images  # micro-batches never straddle steps
-            sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.net.no_sync()
-            with sync:
-                with autocast(self.device, self.dtype):
-                    logits = self.net(images)
-                loss = self.loss_fn(logits.float(), y)
-                finite = bool(torch.isfinite(loss))
-                bad_step |= not finite
-                # Weight by size so that the step's gradient is the mean over its images.
-                self.scaler.scale(loss * (len(y) / step_images)).backward()
-            done_in_step += len(y)
-            if finite:
-                sums["loss"] += loss.item() * len(y)
-                sums["correct"] += (logits.argmax(1) == y).sum().item()
-                sums["seen"] += len(y)
-            if not last_micro:
-                continue
-            offset += done_in_step
-            done_in_step = 0
-            if self._any_rank(bad_step):
-                self._non_finite(loss)
-            else:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            bad_step = False
-            self.optimizer.zero_grad(set_to_none=True)
-            step_lr = self.lr  # the rate this step trained at (reported: not the next step's)
-            self.scheduler.step()
-            self.step += 1
-            self.epoch_step += 1
-            if sums["seen"]:
-                bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}",
-                                acc=f"{100 * sums['correct'] / sums['seen']:.1f}")
-            if self.on_step and self.step % self.cfg.log_every == 0:
-                self.on_step(self.step, {"loss": loss.item(), "lr": step_lr,
-                                         "running_acc": 100.0 * sums["correct"] / max(sums["seen"], 1)})
-            if self._any_rank(self.stop_signal is not None):
-                sums["seconds"] += time.perf_counter() - t0
-                self._save()
-                raise TrainingInterrupted(f"stopped by signal {self.stop_signal or 'on another rank'} at "
-                                          f"epoch {self.epoch + 1}, step {self.epoch_step} of "
-                                          f"{self.steps_per_epoch} ({self.step} in all); the state is saved",
-                                          self.stop_signal or 15)
-            if self.cfg.save_every and self.step % self.cfg.save_every == 0 and offset < len(remaining):
-                sums["seconds"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                self._save()
-        sums["seconds"] += time.perf_counter() - t0
+        lr = self.lr
+        self.scheduler.step()  # a skipped step still advances the schedule
+        self.step += 1
+        self.epoch_step += 1
+        return lr
+
+    def _report_step(self, bar: ImageProgress, loss: torch.Tensor, lr: float) -> None:
+        """The running loss and accuracy on the progress bar; every ``log_every`` steps, to ``on_step``."""
+        sums = self._sums
+        if sums["seen"]:
+            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.3f}",
+                            acc=f"{100 * sums['correct'] / sums['seen']:.1f}")
+        if self.on_step and self.step % self.cfg.log_every == 0:
+            self.on_step(self.step, {"loss": loss.item(), "lr": lr,
+                                     "running_acc": 100.0 * sums["correct"] / max(sums["seen"], 1)})
+
+    def _interrupt(self, t0: float) -> None:
+        """Save the state and stop: a signal arrived (on this rank or another)."""
+        self._add_seconds(t0)
+        self._save()
+        raise TrainingInterrupted(f"stopped by signal {self.stop_signal or 'on another rank'} at "
+                                  f"epoch {self.epoch + 1}, step {self.epoch_step} of "
+                                  f"{self.steps_per_epoch} ({self.step} in all); the state is saved",
+                                  self.stop_signal or 15)
+
+    def _add_seconds(self, t0: float) -> float:
+        """Count the time since ``t0`` as training time of the epoch (kept in the saved state); returns now."""
+        now = time.perf_counter()
+        self._sums["seconds"] += now - t0
+        return now
+
+    def _end_epoch(self, lr: float) -> EpochStats:
+        """The epoch's statistics over every rank; the counters move to the next epoch."""
+        sums = self._sums
         total = self._global(sums)
         seen = max(total["seen"], 1)
-        stats = EpochStats(total["loss"] / seen, 100.0 * total["correct"] / seen, step_lr, sums["seconds"],
+        stats = EpochStats(total["loss"] / seen, 100.0 * total["correct"] / seen, lr, sums["seconds"],
                            int(total["seen"]), sums["skipped"])
         self.epoch += 1
         self.epoch_step = 0
-        self._sums = {"loss": 0.0, "correct": 0, "seen": 0, "seconds": 0.0, "skipped": 0}
+        self._sums = _zero_sums()
         self.history.append(stats.__dict__)
         return stats
 
