@@ -7,6 +7,7 @@ from pathlib import Path
 from tailtune import config as C
 from tailtune.cli import app as cli
 from tailtune.config.reference import config_reference, field_choices, field_docs
+from tailtune.errors import ConfigError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
 
@@ -33,20 +34,27 @@ def test_reference_has_every_key_with_its_default():
 
 @dataclass
 class _Demo:
-    a: int = 1  # first # with a hash
-    # above b,
-    # on two lines
-    b: str = "x # not a comment"
+    a: int = C.setting(1, "first # with a hash")
+    b: str = C.setting("x # not a comment", "above b, on two lines", choices=("x # not a comment", "y"))
     c: bool = False
 
-    def __post_init__(self):
-        C._check_choice("demo", "b", self.b, ("x # not a comment", "y"))
 
-
-def test_docs_and_choices_are_read_from_the_source():
+def test_docs_and_choices_are_read_from_the_field_metadata():
     assert field_docs(_Demo) == {"a": "first # with a hash", "b": "above b, on two lines", "c": ""}
     assert field_choices(_Demo) == {"b": ("x # not a comment", "y")}
     assert field_choices(C.TrainConfig)["precision"] == C.PRECISIONS
+
+
+def test_every_checked_choice_is_in_the_metadata():
+    """The choices a section's __post_init__ enforces are the ones its metadata lists (and docs show)."""
+    import pytest
+
+    for cls in (C.DataConfig, C.PeftConfig, C.HeadConfig, C.LossConfig, C.TrainConfig, C.EvalConfig):
+        for name in field_choices(cls):
+            if name == "ssf_parts":
+                continue  # '+'-joined parts, each checked
+            with pytest.raises(ConfigError, match=f"{name}='not-a-choice' is not valid"):
+                cls(**{name: "not-a-choice"})
 
 
 def test_config_reference_command(tmp_path, capsys):

@@ -22,10 +22,12 @@ from tailtune.config.load import (  # noqa: F401
 from tailtune.config.schema import (  # noqa: F401  (the sections, their choices and checks)
     _BLOCKS_HELP,
     BN_MODES,
+    CACHE_MODES,
     DEFAULT_PROMPT,
     EVAL_PRECISIONS,
     INAT_LEVELS,
     INTERPOLATIONS,
+    ON_NAN_MODES,
     PATH_KEYS,
     PRECISIONS,
     SCHEDULES,
@@ -45,6 +47,7 @@ from tailtune.config.schema import (  # noqa: F401  (the sections, their choices
     _check_positive,
     _largest_divisor,
     parse_blocks,
+    setting,
     ssf_parts,
     with_absolute_paths,
 )
