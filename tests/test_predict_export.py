@@ -19,8 +19,8 @@ from tailtune.inference.export import (
     _align_attention,
     build_without_data,
     export_run,
-    merge_lora,
 )
+from tailtune.models.peft.lora import merge_lora
 from tailtune.report.html import PREDICTIONS, load_predictions
 
 CLASSES = [f"class {k}" for k in range(6)]
