@@ -145,7 +145,7 @@ def test_one_training_step_matches_the_reference(adaptformer, golden_input, tmp_
     ref = GOLDEN["adaptformer"]["one_step"]
     exp = adaptformer
     cfg = dataclasses.replace(exp.cfg.train, batch_size=2, epochs=1)
-    assert (cfg.lr, cfg.momentum, cfg.weight_decay, exp.cfg.loss.name, exp.cfg.loss.tau) == (0.01, 0.9, 5e-4, "la", 1.0)
+    assert (cfg.lr, cfg.momentum, cfg.weight_decay, exp.cfg.loss.name, exp.cfg.loss.la.tau) == (0.01, 0.9, 5e-4, "la", 1.0)
     labels = torch.tensor(ref["labels"])
 
     class Golden(torch.utils.data.Dataset):
@@ -197,7 +197,7 @@ def test_one_training_step_matches_the_reference(adaptformer, golden_input, tmp_
 
 LOSSES = GOLDEN["losses"]
 # Reference loss -> tailtune's loss.name; every constructor parameter the reference used is
-# tailtune's default (LA tau 1, LDAM s 25 = loss.ldam_scale and max margin 0.5, CB beta 0.9999,
+# tailtune's default (LA tau 1, LDAM s 25 = loss.ldam.scale and max margin 0.5, CB beta 0.9999,
 # focal gamma 2, LADE lambdas 0.1).
 LOSS_NAMES = {"CE": "ce", "LA": "la", "LDAM": "ldam", "CB": "cb", "Focal": "focal", "GRW": "grw",
               "LADE": "lade", "BS": "bs"}

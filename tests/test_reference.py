@@ -20,16 +20,20 @@ def test_committed_reference_matches_the_schema():
 
 def test_reference_has_every_key_with_its_default():
     text = config_reference()
-    for top in dataclasses.fields(C.Config):
-        section = top.default_factory() if top.default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(section):
-            assert f"## `{top.name}`:" in text
-            for f in dataclasses.fields(section):
-                assert f"| `{top.name}.{f.name}` |" in text, f"{top.name}.{f.name}"
-        else:
-            assert f"| `{top.name}` |" in text
+
+    def keys(cls, prefix):
+        for f in dataclasses.fields(cls):
+            if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+                assert f"`{prefix}{f.name}`:" in text, f"{prefix}{f.name}"
+                yield from keys(f.default_factory, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}"
+
+    for key in keys(C.schema(), ""):
+        assert f"| `{key}` |" in text, key
     assert "| `train.precision` | str | `auto` |" in text
     assert "| `model.resolution` | int or null | `null` |" in text
+    assert "| `peft.vpt.length` | int | `10` |" in text  # a method's options, gathered from its registration
 
 
 @dataclass
@@ -49,9 +53,11 @@ def test_every_checked_choice_is_in_the_metadata():
     """The choices a section's __post_init__ enforces are the ones its metadata lists (and docs show)."""
     import pytest
 
-    for cls in (C.DataConfig, C.PeftConfig, C.HeadConfig, C.LossConfig, C.TrainConfig, C.EvalConfig):
+    peft = C.section("peft")
+    option_classes = [type(getattr(peft, k)) for k in ("vpt", "ssf", "masked")]
+    for cls in (C.DataConfig, C.PeftConfig, C.HeadConfig, C.LossConfig, C.TrainConfig, C.EvalConfig, *option_classes):
         for name in field_choices(cls):
-            if name == "ssf_parts":
+            if name == "parts":
                 continue  # '+'-joined parts, each checked
             with pytest.raises(ConfigError, match=f"{name}='not-a-choice' is not valid"):
                 cls(**{name: "not-a-choice"})

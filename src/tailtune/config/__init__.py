@@ -19,6 +19,7 @@ from tailtune.config.load import (  # noqa: F401
     to_dict,
     to_yaml,
 )
+from tailtune.config.options import options_of, schema, section  # noqa: F401
 from tailtune.config.schema import (  # noqa: F401  (the sections, their choices and checks)
     _BLOCKS_HELP,
     BN_MODES,
@@ -31,10 +32,8 @@ from tailtune.config.schema import (  # noqa: F401  (the sections, their choices
     PATH_KEYS,
     PRECISIONS,
     SCHEDULES,
-    SSF_PARTS,
     TTE_MODES,
     VAL_MODES,
-    VPT_POSITIONS,
     Config,
     DataConfig,
     EvalConfig,
@@ -48,6 +47,5 @@ from tailtune.config.schema import (  # noqa: F401  (the sections, their choices
     _largest_divisor,
     parse_blocks,
     setting,
-    ssf_parts,
     with_absolute_paths,
 )

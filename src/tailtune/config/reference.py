@@ -69,7 +69,7 @@ def _section_table(cls, prefix: str) -> list[str]:
     docs, choices = field_docs(cls), field_choices(cls)
     rows = ["| key | type | default | description |", "|---|---|---|---|"]
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(f.default_factory) if f.default_factory is not dataclasses.MISSING else False:
+        if _is_section(f):
             continue  # a section: documented under its own heading
         text = docs.get(f.name, "")
         listed = set(re.findall(r"[\w.-]+", text))
@@ -79,17 +79,26 @@ def _section_table(cls, prefix: str) -> list[str]:
     return rows
 
 
+def _is_section(f: dataclasses.Field) -> bool:
+    factory = f.default_factory
+    return factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory)  # type: ignore[arg-type]
+
+
 def config_reference() -> str:
-    """The Markdown reference of every config key."""
+    """The Markdown reference of every config key, the registered methods' options included."""
+    schema = C.schema()
     intro = (C.__doc__ or "").strip().split("\n\n")
     out = [HEADER.rstrip("\n"), "", *[" ".join(p.split()).replace("<-", "←") + "\n" for p in intro]]
     out += ["Set a key in a YAML file (`-c file.yaml`) or on the command line as `section.key=value`, e.g. "
-            "`tailtune train -r lift train.epochs=5 peft.method=lora`.\n",
-            "## Top-level keys\n", *_section_table(C.Config, ""), ""]
-    for f in dataclasses.fields(C.Config):
+            "`tailtune train -r lift train.epochs=5 peft.method=lora`. A method's own options are the "
+            "sub-section of its name, e.g. `peft.vpt.length=5`.\n",
+            "## Top-level keys\n", *_section_table(schema, ""), ""]
+    for f in filter(_is_section, dataclasses.fields(schema)):
         factory = f.default_factory
-        if factory is dataclasses.MISSING or not dataclasses.is_dataclass(factory):  # type: ignore[arg-type]
-            continue
         doc = " ".join((inspect.getdoc(factory) or "").split())
         out += [f"## `{f.name}`: {doc}\n", *_section_table(factory, f"{f.name}."), ""]
+        for sub in filter(_is_section, dataclasses.fields(factory)):
+            doc = " ".join((inspect.getdoc(sub.default_factory) or "").split())
+            out += [f"### `{f.name}.{sub.name}`: {doc}\n",
+                    *_section_table(sub.default_factory, f"{f.name}.{sub.name}."), ""]
     return "\n".join(out).rstrip("\n") + "\n"

@@ -25,8 +25,6 @@ BN_MODES = ("auto", "eval", "train")
 INAT_LEVELS = ("species", "genus", "family", "order", "class", "phylum", "kingdom", "supercategory")
 VAL_MODES = ("auto", "split", "holdout", "none")
 INTERPOLATIONS = ("auto", "bicubic", "bilinear", "nearest", "lanczos")  # = data.transforms.INTERPOLATIONS (a test keeps them equal)
-VPT_POSITIONS = ("end", "after_cls")
-SSF_PARTS = ("qkv", "out", "mlp", "norm")
 ON_NAN_MODES = ("stop", "skip")
 CACHE_MODES = ("auto", "always", "never")  # = training.feature_cache.CACHE_MODES; not on/off: YAML reads those as booleans
 _BLOCKS_HELP = "all, 'first N', 'last N', 'S:E' or [S, E] (blocks S..E-1, counted from 0)"
@@ -135,31 +133,12 @@ class PeftConfig:
     bn_mode: str = setting("auto", "BatchNorm statistics: auto (frozen unless full fine-tuning), eval, train", choices=BN_MODES)
     lr: Optional[float] = setting(None, "learning rate of the backbone's tuned parameters (default: train.lr)")
     blocks: Any = setting("all", "Transformer blocks the method applies to: all | first N | last N | S:E or [S, E] ([S, E), from 0)")
-    vpt_length: int = setting(10, "vpt_shallow / vpt_deep: prompt tokens")
-    vpt_position: str = setting("end", "end (after the patch tokens) | after_cls (after the class/prefix tokens)", choices=VPT_POSITIONS)
-    ssf_parts: str = setting("all", "ssf: all, or '+'-joined parts of qkv, out, mlp, norm (e.g. qkv+mlp)", choices=SSF_PARTS)
-    mask_ratio: Optional[float] = setting(None, "masked: trainable share of the targets; default C / (12 L d), see masked.py")
-    mask_seed: int = setting(0, "masked: seed of the random choice of trainable entries")
 
     def __post_init__(self) -> None:
         _check_positive("peft", "r", self.r)
         _check_positive("peft", "lr", self.lr)
         _check_choice("peft", "bn_mode", self.bn_mode, BN_MODES)
         parse_blocks(self.blocks)
-        _check_positive("peft", "vpt_length", self.vpt_length)
-        _check_choice("peft", "vpt_position", self.vpt_position, VPT_POSITIONS)
-        if not ssf_parts(self.ssf_parts):
-            raise ConfigError(f"peft.ssf_parts={self.ssf_parts!r} names no part; use all or e.g. qkv+mlp.")
-        for part in ssf_parts(self.ssf_parts):
-            _check_choice("peft", "ssf_parts", part, SSF_PARTS)
-        if self.mask_ratio is not None and not 0 < self.mask_ratio <= 1:
-            raise ConfigError(f"peft.mask_ratio={self.mask_ratio!r} must be in (0, 1].")
-
-
-def ssf_parts(spec: str) -> list[str]:
-    """The parts of ``peft.ssf_parts`` ('all' or e.g. 'qkv+mlp')."""
-    parts = list(dict.fromkeys(p.strip() for p in str(spec).split("+") if p.strip()))
-    return list(SSF_PARTS) if parts == ["all"] else parts
 
 
 def parse_blocks(spec: Any) -> tuple[slice, int]:
@@ -198,12 +177,9 @@ class HeadConfig:
     prompt: str = setting(DEFAULT_PROMPT, "template of prompt_mode=default (text init and zero-shot)")
     prompt_mode: str = setting("default", "`tailtune list prompts`: default | classname | ensemble | descriptors")
     descriptors: Optional[str] = setting(None, "prompt_mode=descriptors: JSON file {class name: [description, ...]}")
-    shots: int = setting(10, "init=k_shot: images per class (at most)")
-    seed: int = setting(0, "init=k_shot: seed of the image choice")
 
     def __post_init__(self) -> None:
         _check_positive("head", "scale", self.scale)
-        _check_positive("head", "shots", self.shots)
         if "{}" not in self.prompt:
             raise ConfigError(f"head.prompt={self.prompt!r} must contain '{{}}' where the class name goes.")
         if self.prompt != DEFAULT_PROMPT and self.prompt_mode != "default":
@@ -219,28 +195,6 @@ class LossConfig:
     """The training loss."""
 
     name: str = setting("la", "`tailtune list losses`")
-    tau: float = setting(1.0, "logit adjustment strength (la)")
-    gamma: float = setting(2.0, "focal: focusing exponent")
-    beta: float = setting(0.9999, "cb and ldam's DRW: class-balanced weights (1 - beta) / (1 - beta^n_j)")
-    ldam_max_margin: float = setting(0.5, "ldam: margin of the rarest class")
-    ldam_scale: float = setting(25.0, "ldam: the margin is subtracted as ldam_scale * m_j (match head.scale)")
-    drw_epoch: Optional[int] = setting(None, "ldam: deferred re-weighting from this epoch (0-based); null = off")
-    lade_alpha: float = setting(0.1, "lade: weight of the LADE regulariser")
-    lade_lambda: float = setting(0.1, "lade: ReMINE regularisation inside the regulariser")
-
-    def __post_init__(self) -> None:
-        _check_positive("loss", "tau", self.tau, allow_zero=True)
-        _check_positive("loss", "gamma", self.gamma, allow_zero=True)
-        _check_positive("loss", "ldam_max_margin", self.ldam_max_margin)
-        _check_positive("loss", "ldam_scale", self.ldam_scale)
-        _check_positive("loss", "drw_epoch", self.drw_epoch, allow_zero=True)
-        _check_positive("loss", "lade_alpha", self.lade_alpha, allow_zero=True)
-        _check_positive("loss", "lade_lambda", self.lade_lambda, allow_zero=True)
-        if not 0 < self.beta < 1:
-            raise ConfigError(f"loss.beta={self.beta!r} must be in (0, 1) (0.9999 is usual).")
-        if self.drw_epoch is not None and self.name != "ldam":
-            raise ConfigError(f"loss.drw_epoch applies to loss.name=ldam only, not {self.name!r}; "
-                              "drop loss.drw_epoch or use loss.name=ldam.")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from tailtune.config import PeftConfig, parse_blocks
 from tailtune.errors import ConfigError
 from tailtune.registry import Registry
 
-PEFT_METHODS: Registry = Registry("PEFT method")
+PEFT_METHODS: Registry = Registry("PEFT method", section="peft")  # options: peft.<key>.*
 
 
 class PeftMethod:
