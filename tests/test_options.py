@@ -28,6 +28,8 @@ def test_a_saved_config_with_the_old_flat_keys_loads_under_the_new_ones():
     assert (cfg.head.k_shot.shots, cfg.head.k_shot.seed) == (4, 5)
     assert (cfg.loss.la.tau, cfg.loss.cb.beta, cfg.loss.ldam.beta, cfg.loss.ldam.drw_epoch) == (0.5, 0.99, 0.99, 3)
     assert to_dict(cfg) == to_dict(load_config("lift", overrides=NEW_KEYS))
+    synthetic = LEGACY.read_text().replace("  num_classes: null", "  num_classes: 5")
+    assert from_yaml_text(synthetic).data.synthetic.num_classes == 5
 
 
 def test_the_old_flat_keys_in_a_users_file_are_refused_with_the_new_name(tmp_path):
@@ -69,7 +71,7 @@ from tailtune.models.heads import HEAD_INITS  # noqa: E402
 from tailtune.models.peft.base import PEFT_METHODS  # noqa: E402
 from tailtune.runtime.rundir import CHECKPOINT  # noqa: E402
 
-FAST = ["data.num_classes=4", "data.train_per_class=8", "data.test_per_class=2", "train.batch_size=8",
+FAST = ["data.synthetic.num_classes=4", "data.synthetic.train_per_class=8", "data.synthetic.test_per_class=2", "train.batch_size=8",
         "eval.tte=none", "eval.gap_per_class=0", "eval.report=false", "train.cache_features=never",
         "train.precision=fp32"]
 TINY_CNN = ["model.provider=timm", "model.name=test_resnet", "model.resolution=32", "head.init=class_mean"]

@@ -127,7 +127,7 @@ def refuse_moved_keys(layer: Any, where: str) -> None:
         for old, new in moved_keys(section).items():
             if old in node:
                 names = " or ".join(f"{section}.{n}" for n in new)
-                raise ConfigError(f"config key '{section}.{old}' in {where} is now {names} (each method's "
+                raise ConfigError(f"config key '{section}.{old}' in {where} is now {names} (a registered entry's "
                                   f"options live under its own key); rename it, e.g. {section}.{new[0]}=...")
 
 

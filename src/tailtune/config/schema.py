@@ -66,10 +66,6 @@ class DataConfig:
     imb_ratio: float = setting(100.0, "imbalance ratio n_max / n_min of the exponential profile (1 = no subsampling)")
     group_imb_ratio: Optional[float] = setting(None, "counts used for many/medium/few groups (CIFAR IR50/10 use 100)")
     download: bool = setting(False, "download missing files when online (torchvision's downloader)")
-    num_classes: Optional[int] = setting(None, "synthetic source only")
-    train_per_class: int = setting(40, "synthetic source: images of the head class")
-    test_per_class: int = setting(10, "synthetic source: test images per class")
-    image_size: int = setting(32, "synthetic source: side of the generated images")
     num_workers: int = setting(-1, "DataLoader workers; -1 = by core count")
     subset_seed: int = setting(0, "seed of the long-tail subsampling (the benchmark uses 0)")
     # List-based benchmarks (imagenet_lt, places_lt, inat2018) and your own data (folder, csv):
@@ -95,10 +91,6 @@ class DataConfig:
             raise ConfigError(f"data.imb_ratio={self.imb_ratio} must be >= 1 (n_max / n_min).")
         if self.group_imb_ratio is not None and self.group_imb_ratio < 1:
             raise ConfigError(f"data.group_imb_ratio={self.group_imb_ratio} must be >= 1.")
-        _check_positive("data", "num_classes", self.num_classes)
-        _check_positive("data", "train_per_class", self.train_per_class)
-        _check_positive("data", "test_per_class", self.test_per_class)
-        _check_positive("data", "image_size", self.image_size)
         if self.num_workers < -1:
             raise ConfigError("data.num_workers must be -1 (auto) or >= 0.")
 

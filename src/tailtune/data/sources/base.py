@@ -23,7 +23,7 @@ from tailtune.data.validate import check_image_files
 from tailtune.errors import DataError
 from tailtune.registry import Registry
 
-SOURCES: Registry = Registry("dataset")
+SOURCES: Registry = Registry("dataset", section="data")  # options: data.<name>.*
 # Sources that read data.classnames_file themselves (their labels may come from it); for every
 # other source the file replaces the source's class names after it is built (build_data).
 NAMES_FROM_FILE = ("folder", "csv")
