@@ -16,8 +16,8 @@ SPLITS = Path(__file__).resolve().parents[1].parent / "shared" / "splits"
 
 TINY_CLIP = [
     "model.provider=open_clip", "model.name=TT-Tiny-ViT", "model.pretrained=none",
-    "data.name=synthetic", "data.num_classes=6", "data.train_per_class=24", "data.test_per_class=4",
-    "data.imb_ratio=8", "data.image_size=32", "data.num_workers=0",
+    "data.name=synthetic", "data.synthetic.num_classes=6", "data.synthetic.train_per_class=24", "data.synthetic.test_per_class=4",
+    "data.imb_ratio=8", "data.synthetic.image_size=32", "data.num_workers=0",
     "train.epochs=1", "train.batch_size=16", "train.log_every=1", "eval.batch_size=32",
     "quiet=true",
 ]

@@ -123,8 +123,8 @@ def test_overrides_may_follow_options(tmp_path):
     from tailtune import cli
 
     args = ["train", "-r", "lift", "--dry-run", "model.provider=open_clip", "--dry-run-steps", "1",
-            "model.name=TT-Tiny-ViT", "model.pretrained=none", "data.name=synthetic", "data.num_classes=3",
-            "data.train_per_class=8", "data.test_per_class=2", "data.imb_ratio=2", "quiet=true"]
+            "model.name=TT-Tiny-ViT", "model.pretrained=none", "data.name=synthetic", "data.synthetic.num_classes=3",
+            "data.synthetic.train_per_class=8", "data.synthetic.test_per_class=2", "data.imb_ratio=2", "quiet=true"]
     assert cli.main(args) == 0
     with pytest.raises(SystemExit):
         cli.main(["train", "--dry-run", "--no-such-option"])

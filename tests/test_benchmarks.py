@@ -15,8 +15,9 @@ from datatrees import (
     write_list,
     write_places_lists,
 )
-from tailtune.config import DataConfig, load_config
+from tailtune.config import DataConfig, load_config, section
 from tailtune.data.sources.base import build_data
+from tailtune.data.sources.synthetic import SyntheticOptions
 from tailtune.data.splits import path_mapper, read_list, sha256_of
 from tailtune.errors import ConfigError, DataError
 
@@ -114,11 +115,11 @@ def test_places_lt_takes_the_class_names_of_a_file(tmp_path):
 def test_every_source_takes_the_class_names_of_a_file(tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("cat\n\ndog\nsea_lion\n")  # blank lines ignored
-    data = build_data(DataConfig(name="synthetic", num_classes=3, classnames_file=str(names)))
+    data = build_data(section("data", name="synthetic", synthetic=SyntheticOptions(num_classes=3), classnames_file=str(names)))
     assert data.classnames == ["cat", "dog", "sea_lion"]
     names.write_text("n01440764 tench\nn01443537 goldfish\nn01484850 great white shark\n")  # ImageNet-LT's
     with pytest.raises(DataError, match=r"two columns"):
-        build_data(DataConfig(name="synthetic", num_classes=3, classnames_file=str(names)))
+        build_data(section("data", name="synthetic", synthetic=SyntheticOptions(num_classes=3), classnames_file=str(names)))
 
 
 def test_places_lt_original_layout_by_path_map(tmp_path):

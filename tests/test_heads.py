@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tailtune.config import HeadConfig
+from tailtune.config import HeadConfig, section
 from tailtune.errors import ConfigError
 from tailtune.models import heads as H
+from tailtune.models.heads import KShotOptions
 from tailtune.models.prompts import PROMPT_MODES, class_prompts
 
 X = torch.tensor([[3.0, 4.0, 0.0], [1.0, -2.0, 2.0]])
@@ -252,7 +253,7 @@ def test_k_shot_indices_are_seeded_and_capped():
 
 
 def test_k_shot_init_is_the_class_mean_of_the_chosen_images():
-    cfg = HeadConfig(init="k_shot", shots=2, seed=3)
+    cfg = section("head", init="k_shot", k_shot=KShotOptions(shots=2, seed=3))
     chosen = H.k_shot_indices(LABELS.tolist(), 2, 3)
     got = H.k_shot_init(ctx_for(FakeVision(), cfg, ["a", "b"], FEATS, LABELS))
     want = [hand_class_mean([FEATS[i].tolist() for i in chosen if LABELS[i] == c]) for c in (0, 1)]

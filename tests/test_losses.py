@@ -5,9 +5,17 @@ import math
 import pytest
 import torch
 
-from tailtune.config import LossConfig
+from tailtune.config import LossConfig, section
 from tailtune.errors import ConfigError
-from tailtune.losses import LOSSES, build_loss
+from tailtune.losses import (
+    LOSSES,
+    CbOptions,
+    FocalOptions,
+    LadeOptions,
+    LaOptions,
+    LdamOptions,
+    build_loss,
+)
 
 COUNTS = [6, 3, 1]
 PRIOR = [0.6, 0.3, 0.1]
@@ -48,18 +56,18 @@ def test_focal_gamma_2():
     want = sum(fl(z, y) for z, y in zip(Z, Y)) / 4
     assert run(LossConfig(name="focal")) == pytest.approx(want, abs=1e-5)
     # gamma 0 is plain cross-entropy
-    assert run(LossConfig(name="focal", gamma=0.0)) == pytest.approx(run(LossConfig(name="ce")), abs=1e-6)
+    assert run(section("loss", name="focal", focal=FocalOptions(gamma=0.0))) == pytest.approx(run(LossConfig(name="ce")), abs=1e-6)
 
 
 @pytest.mark.parametrize("tau", [1.0, 0.5])
 def test_la(tau):
     adjust = [tau * math.log(p) for p in PRIOR]
     want = sum(ce(shifted(z, adjust), y) for z, y in zip(Z, Y)) / 4
-    assert run(LossConfig(name="la", tau=tau)) == pytest.approx(want, abs=1e-5)
+    assert run(section("loss", name="la", la=LaOptions(tau=tau))) == pytest.approx(want, abs=1e-5)
 
 
 def test_la_with_tau_zero_is_ce():
-    assert run(LossConfig(name="la", tau=0.0)) == pytest.approx(run(LossConfig(name="ce")), abs=1e-6)
+    assert run(section("loss", name="la", la=LaOptions(tau=0.0))) == pytest.approx(run(LossConfig(name="ce")), abs=1e-6)
 
 
 def test_bs_is_ce_on_logits_plus_log_prior():
@@ -73,8 +81,8 @@ def test_cb(beta):
     raw = [(1 - beta) / (1 - beta ** n) for n in COUNTS]
     w = [r / (sum(raw) / 3) for r in raw]
     want = weighted_mean([ce(z, y) for z, y in zip(Z, Y)], [w[y] for y in Y])
-    assert run(LossConfig(name="cb", beta=beta)) == pytest.approx(want, abs=1e-5)
-    assert build_loss(LossConfig(name="cb", beta=beta), COUNTS).weight.mean().item() == pytest.approx(1.0)
+    assert run(section("loss", name="cb", cb=CbOptions(beta=beta))) == pytest.approx(want, abs=1e-5)
+    assert build_loss(section("loss", name="cb", cb=CbOptions(beta=beta)), COUNTS).weight.mean().item() == pytest.approx(1.0)
 
 
 def test_grw_weights_are_inverse_prior_with_mean_1():
@@ -107,12 +115,12 @@ def test_ldam(device):
     assert run(LossConfig(name="ldam"), device) == pytest.approx(want, abs=1e-4)
     # the margin scale is configurable and composes as scale * m_y on the given logits
     want10 = sum(ldam_terms(10.0)) / 4
-    assert run(LossConfig(name="ldam", ldam_scale=10.0), device) == pytest.approx(want10, abs=1e-4)
+    assert run(section("loss", name="ldam", ldam=LdamOptions(scale=10.0)), device) == pytest.approx(want10, abs=1e-4)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_ldam_deferred_reweighting_switches_on_at_its_epoch(device):
-    cfg = LossConfig(name="ldam", drw_epoch=2, beta=0.9)
+    cfg = section("loss", name="ldam", ldam=LdamOptions(drw_epoch=2, beta=0.9))
     raw = [(1 - 0.9) / (1 - 0.9 ** n) for n in COUNTS]
     w = [r / (sum(raw) / 3) for r in raw]
     plain = sum(ldam_terms()) / 4
@@ -138,7 +146,7 @@ def test_lade_against_hand_computation():
     want = pc + alpha * reg
     assert run(LossConfig(name="lade")) == pytest.approx(want, abs=1e-5)
     # alpha = 0 leaves the PC-softmax part, which is the balanced softmax
-    assert run(LossConfig(name="lade", lade_alpha=0.0)) == pytest.approx(run(LossConfig(name="bs")), abs=1e-6)
+    assert run(section("loss", name="lade", lade=LadeOptions(alpha=0.0))) == pytest.approx(run(LossConfig(name="bs")), abs=1e-6)
 
 
 def test_lade_batch_without_some_classes_is_finite():
@@ -149,7 +157,7 @@ def test_lade_batch_without_some_classes_is_finite():
 @pytest.mark.parametrize("name", LOSSES.names())
 @pytest.mark.parametrize("device", DEVICES)
 def test_every_loss_is_finite_and_has_gradients(name, device):
-    cfg = LossConfig(name=name, drw_epoch=0 if name == "ldam" else None)
+    cfg = section("loss", name=name, ldam=LdamOptions(drw_epoch=0 if name == "ldam" else None))
     loss_fn = build_loss(cfg, [10, 5, 2]).to(device)
     logits = torch.randn(6, 3, device=device, requires_grad=True)
     loss = loss_fn(logits, torch.tensor([0, 1, 2, 0, 1, 2], device=device))
@@ -160,7 +168,7 @@ def test_every_loss_is_finite_and_has_gradients(name, device):
 def test_bad_loss_settings_are_refused():
     with pytest.raises(ConfigError, match="unknown loss 'ladm'. Did you mean 'ldam'"):
         build_loss(LossConfig(name="ladm"), COUNTS)
-    with pytest.raises(ConfigError, match="loss.drw_epoch applies to loss.name=ldam only"):
-        LossConfig(name="ce", drw_epoch=3)
-    with pytest.raises(ConfigError, match=r"loss.beta=1.0 must be in \(0, 1\)"):
-        LossConfig(name="cb", beta=1.0)
+    with pytest.raises(ConfigError, match="loss.ldam.drw_epoch applies to loss.name=ldam only"):
+        section("loss", name="ce", ldam=LdamOptions(drw_epoch=3))
+    with pytest.raises(ConfigError, match=r"loss.cb.beta=1.0 must be in \(0, 1\)"):
+        section("loss", name="cb", cb=CbOptions(beta=1.0))

@@ -43,8 +43,8 @@ def test_every_registry_is_reachable_from_config_and_a_wrong_name_lists_the_vali
 
 
 def test_drw_epoch_beyond_training_is_refused(tiny_overrides):
-    cfg = load_config("lift", overrides=[*tiny_overrides, "loss.name=ldam", "loss.drw_epoch=3", "train.epochs=2"])
-    with pytest.raises(ConfigError, match="loss.drw_epoch=3 never starts in train.epochs=2"):
+    cfg = load_config("lift", overrides=[*tiny_overrides, "loss.name=ldam", "loss.ldam.drw_epoch=3", "train.epochs=2"])
+    with pytest.raises(ConfigError, match="loss.ldam.drw_epoch=3 never starts in train.epochs=2"):
         tailtune.validate(cfg)
 
 
@@ -67,8 +67,8 @@ def test_trainer_iterates_the_sampler_plan(tiny_overrides):
 
 def test_run_with_the_rest_of_the_menu(tiny_overrides, tmp_path):
     overrides = [*tiny_overrides, "name=menu", "peft.method=none", "train.epochs=2",
-                 "loss.name=ldam", "loss.drw_epoch=1", "train.sampler=square_root", "train.augment=minimal",
-                 "head.type=layernorm", "head.init=k_shot", "head.shots=3",
+                 "loss.name=ldam", "loss.ldam.drw_epoch=1", "train.sampler=square_root", "train.augment=minimal",
+                 "head.type=layernorm", "head.init=k_shot", "head.k_shot.shots=3",
                  "eval.tte=randaug", "eval.randaug_views=3"]
     metrics = tailtune.fit(load_config("lift", overrides=overrides))
     test = metrics["test"]

@@ -83,7 +83,7 @@ def test_val_split_required_and_holdout_on_any_source(tmp_path):
     class_tree(tmp_path / "test", [1, 1])
     with pytest.raises(DataError, match=r"data.val=split but folder has no val split"):
         build_data(_cfg(f"data.root={tmp_path}", "data.val=split"))
-    syn = load_config(overrides=["data.name=synthetic", "data.num_classes=3", "data.train_per_class=12",
+    syn = load_config(overrides=["data.name=synthetic", "data.synthetic.num_classes=3", "data.synthetic.train_per_class=12",
                                  "data.imb_ratio=1", "data.val=holdout"]).data
     data = build_data(syn)
     assert data.val_source == "held-out slice of train" and _by_class(data.val, 3) == [3, 3, 3]

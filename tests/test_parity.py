@@ -75,8 +75,8 @@ def backbone_file(tmp_path_factory) -> Path:
 def _config(recipe: str, backbone_file: Path, tmp_path: Path) -> C.Config:
     overrides = [f"model.pretrained={backbone_file}", "train.precision=fp32", "train.device=cpu",
                  # The images come from the golden input; the data only supplies 100 classes.
-                 "data.name=synthetic", f"data.num_classes={NUM_CLASSES}", "data.train_per_class=1",
-                 "data.test_per_class=1", "data.imb_ratio=1", "data.group_imb_ratio=null", "data.image_size=8",
+                 "data.name=synthetic", f"data.synthetic.num_classes={NUM_CLASSES}", "data.synthetic.train_per_class=1",
+                 "data.synthetic.test_per_class=1", "data.imb_ratio=1", "data.group_imb_ratio=null", "data.synthetic.image_size=8",
                  "data.num_workers=0", "data.val=none", "quiet=true", f"output_dir={tmp_path}"]
     if "precision" in {f.name for f in dataclasses.fields(C.EvalConfig)}:
         overrides.append("eval.precision=fp32")  # evaluation's own precision key, where it exists
@@ -145,7 +145,7 @@ def test_one_training_step_matches_the_reference(adaptformer, golden_input, tmp_
     ref = GOLDEN["adaptformer"]["one_step"]
     exp = adaptformer
     cfg = dataclasses.replace(exp.cfg.train, batch_size=2, epochs=1)
-    assert (cfg.lr, cfg.momentum, cfg.weight_decay, exp.cfg.loss.name, exp.cfg.loss.tau) == (0.01, 0.9, 5e-4, "la", 1.0)
+    assert (cfg.lr, cfg.momentum, cfg.weight_decay, exp.cfg.loss.name, exp.cfg.loss.la.tau) == (0.01, 0.9, 5e-4, "la", 1.0)
     labels = torch.tensor(ref["labels"])
 
     class Golden(torch.utils.data.Dataset):
@@ -197,7 +197,7 @@ def test_one_training_step_matches_the_reference(adaptformer, golden_input, tmp_
 
 LOSSES = GOLDEN["losses"]
 # Reference loss -> tailtune's loss.name; every constructor parameter the reference used is
-# tailtune's default (LA tau 1, LDAM s 25 = loss.ldam_scale and max margin 0.5, CB beta 0.9999,
+# tailtune's default (LA tau 1, LDAM s 25 = loss.ldam.scale and max margin 0.5, CB beta 0.9999,
 # focal gamma 2, LADE lambdas 0.1).
 LOSS_NAMES = {"CE": "ce", "LA": "la", "LDAM": "ldam", "CB": "cb", "Focal": "focal", "GRW": "grw",
               "LADE": "lade", "BS": "bs"}

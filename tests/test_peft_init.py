@@ -17,11 +17,11 @@ import pytest
 import torch
 
 import tailtune
-from tailtune.config import PeftConfig, load_config
+from tailtune.config import PeftConfig, load_config, section
 from tailtune.evaluation.evaluate import train_features
 from tailtune.models.peft.base import apply_peft, peft_off
 from tailtune.models.peft.lora import LowRank
-from tailtune.models.peft.masked import MaskedLinear
+from tailtune.models.peft.masked import MaskedLinear, MaskedOptions
 from tailtune.models.peft.ssf import ScaleShift
 from tailtune.models.peft.targets import get_part
 from tailtune.runs.run import init_head
@@ -101,7 +101,7 @@ def reference_masks(layers, ratio, seed):
 def test_masked_tuning_trains_the_references_entries_for_the_seed(tiny_bases, family):  # noqa: F811
     backbone = fresh(tiny_bases, family)
     state = torch.get_rng_state()
-    apply_peft(backbone, PeftConfig(method="masked", mask_ratio=0.25, mask_seed=3), C)
+    apply_peft(backbone, section("peft", method="masked", masked=MaskedOptions(ratio=0.25, seed=3)), C)
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is not touched
     layers = [m for _, m in backbone.named_modules() if isinstance(m, MaskedLinear)]  # depth order, qkv/out/fc1/fc2
     shapes = [(3 * D, D), (D, D), (4 * D, D), (D, 4 * D)] * L

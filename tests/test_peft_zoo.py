@@ -18,13 +18,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import tailtune
-from tailtune.config import DataConfig, ModelConfig, PeftConfig, load_config
+from tailtune.config import DataConfig, ModelConfig, PeftConfig, load_config, section
 from tailtune.errors import CheckpointError, ConfigError
 from tailtune.models.backbones.base import build_backbone
 from tailtune.models.backbones.timm import TimmBackbone
 from tailtune.models.model import TailModel
 from tailtune.models.peft.base import PEFT_METHODS, apply_peft, check_peft
+from tailtune.models.peft.masked import MaskedOptions
+from tailtune.models.peft.ssf import SsfOptions
 from tailtune.models.peft.targets import SelfAttention
+from tailtune.models.peft.vpt import VptOptions
 from tailtune.runtime.checkpoint import load_checkpoint, save_checkpoint
 from tailtune.runtime.rundir import read_metrics
 
@@ -239,7 +242,7 @@ def test_masked_checkpoints_carry_the_entries_they_trained(tiny_bases, tmp_path)
 
     def model():
         backbone = fresh(tiny_bases, "open_clip")
-        apply_peft(backbone, PeftConfig(method="masked", mask_ratio=0.2, mask_seed=3), C)
+        apply_peft(backbone, section("peft", method="masked", masked=MaskedOptions(ratio=0.2, seed=3)), C)
         return TailModel(backbone, nn.Linear(D, C)).eval()
 
     a, b = model(), model()
@@ -311,20 +314,25 @@ def test_a_block_range_beyond_the_depth_is_a_startup_error(tiny_bases):
     ("peft.blocks=last_0", "selects no block"),
     ("peft.blocks=middle", "not valid"),
     ("peft.blocks=[3,3]", "selects no block"),
-    ("peft.vpt_position=start", "vpt_position"),
-    ("peft.vpt_length=0", "vpt_length"),
-    ("peft.ssf_parts=qkv+mlps", "ssf_parts='mlps'"),
-    ("peft.mask_ratio=0", "mask_ratio"),
-    ("peft.mask_ratio=1.5", "mask_ratio"),
+    ("peft.vpt.position=start", "vpt.position"),
+    ("peft.vpt.length=0", "vpt.length"),
+    ("peft.ssf.parts=qkv+mlps", "ssf.parts='mlps'"),
+    ("peft.masked.ratio=0", "masked.ratio"),
+    ("peft.masked.ratio=1.5", "masked.ratio"),
+    ("peft.vpt_length=5", r"'peft.vpt_length' in command-line overrides is now peft.vpt.length"),
+    ("peft.ssf_parts=qkv", "is now peft.ssf.parts"),
+    ("peft.mask_seed=1", "is now peft.masked.seed"),
+    ("peft.vpt.lenght=5", "Did you mean peft.vpt.length"),
 ])
 def test_bad_peft_options_fail_at_config_time(override, match):
+    """Also the flat keys of before the options moved to their methods: refused, naming the new key."""
     with pytest.raises(ConfigError, match=match):
         load_config(overrides=[override])
 
 
 def test_good_peft_options_parse():
-    cfg = load_config(overrides=["peft.blocks=[6,12]", "peft.ssf_parts=qkv+norm", "peft.mask_ratio=0.01"])
-    assert list(cfg.peft.blocks) == [6, 12] and cfg.peft.ssf_parts == "qkv+norm"
+    cfg = load_config(overrides=["peft.blocks=[6,12]", "peft.ssf.parts=qkv+norm", "peft.masked.ratio=0.01"])
+    assert list(cfg.peft.blocks) == [6, 12] and cfg.peft.ssf.parts == "qkv+norm" and cfg.peft.masked.ratio == 0.01
 
 
 def test_conflicting_or_repeated_methods_are_refused(tiny_bases):
@@ -336,17 +344,17 @@ def test_conflicting_or_repeated_methods_are_refused(tiny_bases):
 
 def test_ssf_parts_are_switchable(tiny_bases):
     backbone = fresh(tiny_bases, "open_clip")
-    apply_peft(backbone, PeftConfig(method="ssf", ssf_parts="qkv+norm"), C)
+    apply_peft(backbone, section("peft", method="ssf", ssf=SsfOptions(parts="qkv+norm")), C)
     assert n_trainable(backbone) == L * 2 * (3 * D + 2 * D)
 
 
 def test_masked_ratio_option_and_seed(tiny_bases):
     a = fresh(tiny_bases, "timm")
-    apply_peft(a, PeftConfig(method="masked", mask_ratio=0.5, mask_seed=3), C)
+    apply_peft(a, section("peft", method="masked", masked=MaskedOptions(ratio=0.5, seed=3)), C)
     layers = [(3 * D, D), (D, D), (4 * D, D), (D, 4 * D)]
     assert n_trainable(a) == L * sum(out * (inp + 1) // 2 for out, inp in layers)
     b = fresh(tiny_bases, "timm")
-    apply_peft(b, PeftConfig(method="masked", mask_ratio=0.5, mask_seed=4), C)
+    apply_peft(b, section("peft", method="masked", masked=MaskedOptions(ratio=0.5, seed=4)), C)
     index = {n: t for n, t in a.named_buffers() if n.endswith("weight_index")}
     other = dict(b.named_buffers())
     assert any(not torch.equal(t, other[n]) for n, t in index.items())
@@ -359,7 +367,7 @@ def test_masked_ratio_option_and_seed(tiny_bases):
 @pytest.mark.parametrize("method", ["vpt_shallow", "vpt_deep"])
 def test_prompt_tokens_sit_where_asked_and_leave_before_pooling(tiny_bases, family, method, position):
     backbone = fresh(tiny_bases, family)
-    apply_peft(backbone, PeftConfig(method=method, vpt_position=position, vpt_length=3), C)
+    apply_peft(backbone, section("peft", method=method, vpt=VptOptions(position=position, length=3)), C)
     blocks = [b for _, b in backbone.blocks()]
     seen = {}
     for i, block in enumerate(blocks):

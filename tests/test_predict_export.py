@@ -19,8 +19,8 @@ from tailtune.inference.export import (
     _align_attention,
     build_without_data,
     export_run,
-    merge_lora,
 )
+from tailtune.models.peft.lora import merge_lora
 from tailtune.report.record import load_predictions
 from tailtune.runtime.rundir import PREDICTIONS
 

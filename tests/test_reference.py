@@ -7,6 +7,7 @@ from pathlib import Path
 from tailtune import config as C
 from tailtune.cli import app as cli
 from tailtune.config.reference import config_reference, field_choices, field_docs
+from tailtune.errors import ConfigError
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
 
@@ -19,34 +20,47 @@ def test_committed_reference_matches_the_schema():
 
 def test_reference_has_every_key_with_its_default():
     text = config_reference()
-    for top in dataclasses.fields(C.Config):
-        section = top.default_factory() if top.default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(section):
-            assert f"## `{top.name}`:" in text
-            for f in dataclasses.fields(section):
-                assert f"| `{top.name}.{f.name}` |" in text, f"{top.name}.{f.name}"
-        else:
-            assert f"| `{top.name}` |" in text
+
+    def keys(cls, prefix):
+        for f in dataclasses.fields(cls):
+            if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory):
+                assert f"`{prefix}{f.name}`:" in text, f"{prefix}{f.name}"
+                yield from keys(f.default_factory, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}"
+
+    for key in keys(C.schema(), ""):
+        assert f"| `{key}` |" in text, key
     assert "| `train.precision` | str | `auto` |" in text
     assert "| `model.resolution` | int or null | `null` |" in text
+    assert "| `peft.vpt.length` | int | `10` |" in text  # a method's options, gathered from its registration
 
 
 @dataclass
 class _Demo:
-    a: int = 1  # first # with a hash
-    # above b,
-    # on two lines
-    b: str = "x # not a comment"
+    a: int = C.setting(1, "first # with a hash")
+    b: str = C.setting("x # not a comment", "above b, on two lines", choices=("x # not a comment", "y"))
     c: bool = False
 
-    def __post_init__(self):
-        C._check_choice("demo", "b", self.b, ("x # not a comment", "y"))
 
-
-def test_docs_and_choices_are_read_from_the_source():
+def test_docs_and_choices_are_read_from_the_field_metadata():
     assert field_docs(_Demo) == {"a": "first # with a hash", "b": "above b, on two lines", "c": ""}
     assert field_choices(_Demo) == {"b": ("x # not a comment", "y")}
     assert field_choices(C.TrainConfig)["precision"] == C.PRECISIONS
+
+
+def test_every_checked_choice_is_in_the_metadata():
+    """The choices a section's __post_init__ enforces are the ones its metadata lists (and docs show)."""
+    import pytest
+
+    peft = C.section("peft")
+    option_classes = [type(getattr(peft, k)) for k in ("vpt", "ssf", "masked")]
+    for cls in (C.DataConfig, C.PeftConfig, C.HeadConfig, C.LossConfig, C.TrainConfig, C.EvalConfig, *option_classes):
+        for name in field_choices(cls):
+            if name == "parts":
+                continue  # '+'-joined parts, each checked
+            with pytest.raises(ConfigError, match=f"{name}='not-a-choice' is not valid"):
+                cls(**{name: "not-a-choice"})
 
 
 def test_config_reference_command(tmp_path, capsys):

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 # fp32 on every CPU: these tests compare runs number for number (and 1 with 2 processes, where bf16
 # autocast with another reduction order moved the losses by 0.012); auto would pick bf16 on a CPU
 # with native bf16 and fp32 elsewhere.
-RUN = [*TINY_CLIP, "data.train_per_class=162", "data.imb_ratio=4", "data.test_per_class=4", "train.epochs=3", "train.batch_size=8",
+RUN = [*TINY_CLIP, "data.synthetic.train_per_class=162", "data.imb_ratio=4", "data.synthetic.test_per_class=4", "train.epochs=3", "train.batch_size=8",
        "train.micro_batch_size=4", "eval.tte=none", "head.init=random", "train.precision=fp32"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 

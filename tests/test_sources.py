@@ -6,13 +6,9 @@ import torch
 
 from conftest import fake_fashion_mnist, write_idx
 from tailtune.config import DataConfig
-from tailtune.data.sources.base import (
-    SOURCES,
-    build_data,
-    read_cifar100,
-    read_fashion_mnist,
-    read_idx,
-)
+from tailtune.data.sources.base import SOURCES, build_data
+from tailtune.data.sources.cifar import read_cifar100
+from tailtune.data.sources.fashion_mnist import read_fashion_mnist, read_idx
 from tailtune.errors import DataError
 
 
@@ -47,7 +43,7 @@ def test_fashion_mnist_lt_from_a_folder(tmp_path):
 
 
 def test_fashion_mnist_missing_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr("tailtune.data.sources.base.FASHION_MNIST_DEBIAN", str(tmp_path / "nowhere"))
+    monkeypatch.setattr("tailtune.data.sources.fashion_mnist.FASHION_MNIST_DEBIAN", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         read_fashion_mnist(str(tmp_path / "empty"))
 

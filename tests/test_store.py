@@ -65,16 +65,16 @@ def test_test_views_are_identical_when_stored_at_the_test_resize(tmp_path):
 
 
 def test_store_refuses_another_config_and_half_written_stores(tmp_path):
-    cfg = load_config(None, None, (), ["data.name=synthetic", "data.num_classes=3"]).data
+    cfg = load_config(None, None, (), ["data.name=synthetic", "data.synthetic.num_classes=3"]).data
     from tailtune.data.sources.base import build_data
 
     write_store(build_data(cfg), cfg, tmp_path / "store", short_side=16)
-    other = load_config(None, None, (), ["data.name=synthetic", "data.num_classes=3", "data.subset_seed=1",
+    other = load_config(None, None, (), ["data.name=synthetic", "data.synthetic.num_classes=3", "data.subset_seed=1",
                                          f"data.store={tmp_path / 'store'}"]).data
     with pytest.raises(DataError, match=r"differs in data.subset_seed"):
         use_store(build_data(other), other)
     (tmp_path / "store" / "meta.json").unlink()
-    same = load_config(None, None, (), ["data.name=synthetic", "data.num_classes=3",
+    same = load_config(None, None, (), ["data.name=synthetic", "data.synthetic.num_classes=3",
                                         f"data.store={tmp_path / 'store'}"]).data
     with pytest.raises(DataError, match="not an image store"):
         use_store(build_data(same), same)
@@ -90,7 +90,7 @@ def test_truncated_store_is_named(tmp_path):
 
 def test_cli_cache_then_train_from_the_store(tmp_path, capsys):
     store = tmp_path / "store"
-    args = ["data.num_classes=6", "data.train_per_class=24", "data.imb_ratio=8", "data.test_per_class=4"]
+    args = ["data.synthetic.num_classes=6", "data.synthetic.train_per_class=24", "data.imb_ratio=8", "data.synthetic.test_per_class=4"]
     assert main(["data", "cache", "synthetic", *args, "--out", str(store), "--short-side", "16", "-q",
                  "--workers", "0"]) == 0
     out = capsys.readouterr().out
@@ -177,7 +177,7 @@ def test_a_store_of_another_filter_than_the_run_is_used_and_named_in_the_notes(t
     from tailtune.experiment import build
 
     store = tmp_path / "store"
-    args = ["data.num_classes=6", "data.train_per_class=24", "data.imb_ratio=8", "data.test_per_class=4"]
+    args = ["data.synthetic.num_classes=6", "data.synthetic.train_per_class=24", "data.imb_ratio=8", "data.synthetic.test_per_class=4"]
     # the cache command takes the config's data.interpolation as its filter (auto: bicubic)
     assert main(["data", "cache", "synthetic", *args, "data.interpolation=bilinear", "--out", str(store),
                  "--short-side", "36", "-q", "--workers", "0"]) == 0

@@ -26,7 +26,7 @@ from tailtune.data.transforms import (
 )
 from tailtune.data.validate import check_image_files
 from tailtune.errors import ConfigError
-from tailtune.losses import LOSSES
+from tailtune.losses import LOSSES, LdamOptions
 from tailtune.models.accel import apply_model_options
 from tailtune.models.backbones.base import PROVIDERS, Backbone, build_backbone
 from tailtune.models.heads import (
@@ -71,8 +71,9 @@ def validate(cfg: C.Config) -> None:
     SAMPLERS.get(cfg.train.sampler)
     AUGMENTATIONS.get(cfg.train.augment)
     TTE_MODES.get(cfg.eval.tte)
-    if cfg.loss.drw_epoch is not None and cfg.loss.drw_epoch >= cfg.train.epochs:
-        raise ConfigError(f"loss.drw_epoch={cfg.loss.drw_epoch} never starts in train.epochs={cfg.train.epochs}; "
+    drw_epoch = C.options_of(cfg.loss, "ldam", LdamOptions).drw_epoch
+    if drw_epoch is not None and drw_epoch >= cfg.train.epochs:
+        raise ConfigError(f"loss.ldam.drw_epoch={drw_epoch} never starts in train.epochs={cfg.train.epochs}; "
                           "use an epoch below train.epochs (epochs count from 0).")
 
 

@@ -12,17 +12,99 @@ normalised to mean 1 over classes so that they read the same in logs and configs
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tailtune.config import LossConfig
+from tailtune.config import LossConfig, _check_positive, options_of, setting
 from tailtune.errors import ConfigError
 from tailtune.registry import Registry
 
-LOSSES: Registry = Registry("loss")
+LOSSES: Registry = Registry("loss", section="loss")  # options: loss.<name>.*
+
+
+def _check_beta(key: str, beta: float) -> None:
+    if not 0 < beta < 1:
+        raise ConfigError(f"{key}={beta!r} must be in (0, 1) (0.9999 is usual).")
+
+
+@dataclass
+class FocalOptions:
+    """focal: the focusing exponent."""
+
+    MOVED: ClassVar[dict[str, str]] = {"gamma": "gamma"}
+
+    gamma: float = setting(2.0, "focal: focusing exponent")
+
+    def __post_init__(self) -> None:
+        _check_positive("loss.focal", "gamma", self.gamma, allow_zero=True)
+
+
+@dataclass
+class LaOptions:
+    """la: the logit adjustment."""
+
+    MOVED: ClassVar[dict[str, str]] = {"tau": "tau"}
+
+    tau: float = setting(1.0, "logit adjustment strength (la)")
+
+    def __post_init__(self) -> None:
+        _check_positive("loss.la", "tau", self.tau, allow_zero=True)
+
+
+@dataclass
+class CbOptions:
+    """cb: the class-balanced weights."""
+
+    MOVED: ClassVar[dict[str, str]] = {"beta": "beta"}
+
+    beta: float = setting(0.9999, "cb: class-balanced weights (1 - beta) / (1 - beta^n_j)")
+
+    def __post_init__(self) -> None:
+        _check_beta("loss.cb.beta", self.beta)
+
+
+@dataclass
+class LdamOptions:
+    """ldam: the margins and the deferred re-weighting."""
+
+    MOVED: ClassVar[dict[str, str]] = {"ldam_max_margin": "max_margin", "ldam_scale": "scale",
+                                       "drw_epoch": "drw_epoch", "beta": "beta"}
+
+    max_margin: float = setting(0.5, "ldam: margin of the rarest class")
+    scale: float = setting(25.0, "ldam: the margin is subtracted as loss.ldam.scale * m_j (match head.scale)")
+    drw_epoch: Optional[int] = setting(  # noqa: UP045  (OmegaConf reads the annotation)
+        None, "ldam: deferred re-weighting from this epoch (0-based); null = off")
+    beta: float = setting(0.9999, "ldam's DRW: class-balanced weights (1 - beta) / (1 - beta^n_j)")
+
+    def __post_init__(self) -> None:
+        _check_positive("loss.ldam", "max_margin", self.max_margin)
+        _check_positive("loss.ldam", "scale", self.scale)
+        _check_positive("loss.ldam", "drw_epoch", self.drw_epoch, allow_zero=True)
+        _check_beta("loss.ldam.beta", self.beta)
+
+    def check_section(self, loss: LossConfig) -> None:
+        if self.drw_epoch is not None and loss.name != "ldam":
+            raise ConfigError(f"loss.ldam.drw_epoch applies to loss.name=ldam only, not {loss.name!r}; "
+                              "drop loss.ldam.drw_epoch or use loss.name=ldam.")
+
+
+@dataclass
+class LadeOptions:
+    """lade: the weight and the inner regularisation of the LADE regulariser."""
+
+    MOVED: ClassVar[dict[str, str]] = {"lade_alpha": "alpha", "lade_lambda": "remine_lambda"}
+
+    alpha: float = setting(0.1, "lade: weight of the LADE regulariser")
+    remine_lambda: float = setting(0.1, "lade: ReMINE regularisation inside the regulariser")
+
+    def __post_init__(self) -> None:
+        _check_positive("loss.lade", "alpha", self.alpha, allow_zero=True)
+        _check_positive("loss.lade", "remine_lambda", self.remine_lambda, allow_zero=True)
 
 
 def _counts(class_counts) -> torch.Tensor:
@@ -73,26 +155,26 @@ class CrossEntropy(nn.Module):
         return F.cross_entropy(logits.float(), targets)
 
 
-@LOSSES.register("focal", help="focal loss (1 - p_y)^gamma * CE, gamma = loss.gamma (2)")
+@LOSSES.register("focal", help="focal loss (1 - p_y)^gamma * CE, gamma = loss.focal.gamma (2)", options=FocalOptions)
 class Focal(nn.Module):
     """Focal loss (Lin et al., 2017): mean over the batch of (1 - p_y)^gamma * -log p_y."""
 
     def __init__(self, cfg: LossConfig, class_counts):
         super().__init__()
-        self.gamma = cfg.gamma
+        self.gamma = options_of(cfg, "focal", FocalOptions).gamma
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logp = F.log_softmax(logits.float(), dim=1).gather(1, targets[:, None]).squeeze(1)
         return (-(1.0 - logp.exp()) ** self.gamma * logp).mean()
 
 
-@LOSSES.register("la", help="logit-adjusted CE: CE(z + tau * log prior), tau = loss.tau (1)")
+@LOSSES.register("la", help="logit-adjusted CE: CE(z + tau * log prior), tau = loss.la.tau (1)", options=LaOptions)
 class LogitAdjusted(_PriorLoss):
     """Logit-adjusted cross-entropy: CE(z + tau * log prior) (Menon et al., 2021)."""
 
     def __init__(self, cfg: LossConfig, class_counts):
         super().__init__(cfg, class_counts)
-        self.tau = cfg.tau
+        self.tau = options_of(cfg, "la", LaOptions).tau
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float() + self.tau * self.log_prior, targets)
@@ -117,12 +199,13 @@ class _Weighted(nn.Module):
         return F.cross_entropy(logits.float(), targets, weight=self.weight)
 
 
-@LOSSES.register("cb", help="class-balanced CE, w_j = (1 - beta) / (1 - beta^n_j), beta = loss.beta (0.9999)")
+@LOSSES.register("cb", help="class-balanced CE, w_j = (1 - beta) / (1 - beta^n_j), beta = loss.cb.beta (0.9999)",
+                 options=CbOptions)
 class ClassBalanced(_Weighted):
     """Class-balanced cross-entropy (Cui et al., 2019) with effective-number weights."""
 
     def __init__(self, cfg: LossConfig, class_counts):
-        super().__init__(class_balanced_weights(class_counts, cfg.beta))
+        super().__init__(class_balanced_weights(class_counts, options_of(cfg, "cb", CbOptions).beta))
 
 
 @LOSSES.register("grw", help="re-weighted CE, w_j proportional to 1 / prior_j")
@@ -133,17 +216,18 @@ class InversePriorWeighted(_Weighted):
         super().__init__(inverse_prior_weights(class_counts))
 
 
-@LOSSES.register("ldam", help="LDAM margins s * m_j, m_j ~ n_j^(-1/4), max loss.ldam_max_margin; DRW from loss.drw_epoch")
+@LOSSES.register("ldam", help="LDAM margins s * m_j, m_j ~ n_j^(-1/4), max loss.ldam.max_margin; DRW from "
+                 "loss.ldam.drw_epoch", options=LdamOptions)
 class LDAM(nn.Module):
     """Label-distribution-aware margin loss (Cao et al., 2019), optional deferred re-weighting.
 
-    Margins m_j = C / n_j^(1/4), C chosen so that max_j m_j = ``ldam_max_margin``. The paper
+    Margins m_j = C / n_j^(1/4), C chosen so that max_j m_j = ``loss.ldam.max_margin``. The paper
     computes CE(s * (cos - m_y 1_y)); tailtune's logits already carry the classifier's scale
     (the cosine head returns s * cos), so the margin is subtracted in logit units:
-    CE(z - s * m_y 1_y) with s = ``ldam_scale``. With the cosine head at the same scale this
+    CE(z - s * m_y 1_y) with s = ``loss.ldam.scale``. With the cosine head at the same scale this
     is exactly the paper's loss; with other heads s * m_j is simply a margin in logits.
 
-    DRW: from epoch ``drw_epoch`` (0-based) on, the CE is weighted with class-balanced
+    DRW: from epoch ``loss.ldam.drw_epoch`` (0-based) on, the CE is weighted with class-balanced
     weights (``beta``); before it, unweighted.
     """
 
@@ -151,10 +235,11 @@ class LDAM(nn.Module):
         super().__init__()
         counts = _counts(class_counts).clamp(min=1)
         margins = counts ** -0.25
-        margins = margins * (cfg.ldam_max_margin / margins.max())
-        self.register_buffer("margin", (cfg.ldam_scale * margins).float(), persistent=False)
-        self.register_buffer("drw_weight", class_balanced_weights(class_counts, cfg.beta), persistent=False)
-        self.drw_epoch = cfg.drw_epoch
+        opts = options_of(cfg, "ldam", LdamOptions)
+        margins = margins * (opts.max_margin / margins.max())
+        self.register_buffer("margin", (opts.scale * margins).float(), persistent=False)
+        self.register_buffer("drw_weight", class_balanced_weights(class_counts, opts.beta), persistent=False)
+        self.drw_epoch = opts.drw_epoch
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -171,7 +256,7 @@ class LDAM(nn.Module):
         return F.cross_entropy(logits.float() - shift, targets, weight=weight)
 
 
-@LOSSES.register("lade", help="LADE: CE(z + log prior) + loss.lade_alpha (0.1) * LADE regulariser")
+@LOSSES.register("lade", help="LADE: CE(z + log prior) + loss.lade.alpha (0.1) * LADE regulariser", options=LadeOptions)
 class LADE(_PriorLoss):
     """LADE (Hong et al., CVPR 2021): the PC-softmax loss plus the LADE regulariser.
 
@@ -184,15 +269,15 @@ class LADE(_PriorLoss):
         second_y = logsumexp_i(z_iy - log p_s(y) + log p_t(y)) - log N
         L_LADER  = -sum_y p_s(y) * (first_y - second_y - lambda * second_y^2)
 
-    alpha = ``lade_alpha`` (0.1), lambda = ``lade_lambda`` (0.1), as in the LIFT code.
+    alpha = ``loss.lade.alpha`` (0.1), lambda = ``loss.lade.remine_lambda`` (0.1), as in the LIFT code.
     """
 
     def __init__(self, cfg: LossConfig, class_counts):
         super().__init__(cfg, class_counts)
         counts = _counts(class_counts)
         self.register_buffer("prior", (counts / counts.sum()).float(), persistent=False)
-        self.alpha = cfg.lade_alpha
-        self.lam = cfg.lade_lambda
+        opts = options_of(cfg, "lade", LadeOptions)
+        self.alpha, self.lam = opts.alpha, opts.remine_lambda
 
     def regulariser(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         n, c = logits.shape

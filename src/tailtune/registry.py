@@ -7,31 +7,59 @@ from a config file, listed by ``tailtune list`` and parametrised over in the tes
 from __future__ import annotations
 
 import difflib
+import weakref
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from tailtune.errors import ConfigError
 
 T = TypeVar("T")
 
 
-class Registry(Generic[T]):
-    """A validated mapping of lowercase names to objects, with helpful lookup errors."""
+# config section -> the registries whose entries' options are sub-sections of it (config/options.py
+# gathers them into the schema; registering here needs no import of the config layer).
+_SECTIONS: dict[str, weakref.WeakSet] = {}
 
-    def __init__(self, kind: str):
+
+def option_registries(section: str) -> list[Registry]:
+    """The registries whose entries' options live under config section ``section``, by kind."""
+    return sorted(_SECTIONS.get(section, ()), key=lambda r: r.kind)
+
+
+class Registry(Generic[T]):
+    """A validated mapping of lowercase names to objects, with helpful lookup errors.
+
+    With ``section`` (a config section such as ``peft``), an entry may register a small
+    dataclass of its own options (``register(name, options=Options)``): the config schema
+    gathers them as ``<section>.<key>.*`` (key: the options class's ``KEY``, else the entry's
+    name), so an entry's options live in the entry's own module.
+    """
+
+    def __init__(self, kind: str, section: str | None = None):
         self.kind = kind
+        self.section = section
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
+        self._options: dict[str, Any] = {}
+        if section is not None:
+            _SECTIONS.setdefault(section, weakref.WeakSet()).add(self)
 
-    def register(self, name: str, help: str | None = None) -> Callable[[T], T]:
-        """Decorator registering ``obj`` under ``name``; a duplicate name is rejected."""
+    def register(self, name: str, help: str | None = None, options: Any = None) -> Callable[[T], T]:
+        """Decorator registering ``obj`` under ``name``; a duplicate name is rejected.
+
+        ``options``: the entry's options dataclass (registries with a ``section`` only).
+        """
         if name != name.lower() or not name:
             raise ValueError(f"{self.kind} names must be lowercase and non-empty, got {name!r}")
+        if options is not None and self.section is None:
+            raise ValueError(f"{self.kind} entries have no options section; {name!r} cannot register options")
 
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._items[name] = obj
+            if options is not None:
+                self._options[name] = options
             doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()
             self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
             return obj
@@ -48,6 +76,19 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(str(name), list(self._items), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         return f"unknown {self.kind} {name!r}.{hint} Valid: {', '.join(sorted(self._items))}."
+
+    def options(self, name: str) -> Any:
+        """The options dataclass of entry ``name``, or None if it has none."""
+        return self._options.get(name)
+
+    def option_types(self) -> dict[str, Any]:
+        """Options key -> options dataclass, over the entries that have options (shared once)."""
+        out: dict[str, Any] = {}
+        for name in self.names():
+            cls = self._options.get(name)
+            if cls is not None:
+                out.setdefault(getattr(cls, "KEY", name), cls)
+        return out
 
     def help(self, name: str) -> str:
         return self._help.get(name, "")

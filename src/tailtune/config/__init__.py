@@ -19,20 +19,21 @@ from tailtune.config.load import (  # noqa: F401
     to_dict,
     to_yaml,
 )
+from tailtune.config.options import options_of, schema, section  # noqa: F401
 from tailtune.config.schema import (  # noqa: F401  (the sections, their choices and checks)
     _BLOCKS_HELP,
     BN_MODES,
+    CACHE_MODES,
     DEFAULT_PROMPT,
     EVAL_PRECISIONS,
     INAT_LEVELS,
     INTERPOLATIONS,
+    ON_NAN_MODES,
     PATH_KEYS,
     PRECISIONS,
     SCHEDULES,
-    SSF_PARTS,
     TTE_MODES,
     VAL_MODES,
-    VPT_POSITIONS,
     Config,
     DataConfig,
     EvalConfig,
@@ -45,6 +46,6 @@ from tailtune.config.schema import (  # noqa: F401  (the sections, their choices
     _check_positive,
     _largest_divisor,
     parse_blocks,
-    ssf_parts,
+    setting,
     with_absolute_paths,
 )

@@ -19,6 +19,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from tailtune.config.options import migrate_saved, refuse_moved_keys, schema
 from tailtune.config.schema import Config
 from tailtune.errors import ConfigError
 
@@ -239,8 +240,9 @@ def _load_yaml(path: Path) -> Any:
 
 def merge_layers(layers: list[tuple[str, Any]]) -> Config:
     """Merge config layers onto the schema, naming the layer at fault on error."""
-    cfg = OmegaConf.structured(Config)
+    cfg = OmegaConf.structured(schema())
     for where, layer in layers:
+        refuse_moved_keys(layer, where)
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as e:
@@ -264,7 +266,7 @@ def _explain(e: OmegaConfBaseException, where: str) -> str:
 
 
 def _section_fields(section: str) -> list[str]:
-    cls: Any = Config
+    cls: Any = schema()
     for part in [p for p in section.split(".") if p]:
         match = [f for f in fields(cls) if f.name == part]
         if not match:
@@ -288,4 +290,6 @@ def from_yaml_text(text: str, where: str = "saved config") -> Config:
         layer = OmegaConf.create(text)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot parse {where}: {e}") from None
+    if isinstance(layer, DictConfig):  # written before options moved to their methods: read the old keys
+        layer = OmegaConf.create(migrate_saved(OmegaConf.to_container(layer)))
     return merge_layers([(where, layer)])

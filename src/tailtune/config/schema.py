@@ -1,7 +1,8 @@
 """Dataclass configs: the schema of every run, with the value checks of each section.
 
 Each section (data, model, peft, head, loss, train, eval) is a dataclass whose
-``__post_init__`` checks its values; OmegaConf reads the annotations for typing and merging
+``__post_init__`` checks its values; every field's help text (and its allowed values, where
+fixed) is in its metadata (:func:`setting`); OmegaConf reads the annotations for typing and merging
 (config/load.py composes the layers). The resolved config is saved next to every run.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any, Optional, Union
 
 from tailtune.errors import ConfigError
@@ -24,9 +25,23 @@ BN_MODES = ("auto", "eval", "train")
 INAT_LEVELS = ("species", "genus", "family", "order", "class", "phylum", "kingdom", "supercategory")
 VAL_MODES = ("auto", "split", "holdout", "none")
 INTERPOLATIONS = ("auto", "bicubic", "bilinear", "nearest", "lanczos")  # = data.transforms.INTERPOLATIONS (a test keeps them equal)
-VPT_POSITIONS = ("end", "after_cls")
-SSF_PARTS = ("qkv", "out", "mlp", "norm")
+ON_NAN_MODES = ("stop", "skip")
+CACHE_MODES = ("auto", "always", "never")  # = training.feature_cache.CACHE_MODES; not on/off: YAML reads those as booleans
 _BLOCKS_HELP = "all, 'first N', 'last N', 'S:E' or [S, E] (blocks S..E-1, counted from 0)"
+
+
+def setting(default: Any = MISSING, help: str = "", *, factory: Any = MISSING,
+            choices: tuple | None = None) -> Any:
+    """A dataclass field with its help text, and its allowed values if they are fixed, in the
+    field's metadata (``help``, ``choices``): docs/CONFIG.md and the error texts read them there.
+
+    ``choices`` are checked by ``__post_init__`` with :func:`_check_choice` (OmegaConf >= 2.1,
+    the floor, does not validate ``Literal`` annotations; 2.4 would, with its own error text).
+    """
+    meta = {"help": help, **({"choices": choices} if choices is not None else {})}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 def _check_choice(section: str, key: str, value: Any, choices: tuple) -> None:
@@ -46,30 +61,26 @@ def _check_positive(section: str, key: str, value: float | None, allow_zero: boo
 class DataConfig:
     """Which dataset, where its files are, and how it is made long-tailed."""
 
-    name: str = "fashion_mnist_lt"  # a registered source: `tailtune list datasets`
-    root: Optional[str] = None  # folder holding the dataset's files (source-specific default if unset)
-    imb_ratio: float = 100.0  # imbalance ratio n_max / n_min of the exponential profile (1 = no subsampling)
-    group_imb_ratio: Optional[float] = None  # counts used for many/medium/few groups (CIFAR IR50/10 use 100)
-    download: bool = False  # download missing files when online (torchvision's downloader)
-    num_classes: Optional[int] = None  # synthetic source only
-    train_per_class: int = 40  # synthetic source: images of the head class
-    test_per_class: int = 10  # synthetic source: test images per class
-    image_size: int = 32  # synthetic source: side of the generated images
-    num_workers: int = -1  # DataLoader workers; -1 = by core count
-    subset_seed: int = 0  # seed of the long-tail subsampling (the benchmark uses 0)
+    name: str = setting("fashion_mnist_lt", "a registered source: `tailtune list datasets`")
+    root: Optional[str] = setting(None, "folder holding the dataset's files (source-specific default if unset)")
+    imb_ratio: float = setting(100.0, "imbalance ratio n_max / n_min of the exponential profile (1 = no subsampling)")
+    group_imb_ratio: Optional[float] = setting(None, "counts used for many/medium/few groups (CIFAR IR50/10 use 100)")
+    download: bool = setting(False, "download missing files when online (torchvision's downloader)")
+    num_workers: int = setting(-1, "DataLoader workers; -1 = by core count")
+    subset_seed: int = setting(0, "seed of the long-tail subsampling (the benchmark uses 0)")
     # List-based benchmarks (imagenet_lt, places_lt, inat2018) and your own data (folder, csv):
-    splits_dir: Optional[str] = None  # folder of the split lists / annotation files; default: data.root
-    path_map: list[str] = field(default_factory=list)  # rewrite listed paths: "OLD=NEW" prefixes, or places365_original
-    taxonomy: str = "species"  # inat2018 label level: species | genus | family | order | class | phylum | kingdom | supercategory
-    csv: Optional[str] = None  # csv source: file of path,label[,split] rows (relative: under data.root if there)
-    classnames_file: Optional[str] = None  # one class name per line, in label order (count checked); folder / csv: the classes' names (csv: also the labels); any other source: replaces its names, i.e. the prompts (e.g. the reference's Places-LT names, see places_lt)
-    allow_absolute_paths: bool = False  # csv: accept absolute image paths (otherwise they must stay under data.root)
-    holdout_per_class: Optional[int] = None  # folder / csv: images per class held out when test / val is missing (default: a quarter of the smallest class, at most 20)
-    val: str = "auto"  # validation split: auto (the dataset's own; own data: a held-out slice of train) | split | holdout | none
-    verify_images: bool = True  # decode every listed image at start-up (a corrupt file stops the run, named); with data.store only if data.skip_corrupt
-    skip_corrupt: bool = False  # drop images that do not decode (the run reports how many) instead of stopping
-    store: Optional[str] = None  # folder written by `tailtune data cache`: decoded, resized pixels (no JPEG decoding)
-    interpolation: str = "auto"  # resize filter of every view (training crops, test view, five/ten crops, head init): auto (the backbone's; bicubic for CLIP) | bilinear (the reference's, torchvision's default) | bicubic | nearest | lanczos
+    splits_dir: Optional[str] = setting(None, "folder of the split lists / annotation files; default: data.root")
+    path_map: list[str] = setting(help='rewrite listed paths: "OLD=NEW" prefixes, or places365_original', factory=list)
+    taxonomy: str = setting("species", "inat2018 label level: species | genus | family | order | class | phylum | kingdom | supercategory", choices=INAT_LEVELS)
+    csv: Optional[str] = setting(None, "csv source: file of path,label[,split] rows (relative: under data.root if there)")
+    classnames_file: Optional[str] = setting(None, "one class name per line, in label order (count checked); folder / csv: the classes' names (csv: also the labels); any other source: replaces its names, i.e. the prompts (e.g. the reference's Places-LT names, see places_lt)")
+    allow_absolute_paths: bool = setting(False, "csv: accept absolute image paths (otherwise they must stay under data.root)")
+    holdout_per_class: Optional[int] = setting(None, "folder / csv: images per class held out when test / val is missing (default: a quarter of the smallest class, at most 20)")
+    val: str = setting("auto", "validation split: auto (the dataset's own; own data: a held-out slice of train) | split | holdout | none", choices=VAL_MODES)
+    verify_images: bool = setting(True, "decode every listed image at start-up (a corrupt file stops the run, named); with data.store only if data.skip_corrupt")
+    skip_corrupt: bool = setting(False, "drop images that do not decode (the run reports how many) instead of stopping")
+    store: Optional[str] = setting(None, "folder written by `tailtune data cache`: decoded, resized pixels (no JPEG decoding)")
+    interpolation: str = setting("auto", "resize filter of every view (training crops, test view, five/ten crops, head init): auto (the backbone's; bicubic for CLIP) | bilinear (the reference's, torchvision's default) | bicubic | nearest | lanczos", choices=INTERPOLATIONS)
 
     def __post_init__(self) -> None:
         _check_choice("data", "taxonomy", self.taxonomy, INAT_LEVELS)
@@ -80,10 +91,6 @@ class DataConfig:
             raise ConfigError(f"data.imb_ratio={self.imb_ratio} must be >= 1 (n_max / n_min).")
         if self.group_imb_ratio is not None and self.group_imb_ratio < 1:
             raise ConfigError(f"data.group_imb_ratio={self.group_imb_ratio} must be >= 1.")
-        _check_positive("data", "num_classes", self.num_classes)
-        _check_positive("data", "train_per_class", self.train_per_class)
-        _check_positive("data", "test_per_class", self.test_per_class)
-        _check_positive("data", "image_size", self.image_size)
         if self.num_workers < -1:
             raise ConfigError("data.num_workers must be -1 (auto) or >= 0.")
 
@@ -92,13 +99,12 @@ class DataConfig:
 class ModelConfig:
     """The frozen backbone."""
 
-    provider: str = "open_clip"  # open_clip | timm | packaged (`tailtune list models`)
-    name: str = "ViT-B-16"  # model name within the provider
-    pretrained: str = "openai"  # pretrained tag, 'none' for random init, or a local checkpoint path
-    resolution: Optional[int] = None  # input size; default: the backbone's own
-    cache_dir: Optional[str] = None  # where open_clip / timm keep downloaded weights
-    # open_clip: QuickGELU activations (OpenAI's CLIP was trained with them): true | false | auto = the pretrained tag's (openai: yes) or, for a local file, yes if it shows OpenAI's training: a TorchScript archive whose modules include QuickGELU, OpenAI's input_resolution / context_length / vocab_size entries, or a file in the Hugging Face cache of open_clip's openai weights (a plain state dict cannot be told apart: set true for OpenAI's); the log says which and why
-    quick_gelu: Optional[Union[bool, str]] = "auto"
+    provider: str = setting("open_clip", "open_clip | timm | packaged (`tailtune list models`)")
+    name: str = setting("ViT-B-16", "model name within the provider")
+    pretrained: str = setting("openai", "pretrained tag, 'none' for random init, or a local checkpoint path")
+    resolution: Optional[int] = setting(None, "input size; default: the backbone's own")
+    cache_dir: Optional[str] = setting(None, "where open_clip / timm keep downloaded weights")
+    quick_gelu: Optional[Union[bool, str]] = setting("auto", "open_clip: QuickGELU activations (OpenAI's CLIP was trained with them): true | false | auto = the pretrained tag's (openai: yes) or, for a local file, yes if it shows OpenAI's training: a TorchScript archive whose modules include QuickGELU, OpenAI's input_resolution / context_length / vocab_size entries, or a file in the Hugging Face cache of open_clip's openai weights (a plain state dict cannot be told apart: set true for OpenAI's); the log says which and why")
 
     def __post_init__(self) -> None:
         _check_positive("model", "resolution", self.resolution)
@@ -114,37 +120,17 @@ class ModelConfig:
 class PeftConfig:
     """The parameter-efficient module added to the frozen backbone."""
 
-    method: str = "adaptformer"  # `tailtune list peft`; 'none' = classifier only, 'full' = full fine-tuning
-    r: Optional[int] = None  # bottleneck / rank; default 2^max(0, floor(log2(C / 2L)))
-    bn_mode: str = "auto"  # BatchNorm statistics: auto (frozen unless full fine-tuning), eval, train
-    lr: Optional[float] = None  # learning rate of the backbone's tuned parameters (default: train.lr)
-    # Transformer blocks the method applies to: all | first N | last N | S:E or [S, E] ([S, E), from 0)
-    blocks: Any = "all"
-    vpt_length: int = 10  # vpt_shallow / vpt_deep: prompt tokens
-    vpt_position: str = "end"  # end (after the patch tokens) | after_cls (after the class/prefix tokens)
-    ssf_parts: str = "all"  # ssf: all, or '+'-joined parts of qkv, out, mlp, norm (e.g. qkv+mlp)
-    mask_ratio: Optional[float] = None  # masked: trainable share of the targets; default C / (12 L d), see masked.py
-    mask_seed: int = 0  # masked: seed of the random choice of trainable entries
+    method: str = setting("adaptformer", "`tailtune list peft`; 'none' = classifier only, 'full' = full fine-tuning")
+    r: Optional[int] = setting(None, "bottleneck / rank; default 2^max(0, floor(log2(C / 2L)))")
+    bn_mode: str = setting("auto", "BatchNorm statistics: auto (frozen unless full fine-tuning), eval, train", choices=BN_MODES)
+    lr: Optional[float] = setting(None, "learning rate of the backbone's tuned parameters (default: train.lr)")
+    blocks: Any = setting("all", "Transformer blocks the method applies to: all | first N | last N | S:E or [S, E] ([S, E), from 0)")
 
     def __post_init__(self) -> None:
         _check_positive("peft", "r", self.r)
         _check_positive("peft", "lr", self.lr)
         _check_choice("peft", "bn_mode", self.bn_mode, BN_MODES)
         parse_blocks(self.blocks)
-        _check_positive("peft", "vpt_length", self.vpt_length)
-        _check_choice("peft", "vpt_position", self.vpt_position, VPT_POSITIONS)
-        if not ssf_parts(self.ssf_parts):
-            raise ConfigError(f"peft.ssf_parts={self.ssf_parts!r} names no part; use all or e.g. qkv+mlp.")
-        for part in ssf_parts(self.ssf_parts):
-            _check_choice("peft", "ssf_parts", part, SSF_PARTS)
-        if self.mask_ratio is not None and not 0 < self.mask_ratio <= 1:
-            raise ConfigError(f"peft.mask_ratio={self.mask_ratio!r} must be in (0, 1].")
-
-
-def ssf_parts(spec: str) -> list[str]:
-    """The parts of ``peft.ssf_parts`` ('all' or e.g. 'qkv+mlp')."""
-    parts = list(dict.fromkeys(p.strip() for p in str(spec).split("+") if p.strip()))
-    return list(SSF_PARTS) if parts == ["all"] else parts
 
 
 def parse_blocks(spec: Any) -> tuple[slice, int]:
@@ -177,18 +163,15 @@ def parse_blocks(spec: Any) -> tuple[slice, int]:
 class HeadConfig:
     """The classifier on top of the image features and its initialisation."""
 
-    type: str = "cosine"  # `tailtune list heads`
-    scale: float = 25.0  # logit scale of the cosine classifier
-    init: str = "auto"  # `tailtune list inits`; auto = text when the backbone has a text tower, else class_mean
-    prompt: str = DEFAULT_PROMPT  # template of prompt_mode=default (text init and zero-shot)
-    prompt_mode: str = "default"  # `tailtune list prompts`: default | classname | ensemble | descriptors
-    descriptors: Optional[str] = None  # prompt_mode=descriptors: JSON file {class name: [description, ...]}
-    shots: int = 10  # init=k_shot: images per class (at most)
-    seed: int = 0  # init=k_shot: seed of the image choice
+    type: str = setting("cosine", "`tailtune list heads`")
+    scale: float = setting(25.0, "logit scale of the cosine classifier")
+    init: str = setting("auto", "`tailtune list inits`; auto = text when the backbone has a text tower, else class_mean")
+    prompt: str = setting(DEFAULT_PROMPT, "template of prompt_mode=default (text init and zero-shot)")
+    prompt_mode: str = setting("default", "`tailtune list prompts`: default | classname | ensemble | descriptors")
+    descriptors: Optional[str] = setting(None, "prompt_mode=descriptors: JSON file {class name: [description, ...]}")
 
     def __post_init__(self) -> None:
         _check_positive("head", "scale", self.scale)
-        _check_positive("head", "shots", self.shots)
         if "{}" not in self.prompt:
             raise ConfigError(f"head.prompt={self.prompt!r} must contain '{{}}' where the class name goes.")
         if self.prompt != DEFAULT_PROMPT and self.prompt_mode != "default":
@@ -203,29 +186,7 @@ class HeadConfig:
 class LossConfig:
     """The training loss."""
 
-    name: str = "la"  # `tailtune list losses`
-    tau: float = 1.0  # logit adjustment strength (la)
-    gamma: float = 2.0  # focal: focusing exponent
-    beta: float = 0.9999  # cb and ldam's DRW: class-balanced weights (1 - beta) / (1 - beta^n_j)
-    ldam_max_margin: float = 0.5  # ldam: margin of the rarest class
-    ldam_scale: float = 25.0  # ldam: the margin is subtracted as ldam_scale * m_j (match head.scale)
-    drw_epoch: Optional[int] = None  # ldam: deferred re-weighting from this epoch (0-based); null = off
-    lade_alpha: float = 0.1  # lade: weight of the LADE regulariser
-    lade_lambda: float = 0.1  # lade: ReMINE regularisation inside the regulariser
-
-    def __post_init__(self) -> None:
-        _check_positive("loss", "tau", self.tau, allow_zero=True)
-        _check_positive("loss", "gamma", self.gamma, allow_zero=True)
-        _check_positive("loss", "ldam_max_margin", self.ldam_max_margin)
-        _check_positive("loss", "ldam_scale", self.ldam_scale)
-        _check_positive("loss", "drw_epoch", self.drw_epoch, allow_zero=True)
-        _check_positive("loss", "lade_alpha", self.lade_alpha, allow_zero=True)
-        _check_positive("loss", "lade_lambda", self.lade_lambda, allow_zero=True)
-        if not 0 < self.beta < 1:
-            raise ConfigError(f"loss.beta={self.beta!r} must be in (0, 1) (0.9999 is usual).")
-        if self.drw_epoch is not None and self.name != "ldam":
-            raise ConfigError(f"loss.drw_epoch applies to loss.name=ldam only, not {self.name!r}; "
-                              "drop loss.drw_epoch or use loss.name=ldam.")
+    name: str = setting("la", "`tailtune list losses`")
 
 
 @dataclass
@@ -233,34 +194,34 @@ class TrainConfig:
     """Optimisation."""
 
     epochs: int = 10
-    batch_size: int = 128  # images per optimizer step
-    micro_batch_size: Optional[int] = None  # images per forward pass; accumulation fills the batch
+    batch_size: int = setting(128, "images per optimizer step")
+    micro_batch_size: Optional[int] = setting(None, "images per forward pass; accumulation fills the batch")
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    scheduler: str = "cosine"  # cosine (over the steps) | cosine_epoch (over the epochs, fixed within one: the reference code's) | constant
-    precision: str = "auto"  # auto (CUDA: bf16, else fp16; CPU: bf16 for ViTs if the CPU has native bf16, else fp32) | bf16 | fp16 | fp32
+    scheduler: str = setting("cosine", "cosine (over the steps) | cosine_epoch (over the epochs, fixed within one: the reference code's) | constant", choices=SCHEDULES)
+    precision: str = setting("auto", "auto (CUDA: bf16, else fp16; CPU: bf16 for ViTs if the CPU has native bf16, else fp32) | bf16 | fp16 | fp32", choices=PRECISIONS)
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    deterministic: bool = False  # torch deterministic algorithms (slower)
-    log_every: int = 20  # steps between log / TensorBoard lines
-    channels_last: bool = True  # CNN backbones: channels_last memory format
-    select_by_val: bool = False  # keep the epoch with the best validation accuracy (the test set is never used)
-    sampler: str = "instance"  # `tailtune list samplers`: instance | class_balanced | square_root | class_aware
-    augment: str = "standard"  # `tailtune list augmentations`: standard | minimal (area curriculum, no flips)
-    save_every: int = 0  # also save the resumable training state every N optimizer steps (0: epoch ends only)
-    on_nan: str = "stop"  # a NaN/inf loss: stop (keeping the last good state) | skip the step (counted in the log)
-    compile: bool = False  # torch.compile the model (the first steps compile it: minutes on CPU)
-    grad_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, one more forward of the blocks
-    cache_features: str = "auto"  # frozen-prefix feature cache: auto (when it saves work) | always | never
-    cache_views: Optional[int] = None  # augmented views cached per image; null = train.epochs; 0 = one un-augmented view
-    cache_dir: Optional[str] = None  # keep the feature cache in a disk memmap here (reused by later runs); null = memory
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    deterministic: bool = setting(False, "torch deterministic algorithms (slower)")
+    log_every: int = setting(20, "steps between log / TensorBoard lines")
+    channels_last: bool = setting(True, "CNN backbones: channels_last memory format")
+    select_by_val: bool = setting(False, "keep the epoch with the best validation accuracy (the test set is never used)")
+    sampler: str = setting("instance", "`tailtune list samplers`: instance | class_balanced | square_root | class_aware")
+    augment: str = setting("standard", "`tailtune list augmentations`: standard | minimal (area curriculum, no flips)")
+    save_every: int = setting(0, "also save the resumable training state every N optimizer steps (0: epoch ends only)")
+    on_nan: str = setting("stop", "a NaN/inf loss: stop (keeping the last good state) | skip the step (counted in the log)", choices=ON_NAN_MODES)
+    compile: bool = setting(False, "torch.compile the model (the first steps compile it: minutes on CPU)")
+    grad_checkpointing: bool = setting(False, "recompute block activations in the backward pass: less memory, one more forward of the blocks")
+    cache_features: str = setting("auto", "frozen-prefix feature cache: auto (when it saves work) | always | never", choices=CACHE_MODES)
+    cache_views: Optional[int] = setting(None, "augmented views cached per image; null = train.epochs; 0 = one un-augmented view")
+    cache_dir: Optional[str] = setting(None, "keep the feature cache in a disk memmap here (reused by later runs); null = memory")
 
     def __post_init__(self) -> None:
         _check_positive("train", "epochs", self.epochs)
         _check_positive("train", "save_every", self.save_every, allow_zero=True)
-        _check_choice("train", "on_nan", self.on_nan, ("stop", "skip"))
-        _check_choice("train", "cache_features", self.cache_features, ("auto", "always", "never"))
+        _check_choice("train", "on_nan", self.on_nan, ON_NAN_MODES)
+        _check_choice("train", "cache_features", self.cache_features, CACHE_MODES)
         _check_positive("train", "cache_views", self.cache_views, allow_zero=True)
         _check_positive("train", "batch_size", self.batch_size)
         _check_positive("train", "micro_batch_size", self.micro_batch_size)
@@ -286,13 +247,13 @@ def _largest_divisor(n: int, at_most: int) -> int:
 class EvalConfig:
     """Evaluation and test-time ensembling."""
 
-    tte: str = "fivecrop"  # `tailtune list tte`: none | fivecrop | tencrop | randaug
-    expand: Optional[int] = None  # fivecrop/tencrop: resize to resolution + expand; null = the backbone's: 21 for ViT-L/14 (224 and 336 px), else 24 (the reference's values)
-    randaug_views: int = 10  # randaug: draws of the training augmentation per image
+    tte: str = setting("fivecrop", "`tailtune list tte`: none | fivecrop | tencrop | randaug", choices=TTE_MODES)
+    expand: Optional[int] = setting(None, "fivecrop/tencrop: resize to resolution + expand; null = the backbone's: 21 for ViT-L/14 (224 and 336 px), else 24 (the reference's values)")
+    randaug_views: int = setting(10, "randaug: draws of the training augmentation per image")
     batch_size: int = 128
-    precision: str = "train"  # every evaluation of the run (test, val, train-vs-test gap, head-init features, `tailtune eval`, predict, zero-shot): train (as train.precision resolves) | auto (the rule of train.precision=auto) | bf16 | fp16 | fp32 (the reference code's)
-    gap_per_class: int = 100  # train-vs-test gap: train images per class evaluated (stratified, seeded); 0 = skip
-    report: bool = True  # write report.html (+ PNGs) at the end of the run; later: `tailtune report RUN_DIR`
+    precision: str = setting("train", "every evaluation of the run (test, val, train-vs-test gap, head-init features, `tailtune eval`, predict, zero-shot): train (as train.precision resolves) | auto (the rule of train.precision=auto) | bf16 | fp16 | fp32 (the reference code's)", choices=EVAL_PRECISIONS)
+    gap_per_class: int = setting(100, "train-vs-test gap: train images per class evaluated (stratified, seeded); 0 = skip")
+    report: bool = setting(True, "write report.html (+ PNGs) at the end of the run; later: `tailtune report RUN_DIR`")
 
     def __post_init__(self) -> None:
         _check_choice("eval", "tte", self.tte, TTE_MODES)
@@ -314,10 +275,10 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    output_dir: str = "runs"  # parent folder of run folders
-    name: Optional[str] = None  # run folder name; default: <data>_<model>_<peft>_<time>
-    overwrite: bool = False  # allow reusing a run folder that holds another run
-    quiet: bool = False  # nothing on the console but the results table: no progress bars, no log lines (log.txt keeps them)
+    output_dir: str = setting("runs", "parent folder of run folders")
+    name: Optional[str] = setting(None, "run folder name; default: <data>_<model>_<peft>_<time>")
+    overwrite: bool = setting(False, "allow reusing a run folder that holds another run")
+    quiet: bool = setting(False, "nothing on the console but the results table: no progress bars, no log lines (log.txt keeps them)")
 
 
 # Settings that name files or folders; a run folder's config.yaml holds them absolute.

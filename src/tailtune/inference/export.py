@@ -6,8 +6,8 @@ training data or the pretrained weights: the run's config with ``model.pretraine
 (the architecture is rebuilt, then every tensor of the image path is loaded strictly),
 the class names and the backbone's preprocessing. Nothing is pickled.
 
-Mergeable PEFT methods (registered in :data:`MERGERS`, LoRA today) are folded into the
-backbone's weights on export, so the exported model runs at the plain backbone's cost.
+Mergeable PEFT methods (those whose class has a ``merge``, LoRA today: models/peft/lora.py) are
+folded into the backbone's weights on export, so the exported model runs at the plain backbone's cost.
 Every export is checked by loading it back and comparing logits with the run's model.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,8 +29,8 @@ from tailtune.data.sources.base import LTData
 from tailtune.data.transforms import Preprocess
 from tailtune.errors import CheckpointError, ConfigError
 from tailtune.experiment import build
-from tailtune.models.peft.base import method_names
-from tailtune.registry import Registry
+from tailtune.models.peft.base import PEFT_METHODS, mergeable, method_names
+from tailtune.models.peft.targets import set_part
 from tailtune.runtime.checkpoint import check_fit, load_checkpoint, write_safetensors
 from tailtune.runtime.rundir import CHECKPOINT, read_config, read_metrics
 from tailtune.version import __version__
@@ -42,11 +41,6 @@ EXPORT_CONFIG = "config.json"
 EXPORT_ONNX = "model.onnx"
 _REQUIRED = ("format", "config", "classnames", "preprocess", "backbone", "num_classes", "weights_sha256")
 _OPTIONAL = ("tailtune_version", "merged", "source_run", "group_names", "groups", "test")
-
-# PEFT method name -> function(model) folding that method's modules into the backbone's
-# weights and removing them; returns how many layers it merged. A method registered here is
-# dropped from the exported config's peft.method.
-MERGERS: Registry[Callable[[nn.Module], int]] = Registry("mergeable PEFT method")
 
 
 def build_without_data(cfg: C.Config, classnames: list[str], groups=None):
@@ -92,36 +86,6 @@ def _implicit_attention(sa) -> nn.MultiheadAttention:
     return mha
 
 
-def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, leaf = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, module)
-
-
-@torch.no_grad()
-def merge_lora(model: nn.Module) -> int:
-    """Fold every LoRA update into its linear layer (W[slice] += up @ down / r) and unwrap it."""
-    from tailtune.models.peft.lora import LoRALinear
-
-    found = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
-    for name, layer in found:
-        if not isinstance(layer.base, nn.Linear):
-            raise ConfigError(f"cannot merge LoRA at {name}: it wraps {type(layer.base).__name__}, another "
-                              "method's layer, so the update does not fold into a weight. Export with --no-merge.")
-        weight = layer.base.weight
-        width = weight.shape[0] // layer.chunks
-        for slot, index in layer.slots.items():
-            lr = layer.lora[slot]
-            delta = (lr.up.weight.float() @ lr.down.weight.float()) * lr.scaling
-            rows = slice(index * width, (index + 1) * width) if layer.chunks > 1 else slice(None)
-            weight[rows] += delta.to(weight.dtype)
-        _set_module(model, name, layer.base)
-    return len(found)
-
-
-MERGERS.register("lora", help="low-rank updates folded into the attention weights")(merge_lora)
-MERGERS.register("lora_mlp", help="low-rank updates folded into the MLP weights")(merge_lora)
-
-
 def _align_attention(model: nn.Module, reference: nn.Module) -> None:
     """Where ``reference`` (built from the export config) keeps open_clip's original attention
     and ``model`` holds the explicit form a merged method introduced, switch back."""
@@ -130,7 +94,7 @@ def _align_attention(model: nn.Module, reference: nn.Module) -> None:
     ref = dict(reference.named_modules())
     for name, module in list(model.named_modules()):
         if isinstance(module, SelfAttention) and isinstance(ref.get(name), nn.MultiheadAttention):
-            _set_module(model, name, _implicit_attention(module))
+            set_part(model, name, _implicit_attention(module))
 
 
 # ---------------------------------------------------------------- writing
@@ -166,7 +130,7 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True, onnx: b
                overwrite: bool = False) -> dict:
     """Export a finished run to the folder ``out``; returns a summary (files, merged methods, ONNX).
 
-    ``merge``: fold mergeable PEFT methods (``MERGERS``) into the weights. ``onnx``: also write
+    ``merge``: fold mergeable PEFT methods (a ``merge`` of their own) into the weights. ``onnx``: also write
     ``model.onnx`` of the image path; None = when the ``onnx`` package is installed.
     """
     run_dir, out = Path(run_dir), Path(out)
@@ -184,8 +148,8 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True, onnx: b
     reference = _probe(model, res)
 
     names = method_names(cfg.peft)
-    merged = [n for n in names if merge and n in MERGERS]
-    for merge_fn in dict.fromkeys(MERGERS.get(n) for n in merged):  # lora + lora_mlp: one pass
+    merged = [n for n in names if merge and mergeable(n)]
+    for merge_fn in dict.fromkeys(PEFT_METHODS.get(n).merge for n in merged):  # lora + lora_mlp: one pass
         merge_fn(model)
     out_cfg = C.from_yaml_text(C.to_yaml(cfg))
     out_cfg.peft.method = "+".join(n for n in names if n not in merged) or "none"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms as T
 
-from tailtune.config import HeadConfig
+from tailtune.config import HeadConfig, _check_positive, options_of, setting
 from tailtune.data.transforms import Preprocess, Resize, ToInput
 from tailtune.errors import ConfigError
 from tailtune.models.prompts import PROMPT_MODES, class_prompts, class_text_features
@@ -24,7 +25,7 @@ from tailtune.registry import Registry
 from tailtune.runtime.hardware import available_memory
 
 HEADS: Registry = Registry("classifier")
-HEAD_INITS: Registry = Registry("head initialisation")
+HEAD_INITS: Registry = Registry("head initialisation", section="head")  # options: head.<name>.*
 
 
 class _Classifier(nn.Module):
@@ -177,11 +178,26 @@ def k_shot_indices(labels: Sequence[int], k: int, seed: int) -> list[int]:
     return sorted(order[rank < k].tolist())
 
 
-@HEAD_INITS.register("k_shot", help="class means over at most head.shots images per class (head.seed)")
+@dataclass
+class KShotOptions:
+    """k_shot: how many images per class, and which."""
+
+    MOVED: ClassVar[dict[str, str]] = {"shots": "shots", "seed": "seed"}
+
+    shots: int = setting(10, "init=k_shot: images per class (at most)")
+    seed: int = setting(0, "init=k_shot: seed of the image choice")
+
+    def __post_init__(self) -> None:
+        _check_positive("head.k_shot", "shots", self.shots)
+
+
+@HEAD_INITS.register("k_shot", help="class means over at most head.k_shot.shots images per class (head.k_shot.seed)",
+                     options=KShotOptions)
 def k_shot_init(ctx: InitContext) -> torch.Tensor:
     """Class means (:func:`class_means`) over at most ``shots`` images per class."""
     labels = ctx.train_labels if ctx.train_labels is not None else ctx.train_features()[1].tolist()
-    feats, got = ctx.train_features(k_shot_indices(labels, ctx.cfg.shots, ctx.cfg.seed))
+    opts = options_of(ctx.cfg, "k_shot", KShotOptions)
+    feats, got = ctx.train_features(k_shot_indices(labels, opts.shots, opts.seed))
     return class_means(feats, got, ctx.num_classes)
 
 

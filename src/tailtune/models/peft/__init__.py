@@ -1,6 +1,18 @@
 """PEFT methods: one module each, registered in :data:`PEFT_METHODS`."""
 
-from tailtune.models.peft import adapter, adaptformer, lora, masked, simple, ssf, vpt  # noqa: F401  (registration)
+from tailtune.models.peft import (  # noqa: F401  (registration)
+    adapter,
+    adaptformer,
+    bitfit,
+    bn_tuning,
+    full,
+    ln_tuning,
+    lora,
+    masked,
+    none,
+    ssf,
+    vpt,
+)
 from tailtune.models.peft.base import (
     PEFT_METHODS,
     PeftModule,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from torch import nn
@@ -12,7 +12,7 @@ from tailtune.config import PeftConfig, parse_blocks
 from tailtune.errors import ConfigError
 from tailtune.registry import Registry
 
-PEFT_METHODS: Registry = Registry("PEFT method")
+PEFT_METHODS: Registry = Registry("PEFT method", section="peft")  # options: peft.<key>.*
 
 
 class PeftMethod:
@@ -38,6 +38,9 @@ class PeftMethod:
     stage = 0
     name = ""  # set by get_method
     family: str | None = None  # methods of one family (e.g. the two VPTs) exclude each other
+    # merge(model) -> int: fold this method's modules into the backbone's weights and remove
+    # them (how many layers it merged); export does, and drops the method from its config.
+    merge: Callable[[nn.Module], int] | None = None
 
     def check(self, backbone, name: str, cfg: PeftConfig) -> None:
         """Start-up check (before any data is loaded): raise ConfigError if ``name`` cannot apply."""
@@ -86,6 +89,11 @@ def get_method(name: str) -> PeftMethod:
     method = PEFT_METHODS.get(name)()
     method.name = name  # for messages that name the method as the user wrote it
     return method
+
+
+def mergeable(name: str) -> bool:
+    """Whether PEFT method ``name`` folds into the backbone's weights (has a ``merge``)."""
+    return PEFT_METHODS.get(name).merge is not None
 
 
 def methods_for(kind: str) -> list[str]:
@@ -145,6 +153,13 @@ def resolve_r(backbone, cfg: PeftConfig, num_classes: int) -> int:
     # L is the backbone's depth, not the number of selected blocks: restricting a method to
     # fewer blocks should not widen each of its modules.
     return cfg.r or bottleneck(num_classes, len(backbone.blocks()))
+
+
+def tuned_scope(backbone, cfg: PeftConfig) -> list[nn.Module]:
+    """What a method that picks existing parameters tunes: the selected transformer blocks of a
+    ViT, the whole encoder of a CNN (full, bitfit, ln_tuning)."""
+    blocks = [b for _, b in select_blocks(backbone, cfg)] if backbone.kind == "vit" and backbone.blocks() else []
+    return blocks or [backbone.encoder]
 
 
 def select_blocks(backbone, cfg: PeftConfig) -> list[tuple[str, nn.Module]]:

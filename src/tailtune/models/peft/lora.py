@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from tailtune.errors import ConfigError
 from tailtune.models.peft.base import PEFT_METHODS, PeftMethod, device_of, resolve_r, select_blocks
 from tailtune.models.peft.targets import LayerWrapper, check_parts, get_part, innermost, set_part
 
@@ -70,9 +71,29 @@ class LoRALinear(LayerWrapper):
         return torch.cat(parts, dim=-1)
 
 
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> int:
+    """Fold every LoRA update into its linear layer (W[slice] += up @ down / r) and unwrap it."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    for name, layer in found:
+        if not isinstance(layer.base, nn.Linear):
+            raise ConfigError(f"cannot merge LoRA at {name}: it wraps {type(layer.base).__name__}, another "
+                              "method's layer, so the update does not fold into a weight. Export with --no-merge.")
+        weight = layer.base.weight
+        width = weight.shape[0] // layer.chunks
+        for slot, index in layer.slots.items():
+            lr = layer.lora[slot]
+            delta = (lr.up.weight.float() @ lr.down.weight.float()) * lr.scaling
+            rows = slice(index * width, (index + 1) * width) if layer.chunks > 1 else slice(None)
+            weight[rows] += delta.to(weight.dtype)
+        set_part(model, name, layer.base)
+    return len(found)
+
+
 class _LoRA(PeftMethod):
     kinds = ("vit",)
     stage = 2
+    merge = staticmethod(merge_lora)  # lora + lora_mlp: one pass merges both
     # part -> (slot name -> output slice, number of slices)
     targets: dict[str, tuple[dict[str, int], int]] = {}
 

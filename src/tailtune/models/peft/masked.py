@@ -4,7 +4,7 @@ The targets are the attention qkv and output projections and the two MLP linears
 selected blocks. Each layer's weight and bias are seen together as an out x (in + 1)
 matrix (the bias as the last column) and ``floor(ratio * out * (in + 1))`` of its entries
 become trainable: the first that many of ``torch.randperm(out * (in + 1))``, drawn from one
-CPU ``torch.Generator`` seeded with ``peft.mask_seed`` and shared by the layers in the
+CPU ``torch.Generator`` seeded with ``peft.masked.seed`` and shared by the layers in the
 reference's order (blocks in depth order; in each, qkv, out, fc1, fc2). For the same seed
 these are the reference's entries (reference: models/peft_vit.py:221-236 and
 models/peft_modules.py:MaskedLinear, lines 120-138). The global RNG is not touched.
@@ -19,16 +19,35 @@ counts on CLIP ViT-B/16: 84,996 trainable entries for C = 100 and 765,132 for C 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tailtune.config import options_of, setting
+from tailtune.errors import ConfigError
 from tailtune.models.peft.base import PEFT_METHODS, PeftMethod, feature_width, select_blocks
 from tailtune.models.peft.targets import LayerWrapper, check_parts, get_part, set_part
 
 PARTS = ("qkv", "out", "fc1", "fc2")
+
+
+@dataclass
+class MaskedOptions:
+    """masked: how many entries train, and which."""
+
+    MOVED: ClassVar[dict[str, str]] = {"mask_ratio": "ratio", "mask_seed": "seed"}
+
+    ratio: Optional[float] = setting(  # noqa: UP045  (OmegaConf reads the annotation)
+        None, "masked: trainable share of the targets; default C / (12 L d), see masked.py")
+    seed: int = setting(0, "masked: seed of the random choice of trainable entries")
+
+    def __post_init__(self) -> None:
+        if self.ratio is not None and not 0 < self.ratio <= 1:
+            raise ConfigError(f"peft.masked.ratio={self.ratio!r} must be in (0, 1].")
 
 
 def default_ratio(num_classes: int, num_blocks: int, width: int) -> Fraction:
@@ -80,7 +99,7 @@ class MaskedLinear(LayerWrapper):
         return F.linear(x, weight, bias)
 
 
-@PEFT_METHODS.register("masked")
+@PEFT_METHODS.register("masked", options=MaskedOptions)
 class Masked(PeftMethod):
     """A random, seeded subset of the qkv, out-projection and MLP weights and biases (ratio C / 12Ld)."""
 
@@ -94,10 +113,11 @@ class Masked(PeftMethod):
 
     def apply(self, backbone, cfg, num_classes):
         blocks = backbone.blocks()
-        ratio = (Fraction(str(cfg.mask_ratio)) if cfg.mask_ratio is not None
+        opts = options_of(cfg, "masked", MaskedOptions)
+        ratio = (Fraction(str(opts.ratio)) if opts.ratio is not None
                  else default_ratio(num_classes, len(blocks), feature_width(blocks[0][1])))
         # A local CPU generator, as the reference's: the same choice on any device.
-        generator = torch.Generator().manual_seed(cfg.mask_seed)
+        generator = torch.Generator().manual_seed(opts.seed)
         for _, block in select_blocks(backbone, cfg):
             for part in PARTS:
                 path, layer = get_part(block, part, self.name)

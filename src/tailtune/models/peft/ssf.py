@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from tailtune.config import ssf_parts
+from tailtune.config import _check_choice, options_of, setting
+from tailtune.errors import ConfigError
 from tailtune.models.peft.base import PEFT_METHODS, PeftMethod, device_of, select_blocks
 from tailtune.models.peft.targets import LayerWrapper, check_parts, get_part, innermost, set_part
 
-# peft.ssf_parts -> block parts (targets.PART_PATHS)
+# peft.ssf.parts -> block parts (targets.PART_PATHS)
 PARTS = {"qkv": ("qkv",), "out": ("out",), "mlp": ("fc1", "fc2"), "norm": ("norm1", "norm2")}
+SSF_PARTS = tuple(PARTS)
+
+
+def ssf_parts(spec: str) -> list[str]:
+    """The parts of ``peft.ssf.parts`` ('all' or e.g. 'qkv+mlp')."""
+    parts = list(dict.fromkeys(p.strip() for p in str(spec).split("+") if p.strip()))
+    return list(SSF_PARTS) if parts == ["all"] else parts
+
+
+@dataclass
+class SsfOptions:
+    """ssf: where the scales and shifts go."""
+
+    MOVED: ClassVar[dict[str, str]] = {"ssf_parts": "parts"}
+
+    parts: str = setting("all", "ssf: all, or '+'-joined parts of qkv, out, mlp, norm (e.g. qkv+mlp)",
+                         choices=SSF_PARTS)
+
+    def __post_init__(self) -> None:
+        if not ssf_parts(self.parts):
+            raise ConfigError(f"peft.ssf.parts={self.parts!r} names no part; use all or e.g. qkv+mlp.")
+        for part in ssf_parts(self.parts):
+            _check_choice("peft.ssf", "parts", part, SSF_PARTS)
 # The reference's groups, in the order it creates them: all blocks' attention pair, then all
 # blocks' MLP pair, then all blocks' LayerNorm pair (reference: models/peft_vit.py:185-219).
 DRAW_ORDER = (("qkv", "out"), ("fc1", "fc2"), ("norm1", "norm2"))
@@ -40,10 +67,10 @@ def channels(layer: nn.Module) -> int:
 
 
 def block_parts(cfg) -> list[str]:
-    return [p for group in ssf_parts(cfg.ssf_parts) for p in PARTS[group]]
+    return [p for group in ssf_parts(options_of(cfg, "ssf", SsfOptions).parts) for p in PARTS[group]]
 
 
-@PEFT_METHODS.register("ssf")
+@PEFT_METHODS.register("ssf", options=SsfOptions)
 class SSF(PeftMethod):
     """Scale and shift after the attention qkv and out projections, the MLP linears and the LayerNorms."""
 

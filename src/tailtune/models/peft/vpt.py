@@ -2,7 +2,7 @@
 
 Shallow VPT inserts one set of prompts at the input of the first selected block; deep VPT
 gives every selected block its own set, replacing the previous block's prompt outputs. The
-prompts go after the patch tokens (``peft.vpt_position=end``) or right after the class
+prompts go after the patch tokens (``peft.vpt.position=end``) or right after the class
 (prefix) tokens (``after_cls``). After the encoder's last block they are removed again, so
 the final norm and the pooling (class token or average) see the sequence they were built
 for. Prompts are inserted by forward hooks on the blocks ``Backbone.blocks()`` finds, which
@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from tailtune.config import _check_choice, _check_positive, options_of, setting
 from tailtune.models.peft.base import (
     PEFT_METHODS,
     PeftMethod,
@@ -30,6 +32,24 @@ from tailtune.models.peft.base import (
     feature_width,
     select_blocks,
 )
+
+VPT_POSITIONS = ("end", "after_cls")
+
+
+@dataclass
+class VptOptions:
+    """vpt_shallow / vpt_deep: the prompt tokens."""
+
+    KEY: ClassVar[str] = "vpt"  # both VPTs read the same options
+    MOVED: ClassVar[dict[str, str]] = {"vpt_length": "length", "vpt_position": "position"}
+
+    length: int = setting(10, "vpt_shallow / vpt_deep: prompt tokens")
+    position: str = setting("end", "end (after the patch tokens) | after_cls (after the class/prefix tokens)",
+                            choices=VPT_POSITIONS)
+
+    def __post_init__(self) -> None:
+        _check_positive("peft.vpt", "length", self.length)
+        _check_choice("peft.vpt", "position", self.position, VPT_POSITIONS)
 
 
 class Prompts(PeftModule):
@@ -111,17 +131,17 @@ def _patch_area(encoder: nn.Module) -> int:
     return math.prod(conv.kernel_size) if conv is not None else 1
 
 
-def _layout(backbone, cfg) -> _Layout:
+def _layout(backbone, opts: VptOptions) -> _Layout:
     encoder = backbone.encoder
     prefix = None
-    if cfg.vpt_position == "after_cls":
+    if opts.position == "after_cls":
         # timm counts class and register tokens; open_clip ViTs always have one class token.
         prefix = getattr(encoder, "num_prefix_tokens", None)
         if prefix is None:
             prefix = int(getattr(encoder, "class_embedding", None) is not None)
     # open_clip's transformer may run sequence-first; timm's blocks are always batch-first.
     batch_first = getattr(getattr(encoder, "transformer", None), "batch_first", True)
-    return _Layout(cfg.vpt_length, prefix, 1 if batch_first else 0)
+    return _Layout(opts.length, prefix, 1 if batch_first else 0)
 
 
 class _VPT(PeftMethod):
@@ -132,24 +152,25 @@ class _VPT(PeftMethod):
     deep = False
 
     def apply(self, backbone, cfg, num_classes):
-        layout = _layout(backbone, cfg)
+        opts = options_of(cfg, "vpt", VptOptions)
+        layout = _layout(backbone, opts)
         area = _patch_area(backbone.encoder)
         selected = select_blocks(backbone, cfg)
         for i, (_, block) in enumerate(selected if self.deep else selected[:1]):
-            block.vpt = Prompts(cfg.vpt_length, feature_width(block), area).to(device_of(block))
+            block.vpt = Prompts(opts.length, feature_width(block), area).to(device_of(block))
             block.register_forward_pre_hook(InsertPrompts(layout, replace=i > 0))
         last = backbone.blocks()[-1][1]
         last.vpt_exit = PromptExit()
         last.register_forward_hook(RemovePrompts(layout))
 
 
-@PEFT_METHODS.register("vpt_shallow")
+@PEFT_METHODS.register("vpt_shallow", options=VptOptions)
 class VPTShallow(_VPT):
-    """Prompt tokens (peft.vpt_length) added to the sequence at the first selected block."""
+    """Prompt tokens (peft.vpt.length) added to the sequence at the first selected block."""
 
 
-@PEFT_METHODS.register("vpt_deep")
+@PEFT_METHODS.register("vpt_deep", options=VptOptions)
 class VPTDeep(_VPT):
-    """Prompt tokens (peft.vpt_length) of their own at every selected block."""
+    """Prompt tokens (peft.vpt.length) of their own at every selected block."""
 
     deep = True
