@@ -180,11 +180,11 @@ def test_inat_species_and_taxonomy_levels(tmp_path, as_json):
     assert data.train_counts.tolist() == [3, 2, 2, 1, 1] and len(data.test) == 5 and data.val is None
     assert data.groups.tolist() == [2] * 5
     assert data.train.paths[0] == str(tmp_path / rows["train"][0][0])
-    genus = build_data(_data("inat2018", root=tmp_path, taxonomy="genus"))
+    genus = build_data(_data("inat2018", root=tmp_path, **{"inat2018.taxonomy": "genus"}))
     assert genus.classnames == ["Bellis", "Corvus", "Pica", "Quercus"]
     assert genus.train_counts.tolist() == [1, 5, 2, 1]
     assert genus.test.targets == [1, 1, 2, 3, 0]
-    kingdom = build_data(_data("inat2018", root=tmp_path, taxonomy="kingdom"))
+    kingdom = build_data(_data("inat2018", root=tmp_path, **{"inat2018.taxonomy": "kingdom"}))
     assert kingdom.classnames == ["Animalia", "Plantae"] and kingdom.train_counts.tolist() == [7, 2]
 
 
@@ -194,12 +194,12 @@ def test_inat_json_without_taxonomy_says_where_it_is(tmp_path):
     species = build_data(_data("inat2018", root=tmp_path))  # species names are in the annotation files
     assert species.classnames[2] == "Pica pica"
     with pytest.raises(DataError, match=r"categories lack the 'genus' field.*categories.json"):
-        build_data(_data("inat2018", root=tmp_path, taxonomy="genus"))
+        build_data(_data("inat2018", root=tmp_path, **{"inat2018.taxonomy": "genus"}))
 
 
 def test_inat_unknown_level_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"data.taxonomy='species_group' is not valid; choose one of species"):
-        load_config(None, "inat2018", overrides=["data.taxonomy=species_group"])
+    with pytest.raises(ConfigError, match=r"data.inat2018.taxonomy='species_group' is not valid; choose one of species"):
+        load_config(None, "inat2018", overrides=["data.inat2018.taxonomy=species_group"])
 
 
 # ------------------------------------------------------------------ the real lists (../shared/splits)

@@ -64,11 +64,11 @@ def test_runs_save_their_files_and_folders_as_absolute_paths(tmp_path, monkeypat
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "list.csv").write_text("path,label\n")
     (tmp_path / "w.pt").write_bytes(b"")
-    cfg = load_config("lift", overrides=["data.root=photos", "data.store=store", "data.csv=list.csv",
+    cfg = load_config("lift", overrides=["data.root=photos", "data.store=store", "data.csv.file=list.csv",
                                          "model.pretrained=w.pt", "train.cache_dir=~/cache"])
     out = with_absolute_paths(cfg)
     assert out.data.root == str(tmp_path / "photos") and out.data.store == str(tmp_path / "store")
-    assert out.data.csv == str(tmp_path / "photos" / "list.csv")  # found under data.root, as the csv source looks
+    assert out.data.csv.file == str(tmp_path / "photos" / "list.csv")  # found under data.root, as the csv source looks
     assert out.model.pretrained == str(tmp_path / "w.pt")
     assert out.train.cache_dir == str(Path("~/cache").expanduser())
     assert cfg.data.root == "photos"  # a copy

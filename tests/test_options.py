@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tailtune.config import from_yaml_text, load_config, schema, to_dict
+from tailtune.config import from_yaml_text, load_config, schema, to_dict, to_yaml
 from tailtune.config.options import moved_keys
 from tailtune.errors import ConfigError
 
@@ -32,6 +32,17 @@ def test_a_saved_config_with_the_old_flat_keys_loads_under_the_new_ones():
     assert from_yaml_text(synthetic).data.synthetic.num_classes == 5
 
 
+def test_a_saved_config_with_the_old_flat_dataset_keys_loads_under_the_new_ones():
+    # data.csv (the file) was a flat key of the name the csv source's options section has now.
+    text = (LEGACY.read_text().replace("  taxonomy: species", "  taxonomy: genus")
+            .replace("  csv: null", "  csv: /data/mine/labels.csv")
+            .replace("  allow_absolute_paths: false", "  allow_absolute_paths: true"))
+    data = from_yaml_text(text).data
+    assert data.inat2018.taxonomy == "genus"
+    assert (data.csv.file, data.csv.allow_absolute_paths) == ("/data/mine/labels.csv", True)
+    assert from_yaml_text(to_yaml(from_yaml_text(text))) == from_yaml_text(text)  # the new form reads back as is
+
+
 def test_the_old_flat_keys_in_a_users_file_are_refused_with_the_new_name(tmp_path):
     user = tmp_path / "mine.yaml"
     user.write_text("peft:\n  vpt_length: 5\n")
@@ -41,11 +52,29 @@ def test_the_old_flat_keys_in_a_users_file_are_refused_with_the_new_name(tmp_pat
         load_config(overrides=["loss.beta=0.9"])
 
 
+def test_the_old_flat_dataset_keys_are_refused_with_the_new_name(tmp_path):
+    with pytest.raises(ConfigError, match=r"'data.csv' in command-line overrides is now data.csv.file"):
+        load_config(None, "csv", overrides=["data.csv=labels.csv"])
+    user = tmp_path / "mine.yaml"
+    user.write_text("data:\n  csv: labels.csv\n")
+    with pytest.raises(ConfigError, match=r"'data.csv' in config file .*mine.yaml is now data.csv.file"):
+        load_config(None, "csv", files=[str(user)])
+    with pytest.raises(ConfigError, match=r"'data.allow_absolute_paths' in .* is now data.csv.allow_absolute_paths"):
+        load_config(None, "csv", overrides=["data.allow_absolute_paths=true"])
+    with pytest.raises(ConfigError, match=r"'data.taxonomy' in command-line overrides is now data.inat2018.taxonomy"):
+        load_config(None, "inat2018", overrides=["data.taxonomy=genus"])
+    user.write_text("data:\n  csv:\n    file: labels.csv\n")  # the section itself is no old key
+    assert load_config(None, "csv", files=[str(user)]).data.csv.file == "labels.csv"
+    assert load_config(None, "csv", overrides=["data.csv.file=x.csv"]).data.csv.file == "x.csv"
+
+
 def test_every_moved_key_names_a_real_new_key():
     fields = to_dict(schema()())
     for section in ("data", "peft", "head", "loss"):
         for old, new in moved_keys(section).items():
-            assert old not in fields[section], f"{section}.{old} is both old and current"
+            # an old key may only share its name with the options section that took it over (data.csv)
+            assert old not in fields[section] or (isinstance(fields[section][old], dict)
+                                                  and f"{old}." in " ".join(new)), f"{section}.{old} is both old and current"
             for path in new:
                 key, leaf = path.split(".")
                 assert leaf in fields[section][key], f"{section}.{old} -> {section}.{path}"

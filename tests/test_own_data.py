@@ -120,7 +120,7 @@ def _csv_tree(tmp_path):
 
 def test_csv_source(tmp_path):
     root = _csv_tree(tmp_path)
-    data = build_data(_cfg(f"data.root={root}", "data.csv=labels.csv", preset="csv"))
+    data = build_data(_cfg(f"data.root={root}", "data.csv.file=labels.csv", preset="csv"))
     assert data.classnames == ["aardvark", "zebra"]  # sorted label names
     assert _by_class(data.train, 2) == [2, 6] and data.train.paths[0] == str(root / "img/0.jpg")
     assert data.train.targets[0] == 1
@@ -131,11 +131,11 @@ def test_csv_paths_stay_under_the_root(tmp_path):
     root = _csv_tree(tmp_path)
     (root / "bad.csv").write_text("img/0.jpg,a\n../outside.jpg,b\n")
     with pytest.raises(DataError, match=r"bad.csv row 2: path '../outside.jpg' leads outside the data root"):
-        build_data(_cfg(f"data.root={root}", "data.csv=bad.csv", preset="csv"))
+        build_data(_cfg(f"data.root={root}", "data.csv.file=bad.csv", preset="csv"))
     (root / "abs.csv").write_text("\n".join(f"{root / 'img' / f'{i}.jpg'},{'ab'[i % 2]}" for i in range(12)))
-    with pytest.raises(DataError, match=r"abs.csv row 1: absolute path .*allow_absolute_paths=true"):
-        build_data(_cfg(f"data.root={root}", "data.csv=abs.csv", preset="csv"))
-    data = build_data(_cfg(f"data.root={root}", "data.csv=abs.csv", "data.allow_absolute_paths=true", preset="csv"))
+    with pytest.raises(DataError, match=r"abs.csv row 1: absolute path .*data.csv.allow_absolute_paths=true"):
+        build_data(_cfg(f"data.root={root}", "data.csv.file=abs.csv", preset="csv"))
+    data = build_data(_cfg(f"data.root={root}", "data.csv.file=abs.csv", "data.csv.allow_absolute_paths=true", preset="csv"))
     assert len(data.train) + len(data.val) + len(data.test) == 12
 
 
@@ -143,16 +143,16 @@ def test_csv_labels_and_rows(tmp_path):
     root = _csv_tree(tmp_path)
     (root / "num.csv").write_text("".join(f"img/{i}.jpg,{i % 2}\n" for i in range(12)))
     with pytest.raises(DataError, match=r"labels of .*num.csv are numbers; give the class names"):
-        build_data(_cfg(f"data.root={root}", "data.csv=num.csv", preset="csv"))
+        build_data(_cfg(f"data.root={root}", "data.csv.file=num.csv", preset="csv"))
     (root / "names.txt").write_text("cat\ndog\n")
-    data = build_data(_cfg(f"data.root={root}", "data.csv=num.csv", f"data.classnames_file={root / 'names.txt'}",
+    data = build_data(_cfg(f"data.root={root}", "data.csv.file=num.csv", f"data.classnames_file={root / 'names.txt'}",
                            preset="csv"))
     assert data.classnames == ["cat", "dog"] and len(data.test) == 2  # held out: 6 // 4 = 1 per class
     (root / "split.csv").write_text("img/0.jpg,a,train\nimg/1.jpg,b,holdout\n")
     with pytest.raises(DataError, match=r"split.csv row 2: split 'holdout' is not one of train, val, test"):
-        build_data(_cfg(f"data.root={root}", "data.csv=split.csv", preset="csv"))
+        build_data(_cfg(f"data.root={root}", "data.csv.file=split.csv", preset="csv"))
     with pytest.raises(DataError, match=r"CSV file nope.csv not found"):
-        build_data(_cfg(f"data.root={root}", "data.csv=nope.csv", preset="csv"))
+        build_data(_cfg(f"data.root={root}", "data.csv.file=nope.csv", preset="csv"))
 
 
 # ------------------------------------------------------------------ start-up validation
@@ -164,7 +164,7 @@ def test_missing_files_are_counted_before_anything_runs(tmp_path):
         (root / "img" / f"{i}.jpg").unlink()
     with pytest.raises(DataError, match=r"3 listed image files are missing \(train 2 of 8, test 1 of 2\), "
                                         r"e.g. .*img/1.jpg, .*img/3.jpg, .*img/10.jpg"):
-        build_data(_cfg(f"data.root={root}", "data.csv=labels.csv", preset="csv"))
+        build_data(_cfg(f"data.root={root}", "data.csv.file=labels.csv", preset="csv"))
 
 
 def test_corrupt_image_is_named_or_skipped(tmp_path):

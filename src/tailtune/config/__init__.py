@@ -26,7 +26,6 @@ from tailtune.config.schema import (  # noqa: F401  (the sections, their choices
     CACHE_MODES,
     DEFAULT_PROMPT,
     EVAL_PRECISIONS,
-    INAT_LEVELS,
     INTERPOLATIONS,
     ON_NAN_MODES,
     PATH_KEYS,

@@ -14,7 +14,9 @@ An options dataclass may declare
 - ``KEY``: its sub-section's name when entries share one (both VPTs: ``vpt``; default: the entry's name);
 - ``MOVED``: ``{old flat key of the section: its key here}``, the keys it took over (``vpt_length``
   -> ``length``): a user's file or override naming an old key is refused with the new name, and a
-  run folder's saved config.yaml written with the old keys is read under the new ones;
+  run folder's saved config.yaml written with the old keys is read under the new ones. An old key
+  may have the options section's own name (the csv source's file ``data.csv`` -> ``data.csv.file``):
+  there a value that is not a mapping is the old key, a mapping the section;
 - ``check_section(self, section)``: checks that need the section's other values (e.g. an option
   that only applies when its entry is the one chosen).
 """
@@ -116,6 +118,14 @@ def options_of(section: Any, key: str, cls: type) -> Any:
     return value if value is not None else cls()
 
 
+def _old_keys(section: str, node: Any) -> list[str]:
+    """The old flat keys of ``section`` that ``node`` (its mapping in a layer) sets. An old key named
+    like an options section (``data.csv``) counts only when its value is not a mapping."""
+    options = option_types(section)
+    return [old for old in moved_keys(section)
+            if old in node and not (old in options and hasattr(node[old], "keys"))]
+
+
 def refuse_moved_keys(layer: Any, where: str) -> None:
     """ConfigError if a layer (a mapping) sets a flat key that moved into an options section."""
     if not hasattr(layer, "get"):
@@ -125,7 +135,7 @@ def refuse_moved_keys(layer: Any, where: str) -> None:
         if not hasattr(node, "keys"):
             continue
         for old, new in moved_keys(section).items():
-            if old in node:
+            if old in _old_keys(section, node):
                 names = " or ".join(f"{section}.{n}" for n in new)
                 raise ConfigError(f"config key '{section}.{old}' in {where} is now {names} (a registered entry's "
                                   f"options live under its own key); rename it, e.g. {section}.{new[0]}=...")
@@ -138,11 +148,10 @@ def migrate_saved(data: dict) -> dict:
         node = data.get(section)
         if not isinstance(node, dict):
             continue
-        for old, new in moved_keys(section).items():
-            if old not in node:
-                continue
-            value = node.pop(old)
-            for path in new:
+        moved = moved_keys(section)
+        values = {old: node.pop(old) for old in _old_keys(section, node)}  # all first: data.csv frees its name
+        for old, value in values.items():
+            for path in moved[old]:
                 key, leaf = path.split(".")
                 node.setdefault(key, {}).setdefault(leaf, value)
     return data

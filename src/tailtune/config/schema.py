@@ -22,7 +22,6 @@ DEFAULT_PROMPT = "a photo of a {}."
 TTE_MODES = ("none", "fivecrop", "tencrop", "randaug")  # = data.transforms.TTE_MODES (a test keeps them equal)
 SCHEDULES = ("cosine", "cosine_epoch", "constant")  # = engine.SCHEDULES (a test keeps them equal)
 BN_MODES = ("auto", "eval", "train")
-INAT_LEVELS = ("species", "genus", "family", "order", "class", "phylum", "kingdom", "supercategory")
 VAL_MODES = ("auto", "split", "holdout", "none")
 INTERPOLATIONS = ("auto", "bicubic", "bilinear", "nearest", "lanczos")  # = data.transforms.INTERPOLATIONS (a test keeps them equal)
 ON_NAN_MODES = ("stop", "skip")
@@ -71,10 +70,7 @@ class DataConfig:
     # List-based benchmarks (imagenet_lt, places_lt, inat2018) and your own data (folder, csv):
     splits_dir: Optional[str] = setting(None, "folder of the split lists / annotation files; default: data.root")
     path_map: list[str] = setting(help='rewrite listed paths: "OLD=NEW" prefixes, or places365_original', factory=list)
-    taxonomy: str = setting("species", "inat2018 label level: species | genus | family | order | class | phylum | kingdom | supercategory", choices=INAT_LEVELS)
-    csv: Optional[str] = setting(None, "csv source: file of path,label[,split] rows (relative: under data.root if there)")
     classnames_file: Optional[str] = setting(None, "one class name per line, in label order (count checked); folder / csv: the classes' names (csv: also the labels); any other source: replaces its names, i.e. the prompts (e.g. the reference's Places-LT names, see places_lt)")
-    allow_absolute_paths: bool = setting(False, "csv: accept absolute image paths (otherwise they must stay under data.root)")
     holdout_per_class: Optional[int] = setting(None, "folder / csv: images per class held out when test / val is missing (default: a quarter of the smallest class, at most 20)")
     val: str = setting("auto", "validation split: auto (the dataset's own; own data: a held-out slice of train) | split | holdout | none", choices=VAL_MODES)
     verify_images: bool = setting(True, "decode every listed image at start-up (a corrupt file stops the run, named); with data.store only if data.skip_corrupt")
@@ -83,7 +79,6 @@ class DataConfig:
     interpolation: str = setting("auto", "resize filter of every view (training crops, test view, five/ten crops, head init): auto (the backbone's; bicubic for CLIP) | bilinear (the reference's, torchvision's default) | bicubic | nearest | lanczos", choices=INTERPOLATIONS)
 
     def __post_init__(self) -> None:
-        _check_choice("data", "taxonomy", self.taxonomy, INAT_LEVELS)
         _check_choice("data", "val", self.val, VAL_MODES)
         _check_choice("data", "interpolation", self.interpolation, INTERPOLATIONS)
         _check_positive("data", "holdout_per_class", self.holdout_per_class)
@@ -281,7 +276,8 @@ class Config:
     quiet: bool = setting(False, "nothing on the console but the results table: no progress bars, no log lines (log.txt keeps them)")
 
 
-# Settings that name files or folders; a run folder's config.yaml holds them absolute.
+# Settings that name files or folders; a run folder's config.yaml holds them absolute (and
+# data.csv.file, the csv source's file, see with_absolute_paths).
 PATH_KEYS = (("data", "root"), ("data", "store"), ("data", "splits_dir"), ("data", "classnames_file"),
              ("head", "descriptors"), ("train", "cache_dir"), ("model", "cache_dir"))
 
@@ -290,8 +286,8 @@ def with_absolute_paths(cfg: Config) -> Config:
     """A copy of ``cfg`` whose files and folders are absolute paths (relative ones count from the
     current folder), so that ``tailtune eval`` or ``--resume`` of its run work from any folder.
 
-    ``data.csv`` is made absolute where it is found (under ``data.root`` first, as the csv source
-    looks); ``model.pretrained`` only when it names an existing file (otherwise it is a tag).
+    ``data.csv.file`` is made absolute where it is found (under ``data.root`` first, as the csv
+    source looks); ``model.pretrained`` only when it names an existing file (otherwise it is a tag).
     """
     out = copy.deepcopy(cfg)
 
@@ -302,13 +298,14 @@ def with_absolute_paths(cfg: Config) -> Config:
         node = getattr(out, section)
         if getattr(node, key):
             setattr(node, key, absolute(getattr(node, key)))
-    csv = out.data.csv
+    opts = getattr(out.data, "csv", None)  # the csv source's options (data/sources/csv.py), once gathered
+    csv = opts.file if opts is not None else None
     if csv and not os.path.isabs(os.path.expanduser(csv)):
         under_root = os.path.join(out.data.root, os.path.expanduser(csv)) if out.data.root else None
         if under_root and os.path.isfile(under_root):
-            out.data.csv = under_root
+            opts.file = under_root
         elif os.path.isfile(os.path.expanduser(csv)):
-            out.data.csv = absolute(csv)
+            opts.file = absolute(csv)
     if out.model.pretrained and os.path.isfile(os.path.expanduser(out.model.pretrained)):
         out.model.pretrained = absolute(out.model.pretrained)
     return out

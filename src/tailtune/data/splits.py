@@ -133,8 +133,11 @@ def path_mapper(rules: Sequence[str]) -> Callable[[str], str]:
     return apply
 
 
-def resolve_paths(root: Path, paths: Sequence[str], where: str, allow_absolute: bool = False) -> list[str]:
+def resolve_paths(root: Path, paths: Sequence[str], where: str, allow_absolute: bool = False,
+                  absolute_key: str | None = None) -> list[str]:
     """Listed paths joined to ``root``; a path leaving the root is an error naming it.
+
+    ``absolute_key``: the config key that would accept absolute paths, named in the error.
 
     Pure string work (no file system calls): benchmark lists have hundreds of thousands of lines.
     """
@@ -144,8 +147,9 @@ def resolve_paths(root: Path, paths: Sequence[str], where: str, allow_absolute: 
     for p in paths:
         if os.path.isabs(p):
             if not allow_absolute:
+                hint = f" (set {absolute_key}=true to accept absolute paths)" if absolute_key else ""
                 raise DataError(f"{where}: absolute path {p!r}; paths must be relative to the data root "
-                                f"{root_s} (set data.allow_absolute_paths=true to accept absolute paths).")
+                                f"{root_s}{hint}.")
             out.append(os.path.normpath(p))
         elif ".." in p or "./" in p or "//" in p or "\\" in p:
             full = os.path.normpath(os.path.join(root_s, p))

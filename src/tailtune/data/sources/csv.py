@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Optional
 
-from tailtune.config import DataConfig
+from tailtune.config import DataConfig, options_of, setting
 from tailtune.data.sources.base import SOURCES
 from tailtune.data.sources.own import own_data
 from tailtune.data.splits import read_classnames, resolve_paths
@@ -15,17 +17,29 @@ SPLITS = ("train", "val", "test")
 HEADERS = (["path", "label"], ["path", "label", "split"])
 
 
-def _csv_path(cfg: DataConfig) -> Path:
-    if not cfg.csv:
-        raise DataError("data.csv must name the CSV file (rows path,label[,split]) for data.name=csv.")
-    given = Path(cfg.csv).expanduser()
+@dataclass
+class CsvOptions:
+    """csv: the file listing your images."""
+
+    # The flat keys data.csv (the file) and data.allow_absolute_paths of older versions; the old
+    # data.csv shares its name with this section: a value that is not a mapping is the old key.
+    MOVED: ClassVar[dict[str, str]] = {"csv": "file", "allow_absolute_paths": "allow_absolute_paths"}
+
+    file: Optional[str] = setting(None, "csv source: file of path,label[,split] rows (relative: under data.root if there)")  # noqa: UP045  (OmegaConf reads it)
+    allow_absolute_paths: bool = setting(False, "csv: accept absolute image paths (otherwise they must stay under data.root)")
+
+
+def _csv_path(cfg: DataConfig, opts: CsvOptions) -> Path:
+    if not opts.file:
+        raise DataError("data.csv.file must name the CSV file (rows path,label[,split]) for data.name=csv.")
+    given = Path(opts.file).expanduser()
     tried = [given]
     if not given.is_absolute() and cfg.root:
         tried.insert(0, Path(cfg.root).expanduser() / given)
     for p in tried:
         if p.is_file():
             return p
-    raise DataError(f"CSV file {cfg.csv} not found (looked at {', '.join(map(str, tried))}).")
+    raise DataError(f"CSV file {opts.file} not found (looked at {', '.join(map(str, tried))}).")
 
 
 def read_rows(path: Path) -> list[tuple[int, str, str, str]]:
@@ -81,22 +95,24 @@ def _labeller(path: Path, labels: list[str], names_file: str | None):
     return names, lambda label, line: index[label]
 
 
-@SOURCES.register("csv")
+@SOURCES.register("csv", options=CsvOptions)
 def csv_source(cfg: DataConfig):
     """Your own images listed in a CSV: path,label[,split] (split train / val / test; missing splits held out).
 
     Paths are relative to ``data.root`` (default: the CSV's folder) and may not leave it
-    unless ``data.allow_absolute_paths``. Labels are class names (classes sorted by name),
+    unless ``data.csv.allow_absolute_paths``. Labels are class names (classes sorted by name),
     or names / indices of ``data.classnames_file``.
     """
-    path = _csv_path(cfg)
+    opts = options_of(cfg, "csv", CsvOptions)
+    path = _csv_path(cfg, opts)
     root = Path(cfg.root).expanduser() if cfg.root else path.parent
     rows = read_rows(path)
     names, lookup = _labeller(path, [r[2] for r in rows], cfg.classnames_file)
     splits: dict[str, tuple[list[str], list[int]]] = {}
     for line, rel, label, split in rows:
         files, labels = splits.setdefault(split, ([], []))
-        files.append(resolve_paths(root, [rel], f"{path} row {line}", cfg.allow_absolute_paths)[0])
+        files.append(resolve_paths(root, [rel], f"{path} row {line}", opts.allow_absolute_paths,
+                                   "data.csv.allow_absolute_paths")[0])
         labels.append(lookup(label, line))
     if "train" not in splits:
         raise DataError(f"{path} has no training rows (split column empty or 'train').")

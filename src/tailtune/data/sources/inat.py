@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from tailtune.config import DataConfig
+from tailtune.config import DataConfig, _check_choice, options_of, setting
 from tailtune.data.sources.base import SOURCES
 from tailtune.data.sources.benchmark import Listed, check_fixed_tail, list_data, require_root
 from tailtune.data.splits import find_list, open_text, read_list, require_list, splits_dir
@@ -15,7 +17,21 @@ from tailtune.errors import DataError
 ANNOTATIONS = {"train": "train2018.json", "test": "val2018.json"}
 LISTS = {"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"}
 CATEGORIES = "categories.json"
-LEVEL_KEYS = {"species": "name"}  # data.taxonomy -> the categories' key (the others are named alike)
+LEVELS = ("species", "genus", "family", "order", "class", "phylum", "kingdom", "supercategory")
+LEVEL_KEYS = {"species": "name"}  # data.inat2018.taxonomy -> the categories' key (the others are named alike)
+
+
+@dataclass
+class InatOptions:
+    """inat2018: the label level."""
+
+    MOVED: ClassVar[dict[str, str]] = {"taxonomy": "taxonomy"}
+
+    taxonomy: str = setting("species", "inat2018 label level: species | genus | family | order | class | phylum | "
+                            "kingdom | supercategory", choices=LEVELS)
+
+    def __post_init__(self) -> None:
+        _check_choice("data.inat2018", "taxonomy", self.taxonomy, LEVELS)
 
 
 def _load_json(path: Path):
@@ -87,22 +103,23 @@ def _read(cfg: DataConfig) -> tuple[dict[str, Listed], list[dict], str]:
     return splits, _load_json(cat_file), str(cat_file)
 
 
-@SOURCES.register("inat2018")
+@SOURCES.register("inat2018", options=InatOptions)
 def inat2018(cfg: DataConfig):
     """iNaturalist 2018: 437,513 training images over 8142 species (test: the official 24,426 val images).
 
     Reads train2018.json / val2018.json, or iNaturalist18_{train,val}.txt with
-    categories.json, from ``data.splits_dir`` (default: the root). ``data.taxonomy`` picks
+    categories.json, from ``data.splits_dir`` (default: the root). ``data.inat2018.taxonomy`` picks
     the label level: species (8142 classes) or genus, family, order, class, phylum,
     kingdom, supercategory (labels: that level's names, sorted).
     """
     check_fixed_tail(cfg)
+    taxonomy = options_of(cfg, "inat2018", InatOptions).taxonomy
     root = require_root(cfg, "the iNaturalist 2018 images (train_val2018/<supercategory>/<id>/*.jpg)")
     splits, categories, where = _read(cfg)
     if not isinstance(categories, list) or not categories:
         raise DataError(f"{where} holds no categories.")
     categories = check_categories(categories, where)
-    names, label_of = taxonomy_labels(categories, cfg.taxonomy, where)
+    names, label_of = taxonomy_labels(categories, taxonomy, where)
     relabelled = {}
     for split, (paths, ids) in splits.items():
         bad = [c for c in ids if not 0 <= c < len(label_of)]
@@ -112,6 +129,6 @@ def inat2018(cfg: DataConfig):
         relabelled[split] = (paths, [label_of[c] for c in ids])
     notes = ["test split: the official iNaturalist 2018 val set (the literature's convention); no val split of "
              "its own (data.val=holdout carves one out of the training images)."]
-    if cfg.taxonomy != "species":
-        notes.append(f"labels: the {len(names)} {cfg.taxonomy} names of the species, sorted.")
+    if taxonomy != "species":
+        notes.append(f"labels: the {len(names)} {taxonomy} names of the species, sorted.")
     return list_data(cfg, root, relabelled, names, notes)
