@@ -80,6 +80,23 @@ def test_store_refuses_another_config_and_half_written_stores(tmp_path):
         use_store(build_data(same), same)
 
 
+def test_a_store_written_with_the_old_flat_data_keys_is_still_used(tmp_path):
+    cfg = load_config(None, None, (), ["data.name=synthetic", "data.synthetic.num_classes=3",
+                                       f"data.store={tmp_path / 'store'}"]).data
+    from tailtune.data.sources.base import build_data
+
+    write_store(build_data(cfg), cfg, tmp_path / "store", short_side=16)
+    meta = json.loads((tmp_path / "store" / "meta.json").read_text())
+    data = meta["data"]  # as written before the sources owned their options: flat keys
+    data.update(data.pop("synthetic"), taxonomy="species", csv=None, allow_absolute_paths=False)
+    (tmp_path / "store" / "meta.json").write_text(json.dumps(meta))
+    assert len(use_store(build_data(cfg), cfg).train) == len(build_data(cfg).train)
+    data["num_classes"] = 4
+    (tmp_path / "store" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"differs in data.synthetic"):
+        use_store(build_data(cfg), cfg)
+
+
 def test_truncated_store_is_named(tmp_path):
     write_store(_data(tmp_path), DataConfig(name="folder"), tmp_path / "store", short_side=64)
     pixels = tmp_path / "store" / "train.u8"

@@ -28,6 +28,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from tailtune.config import DataConfig, to_dict
+from tailtune.config.options import migrate_saved, option_types
 from tailtune.errors import DataError
 from tailtune.runtime.progress import progress
 
@@ -73,8 +74,15 @@ def _as_is(item):
 
 def data_fingerprint(cfg: DataConfig) -> dict:
     """The data config keys that decide which images (and labels) each split holds."""
-    ignored = IGNORED_KEYS if cfg.name == "synthetic" else (*IGNORED_KEYS, "image_size")  # synthetic data only
-    return {k: v for k, v in to_dict(cfg).items() if k not in ignored}
+    return _own_keys({k: v for k, v in to_dict(cfg).items() if k not in IGNORED_KEYS}, cfg.name)
+
+
+def _own_keys(fingerprint: dict, source: str) -> dict:
+    """A data fingerprint without the options of the sources other than ``source`` (they pick no
+    images); one written before the options moved to their sources has them under the new keys."""
+    data = migrate_saved({"data": dict(fingerprint)})["data"]
+    others = set(option_types("data")) - {source}
+    return {k: v for k, v in data.items() if k not in others}
 
 
 def relative_files(ds, root: str | None) -> list[str] | None:
@@ -214,8 +222,9 @@ def use_store(data, cfg: DataConfig, resolution: int | None = None, interpolatio
         return data
     meta = read_meta(cfg.store)
     want = json.loads(json.dumps(data_fingerprint(cfg), default=str))
-    if meta["data"] != want:
-        diff = sorted(k for k in set(want) | set(meta["data"]) if want.get(k) != meta["data"].get(k))
+    have = _own_keys(meta["data"], cfg.name)
+    if have != want:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
         raise DataError(f"the image store {cfg.store} was built from another data config (differs in "
                         f"{', '.join('data.' + k for k in diff)}); rebuild it with `tailtune data cache`.")
     if meta["classnames"] != list(data.classnames):
