@@ -18,7 +18,7 @@ from tailtune import config as C
 HEADER = """# Configuration reference
 
 <!-- Generated from src/tailtune/config/schema.py by `tailtune config-reference --out docs/CONFIG.md`.
-     Do not edit by hand: tests/test_reference.py checks that this file matches the schema. -->
+     Do not edit by hand: tests/config/test_reference.py checks that this file matches the schema. -->
 
 """
 

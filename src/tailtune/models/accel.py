@@ -2,7 +2,7 @@
 
 Fused attention needs nothing here: open_clip's blocks call ``nn.MultiheadAttention`` with
 ``need_weights=False`` and timm's call ``F.scaled_dot_product_attention``, both of which run
-PyTorch's fused SDPA kernel (tests/test_speed.py checks it with the profiler).
+PyTorch's fused SDPA kernel (tests/runtime/test_speed.py checks it with the profiler).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from test_peft_zoo import FAMILIES, IMAGES, INTENDED, VIT_METHODS, C, D, L, fresh, tiny_bases  # noqa: F401
 
 import tailtune
 from tailtune.config import PeftConfig, load_config, section
@@ -25,7 +26,6 @@ from tailtune.models.peft.masked import MaskedLinear, MaskedOptions
 from tailtune.models.peft.ssf import ScaleShift
 from tailtune.models.peft.targets import get_part
 from tailtune.runs.run import init_head
-from test_peft_zoo import FAMILIES, IMAGES, INTENDED, VIT_METHODS, C, D, L, fresh, tiny_bases  # noqa: F401
 
 # ------------------------------------------------------------------ LoRA
 

@@ -15,7 +15,7 @@ from tailtune.errors import ConfigError
 from tailtune.report.compare import config_differences
 from tailtune.runs.sweep import plan
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 # The paper's overall accuracy (Shi et al., ICML 2024), written here by hand.
 PUBLISHED = {
     "lift_cifar100_ir100": 81.7, "lift_cifar100_ir50": 83.1, "lift_cifar100_ir10": 84.9,

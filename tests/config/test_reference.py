@@ -9,7 +9,7 @@ from tailtune.cli import app as cli
 from tailtune.config.reference import config_reference, field_choices, field_docs
 from tailtune.errors import ConfigError
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "CONFIG.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md"
 
 
 def test_committed_reference_matches_the_schema():
