@@ -15,6 +15,9 @@ from PIL import Image, UnidentifiedImageError
 
 from tailtune.errors import DataError
 
+# The file extensions read as images, by the folder source and by ``predict`` alike (lower case).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
 
 class ArrayDataset(torch.utils.data.Dataset):
     """Images held in a uint8 array (N, H, W) or (N, H, W, 3), yielded as (3, H, W) uint8 tensors

@@ -81,7 +81,10 @@ def _own_keys(fingerprint: dict, source: str) -> dict:
     """A data fingerprint without the options of the sources other than ``source`` (they pick no
     images); one written before the options moved to their sources has them under the new keys."""
     data = migrate_saved({"data": dict(fingerprint)})["data"]
-    others = set(option_types("data")) - {source}
+    types = option_types("data")
+    if source in types:  # an option added since the store was made reads as its default
+        data[source] = {**to_dict(types[source]()), **(data.get(source) or {})}
+    others = set(types) - {source}
     return {k: v for k, v in data.items() if k not in others}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from tailtune.data.base import IMAGE_SUFFIXES
 from tailtune.data.transforms import eval_transform
 from tailtune.errors import ConfigError, DataError
 from tailtune.experiment import tte_options
@@ -28,8 +29,6 @@ from tailtune.inference.export import (
 from tailtune.runtime.checkpoint import load_checkpoint
 from tailtune.runtime.loader import make_loader, predict_logits
 from tailtune.runtime.rundir import CHECKPOINT, CONFIG, METRICS, read_config, read_metrics
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 def image_files(paths) -> list[Path]:
