@@ -187,3 +187,144 @@ def test_data_is_checked_before_any_model_is_built(monkeypatch, tmp_path):
     monkeypatch.setattr(open_clip, "create_model", no_download)
     with pytest.raises(DataError, match="does not exist"):
         tailtune.build(load_config("lift", "folder", overrides=[f"data.root={tmp_path / 'missing'}"]))
+
+
+# ---- issue 15: csv and folder sources
+
+
+def _csv(root: Path, rows: list[str], header: str = "path,label,split") -> list[str]:
+    """root/img/<i>.jpg for every listed path, and root/labels.csv; returns the arguments of `data check`."""
+    from datatrees import write_images
+
+    write_images(root, sorted({r.split(",")[0].strip() for r in rows if r.startswith("img/")}))
+    (root / "labels.csv").write_text("\n".join([header, *rows] if header else rows) + "\n")
+    return ["data", "check", "csv", f"data.root={root}", "data.csv.file=labels.csv"]
+
+
+def _clean_rows() -> list[str]:
+    """Two classes, 8 training rows each (img/0..15) and 2 test rows each (img/16..19)."""
+    rows = [f"img/{i}.jpg,{'bag' if i < 8 else 'coat'},train" for i in range(16)]
+    return rows + [f"img/{i}.jpg,{'bag' if i < 18 else 'coat'},test" for i in range(16, 20)]
+
+
+def _check_fails(args, capsys, root: Path, *parts: str) -> str:
+    before = _snapshot(root)
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for part in parts:
+        assert part in err, (part, err)
+    assert _snapshot(root) == before  # nothing written
+    return err
+
+
+def test_csv_repeated_files_are_named_or_dropped(tmp_path, capsys):
+    rows = [*_clean_rows(), "img/3.jpg,bag,test", "img/9.jpg,coat,val", "img/16.jpg,bag,test"]
+    args = _csv(tmp_path, rows)
+    _check_fails(args, capsys, tmp_path,
+                 "labels.csv lists 3 files more than once (img/3.jpg: row 5 (train), row 22 (test); "
+                 "img/9.jpg: row 11 (train), row 23 (val); img/16.jpg: row 18 (test), row 24 (test)); 2 of them in "
+                 "more than one split, which puts the same image in training and in evaluation. Remove the repeated "
+                 "rows, or set data.csv.drop_duplicates=true")
+    assert cli.main([*args, "data.csv.drop_duplicates=true"]) == 0
+    out = capsys.readouterr().out
+    assert "note: data.csv.drop_duplicates: 3 repeated rows of" in out
+    assert "(3 files listed more than once, 2 of them in more than one split, kept in test or val only)" in out
+    from tailtune.data.sources.base import build_data
+
+    data = build_data(load_config(None, "csv", overrides=[*args[3:], "data.csv.drop_duplicates=true"]).data)
+    train, test, val = set(data.train.paths), data.test.paths, set(data.val.paths)
+    assert not train & set(test) and not train & val and len(test) == len(set(test)) == 5
+    assert str(tmp_path / "img/3.jpg") in test and str(tmp_path / "img/9.jpg") in val
+
+
+def test_csv_file_with_two_labels_is_an_error_even_when_dropping_duplicates(tmp_path, capsys):
+    args = _csv(tmp_path, [*_clean_rows(), "img/2.jpg,coat,train"])
+    for extra in ([], ["data.csv.drop_duplicates=true"]):
+        _check_fails([*args, *extra], capsys, tmp_path,
+                     "labels.csv gives 1 file more than one label (img/2.jpg: row 4 (train, 'bag'), row 22 "
+                     "(train, 'coat')): an image has one class; correct or remove the wrong rows.")
+
+
+def test_csv_typo_labels(tmp_path, capsys):
+    rows = _clean_rows()
+    args = _csv(tmp_path, [*rows[:15], "img/15.jpg, Bag ,train", *rows[16:]])  # spaces stripped, case differs
+    _check_fails(args, capsys, tmp_path, "labels that differ only in case or spaces ('bag' (10 rows, e.g. row 2) and "
+                 "'Bag' (1 row, e.g. row 17)) would be separate classes: likely a typo; use one spelling")
+    args = _csv(tmp_path, [*rows[:19], "img/19.jpg,handbag,test"])  # a class only in test
+    _check_fails(args, capsys, tmp_path, "labels.csv: 1 class in val or test rows but in no training row: "
+                 "'handbag' (test rows 21). Nothing can learn to predict such a class")
+    args = _csv(tmp_path, [*rows[:15], "img/15.jpg,handbag,train", *rows[16:]])  # a class only in training
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "csv: 3 classes;" in out
+    assert "note: 1 class of " in out and "with training rows but no test row: 'handbag' (1 training row, e.g. " \
+        "row 17). They are trained and can be predicted, but have no accuracy of their own" in out
+
+
+@pytest.mark.parametrize("header,note", [
+    ("file,class", "(file,class) read as a header (columns: path, label)."),
+    ("image, Category ,set", "(image,Category,set) read as a header (columns: path, label, split)."),
+    ("img_name,species_name,subset", "(img_name,species_name,subset) read as a header"),
+    ("path,label,split", None),
+])
+def test_csv_headers_are_recognised(tmp_path, capsys, header, note):
+    assert cli.main(_csv(tmp_path, _clean_rows(), header)) == 0
+    out = capsys.readouterr().out
+    assert "csv: 2 classes;" in out  # the header is not a class
+    assert (f"note: row 1 of {tmp_path / 'labels.csv'} {note}" in out) if note else "read as a header" not in out
+
+
+def test_csv_header_errors(tmp_path, capsys):
+    _check_fails(_csv(tmp_path, [r.replace(",train", "").replace(",test", "") for r in _clean_rows()], "class,file"),
+                 capsys, tmp_path, "labels.csv row 1: the header 'class,file' puts the label first; tailtune reads "
+                 "path,label[,split]: swap the first two columns.")
+    rows = _clean_rows()
+    _check_fails(_csv(tmp_path, [*rows[:10], "file,class,split", *rows[10:]], "file,class,split"), capsys, tmp_path,
+                 "labels.csv row 12 repeats the header (file,class,split): were CSV files joined? Remove the row.")
+
+
+def test_folder_with_a_class_named_train(tmp_path, capsys):
+    from datatrees import class_tree
+
+    class_tree(tmp_path / "d", [8, 8])
+    (tmp_path / "d" / "c1").rename(tmp_path / "d" / "train")
+    (tmp_path / "d" / "c0").rename(tmp_path / "d" / "bus")
+    args = ["data", "check", "folder", f"data.root={tmp_path / 'd'}"]
+    _check_fails(args, capsys, tmp_path, "holds train/ beside other folders (bus/): train/ could be the training "
+                 "split (the other folders would then be ignored) or a class named 'train'. If it is a class, set "
+                 "data.folder.layout=classes")
+    assert cli.main([*args, "data.folder.layout=classes"]) == 0
+    assert "folder: 2 classes;" in capsys.readouterr().out
+    (tmp_path / "d" / "bus").rename(tmp_path / "bus")  # train/ alone, holding images: a class or the split?
+    _check_fails(args, capsys, tmp_path, f"{tmp_path / 'd' / 'train'} holds images itself (8, e.g. 0.jpg, 1.jpg, "
+                 "2.jpg, 3.jpg, 4.jpg and 3 more), not one folder per class: if 'train' is a class, set "
+                 "data.folder.layout=classes")
+    (tmp_path / "bus").rename(tmp_path / "d" / "bus")
+    (tmp_path / "d" / "train").rename(tmp_path / "d" / "test")  # no train/, a class folder named like a split
+    _check_fails(args, capsys, tmp_path, "has no train/ folder but class folders named like splits (test/)")
+    _check_fails([*args, "data.folder.layout=splits"], capsys, tmp_path,
+                 "data.folder.layout=splits but", "has no train/ folder")
+    _check_fails([*args, "data.folder.layout=flat"], capsys, tmp_path, "data.folder.layout", "flat")
+
+
+def test_folder_names_the_files_it_does_not_read(tmp_path, capsys):
+    from datatrees import class_tree, jpeg_bytes
+    from tailtune.data.base import IMAGE_SUFFIXES
+    from tailtune.inference import predict
+
+    class_tree(tmp_path / "d", [8, 8])
+    (tmp_path / "d" / "stray.jpg").write_bytes(jpeg_bytes())
+    (tmp_path / "d" / "c0" / "photo.heic").write_bytes(b"heic")
+    (tmp_path / "d" / "c1" / "notes.txt").write_text("x")
+    (tmp_path / "d" / "c1" / ".DS_Store").write_bytes(b"")  # hidden: not worth a word
+    from PIL import Image
+
+    Image.new("L", (8, 8), 90).save(tmp_path / "d" / "c1" / "grey.pgm")  # read, as predict reads it
+    assert cli.main(["data", "check", "folder", f"data.root={tmp_path / 'd'}"]) == 0
+    out = capsys.readouterr().out
+    assert "train 11, val 2, test 4 images" in out  # 17 images: the .pgm is one
+    assert (f"note: 3 files under {tmp_path / 'd'} not read: 1 image outside the class folders; 2 with an extension "
+            "not read as an image (.heic 1, .txt 1); e.g. stray.jpg, c0/photo.heic, c1/notes.txt. Images are read "
+            "from root/<class>/ with the extensions .jpg .jpeg") in out
+    assert predict.IMAGE_SUFFIXES is IMAGE_SUFFIXES and ".pgm" in IMAGE_SUFFIXES
