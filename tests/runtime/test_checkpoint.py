@@ -18,30 +18,31 @@ class Toy(nn.Module):
 
 
 INFO = {"provider": "open_clip", "name": "ViT-B-16", "pretrained": "openai"}
+NAMES = ["cat", "dog", "fox"]
 
 
 def test_roundtrip_and_atomic_write(tmp_path):
     src, dst = Toy(), Toy()
     path = tmp_path / "c.safetensors"
-    save_checkpoint(path, src.trainable_state_dict(), "a: 1\n", INFO, 3)
+    save_checkpoint(path, src.trainable_state_dict(), "a: 1\n", INFO, NAMES)
     assert not (tmp_path / "c.safetensors.tmp").exists()
-    meta = load_checkpoint(path, dst, INFO, 3)
+    meta = load_checkpoint(path, dst, INFO, NAMES)
     assert meta["config"] == "a: 1\n"
     assert torch.equal(src.head.weight, dst.head.weight)
 
 
 def test_other_backbone_is_refused(tmp_path):
     path = tmp_path / "c.safetensors"
-    save_checkpoint(path, Toy().trainable_state_dict(), "", INFO, 3)
+    save_checkpoint(path, Toy().trainable_state_dict(), "", INFO, NAMES)
     with pytest.raises(CheckpointError, match="trained on backbone .*ViT-B-16.*ViT-L-14"):
-        load_checkpoint(path, Toy(), {**INFO, "name": "ViT-L-14"}, 3)
+        load_checkpoint(path, Toy(), {**INFO, "name": "ViT-L-14"}, NAMES)
 
 
 def test_shape_mismatch_is_refused(tmp_path):
     path = tmp_path / "c.safetensors"
-    save_checkpoint(path, Toy(3).trainable_state_dict(), "", INFO, 3)
+    save_checkpoint(path, Toy(3).trainable_state_dict(), "", INFO, NAMES)
     with pytest.raises(CheckpointError, match=r"head\.(weight|bias) has shape \(3, ?4?\),? the model needs"):
-        load_checkpoint(path, Toy(5), INFO, 3)
+        load_checkpoint(path, Toy(5), INFO, NAMES)
 
 
 def test_foreign_and_missing_files(tmp_path):
@@ -49,9 +50,9 @@ def test_foreign_and_missing_files(tmp_path):
 
     save_file({"x": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
     with pytest.raises(CheckpointError, match="not a tailtune checkpoint"):
-        load_checkpoint(tmp_path / "foreign.safetensors", Toy(), INFO, 3)
+        load_checkpoint(tmp_path / "foreign.safetensors", Toy(), INFO, NAMES)
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing.safetensors", Toy(), INFO, 3)
+        load_checkpoint(tmp_path / "missing.safetensors", Toy(), INFO, NAMES)
 
 
 def test_read_snapshot_matches_safetensors_and_gives_writable_tensors(tmp_path):
@@ -79,7 +80,7 @@ def test_written_files_have_the_usual_permissions(tmp_path):
     import os
     import stat
 
-    save_checkpoint(tmp_path / "c.safetensors", Toy(3).trainable_state_dict(), "", INFO, 3)
+    save_checkpoint(tmp_path / "c.safetensors", Toy(3).trainable_state_dict(), "", INFO, NAMES)
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "c.safetensors").stat().st_mode) == 0o666 & ~umask
