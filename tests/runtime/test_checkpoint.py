@@ -115,3 +115,104 @@ def test_read_snapshot_is_whole_while_another_process_replaces_the_file(tmp_path
     finally:
         stop.set()
         writer.join()
+
+
+# ---- integrity: checksum, class names, finite weights, files written before them
+
+
+def _flip_data_byte(path, from_end: int = 1) -> None:
+    """Flip one byte in the tensors' data region (after the 8-byte length and the JSON header)."""
+    data = bytearray(path.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    i = len(data) - from_end
+    assert i >= header
+    data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_a_tensor_is_refused(tmp_path):
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, Toy().trainable_state_dict(), "", INFO, NAMES)
+    _flip_data_byte(path)
+    dst = Toy()
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    with pytest.raises(CheckpointError, match=rf"checkpoint {path} is damaged or edited: .*sha256.*Restore"):
+        load_checkpoint(path, dst, INFO, NAMES)
+    assert all(torch.equal(before[k], v) for k, v in dst.state_dict().items())  # nothing was loaded
+
+
+def test_an_edited_header_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from tailtune.runtime.checkpoint import read_snapshot
+
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, Toy().trainable_state_dict(), "a: 1\n", INFO, NAMES)
+    meta, _ = read_snapshot(path, "test file")
+    save_file(load_file(str(path)), str(path), metadata={**meta, "classnames": '["cat", "dog", "wolf"]'})
+    with pytest.raises(CheckpointError, match="damaged or edited"):
+        load_checkpoint(path, Toy(), INFO, ["cat", "dog", "wolf"])
+
+
+def test_a_checkpoint_of_other_classes_is_refused(tmp_path):
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, Toy().trainable_state_dict(), "", INFO, ["cat", "dog", "fox"], "run /x/b on dataset pets")
+    with pytest.raises(CheckpointError, match=r"was saved for other classes \(run /x/b on dataset pets\): its class 2 "
+                                              r"is 'fox', in the dataset zoo it is 'wolf'\. It holds another run's"):
+        load_checkpoint(path, Toy(), INFO, ["cat", "dog", "wolf"], "the dataset zoo")
+    load_checkpoint(path, Toy(), INFO, ["cat", "dog", "fox"])  # its own classes: fine
+
+
+def test_the_checksum_is_over_names_dtypes_shapes_and_bytes():
+    from tailtune.runtime.checkpoint import content_sha256
+
+    t = {"a": torch.arange(6, dtype=torch.float32), "b": torch.zeros(2, dtype=torch.bfloat16)}
+    base = content_sha256(t, {"k": "v"})
+    assert base == content_sha256(dict(reversed(list(t.items()))), {"k": "v"})  # key order of the dict: none
+    assert base == content_sha256(t, {"k": "v", "sha256": "anything"})  # the checksum is not over itself
+    for other in ({"a": t["a"].view(2, 3), "b": t["b"]}, {"a": t["a"].int(), "b": t["b"]},
+                  {"c": t["a"], "b": t["b"]}, {"a": t["a"], "b": t["b"].half()}):
+        assert content_sha256(other, {"k": "v"}) != base
+    assert content_sha256(t, {"k": "w"}) != base
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("with_checksum", [True, False])
+def test_non_finite_weights_are_refused(tmp_path, value, with_checksum):
+    src = Toy()
+    tensors = src.trainable_state_dict()
+    tensors["head.weight"] = tensors["head.weight"].clone()
+    tensors["head.weight"][1, 2] = value
+    path = tmp_path / "c.safetensors"
+    if with_checksum:
+        save_checkpoint(path, tensors, "", INFO, NAMES)
+    else:
+        write_safetensors(path, tensors, _old_meta())
+    with pytest.raises(CheckpointError, match=r"head\.weight holds 1 non-finite value\(s\) \(NaN or infinity\) "
+                                              r"of 12; these weights cannot predict"):
+        load_checkpoint(path, Toy(), INFO, NAMES)
+
+
+def _old_meta(num_classes: int = 3) -> dict:
+    """The metadata save_checkpoint wrote before checksums and class names."""
+    import json
+
+    return {"format": "tailtune-checkpoint-1", "config": "a: 1\n", "backbone": json.dumps(INFO, sort_keys=True),
+            "num_classes": str(num_classes)}
+
+
+def test_a_checkpoint_written_the_old_way_loads_with_a_note(tmp_path):
+    src, dst = Toy(), Toy()
+    path = tmp_path / "old.safetensors"
+    write_safetensors(path, src.trainable_state_dict(), _old_meta())
+    notes = []
+    meta = load_checkpoint(path, dst, INFO, ["any", "names", "fit"], log=notes.append)
+    assert meta["config"] == "a: 1\n" and torch.equal(src.head.weight, dst.head.weight)
+    assert notes == [f"note: checkpoint {path} carries no checksum (written by an older tailtune): "
+                     "loaded without an integrity check."]
+    with pytest.raises(CheckpointError, match="has 3 classes, the dataset has 2"):  # the count is still checked
+        load_checkpoint(path, Toy(), INFO, ["a", "b"])
+    save_checkpoint(tmp_path / "new.safetensors", src.trainable_state_dict(), "", INFO, NAMES)
+    notes.clear()
+    load_checkpoint(tmp_path / "new.safetensors", Toy(), INFO, NAMES, log=notes.append)
+    assert notes == []  # verified: nothing to say
