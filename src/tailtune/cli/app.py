@@ -99,11 +99,12 @@ def cmd_eval(args) -> int:
                   f"(no gap: the run saved no test metrics with tte {test['tte']}; use --tte none or the run's own)")
         if same_protocol and not differing:
             print("matches metrics.json")
-        elif args.split == "test" and test["tte"] == saved["test"]["tte"]:  # another precision: expected to differ
+        elif not same_protocol and args.split == "test" and test["tte"] == saved["test"]["tte"]:  # another precision
             same = abs(test["overall"] - saved["test"]["overall"]) < 1e-6
             print("matches metrics.json" if same else
-                  f"differs from metrics.json (saved overall {saved['test']['overall']:.4f}, "
-                  f"evaluated in {was or 'the precision of its time'}; now {test['precision']})")
+                  f"differs from metrics.json (saved overall {saved['test']['overall']:.4f}"
+                  + (f", evaluated in {was}; now {test['precision']}" if was and was != test["precision"] else "")
+                  + ")")
     if differing:
         shown_diffs = ", ".join(f"{k} {new} (saved {old})" for k, old, new in differing[:8])
         more = f" and {len(differing) - 8} more" if len(differing) > 8 else ""
