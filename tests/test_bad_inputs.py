@@ -328,3 +328,132 @@ def test_folder_names_the_files_it_does_not_read(tmp_path, capsys):
             "not read as an image (.heic 1, .txt 1); e.g. stray.jpg, c0/photo.heic, c1/notes.txt. Images are read "
             "from root/<class>/ with the extensions .jpg .jpeg") in out
     assert predict.IMAGE_SUFFIXES is IMAGE_SUFFIXES and ".pgm" in IMAGE_SUFFIXES
+
+
+# ---- issue 15: checkpoints
+# A run's checkpoint.safetensors carries a sha256 of its contents and the class names it was trained
+# for: a damaged or edited file, one from another run, or one holding NaN never predicts (exit 2, the
+# file named, nothing written); a file written before the checksum loads with a note. `eval` that
+# does not reproduce metrics.json exits 1 and names what differs.
+
+
+def _image(tmp_path: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _resave(run: Path, dst: Path, classnames=None, edit=None, old_format: bool = False) -> Path:
+    """A copy of ``run`` whose checkpoint is written again: for other classes (``classnames``, as
+    a run on another dataset would), with tensors changed by ``edit``, or the way tailtune wrote
+    checkpoints before the checksum (``old_format``)."""
+    import json
+
+    from tailtune.runtime.checkpoint import read_snapshot, save_checkpoint, write_safetensors
+
+    _clone(run, dst)
+    meta, tensors = read_snapshot(run / "checkpoint.safetensors", "test")
+    if edit:
+        edit(tensors)
+    path = dst / "checkpoint.safetensors"
+    if old_format:
+        write_safetensors(path, tensors, {k: meta[k] for k in ("format", "config", "backbone", "num_classes")})
+    else:
+        save_checkpoint(path, tensors, meta["config"], json.loads(meta["backbone"]),
+                        classnames or json.loads(meta["classnames"]), "run /elsewhere/b on dataset other")
+    return dst
+
+
+def _predict_refused(run_dir: Path, tmp_path: Path, capsys, pattern: str) -> None:
+    import re
+
+    image = _image(tmp_path)
+    before = _snapshot(run_dir)
+    capsys.readouterr()
+    assert cli.main(["predict", str(run_dir), str(image), "--device", "cpu"]) == 2
+    out = capsys.readouterr()
+    assert re.search(pattern, out.err), out.err
+    assert "%" not in out.out  # no prediction printed
+    assert _snapshot(run_dir) == before
+
+
+def test_checkpoint_with_a_flipped_byte_never_predicts(run, tmp_path, capsys):
+    other = _clone(run, tmp_path / "o")
+    path = other / "checkpoint.safetensors"
+    data = bytearray(path.read_bytes())
+    assert len(data) - 1 >= 8 + int.from_bytes(data[:8], "little")  # in the tensors' data, not the header
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    _predict_refused(other, tmp_path, capsys, rf"error: checkpoint {path} is damaged or edited: its contents do not "
+                                              r"match the sha256 checksum written with it\. Restore")
+    from tailtune.inference.export import export_run
+
+    for use in (tailtune.load_run, lambda d: export_run(d, tmp_path / "export")):
+        with pytest.raises(CheckpointError, match="damaged or edited"):
+            use(other)
+    assert not (tmp_path / "export").exists()
+
+
+def test_checkpoint_of_another_run_with_other_classes_is_refused(run, tmp_path, capsys):
+    import json
+
+    names = json.loads((run / "metrics.json").read_text())["data"]["classnames"]
+    others = [*names[:3], "Coat", *names[4:]]  # same backbone, method and class count; class 3 differs
+    other = _resave(run, tmp_path / "o", classnames=others)
+    _predict_refused(other, tmp_path, capsys,
+                     rf"checkpoint {other / 'checkpoint.safetensors'} was saved for other classes \(run /elsewhere/b "
+                     rf"on dataset other\): its class 3 is 'Coat', in run {other} \(metrics\.json, dataset synthetic\) "
+                     rf"it is '{names[3]}'\. It holds another run's weights")
+    with pytest.raises(CheckpointError, match=rf"its class 3 is 'Coat', in the dataset synthetic of run {other} it is"):
+        tailtune.load_run(other)
+
+
+@pytest.mark.parametrize("old_format", [False, True])
+def test_checkpoint_holding_nan_never_predicts(run, tmp_path, capsys, old_format):
+    def poison(tensors):
+        tensors["head.weight"].view(-1)[0] = float("nan")
+
+    other = _resave(run, tmp_path / "o", edit=poison, old_format=old_format)
+    _predict_refused(other, tmp_path, capsys, r"head\.weight holds 1 non-finite value\(s\) \(NaN or infinity\)")
+
+
+def test_checkpoint_written_before_checksums_still_loads(run, tmp_path, capsys):
+    old = _resave(run, tmp_path / "o", old_format=True)
+    assert "sha256" not in (old / "checkpoint.safetensors").read_bytes()[:4096].decode("latin-1")
+    image = _image(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["predict", str(old), str(image), "--device", "cpu", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: checkpoint {old / 'checkpoint.safetensors'} carries no checksum" in out
+    assert cli.main(["predict", str(run), str(image), "--device", "cpu", "--json"]) == 0
+    assert out.split("\n", 1)[1] == capsys.readouterr().out  # the same predictions as the run's own file
+    assert cli.main(["eval", str(old), "-q"]) == 0
+    assert "matches metrics.json" in capsys.readouterr().out
+
+
+def test_eval_that_does_not_reproduce_metrics_json_exits_1(run, tmp_path, capsys):
+    import json
+
+    other = _clone(run, tmp_path / "o")
+    metrics = json.loads((other / "metrics.json").read_text())
+    was = metrics["test"]["overall"]
+    metrics["test"]["overall"] = was + 1.0
+    (other / "metrics.json").write_text(json.dumps(metrics))
+    before = _snapshot(other)
+    capsys.readouterr()
+    assert cli.main(["eval", str(other), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert (f"error: re-evaluating {other} (test split, tte none, fp32) does not reproduce its metrics.json: "
+            f"overall {was:.6g} (saved {was + 1.0:.6g}). The model, the data or the software changed") in err, err
+    assert cli.main(["eval", str(other), "-q", "--json"]) == 1  # also when the metrics are printed as JSON
+    assert json.loads(capsys.readouterr().out)["overall"] == was
+    # Other protocols measure something else: expected to differ, not a reproduction check.
+    assert cli.main(["eval", str(other), "-q", "--tte", "fivecrop"]) == 0
+    assert cli.main(["eval", str(other), "-q", "--split", "train"]) == 0
+    assert "does not reproduce" not in capsys.readouterr().err
+    assert _snapshot(other) == before
+    assert cli.main(["eval", str(run), "-q"]) == 0  # the run's own metrics.json: reproduced
+    assert "matches metrics.json" in capsys.readouterr().out

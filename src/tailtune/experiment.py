@@ -212,7 +212,8 @@ def _finish_data(cfg: C.DataConfig, data: LTData, preprocess) -> LTData:
 def load_run(run_dir: str | Path, data: LTData | None = None) -> Experiment:
     """Rebuild a finished run's model from its folder (config + checkpoint)."""
     exp = build(read_config(run_dir), data)
-    load_checkpoint(Path(run_dir) / CHECKPOINT, exp.model, exp.backbone.info, exp.data.num_classes)
+    load_checkpoint(Path(run_dir) / CHECKPOINT, exp.model, exp.backbone.info, exp.data.classnames,
+                    f"the dataset {exp.cfg.data.name} of run {run_dir}")
     return exp
 
 

@@ -87,8 +87,8 @@ def _load_reference(exp, safetensors_file: Path, tmp_path: Path) -> None:
     """The reference's tensors under tailtune's names, through tailtune's (strict) checkpoint loading."""
     tensors = {tailtune_name(k): v for k, v in load_file(safetensors_file).items()}
     path = tmp_path / f"{safetensors_file.stem}.tailtune.safetensors"
-    save_checkpoint(path, tensors, C.to_yaml(exp.cfg), exp.backbone.info, exp.data.num_classes)
-    load_checkpoint(path, exp.model, exp.backbone.info, exp.data.num_classes)
+    save_checkpoint(path, tensors, C.to_yaml(exp.cfg), exp.backbone.info, exp.data.classnames)
+    load_checkpoint(path, exp.model, exp.backbone.info, exp.data.classnames)
 
 
 @pytest.fixture(scope="module")

@@ -95,6 +95,7 @@ def test_block_range_on_vit_b16(b16):
 # ------------------------------------------------------------------ tiny open_clip and timm ViTs
 
 D, L, C, R = 64, 2, 10, 2  # width, blocks, classes, bottleneck 2^floor(log2(10 / 4))
+NAMES = [f"class{i}" for i in range(C)]
 
 
 def _masked_tiny() -> int:
@@ -225,9 +226,9 @@ def test_checkpoint_round_trip(tiny_bases, family, method, tmp_path):
             if p.requires_grad:
                 p.add_(torch.randn_like(p))
     info = {"name": family}
-    save_checkpoint(tmp_path / "c.safetensors", a.trainable_state_dict(), "peft: {}", info, C)
+    save_checkpoint(tmp_path / "c.safetensors", a.trainable_state_dict(), "peft: {}", info, NAMES)
     b = _model(tiny_bases, family, method, seed=2)  # other initial PEFT values
-    load_checkpoint(tmp_path / "c.safetensors", b, info, C)
+    load_checkpoint(tmp_path / "c.safetensors", b, info, NAMES)
     sa, sb = a.trainable_state_dict(), b.trainable_state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     a.eval()
@@ -254,21 +255,21 @@ def test_masked_checkpoints_carry_the_entries_they_trained(tiny_bases, tmp_path)
             layer.weight_index.copy_((layer.weight_index + 1) % layer.base.weight.numel())
     saved = a.trainable_state_dict()
     assert sum(k.endswith((".weight_index", ".bias_index")) for k in saved) == 2 * 4 * L
-    save_checkpoint(tmp_path / "c.safetensors", saved, "peft: {}", {"name": "x"}, C)
-    load_checkpoint(tmp_path / "c.safetensors", b, {"name": "x"}, C)
+    save_checkpoint(tmp_path / "c.safetensors", saved, "peft: {}", {"name": "x"}, NAMES)
+    load_checkpoint(tmp_path / "c.safetensors", b, {"name": "x"}, NAMES)
     with torch.no_grad():
         assert torch.equal(a(IMAGES), b(IMAGES))
     # A file written before the indices were saved still loads: the model keeps the ones its seed drew.
     old = {k: v for k, v in saved.items() if not k.endswith("_index")}
-    save_checkpoint(tmp_path / "old.safetensors", old, "peft: {}", {"name": "x"}, C)
+    save_checkpoint(tmp_path / "old.safetensors", old, "peft: {}", {"name": "x"}, NAMES)
     c = model()
-    load_checkpoint(tmp_path / "old.safetensors", c, {"name": "x"}, C)
+    load_checkpoint(tmp_path / "old.safetensors", c, {"name": "x"}, NAMES)
     with torch.no_grad():
         assert torch.equal(a(IMAGES), c(IMAGES))
     del old[next(k for k in old if k.endswith("weight_values"))]  # but a missing parameter is still refused
-    save_checkpoint(tmp_path / "bad.safetensors", old, "peft: {}", {"name": "x"}, C)
+    save_checkpoint(tmp_path / "bad.safetensors", old, "peft: {}", {"name": "x"}, NAMES)
     with pytest.raises(CheckpointError, match="missing"):
-        load_checkpoint(tmp_path / "bad.safetensors", model(), {"name": "x"}, C)
+        load_checkpoint(tmp_path / "bad.safetensors", model(), {"name": "x"}, NAMES)
 
 
 def test_bn_tuning_on_a_cnn_trains_exactly_the_batchnorm_affines():

@@ -67,3 +67,50 @@ def test_reading_while_a_job_replaces_the_file_sees_a_whole_state(tmp_path):
     finally:
         stop.set()
         thread.join()
+
+
+def _state(path, classnames=("a", "b")):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    save_state(path, {"w": model.weight}, opt, {"step": 1}, {}, classnames=classnames, origin="run /r on dataset d")
+    return model
+
+
+def test_a_damaged_state_is_refused(tmp_path):
+    path = tmp_path / "state.safetensors"
+    _state(path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # a byte of the last tensor's data
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"training state {path} is damaged or edited: .*cannot resume"):
+        load_state(path)
+
+
+def test_a_state_of_other_classes_is_refused(tmp_path):
+    path = tmp_path / "state.safetensors"
+    _state(path, ["a", "b"])
+    assert load_state(path, ["a", "b"])["counters"] == {"step": 1}
+    with pytest.raises(CheckpointError, match=r"training state .* was saved for other classes \(run /r on dataset d\): "
+                                              r"its class 1 is 'b', in the dataset e it is 'c'"):
+        load_state(path, ["a", "c"], "the dataset e")
+    with pytest.raises(CheckpointError, match="it has 2 classes, the dataset e has 3"):
+        load_state(path, ["a", "b", "c"], "the dataset e")
+
+
+def test_a_state_written_the_old_way_loads_with_a_note(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from tailtune.runtime.checkpoint import read_snapshot
+
+    path = tmp_path / "state.safetensors"
+    model = _state(path)
+    meta, _ = read_snapshot(path, "test file")
+    old = {k: v for k, v in meta.items() if k not in ("sha256", "classnames", "origin")}  # as written before
+    save_file(load_file(str(path)), str(path), metadata=old)
+    notes = []
+    st = load_state(path, ["x", "y"], log=notes.append)
+    assert torch.equal(st["model"]["w"], model.weight.detach())
+    assert notes == [f"note: training state {path} carries no checksum (written by an older tailtune): "
+                     "loaded without an integrity check."]

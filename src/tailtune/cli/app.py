@@ -67,6 +67,10 @@ def _print_if_quiet(metrics: dict, quiet: bool) -> None:
 
 
 def cmd_eval(args) -> int:
+    """Evaluate a finished run. A plain re-evaluation (the test split with the run's own test-time
+    ensemble and precision) is a reproduction check: metrics that differ from metrics.json are
+    named and exit 1. Another --tte, --split or --precision is a new measurement: exit 0."""
+    from tailtune.evaluation.metrics import differing_metrics
     from tailtune.report.text import format_results
     from tailtune.runs.run import evaluate
     from tailtune.runtime.rundir import read_metrics
@@ -79,22 +83,36 @@ def cmd_eval(args) -> int:
 
         gap = gap_against(saved, test)
         test = dict(test, generalisation_gap=gap)
+    was = saved["test"].get("precision")  # runs saved before eval.precision existed lack it
+    same_protocol = (args.split == "test" and test["tte"] == saved["test"]["tte"]
+                     and (was == test["precision"] if was else args.precision is None))
+    differing = differing_metrics(saved["test"], test) if same_protocol else []
     if args.json:
         print(json.dumps(test, indent=2))
-        return 0
-    shown = dict(saved, test=test, dataset=f"{saved['dataset']} ({args.split} split)", generalisation_gap=None)
-    print(format_results(shown))
-    if args.split == "train":
-        from tailtune.report.text import format_gap
+    else:
+        shown = dict(saved, test=test, dataset=f"{saved['dataset']} ({args.split} split)", generalisation_gap=None)
+        print(format_results(shown))
+        if args.split == "train":
+            from tailtune.report.text import format_gap
 
-        print(format_gap(gap, saved["data"]["group_names"]) if gap else
-              f"(no gap: the run saved no test metrics with tte {test['tte']}; use --tte none or the run's own)")
-    if args.split == "test" and test["tte"] == saved["test"]["tte"]:
-        same = abs(test["overall"] - saved["test"]["overall"]) < 1e-6
-        was = saved["test"].get("precision")  # runs saved before eval.precision existed lack it
-        print("matches metrics.json" if same else
-              f"differs from metrics.json (saved overall {saved['test']['overall']:.4f}"
-              + (f", evaluated in {was}; now {test['precision']}" if was and was != test["precision"] else "") + ")")
+            print(format_gap(gap, saved["data"]["group_names"]) if gap else
+                  f"(no gap: the run saved no test metrics with tte {test['tte']}; use --tte none or the run's own)")
+        if same_protocol and not differing:
+            print("matches metrics.json")
+        elif not same_protocol and args.split == "test" and test["tte"] == saved["test"]["tte"]:  # another precision
+            same = abs(test["overall"] - saved["test"]["overall"]) < 1e-6
+            print("matches metrics.json" if same else
+                  f"differs from metrics.json (saved overall {saved['test']['overall']:.4f}"
+                  + (f", evaluated in {was}; now {test['precision']}" if was and was != test["precision"] else "")
+                  + ")")
+    if differing:
+        shown_diffs = ", ".join(f"{k} {new} (saved {old})" for k, old, new in differing[:8])
+        more = f" and {len(differing) - 8} more" if len(differing) > 8 else ""
+        print(f"error: re-evaluating {args.run_dir} (test split, tte {test['tte']}, {test['precision']}) does not "
+              f"reproduce its metrics.json: {shown_diffs}{more}. The model, the data or the software changed "
+              "since the run: check that data.root still holds the same images (tailtune data check), that "
+              "checkpoint.safetensors is the run's own, and the versions of tailtune and torch.", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -91,3 +91,31 @@ def compute_metrics(preds, targets, groups, group_names, num_classes: int) -> di
     out["geometric_mean"] = geometric_mean(accs)
     out["num_samples"] = int(len(targets))
     return out
+
+
+def differing_metrics(saved: dict, now: dict, tol: float = 1e-6) -> list[tuple[str, str, str]]:
+    """(name, saved, now) of each number both metric dicts hold that differs by more than ``tol``
+    (nested values named as per_class[3], ...); strings (tte, precision) and the views per image
+    are settings, not compared. What ``tailtune eval`` reports when a run does not reproduce."""
+    out = []
+
+    def walk(name, a, b):
+        if isinstance(a, bool) or isinstance(b, bool):
+            return
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            if a != b and not abs(a - b) <= tol:  # NaN differs from anything
+                out.append((name, f"{a:.6g}", f"{b:.6g}"))
+        elif isinstance(a, dict) and isinstance(b, dict):
+            for k in a:
+                if k in b:
+                    walk(f"{name}.{k}" if name else k, a[k], b[k])
+        elif isinstance(a, list) and isinstance(b, list):
+            if len(a) != len(b):
+                out.append((name, f"{len(a)} values", f"{len(b)} values"))
+            else:
+                for i, (x, y) in enumerate(zip(a, b)):
+                    walk(f"{name}[{i}]", x, y)
+
+    walk("", {k: v for k, v in saved.items() if k not in ("views_per_image",)},
+         {k: v for k, v in now.items() if k not in ("views_per_image",)})
+    return out

@@ -32,7 +32,7 @@ from tailtune.experiment import build
 from tailtune.models.peft.base import PEFT_METHODS, mergeable, method_names
 from tailtune.models.peft.targets import set_part
 from tailtune.runtime.checkpoint import check_fit, load_checkpoint, write_safetensors
-from tailtune.runtime.rundir import CHECKPOINT, read_config, read_metrics
+from tailtune.runtime.rundir import CHECKPOINT, METRICS, read_config, read_metrics
 from tailtune.version import __version__
 
 FORMAT = "tailtune-export-1"
@@ -143,7 +143,8 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True, onnx: b
     cfg.train.device = "cpu"  # exports are written from CPU tensors, whatever the run trained on
     classnames = metrics["data"]["classnames"]
     exp = build_without_data(cfg, classnames)
-    load_checkpoint(run_dir / CHECKPOINT, exp.model, exp.backbone.info, len(classnames))
+    load_checkpoint(run_dir / CHECKPOINT, exp.model, exp.backbone.info, classnames,
+                    f"run {run_dir} ({METRICS}, dataset {metrics.get('dataset')})")
     model, res = exp.model.float(), exp.backbone.preprocess.resolution
     reference = _probe(model, res)
 

@@ -152,7 +152,8 @@ def _load_run(run_dir: Path, device: str):
     cfg.train.device = device
     names = metrics["data"]["classnames"]
     exp = build_without_data(cfg, names, metrics["data"].get("groups"))
-    load_checkpoint(run_dir / CHECKPOINT, exp.model, exp.backbone.info, len(names))
+    load_checkpoint(run_dir / CHECKPOINT, exp.model, exp.backbone.info, names,
+                    f"run {run_dir} ({METRICS}, dataset {metrics.get('dataset')})")
     return exp, names
 
 

@@ -118,7 +118,7 @@ def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
     run.log(f"run folder: {run.path}" + (f" ({info.world_size} processes)" if info.enabled else ""))
     exp, selector = _build_run(cfg, run, resume)
     params = _describe(exp, run.log)
-    saved = load_state(run.path / STATE) if resume else None
+    saved = load_state(run.path / STATE, exp.data.classnames, _whose(exp, run), run.log) if resume else None
     head_init = _restore_or_init_head(exp, saved, run)
     trainer = _make_trainer(exp, _training_inputs(exp, run.log), run, info, selector, head_init)
     if saved:
@@ -211,7 +211,8 @@ def _make_trainer(exp: Experiment, inputs: _TrainingInputs, run: RunDir | NullRu
         if info.is_main:
             sel_meta, sel_tensors = selector.state()
             save_state(run.path / STATE, exp.model.trainable_state_dict(), trainer.optimizer, counters,
-                       {"head_init": head_init, "selector": sel_meta}, sel_tensors)
+                       {"head_init": head_init, "selector": sel_meta}, sel_tensors,
+                       classnames=exp.data.classnames, origin=_origin(exp, run))
 
     return Trainer(inputs.model, inputs.loss_fn, inputs.dataset, cfg.train, exp.device, exp.dtype, inputs.workers,
                    backbone_lr=cfg.peft.lr, quiet=cfg.quiet or not info.is_main, log=run.log,
@@ -253,7 +254,17 @@ def _save_result(exp: Experiment, run: RunDir | NullRun, info: DistInfo) -> None
         run.write_metrics(exp.data.record, SPLITS)
     if info.is_main:
         save_checkpoint(run.path / CHECKPOINT, exp.model.trainable_state_dict(), C.to_yaml(exp.cfg),
-                        exp.backbone.info, exp.data.num_classes)
+                        exp.backbone.info, exp.data.classnames, _origin(exp, run))
+
+
+def _origin(exp: Experiment, run: RunDir | NullRun) -> str:
+    """Where a saved file's weights come from (kept in it, named when it is refused elsewhere)."""
+    return f"run {run.path} on dataset {exp.cfg.data.name}"
+
+
+def _whose(exp: Experiment, run: RunDir | NullRun) -> str:
+    """Whose class names a loaded file must have (for its messages)."""
+    return f"the dataset {exp.cfg.data.name} of run {run.path}"
 
 
 @dataclass

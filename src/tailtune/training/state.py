@@ -2,23 +2,34 @@
 
 The file holds the trainable tensors, the optimizer's buffers, every RNG state (Python,
 NumPy, torch, CUDA) and, as JSON metadata, the counters, scheduler, grad scaler and
-optimizer hyper-parameters. It is written to a temporary file and renamed, so a kill at
-any moment leaves either the previous state or the new one, never half of one.
+optimizer hyper-parameters, the dataset's class names and a checksum of it all (see
+runtime/checkpoint.py: a damaged or edited file, or one saved for other classes, is refused).
+It is written to a temporary file and renamed, so a kill at any moment leaves either the
+previous state or the new one, never half of one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from tailtune.errors import CheckpointError
-from tailtune.runtime.checkpoint import read_snapshot, write_safetensors
+from tailtune.runtime.checkpoint import (
+    check_classnames,
+    read_snapshot,
+    verify_checksum,
+    write_safetensors,
+)
 
 FORMAT = "tailtune-train-state-1"
+
+_log = logging.getLogger(__name__)
 
 
 def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
@@ -68,8 +79,10 @@ def _join_optimizer(meta: dict, tensors: dict[str, torch.Tensor]) -> dict:
 
 
 def save_state(path: str | Path, model_tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-               counters: dict, extra: dict, extra_tensors: dict[str, torch.Tensor] | None = None) -> None:
-    """Write the training state atomically (temporary file + rename)."""
+               counters: dict, extra: dict, extra_tensors: dict[str, torch.Tensor] | None = None,
+               classnames: Sequence[str] | None = None, origin: str = "") -> None:
+    """Write the training state atomically (temporary file + rename), with its checksum and the
+    dataset's ``classnames`` (``origin``: where it comes from, for messages)."""
     path = Path(path)
     optim_meta, optim_tensors = _split_optimizer(optimizer.state_dict())
     rng_meta, rng_tensors = rng_state()
@@ -78,18 +91,30 @@ def save_state(path: str | Path, model_tensors: dict[str, torch.Tensor], optimiz
     tensors.update(optim_tensors)
     tensors.update(rng_tensors)
     meta = {"format": FORMAT, "counters": json.dumps(counters), "optimizer": json.dumps(optim_meta),
-            "rng": json.dumps(rng_meta), "extra": json.dumps(extra)}
-    write_safetensors(path, tensors, meta)
+            "rng": json.dumps(rng_meta), "extra": json.dumps(extra), "origin": origin}
+    if classnames is not None:
+        meta["classnames"] = json.dumps(list(classnames))
+    write_safetensors(path, tensors, meta, checksum=True)
 
 
-def load_state(path: str | Path) -> dict:
-    """Read a training state; returns model tensors, optimizer state dict, rng parts, counters, extra."""
+def load_state(path: str | Path, classnames: Sequence[str] | None = None, expected: str = "the dataset",
+               log: Callable[[str], None] = _log.warning) -> dict:
+    """Read a training state; returns model tensors, optimizer state dict, rng parts, counters, extra.
+
+    Verified: its checksum, and (given ``classnames``, the dataset's; ``expected`` says whose) the
+    class names it was saved for.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no training state at {path}: the run saved none yet (nothing to resume).")
     meta, tensors = read_snapshot(path, "training state")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tailtune training state.")
+    verify_checksum(path, meta, tensors, "training state",
+                    "The run cannot resume from it: restore the file from a backup, or train the run again "
+                    "in a new folder.", log)
+    if classnames is not None:
+        check_classnames(path, meta, classnames, "training state", expected)
     return {
         "model": {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
         "optimizer": _join_optimizer(json.loads(meta["optimizer"]), tensors),
