@@ -26,6 +26,20 @@ def option_registries(section: str) -> list[Registry]:
     return sorted(_SECTIONS.get(section, ()), key=lambda r: r.kind)
 
 
+# config key -> the registry whose names are its allowed values (config/schema.py checks the key
+# against it when a section is made, config/reference.py lists them; no copy of the names is kept).
+_FILLS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def filling(key: str) -> Registry:
+    """The registry whose names are the allowed values of config key ``key`` (e.g. ``eval.tte``)."""
+    try:
+        return _FILLS[key]
+    except KeyError:
+        raise LookupError(f"no registry fills config key {key!r}: the module that declares it is not imported "
+                          "(`import tailtune` imports them all)") from None
+
+
 class Registry(Generic[T]):
     """A validated mapping of lowercase names to objects, with helpful lookup errors.
 
@@ -33,16 +47,25 @@ class Registry(Generic[T]):
     dataclass of its own options (``register(name, options=Options)``): the config schema
     gathers them as ``<section>.<key>.*`` (key: the options class's ``KEY``, else the entry's
     name), so an entry's options live in the entry's own module.
+
+    With ``fills`` (a config key such as ``eval.tte``), the registry's names are that key's
+    allowed values: the schema checks the key against the names registered at that time, and
+    the configuration reference lists them, so a new entry is one registration.
     """
 
-    def __init__(self, kind: str, section: str | None = None):
+    def __init__(self, kind: str, section: str | None = None, fills: str | None = None):
         self.kind = kind
         self.section = section
+        self.fills = fills
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
         self._options: dict[str, Any] = {}
         if section is not None:
             _SECTIONS.setdefault(section, weakref.WeakSet()).add(self)
+        if fills is not None:
+            if _FILLS.get(fills) is not None:
+                raise ValueError(f"config key {fills!r} is already filled by the {_FILLS[fills].kind} registry")
+            _FILLS[fills] = self
 
     def register(self, name: str, help: str | None = None, options: Any = None) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``; a duplicate name is rejected.
@@ -65,6 +88,12 @@ class Registry(Generic[T]):
             return obj
 
         return deco
+
+    def unregister(self, name: str) -> None:
+        """Remove entry ``name`` (a plug-in's or a test's); an unknown name is a ConfigError."""
+        self.get(name)
+        for table in (self._items, self._help, self._options):
+            table.pop(name, None)
 
     def get(self, name: str) -> T:
         try:
@@ -95,6 +124,10 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def in_order(self) -> list[str]:
+        """The names in the order they were registered (the order error texts and docs list choices in)."""
+        return list(self._items)
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

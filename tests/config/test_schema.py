@@ -73,3 +73,27 @@ def test_runs_save_their_files_and_folders_as_absolute_paths(tmp_path, monkeypat
     assert out.train.cache_dir == str(Path("~/cache").expanduser())
     assert cfg.data.root == "photos"  # a copy
     assert with_absolute_paths(load_config("lift")).model.pretrained == "openai"  # a tag stays a tag
+
+
+@pytest.mark.parametrize("key", ["eval.tte", "train.scheduler", "data.interpolation"])
+def test_a_newly_registered_choice_is_accepted_without_touching_the_config(key):
+    """A key whose values are a registry's names (eval.tte: data.transforms.TTE_MODES, train.scheduler:
+    training.trainer.SCHEDULES, ...) takes an entry registered after import, and lists it in the docs."""
+    from tailtune.config.reference import config_reference
+    from tailtune.registry import filling
+
+    registry = filling(key)
+    assert registry.fills == key
+    with pytest.raises(ConfigError, match=f"{key}='dummy' is not valid; choose one of"):
+        load_config(overrides=[f"{key}=dummy"])
+    registry.register("dummy", help="a test's entry")(object())
+    try:
+        cfg = load_config(overrides=[f"{key}=dummy"])
+        section, name = key.split(".")
+        assert getattr(getattr(cfg, section), name) == "dummy"
+        assert "`dummy` — a test's entry" in config_reference()
+    finally:
+        registry.unregister("dummy")
+    assert "dummy" not in registry
+    with pytest.raises(ConfigError, match=f"{key}='dummy' is not valid"):
+        load_config(overrides=[f"{key}=dummy"])

@@ -113,12 +113,6 @@ def test_views_per_image_of_every_mode():
         assert (out.shape[0] if out.dim() == 4 else 1) == tf.views == T.views_per_image(mode, 3), mode
 
 
-def test_config_accepts_exactly_the_registered_modes():
-    from tailtune.config import TTE_MODES as CONFIG_TTE_MODES
-
-    assert sorted(CONFIG_TTE_MODES) == TTE_MODES.names()
-
-
 def test_unknown_tte_lists_valid_modes():
     from tailtune.errors import ConfigError
 
@@ -257,13 +251,14 @@ def test_interpolation_key_sets_the_filter_of_every_view():
         assert (a - b).abs().max() > 0.05  # the same crop, resampled by another filter
 
 
-def test_interpolation_choices_match_the_config():
-    from tailtune.config import INTERPOLATIONS, DataConfig
+def test_interpolation_choices_are_torchvision_filters_and_the_config_checks_them():
+    from tailtune.config import DataConfig
     from tailtune.errors import ConfigError, DataError
 
-    assert INTERPOLATIONS == T.INTERPOLATIONS
-    for mode in INTERPOLATIONS[1:]:
-        T.InterpolationMode(mode)  # every named filter is torchvision's
+    assert T.INTERPOLATIONS.in_order()[0] == "auto" and T.INTERPOLATIONS.get("auto") is None
+    for mode in T.INTERPOLATIONS.in_order()[1:]:
+        assert T.INTERPOLATIONS.get(mode) is T.InterpolationMode(mode)  # every named filter is torchvision's
+        assert DataConfig(interpolation=mode).interpolation == mode
     with pytest.raises(ConfigError, match=r"data.interpolation='cubic'.*bilinear"):
         DataConfig(interpolation="cubic")
     with pytest.raises(DataError, match=r"data.interpolation='cubic'"):

@@ -1,8 +1,10 @@
 """The configuration reference (docs/CONFIG.md), generated from the config schema.
 
 Every key, its type and default come from the dataclasses in ``config/schema.py``; its text and
-allowed values from the field's metadata (``help``, ``choices``: ``config.schema.setting``). A test compares the
-committed file with this output, so the reference cannot drift from the code.
+allowed values from the field's metadata (``help``, ``choices``: ``config.schema.setting``), or, for a key
+whose values are a registry's names (metadata ``registry``), from that registry as it is filled when the
+reference is made (each name with its help). A test compares the committed file with this output, so the
+reference cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 from typing import Any
 
 from tailtune import config as C
+from tailtune.registry import filling
 
 HEADER = """# Configuration reference
 
@@ -29,8 +32,21 @@ def field_docs(cls) -> dict[str, str]:
 
 
 def field_choices(cls) -> dict[str, tuple]:
-    """Field name -> its allowed values (the ``choices`` of its metadata), for fields that have them."""
-    return {f.name: tuple(f.metadata["choices"]) for f in dataclasses.fields(cls) if "choices" in f.metadata}
+    """Field name -> its allowed values (the ``choices`` of its metadata, or the names of the registry
+    its ``registry`` key names, in their registration order), for fields that have them."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if "choices" in f.metadata:
+            out[f.name] = tuple(f.metadata["choices"])
+        elif "registry" in f.metadata:
+            out[f.name] = tuple(C.registered_choices(f.metadata["registry"]))
+    return out
+
+
+def _registry_choices(key: str) -> str:
+    """The names of the registry that fills config key ``key``, each with its help: "`name` — help | ..."."""
+    reg = filling(key)
+    return " | ".join(f"`{n}` — {reg.help(n)}" if reg.help(n) else f"`{n}`" for n in reg.in_order())
 
 
 def _type(annotation: Any) -> str:
@@ -73,7 +89,9 @@ def _section_table(cls, prefix: str) -> list[str]:
             continue  # a section: documented under its own heading
         text = docs.get(f.name, "")
         listed = set(re.findall(r"[\w.-]+", text))
-        if f.name in choices and not {str(c) for c in choices[f.name]} <= listed:
+        if "registry" in f.metadata:
+            text += (": " if text else "") + _registry_choices(f.metadata["registry"])
+        elif f.name in choices and not {str(c) for c in choices[f.name]} <= listed:
             text += ("; " if text else "") + "allowed: " + ", ".join(f"`{c}`" for c in choices[f.name])
         rows.append(f"| `{prefix}{f.name}` | {_cell(_type(f.type))} | {_cell(_default(f))} | {_cell(text)} |")
     return rows

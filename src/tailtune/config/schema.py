@@ -9,43 +9,59 @@ fixed) is in its metadata (:func:`setting`); OmegaConf reads the annotations for
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Optional, Union
 
 from tailtune.errors import ConfigError
+from tailtune.registry import filling
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 EVAL_PRECISIONS = ("train", *PRECISIONS)  # eval.precision: train = whatever train.precision resolves to
 DEFAULT_PROMPT = "a photo of a {}."
-TTE_MODES = ("none", "fivecrop", "tencrop", "randaug")  # = data.transforms.TTE_MODES (a test keeps them equal)
-SCHEDULES = ("cosine", "cosine_epoch", "constant")  # = engine.SCHEDULES (a test keeps them equal)
 BN_MODES = ("auto", "eval", "train")
 VAL_MODES = ("auto", "split", "holdout", "none")
-INTERPOLATIONS = ("auto", "bicubic", "bilinear", "nearest", "lanczos")  # = data.transforms.INTERPOLATIONS (a test keeps them equal)
 ON_NAN_MODES = ("stop", "skip")
 CACHE_MODES = ("auto", "always", "never")  # = training.feature_cache.CACHE_MODES; not on/off: YAML reads those as booleans
 _BLOCKS_HELP = "all, 'first N', 'last N', 'S:E' or [S, E] (blocks S..E-1, counted from 0)"
 
 
 def setting(default: Any = MISSING, help: str = "", *, factory: Any = MISSING,
-            choices: tuple | None = None) -> Any:
+            choices: tuple | None = None, registry: str | None = None) -> Any:
     """A dataclass field with its help text, and its allowed values if they are fixed, in the
     field's metadata (``help``, ``choices``): docs/CONFIG.md and the error texts read them there.
 
     ``choices`` are checked by ``__post_init__`` with :func:`_check_choice` (OmegaConf >= 2.1,
     the floor, does not validate ``Literal`` annotations; 2.4 would, with its own error text).
+    ``registry``: the field's config key (``eval.tte``) when its allowed values are the names of the
+    registry that fills it (``Registry(..., fills="eval.tte")``, in a layer above): they are looked up
+    when checked (:func:`_check_registered`) and when documented, so the config keeps no copy of them.
     """
-    meta = {"help": help, **({"choices": choices} if choices is not None else {})}
+    meta = {"help": help, **({"choices": choices} if choices is not None else {}),
+            **({"registry": registry} if registry is not None else {})}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
-def _check_choice(section: str, key: str, value: Any, choices: tuple) -> None:
+def _check_choice(section: str, key: str, value: Any, choices: tuple | list) -> None:
     if value not in choices:
-        raise ConfigError(f"{section}.{key}={value!r} is not valid; choose one of {', '.join(map(str, choices))}.")
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(f"{section}.{key}={value!r} is not valid; choose one of {', '.join(map(str, choices))}.{hint}")
+
+
+def registered_choices(key: str) -> list[str]:
+    """The allowed values of config key ``key`` (``eval.tte``): the names of the registry that fills it,
+    in the order they were registered. ``import tailtune`` (which any ``import tailtune.config`` runs
+    first) has registered them all by the time a config is made."""
+    return filling(key).in_order()
+
+
+def _check_registered(section: str, key: str, value: Any) -> None:
+    _check_choice(section, key, value, registered_choices(f"{section}.{key}"))
 
 
 def _check_positive(section: str, key: str, value: float | None, allow_zero: bool = False) -> None:
@@ -76,11 +92,11 @@ class DataConfig:
     verify_images: bool = setting(True, "decode every listed image at start-up (a corrupt file stops the run, named); with data.store only if data.skip_corrupt")
     skip_corrupt: bool = setting(False, "drop images that do not decode (the run reports how many) instead of stopping")
     store: Optional[str] = setting(None, "folder written by `tailtune data cache`: decoded, resized pixels (no JPEG decoding)")
-    interpolation: str = setting("auto", "resize filter of every view (training crops, test view, five/ten crops, head init): auto (the backbone's; bicubic for CLIP) | bilinear (the reference's, torchvision's default) | bicubic | nearest | lanczos", choices=INTERPOLATIONS)
+    interpolation: str = setting("auto", "resize filter of every view (training crops, test view, five/ten crops, head init)", registry="data.interpolation")
 
     def __post_init__(self) -> None:
         _check_choice("data", "val", self.val, VAL_MODES)
-        _check_choice("data", "interpolation", self.interpolation, INTERPOLATIONS)
+        _check_registered("data", "interpolation", self.interpolation)
         _check_positive("data", "holdout_per_class", self.holdout_per_class)
         if self.imb_ratio < 1:
             raise ConfigError(f"data.imb_ratio={self.imb_ratio} must be >= 1 (n_max / n_min).")
@@ -194,7 +210,7 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    scheduler: str = setting("cosine", "cosine (over the steps) | cosine_epoch (over the epochs, fixed within one: the reference code's) | constant", choices=SCHEDULES)
+    scheduler: str = setting("cosine", "learning-rate schedule, stepped after every optimizer step", registry="train.scheduler")
     precision: str = setting("auto", "auto (CUDA: bf16, else fp16; CPU: bf16 for ViTs if the CPU has native bf16, else fp32) | bf16 | fp16 | fp32", choices=PRECISIONS)
     seed: int = 0
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
@@ -224,7 +240,7 @@ class TrainConfig:
         _check_positive("train", "momentum", self.momentum, allow_zero=True)
         _check_positive("train", "weight_decay", self.weight_decay, allow_zero=True)
         _check_positive("train", "log_every", self.log_every)
-        _check_choice("train", "scheduler", self.scheduler, SCHEDULES)
+        _check_registered("train", "scheduler", self.scheduler)
         _check_choice("train", "precision", self.precision, PRECISIONS)
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise ConfigError(
@@ -242,7 +258,7 @@ def _largest_divisor(n: int, at_most: int) -> int:
 class EvalConfig:
     """Evaluation and test-time ensembling."""
 
-    tte: str = setting("fivecrop", "`tailtune list tte`: none | fivecrop | tencrop | randaug", choices=TTE_MODES)
+    tte: str = setting("fivecrop", "test-time ensemble (`tailtune list tte`)", registry="eval.tte")
     expand: Optional[int] = setting(None, "fivecrop/tencrop: resize to resolution + expand; null = the backbone's: 21 for ViT-L/14 (224 and 336 px), else 24 (the reference's values)")
     randaug_views: int = setting(10, "randaug: draws of the training augmentation per image")
     batch_size: int = 128
@@ -251,7 +267,7 @@ class EvalConfig:
     report: bool = setting(True, "write report.html (+ PNGs) at the end of the run; later: `tailtune report RUN_DIR`")
 
     def __post_init__(self) -> None:
-        _check_choice("eval", "tte", self.tte, TTE_MODES)
+        _check_registered("eval", "tte", self.tte)
         _check_positive("eval", "expand", self.expand, allow_zero=True)
         _check_positive("eval", "randaug_views", self.randaug_views)
         _check_positive("eval", "batch_size", self.batch_size)

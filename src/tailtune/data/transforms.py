@@ -6,9 +6,10 @@ bicubic and bilinear resampling the native uint8 kernels match PIL's to within 2
 a third of its cost; other modes go through PIL) and are converted and normalised in one
 step at the end.
 
-Two registries: ``AUGMENTATIONS`` (training views; each has ``set_epoch`` so that the
-trainer can drive a curriculum) and ``TTE_MODES`` (evaluation views; each has ``views``,
-the forward passes per image, reported next to the accuracy).
+Three registries: ``AUGMENTATIONS`` (training views; each has ``set_epoch`` so that the
+trainer can drive a curriculum), ``TTE_MODES`` (evaluation views, the choices of ``eval.tte``;
+each has ``views``, the forward passes per image, reported next to the accuracy) and
+``INTERPOLATIONS`` (the resize filters, the choices of ``data.interpolation``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tailtune.errors import DataError
 from tailtune.registry import Registry
 
 AUGMENTATIONS: Registry = Registry("augmentation")
-TTE_MODES: Registry = Registry("test-time ensemble")
+TTE_MODES: Registry = Registry("test-time ensemble", fills="eval.tte")
 
 # fivecrop/tencrop resize to resolution + expand, a value per backbone as the reference sets it:
 # 21 for CLIP ViT-L/14 at 224 and at 336 px (reference: configs/model/clip_vit_l14.yaml:24,
@@ -40,8 +41,13 @@ VIT_L14_EXPAND = 21
 # ViT-L/14 in open_clip's (ViT-L-14, ViT-L-14-336, ...), timm's (vit_large_patch14_clip_224...)
 # and the reference's (CLIP-ViT-L/14@336px) spelling.
 _VIT_L14 = re.compile(r"vit[-_]l[-_/]14(?![0-9])|vit[-_]large[-_]patch14(?![0-9])", re.IGNORECASE)
-# data.interpolation: "auto" keeps the backbone's filter; these name one (torchvision's InterpolationMode).
-INTERPOLATIONS = ("auto", "bicubic", "bilinear", "nearest", "lanczos")
+# data.interpolation: "auto" keeps the backbone's filter; the others name one of torchvision's InterpolationMode.
+INTERPOLATIONS: Registry = Registry("interpolation", fills="data.interpolation")
+INTERPOLATIONS.register("auto", help="the backbone's own (bicubic for CLIP)")(None)
+INTERPOLATIONS.register("bicubic", help="CLIP's filter")(InterpolationMode.BICUBIC)
+INTERPOLATIONS.register("bilinear", help="the reference's, torchvision's default")(InterpolationMode.BILINEAR)
+INTERPOLATIONS.register("nearest", help="nearest neighbour (resampled through PIL)")(InterpolationMode.NEAREST)
+INTERPOLATIONS.register("lanczos", help="Lanczos (resampled through PIL)")(InterpolationMode.LANCZOS)
 RRC_MIN_AREA = 0.08  # RandomResizedCrop's default lower bound of the crop area
 
 
@@ -62,7 +68,8 @@ class Preprocess:
 def with_interpolation(p: Preprocess, interpolation: str = "auto") -> Preprocess:
     """``p`` with every view's resize filter set by ``data.interpolation`` ("auto": the backbone's own)."""
     if interpolation not in INTERPOLATIONS:
-        raise DataError(f"data.interpolation={interpolation!r} is not valid; choose one of {', '.join(INTERPOLATIONS)}.")
+        raise DataError(f"data.interpolation={interpolation!r} is not valid; "
+                        f"choose one of {', '.join(INTERPOLATIONS.in_order())}.")
     return p if interpolation == "auto" else replace(p, interpolation=interpolation)
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from tailtune.config import TrainConfig
 from tailtune.data.samplers import build_sampler
 from tailtune.errors import ConfigError, TailtuneError
+from tailtune.registry import Registry
 from tailtune.runtime.distributed import DistInfo
 from tailtune.runtime.loader import make_loader, to_device
 from tailtune.runtime.precision import autocast
@@ -29,18 +30,29 @@ from tailtune.training.loader import EpochKeyed, EpochKeys
 _log = logging.getLogger(__name__)
 
 
+# train.scheduler: the learning-rate schedule, stepped after every optimizer step; each entry is
+# ``(optimizer, steps_per_epoch, epochs) -> scheduler``.
+SCHEDULES: Registry = Registry("learning-rate schedule", fills="train.scheduler")
+
+
+@SCHEDULES.register("cosine", help="over the steps")
+def _cosine(optimizer, steps_per_epoch: int, epochs: int):
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps_per_epoch * epochs)
+
+
+@SCHEDULES.register("cosine_epoch", help="over the epochs, fixed within one: the reference code's")
 def _cosine_per_epoch(optimizer, steps_per_epoch: int, epochs: int):
-    """Cosine over the epochs, the rate fixed within each: epoch e trains at lr * (1 + cos(pi e / E)) / 2."""
+    """Cosine over the epochs, the rate fixed within each: epoch e trains at lr * (1 + cos(pi e / E)) / 2.
+
+    The reference code's: CosineAnnealingLR stepped once per epoch.
+    """
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * (step // steps_per_epoch) / epochs)))
 
 
-# train.scheduler: the learning-rate schedule, stepped after every optimizer step.
-SCHEDULES = {
-    "cosine": lambda opt, spe, epochs: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=spe * epochs),
-    "cosine_epoch": _cosine_per_epoch,  # the reference code's (CosineAnnealingLR stepped once per epoch)
-    "constant": lambda opt, spe, epochs: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
-}
+@SCHEDULES.register("constant", help="train.lr throughout")
+def _constant(optimizer, steps_per_epoch: int, epochs: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
 def _zero_sums() -> dict:
@@ -134,7 +146,7 @@ class Trainer:
         self.sampler = build_sampler(self.cfg.sampler, self.train_set.targets, self.cfg.seed,
                                      self.dist.rank, world)
         self.steps_per_epoch = math.ceil(len(self.sampler) / self.rank_batch)
-        self.scheduler = SCHEDULES[self.cfg.scheduler](self.optimizer, self.steps_per_epoch, self.cfg.epochs)
+        self.scheduler = SCHEDULES.get(self.cfg.scheduler)(self.optimizer, self.steps_per_epoch, self.cfg.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.net = self.model
         if self.dist.enabled:
