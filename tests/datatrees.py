@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 _JPEG: dict[int, bytes] = {}
@@ -109,3 +111,15 @@ def inat_tree(root: Path, train_counts: list[int], as_json: bool = True) -> dict
         write_list(root / "iNaturalist18_val.txt", rows["test"])
     (root / "categories.json").write_text(json.dumps(INAT_CATEGORIES))
     return rows
+
+
+def fake_cifar100(root, per_class=500, test_per_class=2):
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        labels = list(np.tile(np.arange(100), n))
+        data = rng.integers(0, 255, (len(labels), 3072), dtype=np.uint8)
+        pickle.dump({"data": data, "fine_labels": labels}, open(folder / split, "wb"))
+    names = [f"class_{i}" for i in range(100)]
+    pickle.dump({"fine_label_names": names}, open(folder / "meta", "wb"))

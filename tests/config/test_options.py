@@ -156,7 +156,7 @@ def test_every_offline_source_builds_trains_saves_and_reloads(tmp_path, source):
     if source == "fashion_mnist_lt":
         fake_fashion_mnist(root, per_class=6, test_per_class=1)
     elif source == "cifar100_lt":
-        from test_sources import fake_cifar100
+        from datatrees import fake_cifar100
 
         fake_cifar100(root, per_class=3, test_per_class=1)
     extra = [] if source == "synthetic" else [f"data.root={root}", "data.imb_ratio=3"]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import fake_fashion_mnist, write_idx
+from datatrees import fake_cifar100
 from tailtune.config import DataConfig
 from tailtune.data.sources.base import SOURCES, build_data
 from tailtune.data.sources.cifar import read_cifar100
@@ -46,18 +47,6 @@ def test_fashion_mnist_missing_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr("tailtune.data.sources.fashion_mnist.FASHION_MNIST_DEBIAN", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         read_fashion_mnist(str(tmp_path / "empty"))
-
-
-def fake_cifar100(root, per_class=500, test_per_class=2):
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("test", test_per_class)):
-        labels = list(np.tile(np.arange(100), n))
-        data = rng.integers(0, 255, (len(labels), 3072), dtype=np.uint8)
-        pickle.dump({"data": data, "fine_labels": labels}, open(folder / split, "wb"))
-    names = [f"class_{i}" for i in range(100)]
-    pickle.dump({"fine_label_names": names}, open(folder / "meta", "wb"))
 
 
 def test_cifar100_lt_counts_and_groups(tmp_path):
