@@ -30,7 +30,7 @@ from tailtune.data.transforms import Preprocess
 from tailtune.errors import CheckpointError, ConfigError
 from tailtune.experiment import build
 from tailtune.models.peft.base import PEFT_METHODS, mergeable, method_names
-from tailtune.models.peft.targets import set_part
+from tailtune.models.peft.targets import SelfAttention, set_part
 from tailtune.runtime.checkpoint import check_fit, load_checkpoint, write_safetensors
 from tailtune.runtime.rundir import CHECKPOINT, METRICS, read_config, read_metrics
 from tailtune.version import __version__
@@ -89,8 +89,6 @@ def _implicit_attention(sa) -> nn.MultiheadAttention:
 def _align_attention(model: nn.Module, reference: nn.Module) -> None:
     """Where ``reference`` (built from the export config) keeps open_clip's original attention
     and ``model`` holds the explicit form a merged method introduced, switch back."""
-    from tailtune.models.peft.targets import SelfAttention
-
     ref = dict(reference.named_modules())
     for name, module in list(model.named_modules()):
         if isinstance(module, SelfAttention) and isinstance(ref.get(name), nn.MultiheadAttention):

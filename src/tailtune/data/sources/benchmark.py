@@ -14,6 +14,7 @@ from tailtune.config import DataConfig
 from tailtune.data.base import FileDataset
 from tailtune.data.holdout import VAL_SPLIT
 from tailtune.data.longtail import GROUPS, class_counts, shot_groups
+from tailtune.data.sources.base import LTData
 from tailtune.data.splits import (
     find_list,
     path_mapper,
@@ -63,8 +64,6 @@ def read_splits(cfg: DataConfig, lists: dict[str, str]) -> tuple[dict[str, Liste
 def list_data(cfg: DataConfig, root: Path, splits: dict[str, Listed], classnames: Sequence[str],
               notes: Sequence[str] = ()):
     """An ``LTData`` of listed files: paths rewritten by ``data.path_map`` and joined to the root."""
-    from tailtune.data.sources.base import LTData
-
     mapper = path_mapper(cfg.path_map)
     sets = {}
     for split, (paths, labels) in splits.items():

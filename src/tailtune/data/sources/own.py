@@ -16,6 +16,7 @@ from tailtune.config import DataConfig
 from tailtune.data.base import FileDataset
 from tailtune.data.holdout import HELD_OUT_VAL, VAL_SPLIT, counts_of, holdout_size, split_off, take
 from tailtune.data.longtail import GROUPS, class_counts, exp_profile, shot_groups, subsample
+from tailtune.data.sources.base import LTData
 from tailtune.errors import DataError
 
 Split = tuple[list[str], list[int]]
@@ -24,8 +25,6 @@ Split = tuple[list[str], list[int]]
 def own_data(cfg: DataConfig, train: Split, val: Split | None, test: Split | None,
              classnames: Sequence[str], where: str):
     """An ``LTData`` from own files: hold out what is missing, optionally subsample, group."""
-    from tailtune.data.sources.base import LTData
-
     num = len(classnames)
     counts = class_counts(train[1], num)
     empty = np.where(counts == 0)[0]
