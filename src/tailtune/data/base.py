@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
+from tailtune.data.images import ImageFileError, open_image
 from tailtune.errors import DataError
 
 # The file extensions read as images, by the folder source and by ``predict`` alike (lower case).
@@ -39,7 +39,8 @@ class ArrayDataset(torch.utils.data.Dataset):
 
 
 class FileDataset(torch.utils.data.Dataset):
-    """Images read from files; a file that does not decode is a clear error naming it."""
+    """Images read from files as RGB (data/images.py: the rules for every PIL mode); a file that
+    does not decode is a clear error naming it."""
 
     def __init__(self, paths: Sequence[str | Path], targets: Sequence[int]):
         if len(paths) != len(targets):
@@ -51,15 +52,14 @@ class FileDataset(torch.utils.data.Dataset):
         return len(self.targets)
 
     def __getitem__(self, i: int):
-        path = self.paths[i]
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB"), self.targets[i]
-        except FileNotFoundError:
-            raise DataError(f"image file {path} does not exist (listed as sample {i}).") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise DataError(f"image file {path} is corrupt or not an image ({e}); "
-                            "replace or remove it from the dataset.") from None
+            return open_image(self.paths[i]), self.targets[i]
+        except ImageFileError as e:
+            # Met while training or evaluating (the start-up check was off, or a store was used):
+            # one file at a time here, so the way to see them all is said.
+            raise ImageFileError(e.path, f"{e.problem} (sample {i})",
+                                 f"{e.fix}; `tailtune data check` with the run's data settings names every "
+                                 "such file, and data.skip_corrupt=true leaves them out", e.kind) from None
 
 
 class Subset(torch.utils.data.Dataset):

@@ -29,6 +29,7 @@ from torchvision.transforms import functional as TF
 
 from tailtune.config import DataConfig, to_dict
 from tailtune.config.options import migrate_saved, option_types
+from tailtune.data.images import to_rgb
 from tailtune.errors import DataError
 from tailtune.runtime.progress import progress
 
@@ -47,7 +48,7 @@ def resized(img, short_side: int, interpolation: str) -> Image.Image:
     The same resize the test transform applies (torchvision's ``Resize(short_side)``), so a
     store built at the test view's size gives the raw path's test views pixel for pixel.
     """
-    img = TF.to_pil_image(img) if torch.is_tensor(img) else img.convert("RGB")
+    img = TF.to_pil_image(img) if torch.is_tensor(img) else to_rgb(img)
     if min(img.size) <= short_side:
         return img
     return TF.resize(img, short_side, interpolation=InterpolationMode(interpolation))

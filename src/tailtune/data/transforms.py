@@ -25,6 +25,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from torchvision.transforms.v2 import functional as TF2
 
+from tailtune.data.images import to_rgb
 from tailtune.errors import DataError
 from tailtune.registry import Registry
 
@@ -266,7 +267,7 @@ def _pixels(img) -> tuple[bytes, tuple[int, int]]:
     """(RGB bytes row by row, (width, height)) of a PIL image or a (3, H, W) uint8 tensor: the same for both."""
     if torch.is_tensor(img):
         return img.permute(1, 2, 0).contiguous().numpy().tobytes(), (img.shape[2], img.shape[1])
-    img = img.convert("RGB")
+    img = to_rgb(img)
     return img.tobytes(), img.size
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from tailtune.data.base import IMAGE_SUFFIXES
+from tailtune.data.images import open_image, to_rgb
 from tailtune.data.transforms import eval_transform
 from tailtune.errors import ConfigError, DataError
 from tailtune.experiment import tte_options
@@ -52,14 +53,8 @@ def _open(item):
     if torch.is_tensor(item):  # a (3, H, W) uint8 image, as the array sources and the image store give
         return item
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
-    try:
-        with Image.open(item) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"image file {item} does not exist.") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DataError(f"{item} is not a readable image ({e}).") from None
+        return to_rgb(item, "(an in-memory image)")
+    return open_image(item)  # the same pixels as training and evaluation read (data/images.py)
 
 
 class _Images(torch.utils.data.Dataset):
