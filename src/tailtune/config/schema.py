@@ -90,7 +90,7 @@ class DataConfig:
     holdout_per_class: Optional[int] = setting(None, "folder / csv: images per class held out when test / val is missing (default: a quarter of the smallest class, at most 20)")
     val: str = setting("auto", "validation split: auto (the dataset's own; own data: a held-out slice of train) | split | holdout | none", choices=VAL_MODES)
     verify_images: bool = setting(True, "decode every listed image at start-up (a corrupt file stops the run, named); with data.store only if data.skip_corrupt")
-    skip_corrupt: bool = setting(False, "drop images that do not decode (the run reports how many) instead of stopping")
+    skip_corrupt: bool = setting(False, "drop images that cannot be read (corrupt, a refused mode or size; the notes name them) instead of stopping")
     store: Optional[str] = setting(None, "folder written by `tailtune data cache`: decoded, resized pixels (no JPEG decoding)")
     interpolation: str = setting("auto", "resize filter of every view (training crops, test view, five/ten crops, head init)", registry="data.interpolation")
 

@@ -10,24 +10,24 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from PIL import Image, UnidentifiedImageError
-
 from tailtune.data.base import FileDataset
+from tailtune.data.images import ImageFileError, decode, open_file
 from tailtune.errors import DataError
 
-SHOWN = 5  # paths quoted in an error
+SHOWN = 5  # missing paths quoted in an error
+SHOWN_BAD = 10  # unreadable files quoted per split, each with its reason
 
 
-def decode_error(path: str) -> str | None:
-    """Why ``path`` does not decode as an image, or None if it does."""
+def decode_error(path: str) -> ImageFileError | None:
+    """What is wrong with ``path`` as an image, or None if it reads: the same reading as
+    training's (data/images.py), so a file passed here never fails later."""
     try:
-        with Image.open(path) as img:
+        with open_file(path) as img:
             # JPEG: decode at reduced scale; every byte is still read, so truncation shows.
             img.draft("RGB", (64, 64))
-            img.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
-            ValueError) as e:  # PIL's ways of saying "corrupt" (or absurdly large)
-        return f"{type(e).__name__}: {e}"
+            decode(img, path)
+    except ImageFileError as e:
+        return e
     return None
 
 
@@ -40,8 +40,8 @@ def missing_files(data) -> dict[str, list[str]]:
     return {k: [p for p in ds.paths if not os.path.isfile(p)] for k, ds in _file_splits(data).items()}
 
 
-def corrupt_files(paths: list[str], workers: int | None = None) -> dict[str, str]:
-    """{path: reason} of the files that do not decode (decoded on threads: PIL releases the GIL)."""
+def corrupt_files(paths: list[str], workers: int | None = None) -> dict[str, ImageFileError]:
+    """{path: what is wrong} of the files that do not read as images (decoded on threads: PIL releases the GIL)."""
     workers = workers or min(8, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
         reasons = pool.map(decode_error, paths, chunksize=64)
@@ -64,20 +64,40 @@ def check_image_files(data, verify: bool = True, skip_corrupt: bool = False):
                         "Check data.root (and data.path_map when the lists use another folder layout).")
     if not verify:
         return data
-    changes, notes = {}, []
-    for split, ds in _file_splits(data).items():
-        bad = corrupt_files(ds.paths)
-        if not bad:
-            continue
-        if not skip_corrupt:
-            first = next(iter(bad))
-            more = f" ({len(bad) - 1} more {split} files do not decode either)" if len(bad) > 1 else ""
-            raise DataError(f"image file {first} is corrupt or not an image ({bad[first]}){more}; replace or "
-                            "remove it, or set data.skip_corrupt=true to leave such files out.")
-        keep = [i for i, p in enumerate(ds.paths) if p not in bad]
-        changes[split] = FileDataset([ds.paths[i] for i in keep], [ds.targets[i] for i in keep])
-        shown = ", ".join(list(bad)[:SHOWN])
-        notes.append(f"skipped {len(bad)} corrupt {split} images of {len(ds)} (data.skip_corrupt=true), e.g. {shown}.")
-    if not changes:
+    splits = _file_splits(data)
+    bad = {split: corrupt_files(ds.paths) for split, ds in splits.items()}
+    bad = {split: b for split, b in bad.items() if b}
+    if not bad:
         return data
+    if not skip_corrupt:
+        raise DataError(unreadable_message(bad, {k: len(v) for k, v in splits.items()}))
+    changes, notes = {}, []
+    for split, b in bad.items():
+        ds = splits[split]
+        keep = [i for i, p in enumerate(ds.paths) if p not in b]
+        changes[split] = FileDataset([ds.paths[i] for i in keep], [ds.targets[i] for i in keep])
+        notes.append(f"skipped {len(b)} corrupt or unreadable {split} images of {len(ds)} "
+                     f"(data.skip_corrupt=true): {_listing(b)}.")
     return replace(data, **changes, notes=[*data.notes, *notes])
+
+
+def _listing(bad: dict[str, ImageFileError]) -> str:
+    shown = "; ".join(f"{p} {e.problem}" for p, e in list(bad.items())[:SHOWN_BAD])
+    return shown + (f"; and {len(bad) - SHOWN_BAD} more" if len(bad) > SHOWN_BAD else "")
+
+
+def unreadable_message(bad: dict[str, dict[str, ImageFileError]], sizes: dict[str, int]) -> str:
+    """The error for the files of ``bad`` ({split: {path: what is wrong}}): one file in its own
+    words, several as their count per split and the first ten of every split, each with its reason."""
+    skip = "set data.skip_corrupt=true to leave such files out"
+    errors = [e for b in bad.values() for e in b.values()]
+    if len(errors) == 1:
+        return f"{errors[0]}"[:-1] + f", or {skip}."
+    kinds = {e.kind for e in errors}
+    how = [text for kind, text in (("mode", "save an image of a mode named above as 8-bit RGB or grey, PNG or JPEG"),
+                                   ("size", "resize an image over the size limit"),
+                                   ("missing", "check the paths of missing files")) if kind in kinds]
+    per_split = ", ".join(f"{k} {len(b)} of {sizes[k]}" for k, b in bad.items())
+    listed = " ".join(f"{k}: {_listing(b)}." for k, b in bad.items())
+    return (f"{len(errors)} image files cannot be read ({per_split}). {listed} Replace or remove them"
+            f"{' (' + '; '.join(how) + ')' if how else ''}, or {skip}.")
