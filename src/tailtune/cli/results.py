@@ -60,8 +60,11 @@ def cmd_config_reference(args) -> int:
 
     text = config_reference()
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        from tailtune.runtime.files import write_text, writing
+
+        with writing(Path(args.out).parent):
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_text(args.out, text)
         print(f"wrote {args.out}")
     else:
         print(text, end="")
