@@ -712,3 +712,18 @@ def test_splits_json_is_written_before_training_and_kept_on_resume(tiny_override
                    "other images. Put the data back as it was, or train a new run.")
     _log_has(d, err)
     assert json.loads((d / "splits.json").read_text()) == splits
+
+
+def test_report_command_without_room_keeps_the_previous_report(run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    d = tmp_path / "r"
+    shutil.copytree(run, d)
+    before = _snapshot(d)
+    _fail_replace(monkeypatch, "report.html")
+    assert cli.main(["report", str(d)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: cannot write {d}/report.html: the disk is full (no space left on device). The run's "
+                   f"results are untouched; make room, then run `tailtune report {d}` again.")
+    _no_tmp(d)
+    assert (d / "report.html").read_bytes() == before[d / "report.html"]

@@ -74,7 +74,11 @@ class RunDir:
     def __init__(self, path: Path, quiet: bool = False):
         self.path = path
         self.quiet = quiet
-        self._log = open(path / LOG, "a", encoding="utf-8")
+        try:
+            self._log = open(path / LOG, "a", encoding="utf-8")
+        except OSError as e:
+            raise write_error(path / LOG, e, "Nothing in the folder was changed; make it writable (or make "
+                              "room), then run the command again.") from e
         self._tb = None
 
     @classmethod
