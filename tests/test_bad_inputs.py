@@ -1,5 +1,6 @@
 """A catalogue of bad inputs: each gets a clear error (what, where, what to do) and leaves disk intact."""
 
+import errno
 import os
 from pathlib import Path
 
@@ -706,3 +707,272 @@ def test_an_unreadable_file_met_while_training_names_the_way_to_find_all(tiny_ov
                                         r"replace or remove it; `tailtune data check` with the run's data settings "
                                         r"names every such file"):
         tailtune.fit(cfg)
+
+
+# --- writing runs and the log (issue 15: 11, 12) ---
+# A write that fails (disk full, read-only folder, no permission) at any stage of a run is one
+# line on the console and in log.txt: the file, the cause, what is kept and the command that
+# continues; no temporary file is left. Every error that ends a run is in its log.txt.
+
+
+def _fail_replace(monkeypatch, name: str, code: int = errno.ENOSPC, nth: int = 1) -> None:
+    """os.replace onto a file called ``name`` fails with ``code`` at its ``nth`` call (the temporary
+    file is then complete: the failure is the one that can leave it behind)."""
+    real, calls = os.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name == name:
+            calls.append(dst)
+            if len(calls) == nth:
+                raise OSError(code, os.strerror(code), str(dst))
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def _train_fails(args, capsys, code: int = 2) -> str:
+    assert cli.main(["train", "-r", "lift", *args]) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+
+def _no_tmp(folder: Path) -> None:
+    assert not [p for p in folder.rglob("*") if ".tmp" in p.name], sorted(folder.rglob("*"))
+
+
+def _log_has(run_dir: Path, line: str) -> None:
+    assert line in (run_dir / "log.txt").read_text().splitlines()
+
+
+def _same_numbers(a: Path, b: Path) -> None:
+    import json
+
+    ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
+    assert ma["test"]["overall"] == mb["test"]["overall"] and ma["test"]["per_class"] == mb["test"]["per_class"]
+
+
+def test_disk_full_while_saving_the_training_state(run, tiny_overrides, tmp_path, capsys, monkeypatch):
+    """safetensors' own error (a partial temporary file on disk), at the 3rd periodic save: the 2nd
+    is kept, the run resumes from it to the same numbers as an uninterrupted run."""
+    from safetensors import SafetensorError
+
+    import tailtune.runtime.checkpoint as ckpt
+
+    real, calls = ckpt.save_file, []
+
+    def save_file(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) == 3:
+            Path(filename).write_bytes(b"half a file")
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(ckpt, "save_file", save_file)
+    d = tmp_path / "runs" / "w"
+    err = _train_fails([*tiny_overrides, "eval.tte=none", "name=w", "train.save_every=1"], capsys)
+    assert err == (f"error: cannot write {d}/train_state.safetensors: the disk is full (no space left on device). "
+                   "The training state at step 2 of epoch 1 (1 in all) is saved; continue with "
+                   f"`tailtune train --resume {d}`.")
+    _log_has(d, err)
+    _no_tmp(d)
+    monkeypatch.setattr(ckpt, "save_file", real)
+    assert cli.main(["train", "--resume", str(d)]) == 0
+    _same_numbers(d, run)
+    _no_tmp(d)
+
+
+def test_read_only_checkpoint_then_resume_evaluates(run, tiny_overrides, tmp_path, capsys, monkeypatch):
+    _fail_replace(monkeypatch, "checkpoint.safetensors", errno.EROFS)
+    d = tmp_path / "runs" / "w"
+    err = _train_fails([*tiny_overrides, "eval.tte=none", "name=w"], capsys)
+    assert err == (f"error: cannot write {d}/checkpoint.safetensors: the file system is read-only. Training "
+                   "finished: its state (epoch 1 of 1) is saved. "
+                   f"`tailtune train --resume {d}` evaluates it and writes the results.")
+    _log_has(d, err)
+    _no_tmp(d)
+    assert not (d / "checkpoint.safetensors").exists() and (d / "train_state.safetensors").exists()
+    monkeypatch.undo()
+    assert cli.main(["train", "--resume", str(d)]) == 0
+    _same_numbers(d, run)
+    assert not (d / "train_state.safetensors").exists()
+
+
+@pytest.mark.parametrize("name,code,cause", [
+    ("predictions.npz", errno.EDQUOT, "the disk quota is exceeded"),
+    ("metrics.json", errno.EACCES, "permission denied"),
+])
+def test_results_not_written(tiny_overrides, tmp_path, capsys, monkeypatch, name, code, cause):
+    _fail_replace(monkeypatch, name, code)
+    d = tmp_path / "runs" / "w"
+    err = _train_fails([*tiny_overrides, "eval.tte=none", "name=w"], capsys)
+    assert err == (f"error: cannot write {d}/{name}: {cause}. Training finished: its state (epoch 1 of 1) is "
+                   f"saved; checkpoint.safetensors is complete. `tailtune train --resume {d}` evaluates it and "
+                   "writes the results.")
+    _log_has(d, err)
+    _no_tmp(d)
+    assert not (d / "metrics.json").exists()
+
+
+def test_disk_full_at_the_report(tiny_overrides, tmp_path, capsys, monkeypatch):
+    _fail_replace(monkeypatch, "report.html")
+    d = tmp_path / "runs" / "w"
+    err = _train_fails([*tiny_overrides, "eval.tte=none", "name=w"], capsys)
+    assert err == (f"error: cannot write {d}/report.html: the disk is full (no space left on device). The run is "
+                   "complete (metrics.json, checkpoint.safetensors and predictions.npz are written); write its "
+                   f"report with `tailtune report {d}`.")
+    _log_has(d, err)
+    _no_tmp(d)
+    assert not (d / "report.html").exists()
+    monkeypatch.undo()
+    assert cli.main(["report", str(d)]) == 0 and (d / "report.html").is_file()
+
+
+def test_atomic_writes_leave_no_temporary_file(tmp_path, monkeypatch):
+    from tailtune.errors import WriteError
+    from tailtune.runtime.files import write_text
+
+    (tmp_path / "a.json").write_text("old")
+    _fail_replace(monkeypatch, "a.json", errno.ENOSPC)
+    with pytest.raises(WriteError, match=r"cannot write .*a.json: the disk is full \(no space left on device\)\."):
+        write_text(tmp_path / "a.json", "new")
+    assert (tmp_path / "a.json").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_feature_cache_without_room(tmp_path, monkeypatch):
+    """The memmap's blocks are reserved first: a full disk is an error naming the cache, not a SIGBUS later."""
+    from tailtune.errors import WriteError
+    from tailtune.training.feature_cache import FeatureStore
+
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_room)
+    with pytest.raises(WriteError, match=r"cannot write .*k.bf16: the disk is full .* The feature cache needs "
+                                         r"0.00 GiB there: set train.cache_dir to a folder with room, "
+                                         r"train.cache_dir=null \(in memory\) or train.cache_features=never."):
+        FeatureStore((1, 4, 2), tmp_path / "cache", "k", {})
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_export_without_room_names_the_output(run, tmp_path, capsys, monkeypatch):
+    _fail_replace(monkeypatch, "config.json")
+    out = tmp_path / "exp"
+    assert cli.main(["export", str(run), str(out), "--no-onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: cannot write {out}/config.json: the disk is full (no space left on device). The export "
+                   f"in {out} is incomplete (the run {run} is untouched); make room, then run "
+                   f"`tailtune export {run} {out} --overwrite` again.")
+    _no_tmp(out)
+
+
+@pytest.mark.parametrize("fault", ["nan", "corrupt"])
+def test_fatal_errors_are_in_the_log(tiny_overrides, tmp_path, capsys, monkeypatch, fault):
+    import torch
+
+    import tailtune.runs.run as run_module
+
+    if fault == "nan":
+        class NanLoss(torch.nn.Module):
+            def forward(self, logits, y):
+                return (logits * float("nan")).sum()
+
+        monkeypatch.setattr(run_module, "build_loss", lambda *args: NanLoss())
+    else:
+        def corrupt(*args, **kwargs):
+            raise DataError("test image /data/c0/3.jpg is corrupt (cannot identify image file)")
+
+        monkeypatch.setattr(run_module, "evaluate_with_predictions", corrupt)
+    d = tmp_path / "runs" / "w"
+    err = _train_fails([*tiny_overrides, "eval.tte=none", "name=w"], capsys)
+    assert err.startswith("error: the loss became nan at epoch 1, step 1." if fault == "nan" else
+                          "error: test image /data/c0/3.jpg is corrupt")
+    _log_has(d, err)
+
+
+def test_unexpected_exception_one_line_on_the_console_traceback_in_the_log(tiny_overrides, tmp_path, capsys,
+                                                                          monkeypatch):
+    import tailtune.runs.run as run_module
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(run_module, "evaluate_with_predictions", bug)
+    d = tmp_path / "runs" / "w"
+    err = _train_fails([*tiny_overrides, "eval.tte=none", "name=w"], capsys, code=1)
+    assert err == ("error: unexpected RuntimeError: boom. This is a bug in tailtune (please report it); the "
+                   f"traceback is in {d}/log.txt.")
+    log = (d / "log.txt").read_text()
+    assert "error: unexpected RuntimeError: boom\nTraceback (most recent call last):" in log
+    assert 'raise RuntimeError("boom")' in log
+
+
+def test_sigterm_during_the_final_evaluation(run, tiny_overrides, tmp_path, capsys, monkeypatch):
+    import signal
+
+    import tailtune.runs.run as run_module
+
+    real = run_module.evaluate_with_predictions
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "evaluate_with_predictions", killed)
+    d = tmp_path / "runs" / "w"
+    err = _train_fails([*tiny_overrides, "eval.tte=none", "name=w"], capsys, code=143)
+    assert err == ("stopped by signal 15 while in the final evaluation. Training finished: its state (epoch 1 of 1) "
+                   f"is saved; checkpoint.safetensors is complete. `tailtune train --resume {d}` evaluates it and "
+                   "writes the results.")
+    _log_has(d, err)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    monkeypatch.undo()
+    assert cli.main(["train", "--resume", str(d)]) == 0
+    _same_numbers(d, run)
+
+
+def test_splits_json_is_written_before_training_and_kept_on_resume(tiny_overrides, tmp_path, capsys,
+                                                                  monkeypatch):
+    import json
+
+    from datatrees import class_tree
+    from tailtune.training.trainer import Trainer
+
+    class_tree(tmp_path / "d", [12, 8])
+    real, seen = Trainer.fit, []
+
+    def fit(self, *args, **kwargs):
+        seen.append((tmp_path / "runs" / "w" / "splits.json").is_file())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    _fail_replace(monkeypatch, "checkpoint.safetensors")
+    d = tmp_path / "runs" / "w"
+    args = [*tiny_overrides, "eval.tte=none", "name=w", "data.name=folder", f"data.root={tmp_path / 'd'}"]
+    _train_fails(args, capsys)
+    assert seen == [True]
+    splits = json.loads((d / "splits.json").read_text())
+    assert set(splits) == {"test", "val"}
+    class_tree(tmp_path / "d", [4], prefix="c", start=100)  # the data changed since the run started
+    assert cli.main(["train", "--resume", str(d)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: the held-out splits drawn now differ from the run's {d}/splits.json: the images under "
+                   f"data.root={tmp_path / 'd'} changed since the run started, so resuming would train and test on "
+                   "other images. Put the data back as it was, or train a new run.")
+    _log_has(d, err)
+    assert json.loads((d / "splits.json").read_text()) == splits
+
+
+def test_report_command_without_room_keeps_the_previous_report(run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    d = tmp_path / "r"
+    shutil.copytree(run, d)
+    before = _snapshot(d)
+    _fail_replace(monkeypatch, "report.html")
+    assert cli.main(["report", str(d)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: cannot write {d}/report.html: the disk is full (no space left on device). The run's "
+                   f"results are untouched; make room, then run `tailtune report {d}` again.")
+    _no_tmp(d)
+    assert (d / "report.html").read_bytes() == before[d / "report.html"]

@@ -18,3 +18,14 @@ class DataError(TailtuneError):
 
 class CheckpointError(TailtuneError):
     """A checkpoint is missing, truncated or belongs to another model."""
+
+
+class WriteError(TailtuneError):
+    """A file could not be written (disk full, read-only folder, no permission, quota).
+
+    ``path`` is the file; the message says why, what was kept and the command that continues.
+    """
+
+    def __init__(self, message: str, path: str = ""):
+        super().__init__(message)
+        self.path = path

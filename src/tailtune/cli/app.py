@@ -262,6 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     except TailtuneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(str(e) or "interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        log = getattr(e, "tailtune_log", None)  # a run wrote the traceback into its log.txt
+        if log is None:
+            raise
+        print(f"error: unexpected {type(e).__name__}: {e}. This is a bug in tailtune (please report it); "
+              f"the traceback is in {log}.", file=sys.stderr)
+        return 1

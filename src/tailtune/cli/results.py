@@ -9,16 +9,26 @@ from pathlib import Path
 
 
 def cmd_report(args) -> int:
+    from tailtune.errors import WriteError
     from tailtune.report.html import write_report
 
-    print(f"report: {write_report(args.run_dir)}")
+    try:
+        print(f"report: {write_report(args.run_dir)}")
+    except WriteError as e:
+        raise WriteError(f"{e} The run's results are untouched; make room, then run `tailtune report "
+                         f"{args.run_dir}` again.", e.path) from e
     return 0
 
 
 def cmd_compare(args) -> int:
+    from tailtune.errors import WriteError
     from tailtune.report.compare import compare_runs
 
-    print(f"comparison: {compare_runs(args.run_dirs, args.out)}")
+    try:
+        print(f"comparison: {compare_runs(args.run_dirs, args.out)}")
+    except WriteError as e:
+        raise WriteError(f"{e} The runs are untouched; make room (or choose another --out), then run "
+                         "the same `tailtune compare` again.", e.path) from e
     return 0
 
 
@@ -60,8 +70,11 @@ def cmd_config_reference(args) -> int:
 
     text = config_reference()
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        from tailtune.runtime.files import write_text, writing
+
+        with writing(Path(args.out).parent):
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_text(args.out, text)
         print(f"wrote {args.out}")
     else:
         print(text, end="")

@@ -9,6 +9,7 @@ import numpy as np
 from tailtune.config import Config, list_presets, load_config
 from tailtune.data.longtail import FEW_MAX, MANY_MIN
 from tailtune.data.sources.base import SOURCES, LTData, build_data
+from tailtune.runtime.files import atomic, writing
 
 SHOWN = 5  # head / tail classes listed
 
@@ -63,7 +64,8 @@ def plot_counts(sorted_counts, path: str | Path, title: str = "") -> Path:
     from matplotlib.figure import Figure
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(8, 3.5))
     ax = fig.subplots()
     ax.bar(np.arange(len(sorted_counts)), sorted_counts, width=1.0, color="#4C72B0")
@@ -75,7 +77,8 @@ def plot_counts(sorted_counts, path: str | Path, title: str = "") -> Path:
     ax.set_ylabel("training images")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic(path, suffix=path.suffix) as tmp:  # the suffix names the image format
+        fig.savefig(tmp, dpi=120)
     return path
 
 

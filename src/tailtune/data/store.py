@@ -30,7 +30,8 @@ from torchvision.transforms import functional as TF
 from tailtune.config import DataConfig, to_dict
 from tailtune.config.options import migrate_saved, option_types
 from tailtune.data.images import to_rgb
-from tailtune.errors import DataError
+from tailtune.errors import DataError, WriteError
+from tailtune.runtime.files import atomic, write_text, writing
 from tailtune.runtime.progress import progress
 
 META = "meta.json"  # the store's description, written last: a store without it is unfinished
@@ -113,28 +114,39 @@ def write_store(data, cfg: DataConfig, out: str | Path, short_side: int = DEFAUL
     InterpolationMode(interpolation)  # a bad name fails here, before any work
     out = Path(out)
     check_store_folder(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / META).unlink(missing_ok=True)  # a half-written store is never mistaken for a finished one
+    try:
+        return _write_store(data, cfg, out, short_side, interpolation, workers, quiet)
+    except WriteError as e:
+        raise WriteError(f"{e} The store in {out} is incomplete (no {META}: it is never read as a store); make "
+                         f"room, then run `tailtune data cache` with --out {out} again.", e.path) from e
+
+
+def _write_store(data, cfg: DataConfig, out: Path, short_side: int, interpolation: str, workers: int,
+                 quiet: bool) -> dict:
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / META).unlink(missing_ok=True)  # a half-written store is never mistaken for a finished one
     splits = {}
     for name, ds in data.splits().items():
         loader = torch.utils.data.DataLoader(_Decoded(ds, short_side, interpolation), batch_size=None,
                                              shuffle=False, num_workers=workers, collate_fn=_as_is)
         index = np.zeros((len(ds), 4), dtype=np.int64)
         offset = 0
-        with open(out / f"{name}.u8", "wb") as f:
+        with atomic(out / f"{name}.u8") as tmp, open(tmp, "wb") as f:
             for i, (pixels, y) in enumerate(progress(loader, f"store {name}", quiet, total=len(ds), unit="img")):
                 pixels = np.ascontiguousarray(pixels)
                 f.write(pixels.tobytes())
                 index[i] = (offset, pixels.shape[0], pixels.shape[1], y)
                 offset += pixels.nbytes
-        np.save(out / f"{name}.index.npy", index)
+        with atomic(out / f"{name}.index.npy", suffix=".npy") as tmp:
+            np.save(tmp, index)
         files = relative_files(ds, cfg.root)
         if files is not None:
-            (out / f"{name}.files.txt").write_text("".join(f + "\n" for f in files), encoding="utf-8")
+            write_text(out / f"{name}.files.txt", "".join(f + "\n" for f in files))
         splits[name] = {"images": len(ds), "bytes": offset}
     meta = {"version": STORE_VERSION, "short_side": short_side, "interpolation": interpolation,
             "splits": splits, "classnames": list(data.classnames), "data": data_fingerprint(cfg)}
-    (out / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    write_text(out / META, json.dumps(meta, indent=2, sort_keys=True, default=str))
     return meta
 
 

@@ -27,11 +27,12 @@ from torch import nn
 from tailtune import config as C
 from tailtune.data.sources.base import LTData
 from tailtune.data.transforms import Preprocess
-from tailtune.errors import CheckpointError, ConfigError
+from tailtune.errors import CheckpointError, ConfigError, WriteError
 from tailtune.experiment import build
 from tailtune.models.peft.base import PEFT_METHODS, mergeable, method_names
 from tailtune.models.peft.targets import SelfAttention, set_part
 from tailtune.runtime.checkpoint import check_fit, load_checkpoint, write_safetensors
+from tailtune.runtime.files import write_text, writing
 from tailtune.runtime.rundir import CHECKPOINT, METRICS, read_config, read_metrics
 from tailtune.version import __version__
 
@@ -129,8 +130,17 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True, onnx: b
     """Export a finished run to the folder ``out``; returns a summary (files, merged methods, ONNX).
 
     ``merge``: fold mergeable PEFT methods (a ``merge`` of their own) into the weights. ``onnx``: also write
-    ``model.onnx`` of the image path; None = when the ``onnx`` package is installed.
+    ``model.onnx`` of the image path; None = when the ``onnx`` package is installed. A file that cannot
+    be written (disk full, read-only) is a WriteError naming it; the run is untouched.
     """
+    try:
+        return _export_run(run_dir, out, merge, onnx, overwrite)
+    except WriteError as e:
+        raise WriteError(f"{e} The export in {out} is incomplete (the run {run_dir} is untouched); make room, "
+                         f"then run `tailtune export {run_dir} {out} --overwrite` again.", e.path) from e
+
+
+def _export_run(run_dir: str | Path, out: str | Path, merge: bool, onnx: bool | None, overwrite: bool) -> dict:
     run_dir, out = Path(run_dir), Path(out)
     metrics = read_metrics(run_dir)
     if out.exists() and not out.is_dir():
@@ -159,7 +169,8 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True, onnx: b
     check_fit(state, image_path_state(target), "the exported model")
     del target  # three models of the backbone's size would otherwise be alive at the check below
 
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     for stale in (out / EXPORT_ONNX, out / (EXPORT_ONNX + ".data")):  # of an export overwritten now
         stale.unlink(missing_ok=True)
     weights = out / EXPORT_WEIGHTS
@@ -173,7 +184,7 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True, onnx: b
         "test": {k: metrics["test"].get(k) for k in ("overall", "tte", "views_per_image")},
         "weights_sha256": _sha256(weights),
     }
-    (out / EXPORT_CONFIG).write_text(json.dumps(meta, indent=2))
+    write_text(out / EXPORT_CONFIG, json.dumps(meta, indent=2))
 
     loaded = load_export(out, device="cpu")[0].model.float()
     again = _probe(loaded, res)
@@ -211,7 +222,8 @@ def export_onnx(model: nn.Module, resolution: int, path: Path, required: bool = 
         if required:
             raise ConfigError(f"this backbone cannot be exported to ONNX: {str(e).splitlines()[0]}") from None
         return {"written": False, "reason": f"the backbone does not export: {str(e).splitlines()[0]}"}
-    program.save(str(path))
+    with writing(path):
+        program.save(str(path))
     result = {"written": True, "path": str(path)}
     result.update(_check_onnx(model, path, resolution))
     return result

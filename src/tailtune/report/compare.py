@@ -15,6 +15,7 @@ from tailtune.report import plots
 from tailtune.report.html import Page, escape, html_table, minutes, pct, signed
 from tailtune.report.record import RunRecord, balanced, config_value, read_run
 from tailtune.report.spread import aggregate, format_mean_std
+from tailtune.runtime.files import write_text, writing
 from tailtune.runtime.rundir import COMPARISON
 
 # Config keys that name or place a run rather than change what it computes.
@@ -88,7 +89,8 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None,
     out = Path(out_dir) if out_dir else Path(f"compare_{time.strftime('%Y%m%d-%H%M%S')}")
     if out.resolve() in [r.path.resolve() for r in records]:
         raise ConfigError(f"the comparison folder {out} is one of the runs; choose another (--out DIR).")
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     labels = _labels(records)
     groups, rows = comparison_rows(records, labels)
     page = Page(out, title or f"tailtune comparison of {len(records)} runs",
@@ -143,7 +145,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None,
     page.section("runs", "Run folders", html_table(["run", "folder"], [[row["run"], row["path"]] for row in rows]))
     if extra is not None:
         summary.update(extra(page, rows, groups))
-    (out / COMPARISON).write_text(json.dumps(summary, indent=2))
+    write_text(out / COMPARISON, json.dumps(summary, indent=2))
     return page.write()
 
 

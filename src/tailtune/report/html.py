@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from tailtune.data.longtail import count_order
 from tailtune.report import plots
 from tailtune.report.record import RunRecord, balanced, config_value, read_run
+from tailtune.runtime.files import write_bytes, write_text, writing
 from tailtune.runtime.rundir import CONFIG, FIGURES, METRICS, PREDICTIONS, REPORT, TB
 
 TOP_CONFUSIONS = 12
@@ -130,9 +130,10 @@ class Page:
 
     def write(self) -> Path:
         fig_dir = self.out_dir / FIGURES
-        fig_dir.mkdir(parents=True, exist_ok=True)
+        with writing(fig_dir):
+            fig_dir.mkdir(parents=True, exist_ok=True)
         for name, png in self.figures.items():
-            (fig_dir / f"{name}.png").write_bytes(png)
+            write_bytes(fig_dir / f"{name}.png", png)
         nav = "".join(f'<a href="#{sid}">{escape(t)}</a>' for sid, t, _ in self.sections)
         page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
                 f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -142,9 +143,7 @@ class Page:
                 f'<p class="lead">Written by tailtune on {escape(time.strftime("%Y-%m-%d %H:%M"))}.</p></main>'
                 f"</body></html>\n")
         path = self.out_dir / REPORT
-        tmp = path.with_name(REPORT + ".tmp")
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, page)
         return path
 
 

@@ -9,7 +9,6 @@ predictions, for the confusions; written and read here) and the TensorBoard scal
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import yaml
 
 from tailtune.data.longtail import class_groups
 from tailtune.errors import DataError
+from tailtune.runtime.files import atomic
 from tailtune.runtime.rundir import CONFIG, METRICS, PREDICTIONS, TB, check_run
 
 # ---------------------------------------------------------------- predictions file
@@ -32,9 +32,8 @@ def save_predictions(path: str | Path, labels: np.ndarray, preds_by_tte: dict[st
         if preds.shape != arrays["labels"].shape:
             raise ValueError(f"predictions for tte={tte} have shape {preds.shape}, labels {arrays['labels'].shape}")
         arrays[f"pred_{tte}"] = preds
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic(path, suffix=".npz") as tmp:  # numpy adds .npz to a name without it
+        np.savez_compressed(tmp, **arrays)
 
 
 def load_predictions(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:

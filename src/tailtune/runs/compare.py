@@ -13,6 +13,7 @@ from pathlib import Path
 from tailtune import config as C
 from tailtune.report.compare import compare_runs
 from tailtune.runs.run import fit
+from tailtune.runtime.files import write_text
 from tailtune.runtime.rundir import COMPARISON
 
 # (label, overrides) per mode; "{light}" is the recipe's own lightweight method.
@@ -47,7 +48,7 @@ def compare_recipes(recipe: str | None = "demo", data: str | None = None, files:
     result = {"recipe": recipe, "data": data, "overrides": list(overrides),
               "group_names": metrics["data"]["group_names"], "rows": rows, "report": str(report)}
     summary = json.loads((out / COMPARISON).read_text())
-    (out / COMPARISON).write_text(json.dumps({**summary, **result}, indent=2))
+    write_text(out / COMPARISON, json.dumps({**summary, **result}, indent=2))
     return result
 
 

@@ -4,19 +4,23 @@ continues one from its folder."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import time
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from tailtune import config as C
 from tailtune.data.base import SeededTransformed
 from tailtune.data.transforms import (
     train_transform,
 )
-from tailtune.errors import TailtuneError
+from tailtune.errors import DataError, TailtuneError, WriteError
 from tailtune.evaluation.evaluate import evaluate_model, evaluate_with_predictions, train_features
 from tailtune.evaluation.gap import measure_gap
 from tailtune.experiment import Experiment, _build, data_summary, load_run, param_summary, validate
@@ -42,6 +46,9 @@ from tailtune.runtime.precision import precision_name, resolve_eval_precision
 from tailtune.runtime.rng import kept_rng
 from tailtune.runtime.rundir import (
     CHECKPOINT,
+    CONFIG,
+    LOG,
+    METRICS,
     PREDICTIONS,
     SPLITS,
     STATE,
@@ -51,7 +58,7 @@ from tailtune.runtime.rundir import (
 )
 from tailtune.training.feature_cache import cached_training
 from tailtune.training.selection import VAL_TTE, Selector
-from tailtune.training.signals import SignalStop
+from tailtune.training.signals import SignalStop, StopNow
 from tailtune.training.state import load_state, save_state, set_rng_state
 from tailtune.training.trainer import Trainer, TrainingInterrupted
 
@@ -107,31 +114,94 @@ def _open_run(cfg: C.Config, run_dir, resume: bool, info: DistInfo):
 
 
 def _train_run(cfg: C.Config, run_dir, resume: bool) -> dict:
-    """The stages of a run, each a function below, in an order that matters: the build seeds
-    the global RNG streams that the later stages draw from (the head's initialisation, then
-    training's dropout), and a resumed run sets the saved streams back only once the trainer
-    is made, just before training continues. Moving a stage changes the run's numbers."""
+    """The run in its folder. Whatever ends it early (an error, a signal, a bug) is written to
+    log.txt too, with what is kept and the command that continues (see :func:`_failed`)."""
     start = time.perf_counter()
     validate(cfg)
     info = dist_setup(resolve_device(cfg.train.device))
     run = _open_run(cfg, run_dir, resume, info)
+    try:
+        return _stages(cfg, run, info, resume, start)
+    except BaseException as e:  # re-raised (as the error with the way out, for a file not written)
+        failure = _failed(run, cfg, e)
+        if failure is e:
+            raise
+        raise failure from e
+
+
+def _stages(cfg: C.Config, run: RunDir | NullRun, info: DistInfo, resume: bool, start: float) -> dict:
+    """The stages of a run, each a function below, in an order that matters: the build seeds
+    the global RNG streams that the later stages draw from (the head's initialisation, then
+    training's dropout), and a resumed run sets the saved streams back only once the trainer
+    is made, just before training continues. Moving a stage changes the run's numbers."""
     run.log(f"run folder: {run.path}" + (f" ({info.world_size} processes)" if info.enabled else ""))
     exp, selector = _build_run(cfg, run, resume)
     params = _describe(exp, run.log)
+    _save_splits(exp, run, resume)
     saved = load_state(run.path / STATE, exp.data.classnames, _whose(exp, run), run.log) if resume else None
     head_init = _restore_or_init_head(exp, saved, run)
     trainer = _make_trainer(exp, _training_inputs(exp, run.log), run, info, selector, head_init)
     if saved:
         _restore_training(trainer, selector, saved, run.log)
     history = _train(trainer, selector, run)
-    validation = selector.finish()  # restores the selected epoch before it is saved and tested
-    _save_result(exp, run, info)
-    result = _evaluate(exp)
-    metrics = _metrics(exp, params, head_init, result, validation, history, info, start)
-    if info.is_main:
-        _write_outputs(exp, run, metrics, result, trainer.step)
+    stage = ["selecting the epoch to keep"]  # what a signal interrupts from here on (StopNow's message)
+    with StopNow(lambda signum: f"stopped by signal {signum} while {stage[0]}. {kept(run.path, cfg)}"):
+        validation = selector.finish()  # restores the selected epoch before it is saved and tested
+        stage[0] = "saving the checkpoint"
+        _save_result(exp, run, info)
+        stage[0] = "in the final evaluation"
+        result = _evaluate(exp)
+        metrics = _metrics(exp, params, head_init, result, validation, history, info, start)
+        stage[0] = "writing the results"
+        if info.is_main:
+            _write_outputs(exp, run, metrics, result, trainer.step, stage)
     barrier()
     return metrics
+
+
+def kept(path: Path, cfg: C.Config) -> str:
+    """What a run folder keeps of a run that stopped early, and the command that continues it."""
+    if (path / METRICS).is_file():
+        return (f"The run is complete ({METRICS}, {CHECKPOINT} and {PREDICTIONS} are written); "
+                f"write its report with `tailtune report {path}`.")
+    if not (path / STATE).is_file():
+        return (f"No training state was saved yet (the folder holds {CONFIG} and {LOG}); once the cause is "
+                "fixed, the same command starts the run again in it.")
+    try:
+        with safe_open(str(path / STATE), framework="pt", backend="pread") as f:
+            counters = json.loads((f.metadata() or {})["counters"])
+        epoch, within = counters["epoch"], counters["epoch_step"]
+    except (OSError, SafetensorError, KeyError, ValueError) as e:
+        return f"Its training state {path / STATE} is unreadable ({e}); train the run again."
+    epochs = cfg.train.epochs
+    if epoch >= epochs:
+        done = (f"; {CHECKPOINT} is complete" if (path / CHECKPOINT).is_file() else "")
+        return (f"Training finished: its state (epoch {epoch} of {epochs}) is saved{done}. "
+                f"`tailtune train --resume {path}` evaluates it and writes the results.")
+    where = f"after epoch {epoch} of {epochs}" if not within else f"at step {within} of epoch {epoch + 1} ({epochs} in all)"
+    return f"The training state {where} is saved; continue with `tailtune train --resume {path}`."
+
+
+def _failed(run: RunDir | NullRun, cfg: C.Config, e: BaseException) -> BaseException:
+    """``e``, which ends the run, written to log.txt as the console shows it (the CLI: one line;
+    an unexpected exception's traceback goes to log.txt only). A file that could not be written
+    becomes the same error, with what is kept and the command that continues."""
+    if isinstance(e, WriteError):
+        e = WriteError(f"{e} {kept(run.path, cfg)}", e.path)
+    if isinstance(e, TrainingInterrupted):
+        run.log_error(str(e))
+    elif isinstance(e, TailtuneError):
+        run.log_error(f"error: {e}")
+    elif isinstance(e, KeyboardInterrupt):
+        e = KeyboardInterrupt(f"interrupted. {kept(run.path, cfg)}")
+        run.log_error(str(e))
+    elif isinstance(e, Exception):
+        run.log_error(f"error: unexpected {type(e).__name__}: {e}\n"
+                      + "".join(traceback.format_exception(e)).rstrip())
+        e.tailtune_log = str(run.path / LOG)  # the CLI names it instead of printing the traceback
+    with contextlib.suppress(WriteError):  # the error is already the way out
+        run.close()
+    return e
 
 
 def _build_run(cfg: C.Config, run: RunDir | NullRun, resume: bool) -> tuple[Experiment, Selector]:
@@ -241,17 +311,28 @@ def _train(trainer: Trainer, selector: Selector, run: RunDir | NullRun) -> list[
     try:
         with SignalStop(trainer):
             return trainer.fit(on_epoch)
-    except TrainingInterrupted as e:
-        message = f"{e}. Continue with: tailtune train --resume {run.path}"
-        run.log(message, console=False)  # the caller says it (the CLI on stderr)
-        run.close()
-        raise TrainingInterrupted(message, e.signum) from None
+    except TrainingInterrupted as e:  # logged by _failed; the caller says it (the CLI on stderr)
+        raise TrainingInterrupted(f"{e}. Continue with: tailtune train --resume {run.path}", e.signum) from None
+
+
+def _save_splits(exp: Experiment, run: RunDir | NullRun, resume: bool) -> None:
+    """splits.json (how the held-out test / val splits were drawn, file by file), before training:
+    the start-up notes point to it. A resumed run must draw the same splits as it did."""
+    if not exp.data.record:
+        return
+    path = run.path / SPLITS
+    if resume and path.is_file():
+        drawn = json.loads(json.dumps(exp.data.record))
+        if json.loads(path.read_text()) != drawn:
+            raise DataError(f"the held-out splits drawn now differ from the run's {path}: the images under "
+                            f"data.root={exp.cfg.data.root} changed since the run started, so resuming would "
+                            "train and test on other images. Put the data back as it was, or train a new run.")
+        return
+    run.write_metrics(exp.data.record, SPLITS)
 
 
 def _save_result(exp: Experiment, run: RunDir | NullRun, info: DistInfo) -> None:
-    """The trained weights (the selected epoch's) and how the held-out splits were drawn."""
-    if exp.data.record:  # how held-out test / val splits were drawn, file by file
-        run.write_metrics(exp.data.record, SPLITS)
+    """The trained weights (the selected epoch's)."""
     if info.is_main:
         save_checkpoint(run.path / CHECKPOINT, exp.model.trainable_state_dict(), C.to_yaml(exp.cfg),
                         exp.backbone.info, exp.data.classnames, _origin(exp, run))
@@ -313,8 +394,10 @@ def _metrics(exp: Experiment, params: dict, head_init: str, result: _Evaluation,
     }
 
 
-def _write_outputs(exp: Experiment, run: RunDir, metrics: dict, result: _Evaluation, step: int) -> None:
-    """Rank 0: predictions, metrics, the results in the log, the report; the resume state goes."""
+def _write_outputs(exp: Experiment, run: RunDir, metrics: dict, result: _Evaluation, step: int,
+                   stage: list[str]) -> None:
+    """Rank 0: predictions, metrics, the results in the log, the report; the resume state goes.
+    (``stage[0]``: what is being done, for the message of a signal.)"""
     save_predictions(run.path / PREDICTIONS, result.labels, result.predictions)
     run.write_metrics(metrics)
     run.scalars(step, {"test/overall": result.test["overall"]})
@@ -322,6 +405,7 @@ def _write_outputs(exp: Experiment, run: RunDir, metrics: dict, result: _Evaluat
     run.close()  # flushes the TensorBoard scalars the report reads
     (run.path / STATE).unlink(missing_ok=True)  # finished: the checkpoint holds the result
     if exp.cfg.eval.report:
+        stage[0] = "writing the report"
         report = write_report(run.path)
         if not exp.cfg.quiet:
             _log.info(f"report: {report}")

@@ -43,6 +43,7 @@ from tailtune.experiment import validate
 from tailtune.report.compare import compare_runs
 from tailtune.report.sweep import sweep_sections
 from tailtune.runs.run import fit, resume
+from tailtune.runtime.files import write_text
 from tailtune.runtime.rundir import CONFIG, METRICS, STATE, SWEEP, SWEEP_LOGS, comparable_config
 from tailtune.training.trainer import TrainingInterrupted
 
@@ -213,7 +214,7 @@ class Sweep:
 
     def write_plan(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / SWEEP).write_text(json.dumps(self.describe(), indent=2))
+        write_text(self.dir / SWEEP, json.dumps(self.describe(), indent=2))
 
     def run(self, parallel: int = 1, launcher: str | None = None, nproc: int = 1,
             log: Callable[[str], None] = _log.info) -> dict:

@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from tailtune.errors import CheckpointError
+from tailtune.runtime.files import atomic
 
 FORMAT = "tailtune-checkpoint-1"
 CHECKSUM = "sha256"  # the metadata key of the checksum (files without it predate it)
@@ -46,19 +47,17 @@ def content_sha256(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -
 
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str],
                       checksum: bool = False) -> None:
-    """Write atomically (a temporary file in the same folder, then rename), readable as any file
+    """Write atomically (a temporary file in the same folder, then rename: runtime.files.atomic), readable as any file
     the user writes (safetensors creates files private to the owner). ``checksum``: add the
     metadata entry ``sha256`` (:func:`content_sha256`) that :func:`verify_checksum` checks."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     if checksum:
         metadata = {**metadata, CHECKSUM: content_sha256(tensors, metadata)}
-    save_file(tensors, str(tmp), metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
+    with atomic(path, errors=(SafetensorError,)) as tmp:  # a failed write leaves no .tmp (WriteError)
+        save_file(tensors, str(tmp), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
 
 
 def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], config_yaml: str,

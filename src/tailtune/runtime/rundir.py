@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from tailtune import config as C
 from tailtune.errors import ConfigError
+from tailtune.runtime.files import write_error, write_text, writing
 
 _log = logging.getLogger(__name__)
 
@@ -74,7 +74,11 @@ class RunDir:
     def __init__(self, path: Path, quiet: bool = False):
         self.path = path
         self.quiet = quiet
-        self._log = open(path / LOG, "a", encoding="utf-8")
+        try:
+            self._log = open(path / LOG, "a", encoding="utf-8")
+        except OSError as e:
+            raise write_error(path / LOG, e, "Nothing in the folder was changed; make it writable (or make "
+                              "room), then run the command again.") from e
         self._tb = None
 
     @classmethod
@@ -91,9 +95,7 @@ class RunDir:
         except OSError as e:
             raise ConfigError(f"cannot write to output folder {path}: {e.strerror}. "
                               "Set output_dir=... to a writable folder.") from None
-        tmp = path / (CONFIG + ".tmp")
-        tmp.write_text(C.to_yaml(cfg))
-        os.replace(tmp, path / CONFIG)
+        write_text(path / CONFIG, C.to_yaml(cfg))
         return cls(path, cfg.quiet)
 
     @classmethod
@@ -131,23 +133,37 @@ class RunDir:
     def log(self, msg: str, console: bool = True) -> None:
         """``msg`` into log.txt (always: the run's record), and to the ``tailtune`` logger: at INFO,
         or at DEBUG (off the CLI's console) for a quiet run or a line the caller says itself."""
-        self._log.write(msg + "\n")
-        self._log.flush()
+        with writing(self.path / LOG):
+            self._log.write(msg + "\n")
+            self._log.flush()
         _log.log(logging.INFO if console and not self.quiet else logging.DEBUG, msg)
+
+    def log_error(self, msg: str) -> None:
+        """``msg`` (an error the caller shows on the console) into log.txt only, if it can still be
+        written: the error may be that log.txt cannot."""
+        try:
+            if not self._log.closed:
+                self._log.write(msg + "\n")
+                self._log.flush()
+            else:
+                with open(self.path / LOG, "a", encoding="utf-8") as f:
+                    f.write(msg + "\n")
+        except OSError:
+            pass  # the console shows it (the disk is full, or the folder read-only)
 
     def scalars(self, step: int, values: dict) -> None:
         if self._tb is None:
             # Here, at the first scalar: tensorboard's writer is slow to import.
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.path / TB))
-        for k, v in values.items():
-            self._tb.add_scalar(k, v, step)
+            with writing(self.path / TB):
+                self._tb = SummaryWriter(str(self.path / TB))
+        with writing(self.path / TB):
+            for k, v in values.items():
+                self._tb.add_scalar(k, v, step)
 
     def write_metrics(self, metrics: dict, name: str = METRICS) -> None:
-        tmp = self.path / (name + ".tmp")
-        tmp.write_text(json.dumps(metrics, indent=2))
-        os.replace(tmp, self.path / name)
+        write_text(self.path / name, json.dumps(metrics, indent=2))
 
     def discard(self) -> None:
         """Remove the folder of a run that failed before training started."""
@@ -155,11 +171,17 @@ class RunDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-        if not self._log.closed:
-            self._log.close()
+        tb, self._tb = self._tb, None
+        try:
+            if tb is not None:
+                with writing(self.path / TB):
+                    tb.close()
+        finally:
+            if not self._log.closed:
+                try:
+                    self._log.close()
+                except OSError as e:  # its last flush
+                    raise write_error(self.path / LOG, e) from e
 
 
 class NullRun:
@@ -169,6 +191,9 @@ class NullRun:
         self.path = path
 
     def log(self, msg: str, console: bool = True) -> None:
+        pass
+
+    def log_error(self, msg: str) -> None:
         pass
 
     def scalars(self, step: int, values: dict) -> None:

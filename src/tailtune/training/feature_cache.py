@@ -22,6 +22,7 @@ backbone can cache its pooled features when none of it trains.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -43,6 +44,7 @@ from tailtune.data.transforms import test_transform, train_transform
 from tailtune.errors import ConfigError
 from tailtune.models.model import TailModel
 from tailtune.registry import Registry
+from tailtune.runtime.files import write_error, write_text
 from tailtune.runtime.hardware import available_memory
 from tailtune.runtime.loader import make_loader
 from tailtune.runtime.precision import autocast
@@ -384,15 +386,33 @@ class FeatureStore:
         if self.path is None:
             self.tensor = torch.empty(self.shape, dtype=CACHE_DTYPE)
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self._meta_path.exists() and json.loads(self._meta_path.read_text()) == dict(self.meta, complete=True):
             # Copy-on-write mapping: reads come from the file, nothing is ever written back.
             self._mm = np.memmap(self.path, np.int16, "c", shape=self.shape)
             self.complete = True
         else:
-            self._meta_path.unlink(missing_ok=True)  # an unfinished or stale cache is rebuilt
-            self._mm = np.memmap(self.path, np.int16, "w+", shape=self.shape)
+            self._mm = self._allocate()
         self.tensor = torch.from_numpy(self._mm).view(CACHE_DTYPE)  # same bits: bf16 is 16-bit
+
+    def _allocate(self) -> np.memmap:
+        """A new memmap file of the cache's size, its blocks reserved first: a disk that cannot hold
+        it fails here with a WriteError, not later with a SIGBUS while the mapping is filled."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._meta_path.unlink(missing_ok=True)  # an unfinished or stale cache is rebuilt
+            with open(self.path, "wb") as f:
+                try:
+                    os.posix_fallocate(f.fileno(), 0, self.nbytes)
+                except OSError as e:
+                    if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it: sparse
+                        raise
+                    f.truncate(self.nbytes)
+            return np.memmap(self.path, np.int16, "r+", shape=self.shape)
+        except OSError as e:
+            self.path.unlink(missing_ok=True)
+            raise write_error(self.path, e, f"The feature cache needs {self.nbytes / 2**30:.2f} GiB there: set "
+                              "train.cache_dir to a folder with room, train.cache_dir=null (in memory) or "
+                              "train.cache_features=never.") from e
 
     @property
     def _meta_path(self) -> Path:
@@ -406,7 +426,7 @@ class FeatureStore:
         """Mark the cache complete (a disk cache is flushed and its description written last)."""
         if self._mm is not None and not self.complete:
             self._mm.flush()
-            self._meta_path.write_text(json.dumps(dict(self.meta, complete=True), sort_keys=True))
+            write_text(self._meta_path, json.dumps(dict(self.meta, complete=True), sort_keys=True))
         self.complete = True
 
 

@@ -1,13 +1,13 @@
-"""SIGTERM / SIGINT during training: save at the next step and stop (a second SIGINT quits)."""
+"""SIGTERM / SIGINT during training: save at the next step and stop (a second SIGINT quits).
+After training (selection, checkpoint, final evaluation, results): stop at once, saying what is kept."""
 
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
 
-from tailtune.training.trainer import (
-    Trainer,
-)
+from tailtune.training.trainer import Trainer, TrainingInterrupted
 
 
 class SignalStop:
@@ -27,6 +27,32 @@ class SignalStop:
         if self.trainer.stop_signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.trainer.stop_signal = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+class StopNow:
+    """SIGTERM / SIGINT stop at once with TrainingInterrupted(``say(signum)``): after training there is
+    no step to finish, and what the signal leaves (the saved state, a complete checkpoint) is
+    what the message says."""
+
+    def __init__(self, say: Callable[[int], str]):
+        self.say = say
+        self.previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        for sig, handler in self.previous.items():  # a second signal while the message is made: the default
+            signal.signal(sig, handler)
+        raise TrainingInterrupted(self.say(signum), signum)
 
     def __exit__(self, *exc):
         for sig, handler in self.previous.items():
