@@ -18,3 +18,7 @@ class DataError(TailtuneError):
 
 class CheckpointError(TailtuneError):
     """A checkpoint is missing, truncated or belongs to another model."""
+
+
+class FolderInUse(TailtuneError):
+    """Another process holds the lock of a run folder (runtime/rundir.py RunLock)."""

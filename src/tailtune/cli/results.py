@@ -10,8 +10,11 @@ from pathlib import Path
 
 def cmd_report(args) -> int:
     from tailtune.report.html import write_report
+    from tailtune.runtime.rundir import LOCK, RunLock, check_run
 
-    print(f"report: {write_report(args.run_dir)}")
+    folder = check_run(args.run_dir, finished=False)  # write_report says what a run needs; no lock in a non-run
+    with RunLock.take(folder, way_out=f"delete {folder / LOCK}"):  # not while a run writes the folder
+        print(f"report: {write_report(args.run_dir)}")
     return 0
 
 
