@@ -193,7 +193,7 @@ def _epochs(config: dict) -> str:
     if not isinstance(extra, list) or not extra:
         return epochs
     return (f"{epochs} + {' + '.join(map(str, extra))} extra (extended; the learning-rate schedule restarted from "
-            "the lr at each extension)")
+            "train.lr at each extension)")
 
 
 def _gap_section(page: Page, r: RunRecord) -> None:
