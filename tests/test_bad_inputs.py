@@ -976,3 +976,276 @@ def test_report_command_without_room_keeps_the_previous_report(run, tmp_path, ca
                    f"results are untouched; make room, then run `tailtune report {d}` again.")
     _no_tmp(d)
     assert (d / "report.html").read_bytes() == before[d / "report.html"]
+
+
+# --- resumed runs and locks (issue 15: 9, 10) ---
+
+import json as _json  # noqa: E402
+import shutil as _shutil  # noqa: E402
+import socket as _socket  # noqa: E402
+import subprocess as _subprocess  # noqa: E402
+import sys as _sys  # noqa: E402
+
+_RESUMABLE = ["train.epochs=2", "train.precision=fp32", "head.init=random", "eval.tte=none", "eval.gap_per_class=0"]
+
+
+def _history(metrics: dict) -> list:
+    return [(h["loss"], h["accuracy"], h["lr"], h["images"]) for h in metrics["history"]]
+
+
+@pytest.fixture(scope="module")
+def resumable(tmp_path_factory):
+    """A 2-epoch run stopped after its first epoch's save (state kept, no lock left), and the same run
+    uninterrupted (its metrics)."""
+    import tailtune.runs.run as run_module
+    from conftest import TINY_CLIP
+
+    out = tmp_path_factory.mktemp("resumable")
+    overrides = [*TINY_CLIP, f"output_dir={out}", *_RESUMABLE]
+    reference = tailtune.fit(load_config("lift", overrides=[*overrides, "name=whole"]))
+    real = run_module.save_state
+
+    def save_then_stop(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt  # the process stops right after the state of epoch 1 is saved
+
+    run_module.save_state = save_then_stop
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tailtune.fit(load_config("lift", overrides=[*overrides, "name=stopped"]))
+    finally:
+        run_module.save_state = real
+    stopped = out / "stopped"
+    assert (stopped / "train_state.safetensors").is_file() and not (stopped / "run.lock").exists()
+    return stopped, reference, overrides
+
+
+def _copy(run: Path, dst: Path, edit=None) -> Path:
+    _shutil.copytree(run, dst)
+    if edit:
+        (dst / "config.yaml").write_text(edit((dst / "config.yaml").read_text()))
+    return dst
+
+
+def _train(capsys, *args) -> tuple[int, str]:
+    code = cli.main(["train", *args])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit,named", [
+    (lambda s: s.replace("lr: 0.01\n", "lr: 0.1\n"), ["train.lr 0.01 -> 0.1"]),
+    (lambda s: s.replace("epochs: 2\n", "epochs: 4\n"), ["train.epochs 2 -> 4", "--extend-epochs N"]),
+    (lambda s: s.replace("lr: 0.01\n", "lr: 0.1\n").replace("seed: 0\n", "seed: 3\n").replace("name: la", "name: ce"),
+     ["loss.name 'la' -> 'ce'", "train.lr 0.01 -> 0.1", "train.seed 0 -> 3"]),
+    (lambda s: s.replace("extra_epochs: []", "extra_epochs: []\n  deterministic_typo: 1"), None),
+])
+def test_resume_refuses_a_config_yaml_changed_in_what_the_run_computes(resumable, tmp_path, capsys, edit, named):
+    """A hand-edited config.yaml that would change the result: exit 2, every changed key named with its
+    saved and new value, the two ways out; nothing in the folder written."""
+    run = _copy(resumable[0], tmp_path / "edited", edit)
+    before = _snapshot(run)
+    code, err = _train(capsys, "--resume", str(run))
+    assert code == 2 and err.count("\n") == 1
+    if named is None:  # an unknown key is refused by the config's own check
+        assert "unknown config key 'train.deterministic_typo'" in err
+    else:
+        assert "was changed since the run's training state was saved" in err
+        for text in named:
+            assert text in err
+        assert "Put the saved values back in config.yaml" in err and "in another folder" in err
+    assert _snapshot(run) == before
+
+
+def test_resume_takes_harmless_changes_with_a_note_and_the_same_numbers(resumable, tmp_path, capsys):
+    stopped, reference, _ = resumable
+    run = _copy(stopped, tmp_path / "harmless",
+                lambda s: s.replace("num_workers: 0", "num_workers: 2").replace("log_every: 1", "log_every: 5"))
+    code, err = _train(capsys, "--resume", str(run))
+    assert code == 0, err
+    log = (run / "log.txt").read_text()
+    assert "changes data.num_workers 0 -> 2 since the state was saved: taken (loader processes" in log
+    assert "changes train.log_every 1 -> 5" in log
+    assert _history(_json.loads((run / "metrics.json").read_text())) == _history(reference)
+    assert not (run / "run.lock").exists()
+
+
+def test_every_config_key_is_classified_for_resume():
+    """The allow-list names real keys, is exactly the expected set, and every other key (a new one
+    included) counts as changing the result."""
+    from tailtune.config.changes import HARMLESS_ON_RESUME, changes_result, flat
+
+    keys = set(flat(tailtune.config.schema()()))
+    assert set(HARMLESS_ON_RESUME) <= keys
+    assert set(HARMLESS_ON_RESUME) == {"quiet", "overwrite", "output_dir", "name", "data.num_workers",
+                                       "train.log_every", "train.save_every", "eval.report", "model.cache_dir"}
+    for key in keys:
+        assert changes_result(key) == (key not in HARMLESS_ON_RESUME)
+    assert changes_result("train.some_key_added_later")
+    for key in ("train.lr", "train.epochs", "train.extra_epochs", "peft.lr", "train.device", "data.root",
+                "eval.tte", "train.seed", "loss.name"):
+        assert changes_result(key)
+
+
+def test_extend_epochs_trains_longer_on_a_defined_schedule_and_says_so(resumable, tmp_path, capsys):
+    """--extend-epochs 1: the 2 planned epochs exactly as the uninterrupted run, then one more with
+    the schedule restarted from train.lr; config.yaml, log and report say so; the same numbers as a
+    run planned with train.extra_epochs=[1]."""
+    stopped, reference, overrides = resumable
+    run = _copy(stopped, tmp_path / "longer")
+    code, err = _train(capsys, "--resume", str(run), "--extend-epochs", "1")
+    assert code == 0, err
+    metrics = _json.loads((run / "metrics.json").read_text())
+    assert len(metrics["history"]) == 3 and _history(metrics)[:2] == _history(reference)
+    assert metrics["history"][2]["lr"] == pytest.approx(0.01)  # restarted (cosine_epoch: its first epoch's rate)
+    saved = tailtune.config.from_yaml_text((run / "config.yaml").read_text())
+    assert saved.train.epochs == 2 and saved.train.extra_epochs == [1]
+    log = (run / "log.txt").read_text()
+    assert "extended: train.extra_epochs=[1] (3 epochs in all" in log
+    assert "epoch 3: the learning-rate schedule (cosine_epoch) starts again from lr 0.01 over 1 epochs" in log
+    assert "2 epochs + 1 extra (extended; the learning-rate schedule restarted from train.lr" in (run / "report.html").read_text()
+    planned = tailtune.fit(load_config("lift", overrides=[*overrides, "name=planned", "train.extra_epochs=[1]"]))
+    assert _history(planned) == _history(metrics) and planned["test"] == metrics["test"]
+
+
+def test_an_extension_not_yet_in_the_saved_state_is_continued(resumable, tmp_path, capsys):
+    """Stopped after --extend-epochs wrote config.yaml but before the state was saved again: a plain
+    --resume continues the extension (named in a note) rather than refusing it."""
+    run = _copy(resumable[0], tmp_path / "pending", lambda s: s.replace("extra_epochs: []", "extra_epochs:\n  - 1"))
+    code, err = _train(capsys, "--resume", str(run))
+    assert code == 0, err
+    assert "extends the run by [1] epochs (train.extra_epochs [] -> [1]" in (run / "log.txt").read_text()
+    assert len(_json.loads((run / "metrics.json").read_text())["history"]) == 3
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["--extend-epochs", "0"], r"--extend-epochs 0: give the number of epochs to add, >= 1"),
+    (["--extend-epochs", "-2"], r"--extend-epochs -2: give the number of epochs to add, >= 1"),
+    (["--extend-epochs", "2", "train.epochs=3"], r"--extend-epochs N extends an interrupted run: tailtune train "
+                                                 r"--resume RUN_DIR --extend-epochs N"),
+])
+def test_extend_epochs_misuse(capsys, args, pattern, tmp_path):
+    code = cli.main(["train", *args, f"output_dir={tmp_path}"] if "train.epochs=3" in args else
+                    ["train", "--resume", str(tmp_path), *args])
+    assert code == 2
+    import re
+    assert re.search(pattern, capsys.readouterr().err)
+    assert not any(tmp_path.iterdir())
+
+
+def test_extend_epochs_of_a_finished_run_is_refused(run, tmp_path, capsys):
+    before = _snapshot(run)
+    code, err = _train(capsys, "--resume", str(run), "--extend-epochs", "2")
+    assert code == 2 and "holds a finished run: its training state was removed when it finished" in err
+    assert "Train a new run in another folder (name=...) with train.epochs=3" in err
+    assert _snapshot(run) == before
+
+
+def _lock(run: Path, **owner) -> Path:
+    lock = run / "run.lock"
+    lock.write_text(_json.dumps({"pid": os.getpid(), "host": _socket.gethostname(), "process_start": None,
+                                 "since": "2025-01-02 03:04:05 +0000", "command": "tailtune train X", **owner}))
+    return lock
+
+
+def test_a_run_folder_in_use_by_a_running_process_is_refused(resumable, tmp_path, capsys):
+    """--resume, a new train into the folder and `tailtune report` are refused by name (PID, host,
+    since when, what to do), --break-lock included; nothing written."""
+    alive = _subprocess.Popen([_sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run = _copy(resumable[0], tmp_path / "busy")
+        _lock(run, pid=alive.pid)
+        before = _snapshot(run)
+        for args in (["--resume", str(run)], ["--resume", str(run), "--break-lock"]):
+            code, err = _train(capsys, *args)
+            assert code == 2, err
+            assert (f"run folder {run} is in use by process {alive.pid} on host {_socket.gethostname()} since "
+                    f"2025-01-02 03:04:05 +0000 (tailtune train X)") in err
+            assert f"Wait for it to end, or stop it (kill {alive.pid})" in err
+        overrides = [o for o in resumable[2] if not o.startswith("output_dir=")]
+        code, err = _train(capsys, "-r", "lift", *overrides, f"output_dir={run.parent}", "name=busy")
+        assert code == 2 and f"is in use by process {alive.pid}" in err
+        assert _snapshot(run) == before
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_report_waits_for_the_process_writing_the_run(run, tmp_path, capsys):
+    alive = _subprocess.Popen([_sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folder = _clone(run, tmp_path / "r")
+        _lock(folder, pid=alive.pid)
+        before = _snapshot(folder)
+        assert cli.main(["report", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert f"is in use by process {alive.pid}" in err and _snapshot(folder) == before
+    finally:
+        alive.kill()
+        alive.wait()
+    assert cli.main(["report", str(folder)]) == 0  # the owner is gone: its lock is taken over, then released
+    assert "which no longer runs (killed or crashed); its lock is taken over" in capsys.readouterr().out
+    assert not (folder / "run.lock").exists()
+
+
+def test_a_stale_lock_of_a_dead_process_is_named_and_taken_over(resumable, tmp_path, capsys):
+    dead = _subprocess.Popen([_sys.executable, "-c", "pass"])
+    dead.wait()
+    run = _copy(resumable[0], tmp_path / "stale")
+    _lock(run, pid=dead.pid)
+    code, err = _train(capsys, "--resume", str(run))
+    assert code == 0, err
+    note = (f"note: run folder {run} was locked by process {dead.pid} on host {_socket.gethostname()} since "
+            "2025-01-02 03:04:05 +0000 (tailtune train X), which no longer runs (killed or crashed); its lock is "
+            "taken over.")
+    assert note in (run / "log.txt").read_text()
+    assert (run / "metrics.json").is_file() and not (run / "run.lock").exists()
+
+
+def test_a_reused_pid_is_not_the_locks_owner(resumable, tmp_path, capsys):
+    """The lock's PID runs, but as another process (started at another time): stale."""
+    run = _copy(resumable[0], tmp_path / "reused")
+    _lock(run, pid=os.getppid(), process_start="1")
+    code, err = _train(capsys, "--resume", str(run))
+    assert code == 0, err
+    assert "which no longer runs" in (run / "log.txt").read_text()
+
+
+def test_a_lock_of_another_host_needs_break_lock(resumable, tmp_path, capsys):
+    run = _copy(resumable[0], tmp_path / "remote")
+    lock = _lock(run, pid=1234, host="gpu-node-7")
+    before = _snapshot(run)
+    code, err = _train(capsys, "--resume", str(run))
+    assert code == 2
+    assert (f"run folder {run} is locked by process 1234 on host gpu-node-7 since 2025-01-02 03:04:05 +0000 "
+            f"(tailtune train X); from this host ({_socket.gethostname()}) tailtune cannot tell whether that "
+            f"process still runs. If it does not, delete {lock} (or pass --break-lock), and run the command "
+            "again.") in err
+    assert _snapshot(run) == before
+    code, err = _train(capsys, "--resume", str(run), "--break-lock")
+    assert code == 0, err
+    assert "the lock of process 1234 on host gpu-node-7" in (run / "log.txt").read_text()
+    assert not lock.exists()
+
+
+def test_an_unreadable_lock_is_refused_until_broken(resumable, tmp_path, capsys):
+    run = _copy(resumable[0], tmp_path / "garbled")
+    (run / "run.lock").write_text("{not json")
+    code, err = _train(capsys, "--resume", str(run))
+    assert code == 2 and "holds a lock" in err and "that cannot be read" in err and "--break-lock" in err
+    code, err = _train(capsys, "--resume", str(run), "--break-lock")
+    assert code == 0, err
+
+
+def test_the_lock_is_released_when_a_run_fails(tiny_overrides, tmp_path):
+    """An error after the lock was taken (here: missing dataset files) leaves no lock and no folder."""
+    cfg = _cfg(tiny_overrides, "name=failed", "data.name=cifar100_lt", f"data.root={tmp_path / 'nowhere'}")
+    with pytest.raises(DataError, match="not found"):
+        tailtune.fit(cfg)
+    assert not (tmp_path / "runs" / "failed").exists()
+
+
+def test_resume_of_a_folder_that_is_no_run_writes_no_lock(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, err = _train(capsys, "--resume", str(tmp_path / "empty"))
+    assert code == 2 and "is not a tailtune run folder" in err
+    assert not any((tmp_path / "empty").iterdir())

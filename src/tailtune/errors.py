@@ -29,3 +29,7 @@ class WriteError(TailtuneError):
     def __init__(self, message: str, path: str = ""):
         super().__init__(message)
         self.path = path
+
+
+class FolderInUse(TailtuneError):
+    """Another process holds the lock of a run folder (runtime/rundir.py RunLock)."""

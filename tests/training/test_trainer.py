@@ -118,3 +118,40 @@ def test_progress_counts_images_not_batches_times_the_batch_size(capsys):
     seen = sum(len(y) for _, y in bar)
     assert seen == 10 and bar.bar.total == 10 and bar.bar.n == 10
     assert "0/10 [" in capsys.readouterr().err  # images, not 3 batches of 4
+
+
+def _extended(schedule: str, extra: list[int]) -> tuple[Trainer, list[float]]:
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=0.01, scheduler=schedule, log_every=1, extra_epochs=extra)
+    rates: list[float] = []
+    trainer = Trainer(Recorder(), nn.CrossEntropyLoss(), WhereAndWhen(), cfg, CPU, None, 0, quiet=True,
+                      log=lambda _: None)
+    trainer.on_step = lambda step, s: rates.append(s["lr"])
+    return trainer, rates
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "cosine_epoch", "constant"])
+def test_extra_epochs_restart_the_schedule_and_resume_in_any_block(schedule):
+    """train.extra_epochs=[2] after 3 epochs: the 3 planned epochs as without it, then the schedule
+    again from train.lr over 2 epochs; a state saved in either block resumes on the same rates."""
+    import math
+
+    planned, planned_rates = _extended(schedule, [])
+    planned.fit()
+    whole, rates = _extended(schedule, [2])
+    whole.fit()
+    assert rates[:9] == planned_rates and len(rates) == 15
+    restart = {"cosine": [0.01 * (1 + math.cos(math.pi * k / 6)) / 2 for k in range(6)],
+               "cosine_epoch": [0.01 * (1 + math.cos(math.pi * (k // 3) / 2)) / 2 for k in range(6)],
+               "constant": [0.01] * 6}[schedule]
+    assert rates[9:] == pytest.approx(restart)
+    resumed, after_planned = _extended(schedule, [2])  # the planned run's state, extended by 2 epochs
+    resumed.load_state(planned.state(), planned.optimizer.state_dict())
+    resumed.fit()
+    assert after_planned == rates[9:]
+    first, _ = _extended(schedule, [2])  # stopped after the first extra epoch
+    for _ in range(4):
+        first.train_epoch()
+    second, last = _extended(schedule, [2])
+    second.load_state(first.state(), first.optimizer.state_dict())
+    second.fit()
+    assert last == rates[12:]

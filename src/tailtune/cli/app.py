@@ -36,13 +36,18 @@ def cmd_train(args) -> int:
     from tailtune.runs.run import fit, resume
     from tailtune.runtime.rundir import read_config
 
+    if args.extend_epochs is not None and args.extend_epochs < 1:
+        raise ConfigError(f"--extend-epochs {args.extend_epochs}: give the number of epochs to add, >= 1.")
     if args.resume:
         if args.overrides or args.data or args.config or args.recipe != DEFAULT_RECIPE or args.dry_run:
             raise ConfigError("--resume continues a run with its own saved config; give only the run folder "
-                              "(tailtune train --resume RUN_DIR).")
-        metrics = resume(args.resume)
+                              "(tailtune train --resume RUN_DIR; to train longer: --extend-epochs N).")
+        metrics = resume(args.resume, args.extend_epochs or 0, break_lock=args.break_lock)
         _print_if_quiet(metrics, read_config(args.resume).quiet)
         return 0
+    if args.extend_epochs is not None:
+        raise ConfigError("--extend-epochs N extends an interrupted run: tailtune train --resume RUN_DIR "
+                          "--extend-epochs N (a new run sets train.epochs).")
     if any(o.startswith("seeds=") for o in args.overrides):  # one run per seed, with their mean and spread
         from tailtune.cli.sweep import train_seeds
 
@@ -53,7 +58,7 @@ def cmd_train(args) -> int:
 
         print("\n".join(dry_run(cfg, args.dry_run_steps).lines))
         return 0
-    _print_if_quiet(fit(cfg, args.run_dir), cfg.quiet)
+    _print_if_quiet(fit(cfg, args.run_dir, break_lock=args.break_lock), cfg.quiet)
     return 0
 
 
@@ -189,7 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p, DEFAULT_RECIPE)
     p.add_argument("--run-dir", default=None, help="run folder (default: output_dir/name)")
     p.add_argument("--resume", metavar="RUN_DIR", default=None,
-                   help="continue an interrupted run from its folder, exactly where it stopped")
+                   help="continue an interrupted run from its folder, exactly where it stopped (its config.yaml "
+                        "must still say what it trained with)")
+    p.add_argument("--extend-epochs", type=int, default=None, metavar="N",
+                   help="with --resume: train N epochs more than planned, the learning-rate schedule restarted "
+                        "from train.lr over them (recorded as train.extra_epochs)")
+    p.add_argument("--break-lock", action="store_true",
+                   help="take over the run folder's lock (run.lock) of a process on another host that no longer "
+                        "runs (a process of this host that runs is refused even then)")
     p.add_argument("--dry-run", action="store_true",
                    help="print steps, trainable parameters and the estimated time per epoch from a few timed steps; "
                         "train nothing, write nothing")

@@ -11,12 +11,15 @@ from pathlib import Path
 def cmd_report(args) -> int:
     from tailtune.errors import WriteError
     from tailtune.report.html import write_report
+    from tailtune.runtime.rundir import LOCK, RunLock, check_run
 
-    try:
-        print(f"report: {write_report(args.run_dir)}")
-    except WriteError as e:
-        raise WriteError(f"{e} The run's results are untouched; make room, then run `tailtune report "
-                         f"{args.run_dir}` again.", e.path) from e
+    folder = check_run(args.run_dir, finished=False)  # write_report says what a run needs; no lock in a non-run
+    with RunLock.take(folder, way_out=f"delete {folder / LOCK}"):  # not while a run writes the folder
+        try:
+            print(f"report: {write_report(args.run_dir)}")
+        except WriteError as e:
+            raise WriteError(f"{e} The run's results are untouched; make room, then run `tailtune report "
+                             f"{args.run_dir}` again.", e.path) from e
     return 0
 
 

@@ -45,5 +45,6 @@ from tailtune.config.schema import (  # noqa: F401  (the sections, their choices
     parse_blocks,
     registered_choices,
     setting,
+    total_epochs,
     with_absolute_paths,
 )

@@ -227,9 +227,14 @@ class TrainConfig:
     cache_features: str = setting("auto", "frozen-prefix feature cache: auto (when it saves work) | always | never", choices=CACHE_MODES)
     cache_views: Optional[int] = setting(None, "augmented views cached per image; null = train.epochs; 0 = one un-augmented view")
     cache_dir: Optional[str] = setting(None, "keep the feature cache in a disk memmap here (reused by later runs); null = memory")
+    extra_epochs: list[int] = setting(help="epochs trained after train.epochs, in blocks; each block starts the learning-rate schedule again from train.lr (peft.lr) and runs it over the block's epochs (a warm restart); the augmentation and the feature cache keep their last epoch's settings. Added by `tailtune train --resume RUN --extend-epochs N`", factory=list)
 
     def __post_init__(self) -> None:
         _check_positive("train", "epochs", self.epochs)
+        for n in self.extra_epochs:
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise ConfigError(f"train.extra_epochs={list(self.extra_epochs)} must hold whole numbers >= 1 "
+                                  "(epochs per block after train.epochs).")
         _check_positive("train", "save_every", self.save_every, allow_zero=True)
         _check_choice("train", "on_nan", self.on_nan, ON_NAN_MODES)
         _check_choice("train", "cache_features", self.cache_features, CACHE_MODES)
@@ -248,6 +253,11 @@ class TrainConfig:
                 f"{self.micro_batch_size}; pick a micro-batch that divides the batch "
                 f"(e.g. {_largest_divisor(self.batch_size, self.micro_batch_size)})."
             )
+
+
+def total_epochs(train: TrainConfig) -> int:
+    """Every epoch a run trains: train.epochs and its extensions (train.extra_epochs)."""
+    return train.epochs + sum(train.extra_epochs)
 
 
 def _largest_divisor(n: int, at_most: int) -> int:

@@ -173,7 +173,7 @@ def _results_section(page: Page, r: RunRecord) -> None:
                         f"{p.get('backbone_total', 0):,})"],
         ["classifier", f"{config_value(r.config, 'head.type')} head, {p.get('trainable_head', 0):,} parameters, "
                        f"initialised by {r.metrics.get('head_init', '–')}"],
-        ["training", f"loss {config_value(r.config, 'loss.name')}, {config_value(r.config, 'train.epochs')} epochs, "
+        ["training", f"loss {config_value(r.config, 'loss.name')}, {_epochs(r.config)}, "
                      f"batch {config_value(r.config, 'train.batch_size')}, lr {config_value(r.config, 'train.lr')}"],
         ["time", f"training {minutes(tm.get('train_s'))}, evaluation {minutes(tm.get('eval_s'))}, "
                  f"total {minutes(tm.get('total_s'))}"],
@@ -183,6 +183,16 @@ def _results_section(page: Page, r: RunRecord) -> None:
                  html_table(None, facts, cls="facts") + notes,
                  "Test accuracy (%): overall over the test images; balanced (the mean per-class accuracy) "
                  "and each group of classes by training-image count as means of their classes' accuracies.")
+
+
+def _epochs(config: dict) -> str:
+    """train.epochs, and the extensions of a run resumed with --extend-epochs (train.extra_epochs)."""
+    extra = config_value(config, "train.extra_epochs")
+    epochs = f"{config_value(config, 'train.epochs')} epochs"
+    if not isinstance(extra, list) or not extra:
+        return epochs
+    return (f"{epochs} + {' + '.join(map(str, extra))} extra (extended; the learning-rate schedule restarted from "
+            "train.lr at each extension)")
 
 
 def _gap_section(page: Page, r: RunRecord) -> None:

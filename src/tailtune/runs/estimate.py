@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from tailtune.config import total_epochs
 from tailtune.data.base import Subset, Transformed
 from tailtune.data.transforms import train_transform
 from tailtune.experiment import build, param_summary
@@ -93,12 +94,12 @@ def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
         per_image = _timed_trainer(model, loss_fn, cached, exp, timed_images)
         notes.append(plan.describe())
     epoch_s = per_image * epoch_images
-    total_s = epoch_s * cfg.train.epochs + cache_s
+    total_s = epoch_s * total_epochs(cfg.train) + cache_s
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[exp.dtype]
     summary = {
         "train_images": len(exp.data.train), "images_per_epoch": epoch_images, "batch_size": cfg.train.batch_size,
-        "micro_batch_size": micro, "steps_per_epoch": steps, "epochs": cfg.train.epochs,
-        "total_steps": steps * cfg.train.epochs, "trainable_backbone": params["trainable_backbone"],
+        "micro_batch_size": micro, "steps_per_epoch": steps, "epochs": total_epochs(cfg.train),
+        "total_steps": steps * total_epochs(cfg.train), "trainable_backbone": params["trainable_backbone"],
         "trainable_head": params["trainable_head"], "backbone_total": params["backbone_total"],
         "precision": precision, "device": str(exp.device), "feature_cache": plan is not None,
         "timed_images": timed_images, "seconds_per_image": per_image, "epoch_s": epoch_s,
@@ -107,15 +108,15 @@ def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
     lines = [
         f"dry run: {cfg.data.name}, {exp.backbone.info['provider']} {exp.backbone.info['name']}, peft {cfg.peft.method}",
         f"  training images: {len(exp.data.train):,} ({epoch_images:,} per epoch with sampler {cfg.train.sampler})",
-        f"  steps: {steps:,} per epoch (batch {cfg.train.batch_size}, micro-batch {micro}) x {cfg.train.epochs} "
-        f"epochs = {steps * cfg.train.epochs:,} optimizer steps",
+        f"  steps: {steps:,} per epoch (batch {cfg.train.batch_size}, micro-batch {micro}) x {total_epochs(cfg.train)} "
+        f"epochs = {steps * total_epochs(cfg.train):,} optimizer steps",
         f"  trainable parameters: {params['trainable_backbone']:,} backbone "
         f"({100 * params['trainable_backbone_share']:.3f}% of {params['backbone_total']:,}) + "
         f"{params['trainable_head']:,} head",
         f"  precision {precision} on {exp.device}, {exp.workers} loader workers",
         *(f"  note: {n}" for n in notes),
         f"  timed: {timed_images} images after a warm-up step: {per_image * 1000:.1f} ms per image",
-        f"  estimated time per epoch: {_hms(epoch_s)}; training ({cfg.train.epochs} epochs"
+        f"  estimated time per epoch: {_hms(epoch_s)}; training ({total_epochs(cfg.train)} epochs"
         f"{' + feature cache' if plan else ''}): {_hms(total_s)}"
         + (f" (cache build {_hms(cache_s)})" if plan else ""),
         "  (head initialisation and evaluation come on top; nothing was written)",

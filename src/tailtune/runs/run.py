@@ -16,11 +16,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from tailtune import config as C
+from tailtune.config.changes import (
+    EXTENSION_KEY,
+    HARMLESS_ON_RESUME,
+    changes_result,
+    config_changes,
+)
 from tailtune.data.base import SeededTransformed
 from tailtune.data.transforms import (
     train_transform,
 )
-from tailtune.errors import DataError, TailtuneError, WriteError
+from tailtune.errors import ConfigError, DataError, TailtuneError, WriteError
 from tailtune.evaluation.evaluate import evaluate_model, evaluate_with_predictions, train_features
 from tailtune.evaluation.gap import measure_gap
 from tailtune.experiment import Experiment, _build, data_summary, load_run, param_summary, validate
@@ -47,6 +53,7 @@ from tailtune.runtime.rng import kept_rng
 from tailtune.runtime.rundir import (
     CHECKPOINT,
     CONFIG,
+    LOCK,
     LOG,
     METRICS,
     PREDICTIONS,
@@ -54,12 +61,14 @@ from tailtune.runtime.rundir import (
     STATE,
     NullRun,
     RunDir,
+    RunLock,
     read_config,
+    run_path,
 )
 from tailtune.training.feature_cache import cached_training
 from tailtune.training.selection import VAL_TTE, Selector
 from tailtune.training.signals import SignalStop, StopNow
-from tailtune.training.state import load_state, save_state, set_rng_state
+from tailtune.training.state import load_state, save_state, saved_config, set_rng_state
 from tailtune.training.trainer import Trainer, TrainingInterrupted
 
 _log = logging.getLogger(__name__)
@@ -71,18 +80,124 @@ def init_head(exp: Experiment, quiet: bool = True) -> str:
     return initialise_head(exp.model.head, ctx)
 
 
-def fit(cfg: C.Config, run_dir: str | Path | None = None) -> dict:
+def fit(cfg: C.Config, run_dir: str | Path | None = None, break_lock: bool = False) -> dict:
     """Train and evaluate one run; writes the run folder and returns its metrics.
 
-    Under torchrun every process calls this; rank 0 alone writes the folder. Relative file and
-    folder settings are saved absolute (config.with_absolute_paths).
+    Under torchrun every process calls this; rank 0 alone writes the folder, holding its lock
+    (``run.lock``: another process writing it is refused; ``break_lock``: see RunLock.take).
+    Relative file and folder settings are saved absolute (config.with_absolute_paths).
     """
-    return _as_run(C.with_absolute_paths(cfg), run_dir, resume=False)
+    cfg = C.with_absolute_paths(cfg)
+    path = run_path(cfg, run_dir)
+    with _locked(path, break_lock):
+        return _as_run(cfg, path, resume=False)
 
 
-def resume(run_dir: str | Path) -> dict:
-    """Continue an interrupted run from its folder's saved training state, where it stopped."""
-    return _as_run(read_config(run_dir), Path(run_dir), resume=True)
+def resume(run_dir: str | Path, extend_epochs: int = 0, break_lock: bool = False) -> dict:
+    """Continue an interrupted run from its folder's saved training state, where it stopped.
+
+    The folder's config.yaml must still say what the state was trained with (changed keys that
+    change the result are refused by name, see :func:`resumed_config`). ``extend_epochs``: train
+    that many epochs more than planned, the learning-rate schedule restarted from train.lr over
+    them (recorded as train.extra_epochs in config.yaml).
+    """
+    path = Path(run_dir)
+    with _locked(path, break_lock, new=False):
+        return _as_run(resumed_config(path, extend_epochs), path, resume=True)
+
+
+@contextlib.contextmanager
+def _locked(path: Path, break_lock: bool, new: bool = True):
+    """Rank 0 holds the run folder's lock for the whole run, released on every way out (errors,
+    Ctrl-C, a signal that stops training); the other ranks under torchrun hold none."""
+    if not env_info().is_main:
+        yield
+        return
+    if not new and not (path / CONFIG).is_file():
+        read_config(path)  # the error for a folder that is no run folder, before any lock is written in it
+    lock = RunLock.take(path, break_lock, way_out=f"delete {path / LOCK} (or pass --break-lock)")
+    if lock.note and (path / LOG).is_file():  # a resumed run's log keeps it too
+        with open(path / LOG, "a", encoding="utf-8") as f:
+            f.write(lock.note + "\n")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def resumed_config(run_dir: str | Path, extend_epochs: int = 0, log=None) -> C.Config:
+    """The config a run folder continues with: its config.yaml, checked against the config its
+    training state was saved with.
+
+    A changed key that changes what the run computes (config/changes.py) is refused, naming
+    every such key with its saved and new value and the way out; a harmless one (``quiet``, the
+    loader workers, ...) is taken, with a note. ``train.extra_epochs`` may only grow: by
+    ``extend_epochs`` (added here) or an extension config.yaml records that the state does not
+    yet (a run stopped before its first save after ``--extend-epochs``).
+    """
+    run_dir = Path(run_dir)
+    log = log or (_note_in(run_dir) if env_info().is_main else (lambda _: None))
+    folder = read_config(run_dir)
+    if extend_epochs < 0 or isinstance(extend_epochs, bool) or not isinstance(extend_epochs, int):
+        raise ConfigError(f"--extend-epochs {extend_epochs!r}: give a whole number of epochs >= 1.")
+    if extend_epochs and (run_dir / METRICS).exists():
+        raise ConfigError(f"{run_dir} holds a finished run: its training state was removed when it finished, so "
+                          f"it cannot be extended. Train a new run in another folder (name=...) with "
+                          f"train.epochs={C.total_epochs(folder.train) + extend_epochs}.")
+    if not (run_dir / STATE).is_file() or (run_dir / METRICS).exists():
+        return folder  # RunDir.open says why it cannot be resumed
+    text = saved_config(run_dir / STATE)
+    if text is None:
+        log(f"note: the training state {run_dir / STATE} carries no config (written by an older tailtune): "
+            f"changes to {run_dir / CONFIG} since it was saved cannot be checked.")
+        saved = folder
+    else:
+        saved = C.from_yaml_text(text, f"the config saved in {run_dir / STATE}")
+    refused, allowed = [], []
+    for key, old, new in config_changes(saved, folder):
+        if key == EXTENSION_KEY and isinstance(old, list) and isinstance(new, list) and new[:len(old)] == old \
+                and len(new) > len(old):
+            log(f"note: {run_dir / CONFIG} extends the run by {new[len(old):]} epochs (train.extra_epochs "
+                f"{old} -> {new}, an extension not yet in the saved state): continuing with it.")
+        elif changes_result(key):
+            refused.append((key, old, new))
+        else:
+            allowed.append((key, old, new))
+    if refused:
+        raise ConfigError(_refusal(run_dir, refused))
+    for key, old, new in allowed:
+        log(f"note: {run_dir / CONFIG} changes {key} {old!r} -> {new!r} since the state was saved: taken "
+            f"({HARMLESS_ON_RESUME[key]}).")
+    if not extend_epochs:
+        return folder
+    extra = [*folder.train.extra_epochs, extend_epochs]
+    log(f"note: extending the run by {extend_epochs} epochs (train.extra_epochs={extra}): after epoch "
+        f"{C.total_epochs(folder.train)} the learning-rate schedule ({folder.train.scheduler}) starts again from "
+        f"train.lr={folder.train.lr:g} over {extend_epochs} epochs.")
+    return replace(folder, train=replace(folder.train, extra_epochs=extra))
+
+
+def _note_in(run_dir: Path):
+    """A note on the console and in the run's log.txt (before the run folder is opened)."""
+    def note(msg: str) -> None:
+        _log.warning(msg)
+        if (run_dir / LOG).is_file():
+            with open(run_dir / LOG, "a", encoding="utf-8") as f:
+                f.write(msg + "\n")
+    return note
+
+
+def _refusal(run_dir: Path, refused: list[tuple]) -> str:
+    shown = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in refused)
+    text = (f"{run_dir / CONFIG} was changed since the run's training state was saved: {shown}. The resumed run "
+            "would continue the saved training, not what these values say, and its record (config.yaml, "
+            "report.html) would not be what it did. Put the saved values back in config.yaml to resume, or start "
+            "a new run with the new values in another folder (name=...).")
+    if any(k in ("train.epochs", EXTENSION_KEY) for k, _, _ in refused):
+        text += (" To train longer, put train.epochs back and run `tailtune train --resume "
+                 f"{run_dir} --extend-epochs N` (the learning-rate schedule restarts from train.lr over the N "
+                 "extra epochs).")
+    return text
 
 
 def _as_run(cfg: C.Config, run_dir, resume: bool) -> dict:
@@ -103,7 +218,11 @@ def _as_run(cfg: C.Config, run_dir, resume: bool) -> dict:
 def _open_run(cfg: C.Config, run_dir, resume: bool, info: DistInfo):
     """Rank 0 creates (or reopens) the folder; the others learn its path and write nothing."""
     def make():
-        return RunDir.open(run_dir, cfg.quiet) if resume else RunDir.create(cfg, run_dir)
+        if not resume:
+            return RunDir.create(cfg, run_dir)
+        run = RunDir.open(run_dir, cfg.quiet)
+        _record_extension(run, cfg)
+        return run
 
     run = on_main(make, info)
     if not info.enabled:
@@ -173,7 +292,7 @@ def kept(path: Path, cfg: C.Config) -> str:
         epoch, within = counters["epoch"], counters["epoch_step"]
     except (OSError, SafetensorError, KeyError, ValueError) as e:
         return f"Its training state {path / STATE} is unreadable ({e}); train the run again."
-    epochs = cfg.train.epochs
+    epochs = C.total_epochs(cfg.train)
     if epoch >= epochs:
         done = (f"; {CHECKPOINT} is complete" if (path / CHECKPOINT).is_file() else "")
         return (f"Training finished: its state (epoch {epoch} of {epochs}) is saved{done}. "
@@ -202,6 +321,14 @@ def _failed(run: RunDir | NullRun, cfg: C.Config, e: BaseException) -> BaseExcep
     with contextlib.suppress(WriteError):  # the error is already the way out
         run.close()
     return e
+
+
+def _record_extension(run: RunDir, cfg: C.Config) -> None:
+    """config.yaml says an extension (--extend-epochs) before the run trains it."""
+    if read_config(run.path).train.extra_epochs != cfg.train.extra_epochs:
+        run.rewrite_config(cfg)
+        run.log(f"extended: train.extra_epochs={cfg.train.extra_epochs} ({C.total_epochs(cfg.train)} epochs in all; "
+                "the schedule restarts from train.lr at each extension)")
 
 
 def _build_run(cfg: C.Config, run: RunDir | NullRun, resume: bool) -> tuple[Experiment, Selector]:
@@ -282,7 +409,7 @@ def _make_trainer(exp: Experiment, inputs: _TrainingInputs, run: RunDir | NullRu
             sel_meta, sel_tensors = selector.state()
             save_state(run.path / STATE, exp.model.trainable_state_dict(), trainer.optimizer, counters,
                        {"head_init": head_init, "selector": sel_meta}, sel_tensors,
-                       classnames=exp.data.classnames, origin=_origin(exp, run))
+                       classnames=exp.data.classnames, origin=_origin(exp, run), config=C.to_yaml(exp.cfg))
 
     return Trainer(inputs.model, inputs.loss_fn, inputs.dataset, cfg.train, exp.device, exp.dtype, inputs.workers,
                    backbone_lr=cfg.peft.lr, quiet=cfg.quiet or not info.is_main, log=run.log,

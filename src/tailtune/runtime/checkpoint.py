@@ -131,6 +131,19 @@ def read_snapshot(path: str | Path, what: str) -> tuple[dict, dict[str, torch.Te
                               "re-run training or restore the file.") from None
 
 
+def read_metadata(path: str | Path, what: str) -> dict[str, str]:
+    """The metadata of a safetensors file, from its header alone (no tensor is read)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{what} {path} does not exist.")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{what} {path} is truncated or not a safetensors file ({e}); "
+                              "re-run training or restore the file.") from None
+
+
 def load_checkpoint(path: str | Path, model: torch.nn.Module, backbone_info: dict, classnames: Sequence[str],
                     expected: str = "the dataset", log: Callable[[str], None] = _log.warning) -> dict:
     """Load trainable tensors into ``model`` strictly; returns the checkpoint's metadata.

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
+import socket
+import sys
 import time
 from pathlib import Path
 
 from tailtune import config as C
-from tailtune.errors import ConfigError
+from tailtune.errors import ConfigError, FolderInUse
 from tailtune.runtime.files import write_error, write_text, writing
 
 _log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ PREDICTIONS = "predictions.npz"  # test labels and predictions per test-time-ens
 METRICS = "metrics.json"  # written last: a run folder with it holds a finished run
 REPORT = "report.html"  # the run's (or a comparison's) self-contained report page
 FIGURES = "report"  # folder of the report's PNGs
+LOCK = "run.lock"  # while a process writes the folder: its PID, host and start (RunLock)
 # ---- a folder of several runs
 COMPARISON = "comparison.json"  # the numbers of a comparison report (beside its report.html)
 SWEEP = "sweep.json"  # a sweep's points and their overrides
@@ -48,6 +52,22 @@ def default_name(cfg: C.Config) -> str:
     model = re.sub(r"[^A-Za-z0-9.-]+", "-", cfg.model.name)
     peft = cfg.peft.method.replace("+", "-")
     return f"{cfg.data.name}_{model}_{peft}_{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_path(cfg: C.Config, path: str | Path | None = None) -> Path:
+    """The folder of a new run: ``path``, or output_dir/name (name: a default with the time)."""
+    return Path(path) if path else Path(cfg.output_dir) / (cfg.name or default_name(cfg))
+
+
+def _clear_keeping_lock(path: Path) -> None:
+    """Empty a run folder that a new run replaces, but for the lock its process holds."""
+    for p in path.iterdir():
+        if p.name == LOCK:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def check_run(path: str | Path, finished: bool = True) -> Path:
@@ -83,10 +103,10 @@ class RunDir:
 
     @classmethod
     def create(cls, cfg: C.Config, path: str | Path | None = None) -> RunDir:
-        path = Path(path) if path else Path(cfg.output_dir) / (cfg.name or default_name(cfg))
-        if path.exists() and any(path.iterdir()):
+        path = run_path(cfg, path)
+        if path.exists() and any(p.name != LOCK for p in path.iterdir()):
             cls._check_reuse(path, cfg)
-            shutil.rmtree(path)
+            _clear_keeping_lock(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / ".write-test"
@@ -129,6 +149,10 @@ class RunDir:
         if (path / STATE).exists():
             raise ConfigError(f"output folder {path} holds this run, unfinished; continue it with "
                               f"`tailtune train --resume {path}` or pass overwrite=true to start again.")
+
+    def rewrite_config(self, cfg: C.Config) -> None:
+        """Replace config.yaml (atomically): a resume that extends the run records it there."""
+        write_text(self.path / CONFIG, C.to_yaml(cfg))
 
     def log(self, msg: str, console: bool = True) -> None:
         """``msg`` into log.txt (always: the run's record), and to the ``tailtune`` logger: at INFO,
@@ -212,3 +236,146 @@ class NullRun:
 def read_metrics(run_dir: str | Path) -> dict:
     """The metrics of a finished run."""
     return json.loads((check_run(run_dir) / METRICS).read_text())
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (Linux: /proc, in clock ticks since boot), to tell a reused PID
+    from the lock's owner; None where it cannot be read."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _running(owner: dict) -> bool:
+    """Is the lock's owner (a process on this host) still running?"""
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        pass
+    started, now = owner.get("process_start"), _process_start(pid)
+    return not (started and now and started != now)  # the same PID, another process: the owner is gone
+
+
+class RunLock:
+    """The lock of a run folder: ``run.lock`` holds the owner's PID, host, start time and command.
+
+    Taken before anything in the folder is written (``train``, ``train --resume``, ``tailtune
+    report``) and released on every way out of the process's work (:meth:`release` in a
+    ``finally``). A second process is refused by name. A lock left by a process of this host
+    that no longer runs (killed by SIGKILL, a crash) is named in a note and taken over; one of
+    another host cannot be checked from here: it is refused with the way out (``break_lock``, or
+    deleting the file).
+    """
+
+    def __init__(self, path: Path, owner: dict, note: str | None = None, created: list[Path] = ()):
+        self.path, self.owner, self.note = path, owner, note
+        self._created = list(created)  # folders the lock made: removed again if they stay empty
+
+    @classmethod
+    def take(cls, folder: str | Path, break_lock: bool = False,
+             way_out: str = "delete that file") -> RunLock:
+        """Lock ``folder`` (created if missing) for this process, or raise FolderInUse.
+
+        ``break_lock``: take over a lock whose owner cannot be checked (another host, an unreadable
+        file); a running process of this host is refused even then. ``way_out``: how the user
+        clears a lock by hand, for the messages (e.g. "pass --break-lock").
+        """
+        folder = Path(folder)
+        lock = folder / LOCK
+        created = [p for p in (folder, *folder.parents) if not p.exists()]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot write to output folder {folder}: {e.strerror}. "
+                              "Set output_dir=... to a writable folder.") from None
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "process_start": _process_start(os.getpid()),
+              "since": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": " ".join(sys.argv)}
+        note = None
+        for _ in range(5):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                note = cls._judge(lock, break_lock, way_out)  # raises while the owner may run
+                continue
+            except OSError as e:
+                raise ConfigError(f"cannot write the lock {lock}: {e.strerror}. Set output_dir=... to a "
+                                  "writable folder.") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            if note:
+                _log.warning(note)
+            return cls(lock, me, note, created)
+        raise FolderInUse(f"run folder {folder}: another process keeps taking its lock {lock}; "
+                          "make sure one process alone runs in it, then run the command again.")
+
+    @staticmethod
+    def _judge(lock: Path, break_lock: bool, way_out: str) -> str | None:
+        """The lock exists: raise if its owner may still run, else remove it; returns the note."""
+        try:
+            text = lock.read_text()
+        except FileNotFoundError:
+            return None  # released meanwhile: try again
+        except OSError as e:
+            text = f"<unreadable: {e.strerror}>"
+        try:
+            owner = json.loads(text)
+            if not isinstance(owner, dict):
+                raise ValueError
+        except ValueError:
+            owner = None
+        folder = lock.parent
+        if owner is None:
+            if not break_lock:
+                raise FolderInUse(f"run folder {folder} holds a lock {lock} that cannot be read ({text[:80]!r}): "
+                                  "another process may be writing the folder. If none is, "
+                                  f"{way_out} and run the command again.")
+            note = f"note: the unreadable lock {lock} is broken (break_lock)."
+        else:
+            who = (f"process {owner.get('pid')} on host {owner.get('host')} since {owner.get('since')} "
+                   f"({owner.get('command') or 'no command recorded'})")
+            if owner.get("host") == socket.gethostname():
+                if _running(owner):
+                    raise FolderInUse(f"run folder {folder} is in use by {who}: two processes writing one run "
+                                      f"folder would mix their files. Wait for it to end, or stop it "
+                                      f"(kill {owner.get('pid')}) and run the command again.")
+                note = (f"note: run folder {folder} was locked by {who}, which no longer runs (killed or "
+                        "crashed); its lock is taken over.")
+            elif break_lock:
+                note = f"note: the lock of {who} on run folder {folder} is broken (break_lock)."
+            else:
+                raise FolderInUse(f"run folder {folder} is locked by {who}; from this host "
+                                  f"({socket.gethostname()}) tailtune cannot tell whether that process still "
+                                  f"runs. If it does not, {way_out}, and run the command again.")
+        try:
+            if lock.read_text() == text:  # still the lock judged (not one another process just took)
+                lock.unlink()
+        except FileNotFoundError:
+            pass
+        return note
+
+    def release(self) -> None:
+        """Remove the lock if it is still this process's (a discarded folder took it with it), and
+        the folders taking it created if nothing else was written in them (a run that failed early)."""
+        try:
+            if json.loads(self.path.read_text()) == self.owner:
+                self.path.unlink()
+        except (FileNotFoundError, ValueError):
+            pass
+        for folder in self._created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the run wrote it) or gone: kept as it is
+                break
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False

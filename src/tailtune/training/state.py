@@ -22,6 +22,7 @@ import torch
 from tailtune.errors import CheckpointError
 from tailtune.runtime.checkpoint import (
     check_classnames,
+    read_metadata,
     read_snapshot,
     verify_checksum,
     write_safetensors,
@@ -80,9 +81,10 @@ def _join_optimizer(meta: dict, tensors: dict[str, torch.Tensor]) -> dict:
 
 def save_state(path: str | Path, model_tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
                counters: dict, extra: dict, extra_tensors: dict[str, torch.Tensor] | None = None,
-               classnames: Sequence[str] | None = None, origin: str = "") -> None:
+               classnames: Sequence[str] | None = None, origin: str = "", config: str | None = None) -> None:
     """Write the training state atomically (temporary file + rename), with its checksum and the
-    dataset's ``classnames`` (``origin``: where it comes from, for messages)."""
+    dataset's ``classnames`` (``origin``: where it comes from, for messages; ``config``: the run's
+    config as YAML, which a resume compares with its folder's config.yaml)."""
     path = Path(path)
     optim_meta, optim_tensors = _split_optimizer(optimizer.state_dict())
     rng_meta, rng_tensors = rng_state()
@@ -94,7 +96,18 @@ def save_state(path: str | Path, model_tensors: dict[str, torch.Tensor], optimiz
             "rng": json.dumps(rng_meta), "extra": json.dumps(extra), "origin": origin}
     if classnames is not None:
         meta["classnames"] = json.dumps(list(classnames))
+    if config is not None:
+        meta["config"] = config
     write_safetensors(path, tensors, meta, checksum=True)
+
+
+def saved_config(path: str | Path) -> str | None:
+    """The config (YAML) a training state was saved with, from its header alone (the contents are
+    verified when it is loaded); None for a state written before tailtune stored it."""
+    meta = read_metadata(path, "training state")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a tailtune training state.")
+    return meta.get("config")
 
 
 def load_state(path: str | Path, classnames: Sequence[str] | None = None, expected: str = "the dataset",

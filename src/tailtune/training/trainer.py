@@ -146,6 +146,9 @@ class Trainer:
         self.sampler = build_sampler(self.cfg.sampler, self.train_set.targets, self.cfg.seed,
                                      self.dist.rank, world)
         self.steps_per_epoch = math.ceil(len(self.sampler) / self.rank_batch)
+        # The schedule's blocks: train.epochs, then each extension (train.extra_epochs) restarts it.
+        self.blocks = [self.cfg.epochs, *self.cfg.extra_epochs]
+        self.total_epochs = sum(self.blocks)
         self.scheduler = SCHEDULES.get(self.cfg.scheduler)(self.optimizer, self.steps_per_epoch, self.cfg.epochs)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.net = self.model
@@ -176,12 +179,36 @@ class Trainer:
         self.epoch, self.step, self.epoch_step = state["epoch"], state["step"], state["epoch_step"]
         self._sums = dict(state["sums"][self.dist.rank])
         self.history = list(state["history"])
+        block = self._block_of(self.epoch if self.epoch_step else self.epoch - 1)  # the saved schedule's
+        if block:
+            self.scheduler = SCHEDULES.get(self.cfg.scheduler)(self.optimizer, self.steps_per_epoch, self.blocks[block])
         self.scheduler.load_state_dict(state["scheduler"])
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.optimizer.load_state_dict(optimizer_state)
 
     # ------------------------------------------------------------------ loop
+
+    def _block_of(self, epoch: int) -> int:
+        """The schedule block (0: train.epochs, 1...: the extensions) that ``epoch`` (0-based) is in."""
+        end = 0
+        for i, n in enumerate(self.blocks):
+            end += n
+            if epoch < end:
+                return i
+        return len(self.blocks) - 1
+
+    def _restart_schedule(self) -> None:
+        """At the first epoch of an extension block: the schedule starts again from train.lr (and
+        peft.lr) and runs over the block's epochs; momentum buffers carry on."""
+        if self.epoch_step or not self.epoch or self._block_of(self.epoch) == self._block_of(self.epoch - 1):
+            return
+        block = self._block_of(self.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"]
+        self.scheduler = SCHEDULES.get(self.cfg.scheduler)(self.optimizer, self.steps_per_epoch, self.blocks[block])
+        self.log(f"epoch {self.epoch + 1}: the learning-rate schedule ({self.cfg.scheduler}) starts again from "
+                 f"lr {self.lr:g} over {self.blocks[block]} epochs (train.extra_epochs)")
 
     def _epoch_batches(self):
         """Micro-batch loader over this rank's share of the epoch plan, from the resume point.
@@ -217,7 +244,7 @@ class Trainer:
         """One epoch, or what is left of it on resume: micro-batches accumulate into optimizer steps."""
         remaining, loader = self._begin_epoch()
         t0 = time.perf_counter()
-        bar = ImageProgress(loader, f"epoch {self.epoch + 1}/{self.cfg.epochs}", self.quiet)
+        bar = ImageProgress(loader, f"epoch {self.epoch + 1}/{self.total_epochs}", self.quiet)
         self.optimizer.zero_grad(set_to_none=True)
         done, in_step, step_finite = 0, 0, True  # images of earlier steps, of the current step; no NaN yet
         step_lr = self.lr
@@ -244,6 +271,7 @@ class Trainer:
 
     def _begin_epoch(self):
         """Train mode, the epoch told to whoever depends on it, and the loader from the resume point."""
+        self._restart_schedule()
         self.model.train()
         for obj in (self.loss_fn, *self.epoch_aware):
             if hasattr(obj, "set_epoch"):
@@ -357,10 +385,10 @@ class Trainer:
 
     def fit(self, on_epoch: Callable[[int, EpochStats], None] | None = None) -> list[dict]:
         try:
-            while self.epoch < self.cfg.epochs:
+            while self.epoch < self.total_epochs:
                 stats = self.train_epoch()
                 skipped = f", {stats.skipped_steps} non-finite steps skipped" if stats.skipped_steps else ""
-                self.log(f"epoch {self.epoch}/{self.cfg.epochs}: loss {stats.loss:.4f}, train acc "
+                self.log(f"epoch {self.epoch}/{self.total_epochs}: loss {stats.loss:.4f}, train acc "
                          f"{stats.accuracy:.2f}%, lr {stats.lr:.5f}, {stats.seconds:.1f}s "
                          f"({stats.images * self.dist.world_size / max(stats.seconds, 1e-9):.0f} img/s){skipped}")
                 if on_epoch:
