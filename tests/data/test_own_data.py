@@ -102,7 +102,9 @@ def test_classnames_file(tmp_path):
 
 def test_class_with_too_few_images_for_a_test_split(tmp_path):
     class_tree(tmp_path, [8, 3])
-    with pytest.raises(DataError, match=r"no test split and its smallest class has 3 images.*holdout_per_class"):
+    # issue 15 (14): the refusal names the proportional policy and its trade-off, beside holdout_per_class
+    with pytest.raises(DataError, match=r"no test split and its smallest class, 'c1', has 3 images.*"
+                                        r"holdout_policy=proportional.*no test image.*holdout_per_class"):
         build_data(_cfg(f"data.root={tmp_path}"))
 
 
