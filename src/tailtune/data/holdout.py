@@ -176,7 +176,8 @@ VAL_SPLIT = "val split"
 
 
 def hold_out(dataset, classnames: Sequence[str], cfg, what: str):
-    """(rest, held-out, record, what was taken) by ``data.holdout_policy``, or None when no image
+    """(rest, held-out, record, what was taken, what each class gave) by ``data.holdout_policy`` (the
+    last two for the notes; the per-class part empty for balanced), or None when no image
     can be held out (balanced: the smallest class has fewer than 4; proportional: every class has)."""
     num = len(classnames)
     sizes = holdout_sizes(counts_of(dataset, num), cfg, classnames, what)
@@ -187,15 +188,17 @@ def hold_out(dataset, classnames: Sequence[str], cfg, what: str):
         rest, held, rec = split_off(dataset, num, sizes, seed, what, classnames)
         cap = cfg.holdout_per_class or AUTO_MAX_PER_CLASS
         said = (f"a quarter of each class's images, at most {cap} (data.holdout_policy=proportional; {len(held)} in "
-                f"all, seed {seed}): {taken(sizes, classnames)}")
+                f"all, seed {seed})")
+        caveat = f" (per class: {taken(sizes, classnames)}"
         if (sizes == 0).any():
-            said += (f"; a class that gave no {what} image is trained but " +
-                     ("not measured (left out of the balanced and group means)" if what == "test" else
-                      "not in the validation score"))
+            caveat += (f"; a class that gave no {what} image is trained but " +
+                       ("not measured: left out of the balanced and group means" if what == "test" else
+                        "not in the validation score"))
+        caveat += ")"
     else:
         rest, held, rec = split_off(dataset, num, int(sizes[0]), seed, what)
-        said = f"{int(sizes[0])} images per class ({len(held)} in all, seed {seed})"
-    return rest, held, rec, said
+        said, caveat = f"{int(sizes[0])} images per class ({len(held)} in all, seed {seed})", ""
+    return rest, held, rec, said, caveat
 
 
 def with_val(data, cfg):
@@ -217,8 +220,8 @@ def with_val(data, cfg):
         counts = counts_of(data.train, data.num_classes)
         raise HoldoutError("data.val=holdout: " + refusal(counts, data.classnames, cfg.name, "val", cfg),
                            described=data)
-    train, val, rec, said = made
-    note = (f"validation: {said} held out of the training images; training uses the other {len(train)}, so a "
+    train, val, rec, said, caveat = made
+    note = (f"validation: {said} held out of the training images{caveat}; training uses the other {len(train)}, so a "
             "benchmark no longer trains on its whole published list. Many/medium/few groups keep the dataset's "
             "own class counts.")
     return replace(data, train=train, val=val, val_source=HELD_OUT_VAL, notes=[*data.notes, note],

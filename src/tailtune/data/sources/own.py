@@ -42,10 +42,10 @@ def own_data(cfg: DataConfig, train: Split, val: Split | None, test: Split | Non
         if made is None:
             described = LTData(train_ds, FileDataset([], []), list(classnames), shot_groups(counts), GROUPS, [])
             raise HoldoutError(refusal(counts, classnames, where, "test", cfg), described=described)
-        train_ds, test_ds, record["test"], said = made
+        train_ds, test_ds, record["test"], said, caveat = made
         kind = "the" if cfg.holdout_policy == "proportional" else "a balanced"
-        notes.append(f"no test split given: {said} held out of the training images as {kind} test set; the list is "
-                     "in the run's splits.json.")
+        notes.append(f"no test split given: {said} held out of the training images as {kind} test set{caveat}; the "
+                     "list is in the run's splits.json.")
     else:
         test_ds = FileDataset(*test)
     val_ds, val_source = None, None
@@ -54,10 +54,10 @@ def own_data(cfg: DataConfig, train: Split, val: Split | None, test: Split | Non
     elif cfg.val in ("auto", "holdout"):
         made = hold_out(train_ds, classnames, cfg, "val")
         if made is not None:
-            train_ds, val_ds, record["val"], said = made
+            train_ds, val_ds, record["val"], said, caveat = made
             val_source = HELD_OUT_VAL
-            notes.append(f"no val split given: {said} held out of the training images for validation; the list "
-                         "is in the run's splits.json.")
+            notes.append(f"no val split given: {said} held out of the training images for validation{caveat}; the "
+                         "list is in the run's splits.json.")
         elif cfg.val == "holdout":
             left = counts_of(train_ds, num)
             described = LTData(train_ds, test_ds, list(classnames), shot_groups(left), GROUPS, notes, record=record)
