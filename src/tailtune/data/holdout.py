@@ -27,6 +27,7 @@ from tailtune.data.longtail import class_counts
 from tailtune.errors import DataError
 
 AUTO_MAX_PER_CLASS = 20
+HOLDOUT_KEYS = ("holdout_per_class", "holdout_policy")  # the data keys of a hold-out
 SHARE = 4  # a hold-out takes a quarter: of the smallest class (balanced) or of each class (proportional)
 SHOWN = 5  # classes named in a note or an error
 # Seed streams: the test and the val hold-outs of one seed must differ and never overlap

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tailtune.config import DataConfig, _check_choice, options_of, setting
 from tailtune.data.base import IMAGE_SUFFIXES
-from tailtune.data.sources.base import SOURCES
+from tailtune.data.roots import root_folder
+from tailtune.data.sources.base import SOURCES, check_source_options, reads
 from tailtune.data.sources.own import own_data
 from tailtune.data.splits import read_classnames
 from tailtune.errors import DataError
@@ -30,6 +31,9 @@ class FolderOptions:
 
     def __post_init__(self) -> None:
         _check_choice("data.folder", "layout", self.layout, LAYOUTS)
+
+    def check_section(self, data: DataConfig) -> None:
+        check_source_options(self, data, "folder")
 
 
 def _visible(entries) -> list[Path]:
@@ -128,6 +132,7 @@ def ignored_note(root: Path, ignored: list[Path], split: bool) -> str | None:
 
 
 @SOURCES.register("folder", options=FolderOptions)
+@reads("root")
 def image_folder(cfg: DataConfig):
     """Your own images: root/<class>/*.jpg, or root/{train,val,test}/<class>/*.jpg; missing splits held out.
 
@@ -140,9 +145,8 @@ def image_folder(cfg: DataConfig):
     if not cfg.root:
         raise DataError("data.root must point to your image folder: one sub-folder per class, or train/ "
                         "(and optionally val/ and test/) sub-folders holding one folder per class.")
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist (data.root).")
+    root = root_folder(cfg.root, "your images: one sub-folder per class, or train/ (val/, test/) holding one "
+                                 "folder per class")
     opts = options_of(cfg, "folder", FolderOptions)
     split = split_layout(root, opts.layout)
     ignored: list[Path] = []

@@ -15,7 +15,15 @@ import numpy as np
 
 from tailtune.config import DataConfig
 from tailtune.data.base import FileDataset
-from tailtune.data.holdout import HELD_OUT_VAL, VAL_SPLIT, HoldoutError, counts_of, hold_out, refusal, take
+from tailtune.data.holdout import (
+    HELD_OUT_VAL,
+    VAL_SPLIT,
+    HoldoutError,
+    counts_of,
+    hold_out,
+    refusal,
+    take,
+)
 from tailtune.data.longtail import GROUPS, class_counts, exp_profile, shot_groups, subsample
 from tailtune.data.sources.base import LTData
 from tailtune.errors import DataError
