@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import tailtune
+from conftest import real_data
 from tailtune.cli import app as cli
 from tailtune.config import load_config
 from tailtune.errors import CheckpointError, ConfigError, DataError, TailtuneError
@@ -45,7 +46,7 @@ def test_unknown_names(tiny_overrides, override, pattern, tmp_path):
 
 def test_missing_dataset_root(tiny_overrides, tmp_path):
     with pytest.raises(DataError, match=r"CIFAR-100 files .* not found in .*nowhere.*data.download=true"):
-        tailtune.build(_cfg(tiny_overrides, "data.name=cifar100_lt", f"data.root={tmp_path / 'nowhere'}"))
+        tailtune.build(_cfg(real_data(tiny_overrides), "data.name=cifar100_lt", f"data.root={tmp_path / 'nowhere'}"))
 
 
 def _folder(root: Path, counts, corrupt: bool = False):
@@ -64,12 +65,12 @@ def _folder(root: Path, counts, corrupt: bool = False):
 def test_empty_class(tiny_overrides, tmp_path):
     _folder(tmp_path / "d", [3, 0])
     with pytest.raises(DataError, match=r"1 classes have no training image \(e.g. c1\)"):
-        tailtune.build(_cfg(tiny_overrides, "data.name=folder", f"data.root={tmp_path / 'd'}", "data.imb_ratio=1"))
+        tailtune.build(_cfg(real_data(tiny_overrides), "data.name=folder", f"data.root={tmp_path / 'd'}", "data.imb_ratio=1"))
 
 
 def test_corrupt_jpeg_names_the_file(tiny_overrides, tmp_path):
     _folder(tmp_path / "d", [3, 2], corrupt=True)
-    cfg = _cfg(tiny_overrides, "data.name=folder", f"data.root={tmp_path / 'd'}", "data.imb_ratio=1",
+    cfg = _cfg(real_data(tiny_overrides), "data.name=folder", f"data.root={tmp_path / 'd'}", "data.imb_ratio=1",
                "head.init=class_mean")
     with pytest.raises(DataError, match=r"c0/0.jpg is corrupt"):
         tailtune.fit(cfg)

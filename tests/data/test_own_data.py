@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import tailtune
+from conftest import real_data
 from datatrees import class_tree, jpeg_bytes, write_images
 from tailtune.cli import app as cli
 from tailtune.config import load_config
@@ -195,7 +196,7 @@ def test_one_run_on_a_custom_folder_selects_by_val(tiny_overrides, tmp_path, cap
     class_tree(tmp_path / "mine", [24, 12, 8, 8])
     out = tmp_path / "runs"
     cfg = load_config("lift", "folder", overrides=[
-        *tiny_overrides, "data.name=folder", "data.imb_ratio=1", f"data.root={tmp_path / 'mine'}", "train.epochs=2", "train.select_by_val=true",
+        *real_data(tiny_overrides), "data.name=folder", "data.imb_ratio=1", f"data.root={tmp_path / 'mine'}", "train.epochs=2", "train.select_by_val=true",
         "eval.tte=none", f"output_dir={out}", "name=own"])
     metrics = tailtune.fit(cfg)
     run = out / "own"

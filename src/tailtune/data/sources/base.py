@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from tailtune.config import DataConfig
+from tailtune.config import DataConfig, list_presets
 from tailtune.data.holdout import HOLDOUT_KEYS, with_val
 from tailtune.data.longtail import (
     GROUPS,
@@ -30,8 +30,8 @@ SOURCES: Registry = Registry("dataset", section="data")  # options: data.<name>.
 NAMES_FROM_FILE = ("folder", "csv")
 # Core data keys that only some sources read: each source names the ones it reads (@reads). Set
 # to anything but its default for a source that does not read it, a key would do nothing: an
-# error naming the sources that read it. (Each source's own data.<name>.* options check
-# themselves: check_source_options.) The hold-out keys depend on the data: see holdout_unused.
+# error naming the sources that read it (and data.<name>.* options likewise:
+# check_source_options). The hold-out keys depend on the data: see holdout_unused.
 SOURCE_KEYS = ("root", "download", "splits_dir", "path_map", "group_imb_ratio")
 WHAT = {"root": "a folder of files", "download": "it downloads missing files",
         "splits_dir": "it is the folder of the split lists", "path_map": "it rewrites the split lists' paths",
@@ -76,21 +76,29 @@ def check_settings(cfg: DataConfig) -> None:
                           "preset: -d NAME, `tailtune list datasets`).")
 
 
-def check_source_options(options, section, name: str) -> None:
-    """ConfigError for options of source ``name`` (``data.<name>.*``) set while another source is chosen.
+def check_source_options(cfg: DataConfig) -> None:
+    """ConfigError for options of another source (``data.<name>.*`` of a source not chosen) set to
+    anything but their defaults: the run would ignore them.
 
-    For the options dataclasses' ``check_section``: a value other than the default would do nothing.
+    Checked when the data are built, not when a config is read: a saved config.yaml of an older run
+    still loads.
     """
-    if section.name == name:
-        return
-    default = type(options)()
-    changed = [f"data.{name}.{f.name}={getattr(options, f.name)!r}" for f in fields(options)
-               if getattr(options, f.name) != getattr(default, f.name)]
-    if changed:
-        raise ConfigError(f"{', '.join(changed)} {'applies' if len(changed) == 1 else 'apply'} to data.name={name} "
-                          f"only, not to data.name={section.name}: the run would ignore "
-                          f"{'it' if len(changed) == 1 else 'them'}. Drop {'it' if len(changed) == 1 else 'them'}, "
-                          f"or use data.name={name} (its data preset: -d {name}).")
+    for name in SOURCES.in_order():
+        cls = SOURCES.options(name)
+        key = getattr(cls, "KEY", name) if cls is not None else None
+        if name == cfg.name or cls is None or getattr(cfg, key, None) is None:
+            continue
+        if SOURCES.options(cfg.name) is cls:  # shared by the chosen source
+            continue
+        options, default = getattr(cfg, key), cls()
+        changed = [f"data.{key}.{f.name}={getattr(options, f.name)!r}" for f in fields(cls)
+                   if getattr(options, f.name) != getattr(default, f.name)]
+        if changed:
+            one = len(changed) == 1
+            preset = f" (its data preset: -d {name})" if name in list_presets("data") else ""
+            raise ConfigError(f"{', '.join(changed)} {'applies' if one else 'apply'} to data.name={name} only, not to "
+                              f"data.name={cfg.name}: the run would ignore {'it' if one else 'them'}. Drop "
+                              f"{'it' if one else 'them'}, or use data.name={name}{preset}.")
 
 
 def holdout_unused(data: LTData, cfg: DataConfig) -> str | None:
@@ -162,6 +170,7 @@ def build_data(cfg: DataConfig, check_files: bool = True) -> LTData:
     ``data.verify_images``, decodable (``data.skip_corrupt`` drops the ones that are not).
     """
     check_settings(cfg)
+    check_source_options(cfg)
     data = SOURCES.get(cfg.name)(cfg)
     if cfg.classnames_file and cfg.name not in NAMES_FROM_FILE:
         data = renamed(data, cfg)

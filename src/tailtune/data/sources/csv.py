@@ -10,7 +10,7 @@ from typing import ClassVar, Optional
 from tailtune.config import DataConfig, options_of, setting
 from tailtune.data.base import IMAGE_SUFFIXES
 from tailtune.data.roots import root_folder
-from tailtune.data.sources.base import SOURCES, check_source_options, reads
+from tailtune.data.sources.base import SOURCES, reads
 from tailtune.data.sources.own import own_data
 from tailtune.data.splits import read_classnames, resolve_paths
 from tailtune.errors import DataError
@@ -41,9 +41,6 @@ class CsvOptions:
     allow_absolute_paths: bool = setting(False, "csv: accept absolute image paths (otherwise they must stay under data.root)")
     drop_duplicates: bool = setting(False, "csv: keep a file listed more than once (same label) once, in its test or "
                                     "val row if it has one (false: a repeated file is an error naming the rows)")
-
-    def check_section(self, data: DataConfig) -> None:
-        check_source_options(self, data, "csv")
 
 
 def _csv_path(cfg: DataConfig, opts: CsvOptions) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 from tailtune.config import DataConfig, _check_choice, options_of, setting
 from tailtune.data.base import IMAGE_SUFFIXES
 from tailtune.data.roots import root_folder
-from tailtune.data.sources.base import SOURCES, check_source_options, reads
+from tailtune.data.sources.base import SOURCES, reads
 from tailtune.data.sources.own import own_data
 from tailtune.data.splits import read_classnames
 from tailtune.errors import DataError
@@ -31,9 +31,6 @@ class FolderOptions:
 
     def __post_init__(self) -> None:
         _check_choice("data.folder", "layout", self.layout, LAYOUTS)
-
-    def check_section(self, data: DataConfig) -> None:
-        check_source_options(self, data, "folder")
 
 
 def _visible(entries) -> list[Path]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from tailtune.config import DataConfig, _check_choice, options_of, setting
-from tailtune.data.sources.base import SOURCES, check_source_options, reads
+from tailtune.data.sources.base import SOURCES, reads
 from tailtune.data.sources.benchmark import Listed, check_fixed_tail, list_data, require_root
 from tailtune.data.splits import find_list, open_text, read_list, require_list, splits_dir
 from tailtune.errors import DataError
@@ -32,9 +32,6 @@ class InatOptions:
 
     def __post_init__(self) -> None:
         _check_choice("data.inat2018", "taxonomy", self.taxonomy, LEVELS)
-
-    def check_section(self, data: DataConfig) -> None:
-        check_source_options(self, data, "inat2018")
 
 
 def _load_json(path: Path):

@@ -10,7 +10,7 @@ import numpy as np
 from tailtune.config import DataConfig, _check_positive, options_of, setting
 from tailtune.data.base import ArrayDataset
 from tailtune.data.longtail import GROUPS, exp_profile, shot_groups
-from tailtune.data.sources.base import SOURCES, LTData, check_source_options, reads
+from tailtune.data.sources.base import SOURCES, LTData, reads
 
 
 @dataclass
@@ -27,9 +27,6 @@ class SyntheticOptions:
     def __post_init__(self) -> None:
         for key in ("num_classes", "train_per_class", "test_per_class", "image_size"):
             _check_positive("data.synthetic", key, getattr(self, key))
-
-    def check_section(self, data: DataConfig) -> None:
-        check_source_options(self, data, "synthetic")
 
 
 @SOURCES.register("synthetic", options=SyntheticOptions)
