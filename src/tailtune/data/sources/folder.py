@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tailtune.config import DataConfig, _check_choice, options_of, setting
 from tailtune.data.base import IMAGE_SUFFIXES
-from tailtune.data.roots import root_folder
+from tailtune.data.roots import link_problem, root_folder
 from tailtune.data.sources.base import SOURCES, reads
 from tailtune.data.sources.own import own_data
 from tailtune.data.splits import read_classnames
@@ -67,6 +67,13 @@ def scan_folder(folder: Path, classnames: list[str] | None = None, ignored: list
             elif not p.name.startswith(".") and p.is_file():
                 other.append(p)
         files.sort()
+        dangling = [(f, why) for f in files if (why := link_problem(f))]
+        if dangling:
+            eg = "; ".join(f"{why}" for _, why in dangling[:SHOWN])
+            more = f" and {len(dangling) - SHOWN} more" if len(dangling) > SHOWN else ""
+            raise DataError(f"{len(dangling)} image name{'s' * (len(dangling) != 1)} in {folder / name} "
+                            f"{'are symbolic links' if len(dangling) != 1 else 'is a symbolic link'} leading to no "
+                            f"file: {eg}{more}. Fix or remove the links.")
         paths += files
         labels += [label] * len(files)
         if ignored is not None:
