@@ -35,6 +35,12 @@ def tiny_overrides(tmp_path) -> list[str]:
     return [*TINY_CLIP, f"output_dir={tmp_path / 'runs'}"]
 
 
+def real_data(overrides: list[str]) -> list[str]:
+    """``overrides`` without the synthetic source's options, for a test that swaps in a source reading
+    files (options of a source that is not chosen are refused: the run would ignore them)."""
+    return [o for o in overrides if not o.startswith("data.synthetic.")]
+
+
 @pytest.fixture
 def tiny_cfg(tiny_overrides):
     return load_config("lift", overrides=tiny_overrides)

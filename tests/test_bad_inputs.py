@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import tailtune
+from conftest import real_data
 from tailtune.cli import app as cli
 from tailtune.config import load_config
 from tailtune.errors import CheckpointError, ConfigError, DataError, TailtuneError
@@ -46,7 +47,7 @@ def test_unknown_names(tiny_overrides, override, pattern, tmp_path):
 
 def test_missing_dataset_root(tiny_overrides, tmp_path):
     with pytest.raises(DataError, match=r"CIFAR-100 files .* not found in .*nowhere.*data.download=true"):
-        tailtune.build(_cfg(tiny_overrides, "data.name=cifar100_lt", f"data.root={tmp_path / 'nowhere'}"))
+        tailtune.build(_cfg(real_data(tiny_overrides), "data.name=cifar100_lt", f"data.root={tmp_path / 'nowhere'}"))
 
 
 def _folder(root: Path, counts, corrupt: bool = False):
@@ -65,12 +66,12 @@ def _folder(root: Path, counts, corrupt: bool = False):
 def test_empty_class(tiny_overrides, tmp_path):
     _folder(tmp_path / "d", [3, 0])
     with pytest.raises(DataError, match=r"1 classes have no training image \(e.g. c1\)"):
-        tailtune.build(_cfg(tiny_overrides, "data.name=folder", f"data.root={tmp_path / 'd'}", "data.imb_ratio=1"))
+        tailtune.build(_cfg(real_data(tiny_overrides), "data.name=folder", f"data.root={tmp_path / 'd'}", "data.imb_ratio=1"))
 
 
 def test_corrupt_jpeg_names_the_file(tiny_overrides, tmp_path):
     _folder(tmp_path / "d", [3, 2], corrupt=True)
-    cfg = _cfg(tiny_overrides, "data.name=folder", f"data.root={tmp_path / 'd'}", "data.imb_ratio=1",
+    cfg = _cfg(real_data(tiny_overrides), "data.name=folder", f"data.root={tmp_path / 'd'}", "data.imb_ratio=1",
                "head.init=class_mean")
     with pytest.raises(DataError, match=r"c0/0.jpg is corrupt"):
         tailtune.fit(cfg)
@@ -1249,3 +1250,164 @@ def test_resume_of_a_folder_that_is_no_run_writes_no_lock(tmp_path, capsys):
     code, err = _train(capsys, "--resume", str(tmp_path / "empty"))
     assert code == 2 and "is not a tailtune run folder" in err
     assert not any((tmp_path / "empty").iterdir())
+
+
+# --- data roots and hold-outs (issue 15: 1, 13, 14) ---
+
+
+def _fails(args, capsys, *parts: str, watch: Path | None = None, code: int = 2) -> str:
+    """``tailtune ARGS`` exits ``code`` with one message holding every part, no traceback, nothing written."""
+    before = _snapshot(watch) if watch else None
+    assert cli.main(args) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 1, err
+    for part in parts:
+        assert part in err, (part, err)
+    if watch:
+        assert _snapshot(watch) == before
+    return err
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_demo_with_a_root_of_class_folders_names_the_folder_preset(tmp_path, capsys, dry_run):
+    from datatrees import class_tree
+
+    class_tree(tmp_path / "mine", [4, 4])
+    runs = tmp_path / "runs"
+    _fails(["train", *(["--dry-run"] if dry_run else []), f"data.root={tmp_path / 'mine'}", f"output_dir={runs}"],
+           capsys, f"data.root={tmp_path / 'mine'} holds no Fashion-MNIST IDX files", "data.name=fashion_mnist_lt",
+           "(c0/, c1/)", f"-d folder data.root={tmp_path / 'mine'}", watch=tmp_path / "mine")
+    assert not runs.exists() or not any(runs.rglob("*.safetensors"))  # nothing trained on the system copy
+
+
+def test_demo_with_a_missing_root_never_falls_back_to_the_system_copy(tmp_path, capsys):
+    _fails(["train", "--dry-run", f"data.root={tmp_path / 'nowhere'}"], capsys,
+           f"data.root={tmp_path / 'nowhere'} does not exist", "Fashion-MNIST IDX files")
+
+
+def test_demo_with_a_root_holding_a_csv_names_the_csv_preset(tmp_path, capsys):
+    (tmp_path / "labels.csv").write_text("path,label\n")
+    _fails(["data", "stats", "--no-plot", "fashion_mnist_ir100", f"data.root={tmp_path}"], capsys,
+           "it holds labels.csv", f"-d csv data.root={tmp_path} data.csv.file=labels.csv")
+
+
+def test_a_root_for_a_source_that_reads_no_files(tmp_path, capsys):
+    from datatrees import class_tree
+
+    class_tree(tmp_path, [2, 2])
+    _fails(["data", "check", "synthetic", f"data.root={tmp_path}"], capsys,
+           f"data.root={tmp_path} is not read by data.name=synthetic, which needs no files",
+           f"-d folder data.root={tmp_path}")
+
+
+@pytest.mark.parametrize("source,override,parts", [
+    ("folder", "data.download=true", ["data.download=True is not read by data.name=folder",
+                                      "only cifar100_lt, fashion_mnist_lt read it"]),
+    ("folder", "data.splits_dir=/lists", ["data.splits_dir='/lists' is not read by data.name=folder",
+                                          "only imagenet_lt, inat2018, places_lt read it"]),
+    ("folder", "data.path_map=[a=b]", ["data.path_map=['a=b'] is not read by data.name=folder"]),
+    ("folder", "data.group_imb_ratio=100", ["data.group_imb_ratio=100.0 is not read by data.name=folder",
+                                            "only cifar100_lt"]),
+    ("folder", "data.csv.file=labels.csv", ["data.csv.file='labels.csv' applies to data.name=csv only, not to "
+                                            "data.name=folder", "-d csv"]),
+    ("folder", "data.synthetic.num_classes=3", ["data.synthetic.num_classes=3 applies to data.name=synthetic only",
+                                                "or use data.name=synthetic."]),
+    ("folder", "data.inat2018.taxonomy=genus", ["data.inat2018.taxonomy='genus' applies to data.name=inat2018 only",
+                                                "-d inat2018"]),
+    ("csv", "data.folder.layout=classes", ["data.folder.layout='classes' applies to data.name=folder only, not to "
+                                           "data.name=csv"]),
+])
+def test_a_setting_the_chosen_source_does_not_read_is_refused(tmp_path, capsys, source, override, parts):
+    from datatrees import class_tree
+
+    class_tree(tmp_path / "img", [8, 8])
+    (tmp_path / "img" / "labels.csv").write_text("".join(f"c{c}/{i}.jpg,c{c}\n" for c in (0, 1) for i in range(8)))
+    extra = ["data.csv.file=labels.csv"] if source == "csv" else []
+    _fails(["data", "check", source, f"data.root={tmp_path / 'img'}", *extra, override], capsys, *parts,
+           "the run would ignore", watch=tmp_path)
+
+
+def test_holdout_settings_unused_by_data_with_their_own_splits_are_a_note(tmp_path, capsys):
+    _folder(tmp_path / "d", [3, 3])
+    assert cli.main(["data", "check", "folder", f"data.root={tmp_path / 'd'}", "data.val=none",
+                     "data.holdout_per_class=2"]) == 0
+    assert "data.holdout_per_class=2 not used: nothing was held out" in capsys.readouterr().out
+
+
+def test_a_root_that_is_a_file_says_so(tmp_path, capsys):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("a.jpg,cat\n")
+    _fails(["data", "check", "folder", f"data.root={csv}"], capsys,
+           f"data.root={csv} is a file, not a folder: data.root is the folder holding your images",
+           f"use -d csv data.csv.file={csv}")
+    _fails(["data", "check", "imagenet_lt", f"data.root={csv}"], capsys, f"data.root={csv} is a file, not a folder",
+           "ImageNet (ILSVRC-2012) images")
+
+
+def test_symbolic_link_loops_are_named_not_missing(tmp_path, capsys):
+    (tmp_path / "loop_a").symlink_to(tmp_path / "loop_b")
+    (tmp_path / "loop_b").symlink_to(tmp_path / "loop_a")
+    _fails(["data", "check", "folder", f"data.root={tmp_path / 'loop_a'}"], capsys,
+           f"{tmp_path / 'loop_a'} -> {tmp_path / 'loop_b'} -> {tmp_path / 'loop_a'} (a loop of symbolic links)")
+    from datatrees import class_tree
+
+    class_tree(tmp_path / "img", [4, 4])
+    (tmp_path / "img" / "c0" / "x.jpg").symlink_to("y.jpg")
+    (tmp_path / "img" / "c0" / "y.jpg").symlink_to("x.jpg")
+    (tmp_path / "img" / "c1" / "gone.jpg").symlink_to("nothing.jpg")
+    err = _fails(["data", "check", "folder", f"data.root={tmp_path / 'img'}"], capsys,
+                 "2 image names in", "are symbolic links leading to no file",
+                 f"{tmp_path / 'img' / 'c0' / 'x.jpg'} -> y.jpg -> x.jpg (a loop of symbolic links)")
+    assert "missing" not in err
+
+
+def _long_tail(root: Path) -> Path:
+    from datatrees import class_tree
+
+    class_tree(root, [300, 40, 12, 6, 3], prefix="sp")
+    return root
+
+
+def test_long_tailed_folder_balanced_refusal_explains_the_trade_off(tmp_path, capsys):
+    root = _long_tail(tmp_path / "lt")
+    _fails(["data", "check", "folder", f"data.root={root}"], capsys,
+           "its smallest class, 'sp4', has 3 images: too few for the balanced hold-out",
+           "data.holdout_policy=proportional", "keeps at least 3/4 for training",
+           "get no test image", "noisier few-shot accuracy", "data.holdout_per_class=K", watch=root)
+
+
+def test_data_stats_describes_a_folder_whose_default_holdout_is_impossible(tmp_path, capsys):
+    root = _long_tail(tmp_path / "lt")
+    assert cli.main(["data", "stats", "--no-plot", "folder", f"data.root={root}"]) == 0
+    out = capsys.readouterr().out
+    assert "5 classes, 361 training images, 0 validation (none), 0 test" in out
+    assert "note: training with this config stops here:" in out and "data.holdout_policy=proportional" in out
+
+
+def test_proportional_holdout_keeps_every_class_trained_and_says_what_it_took(tmp_path):
+    import numpy as np
+
+    from tailtune.data.sources.base import build_data
+
+    root = _long_tail(tmp_path / "lt")
+    cfg = load_config(None, "folder", overrides=[f"data.root={root}", "data.holdout_policy=proportional"]).data
+    data = build_data(cfg)
+    test, val, train = (np.bincount(d.targets, minlength=5).tolist() for d in (data.test, data.val, data.train))
+    assert test == [20, 10, 3, 1, 0]  # a quarter of each class, at most 20
+    assert val == [20, 7, 2, 1, 0]  # a quarter of what is left
+    assert train == [260, 23, 7, 4, 3] and min(train) >= 1
+    assert data.record["test"]["per_class"] == {"sp0": 20, "sp1": 10, "sp2": 3, "sp3": 1, "sp4": 0}
+    assert data.record["val"]["per_class"]["sp4"] == 0 and "proportional" in data.record["test"]["made_by"]
+    note = next(n for n in data.notes if n.startswith("no test split given"))
+    assert "data.holdout_policy=proportional" in note and "0 from 1 class ('sp4')" in note
+    assert "not measured: left out of the balanced and group means" in note
+
+
+def test_val_holdout_of_a_benchmark_with_tiny_classes_names_the_proportional_policy(tiny_overrides, capsys):
+    tiny = [*tiny_overrides, "data.synthetic.train_per_class=8", "data.val=holdout", "eval.report=false"]
+    # imb_ratio=8 over 6 classes from 8 images: the rarest classes have 1-2 images
+    _fails(["data", "check", "synthetic", *[o for o in tiny if o.startswith("data.")]], capsys,
+           "data.val=holdout:", "too few for the balanced hold-out", "data.holdout_policy=proportional")
+    assert cli.main(["data", "check", "synthetic", *[o for o in tiny if o.startswith("data.")],
+                     "data.holdout_policy=proportional"]) == 0
+    assert "validation: a quarter of each class's images, at most 20" in capsys.readouterr().out

@@ -93,7 +93,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 import tailtune  # noqa: E402
-from conftest import TINY_CLIP, fake_fashion_mnist  # noqa: E402
+from conftest import TINY_CLIP, fake_fashion_mnist, real_data  # noqa: E402
 from tailtune.data.sources.base import SOURCES  # noqa: E402
 from tailtune.losses import LOSSES  # noqa: E402
 from tailtune.models.heads import HEAD_INITS  # noqa: E402
@@ -107,8 +107,10 @@ TINY_CNN = ["model.provider=timm", "model.name=test_resnet", "model.resolution=3
 OFFLINE_SOURCES = ("synthetic", "fashion_mnist_lt", "cifar100_lt")  # the others need their files
 
 
-def _run(tmp_path, overrides, name="run"):
-    cfg = load_config("lift", overrides=[*TINY_CLIP, *FAST, f"output_dir={tmp_path}", *overrides])
+def _run(tmp_path, overrides, name="run", files=False):
+    base = [*TINY_CLIP, *FAST]
+    base = real_data(base) if files else base  # a source reading files refuses the synthetic source's options
+    cfg = load_config("lift", overrides=[*base, f"output_dir={tmp_path}", *overrides])
     run_dir = tmp_path / name
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tiny fixtures: "not the standard 500 images per class" and the like
@@ -160,7 +162,7 @@ def test_every_offline_source_builds_trains_saves_and_reloads(tmp_path, source):
 
         fake_cifar100(root, per_class=3, test_per_class=1)
     extra = [] if source == "synthetic" else [f"data.root={root}", "data.imb_ratio=3"]
-    cfg, _, exp, saved = _run(tmp_path, [f"data.name={source}", "peft.method=bitfit", *extra])
+    cfg, _, exp, saved = _run(tmp_path, [f"data.name={source}", "peft.method=bitfit", *extra], files=bool(extra))
     assert exp.data.classnames == tailtune.build(cfg).data.classnames
     _assert_trained_and_reloaded(cfg, exp, saved, backbone_too=True)
 

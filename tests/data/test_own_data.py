@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import tailtune
+from conftest import real_data
 from datatrees import class_tree, jpeg_bytes, write_images
 from tailtune.cli import app as cli
 from tailtune.config import load_config
@@ -102,7 +103,9 @@ def test_classnames_file(tmp_path):
 
 def test_class_with_too_few_images_for_a_test_split(tmp_path):
     class_tree(tmp_path, [8, 3])
-    with pytest.raises(DataError, match=r"no test split and its smallest class has 3 images.*holdout_per_class"):
+    # issue 15 (14): the refusal names the proportional policy and its trade-off, beside holdout_per_class
+    with pytest.raises(DataError, match=r"no test split and its smallest class, 'c1', has 3 images.*"
+                                        r"holdout_policy=proportional.*no test image.*holdout_per_class"):
         build_data(_cfg(f"data.root={tmp_path}"))
 
 
@@ -193,7 +196,7 @@ def test_one_run_on_a_custom_folder_selects_by_val(tiny_overrides, tmp_path, cap
     class_tree(tmp_path / "mine", [24, 12, 8, 8])
     out = tmp_path / "runs"
     cfg = load_config("lift", "folder", overrides=[
-        *tiny_overrides, "data.name=folder", "data.imb_ratio=1", f"data.root={tmp_path / 'mine'}", "train.epochs=2", "train.select_by_val=true",
+        *real_data(tiny_overrides), "data.name=folder", "data.imb_ratio=1", f"data.root={tmp_path / 'mine'}", "train.epochs=2", "train.select_by_val=true",
         "eval.tte=none", f"output_dir={out}", "name=own"])
     metrics = tailtune.fit(cfg)
     run = out / "own"

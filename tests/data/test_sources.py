@@ -46,6 +46,9 @@ def test_fashion_mnist_lt_from_a_folder(tmp_path):
 def test_fashion_mnist_missing_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr("tailtune.data.sources.fashion_mnist.FASHION_MNIST_DEBIAN", str(tmp_path / "nowhere"))
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        read_fashion_mnist(None)
+    # issue 15 (1): a data.root is the only place looked at (no silent fall-back to the system copy)
+    with pytest.raises(DataError, match=r"data.root=.*empty does not exist"):
         read_fashion_mnist(str(tmp_path / "empty"))
 
 

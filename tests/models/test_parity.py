@@ -77,6 +77,7 @@ def _config(recipe: str, backbone_file: Path, tmp_path: Path) -> C.Config:
                  # The images come from the golden input; the data only supplies 100 classes.
                  "data.name=synthetic", f"data.synthetic.num_classes={NUM_CLASSES}", "data.synthetic.train_per_class=1",
                  "data.synthetic.test_per_class=1", "data.imb_ratio=1", "data.group_imb_ratio=null", "data.synthetic.image_size=8",
+                 "data.root=null",  # the recipe's CIFAR folder: the synthetic source reads no files (and refuses one)
                  "data.num_workers=0", "data.val=none", "quiet=true", f"output_dir={tmp_path}"]
     if "precision" in {f.name for f in dataclasses.fields(C.EvalConfig)}:
         overrides.append("eval.precision=fp32")  # evaluation's own precision key, where it exists

@@ -26,6 +26,7 @@ from tailtune.config.schema import (  # noqa: F401  (the sections, their choices
     CACHE_MODES,
     DEFAULT_PROMPT,
     EVAL_PRECISIONS,
+    HOLDOUT_POLICIES,
     ON_NAN_MODES,
     PATH_KEYS,
     PRECISIONS,

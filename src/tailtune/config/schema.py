@@ -23,6 +23,7 @@ EVAL_PRECISIONS = ("train", *PRECISIONS)  # eval.precision: train = whatever tra
 DEFAULT_PROMPT = "a photo of a {}."
 BN_MODES = ("auto", "eval", "train")
 VAL_MODES = ("auto", "split", "holdout", "none")
+HOLDOUT_POLICIES = ("balanced", "proportional")  # data.holdout_policy (data/holdout.py)
 ON_NAN_MODES = ("stop", "skip")
 CACHE_MODES = ("auto", "always", "never")  # = training.feature_cache.CACHE_MODES; not on/off: YAML reads those as booleans
 _BLOCKS_HELP = "all, 'first N', 'last N', 'S:E' or [S, E] (blocks S..E-1, counted from 0)"
@@ -87,7 +88,8 @@ class DataConfig:
     splits_dir: Optional[str] = setting(None, "folder of the split lists / annotation files; default: data.root")
     path_map: list[str] = setting(help='rewrite listed paths: "OLD=NEW" prefixes, or places365_original', factory=list)
     classnames_file: Optional[str] = setting(None, "one class name per line, in label order (count checked); folder / csv: the classes' names (csv: also the labels); any other source: replaces its names, i.e. the prompts (e.g. the reference's Places-LT names, see places_lt)")
-    holdout_per_class: Optional[int] = setting(None, "folder / csv: images per class held out when test / val is missing (default: a quarter of the smallest class, at most 20)")
+    holdout_per_class: Optional[int] = setting(None, "images per class held out for a missing test / val split (folder / csv; any source with data.val=holdout): balanced policy: exactly this many from every class (default: a quarter of the smallest class, at most 20); proportional: at most this many (default 20)")
+    holdout_policy: str = setting("balanced", "how a missing test / val split is held out of the training images: balanced (the same number from every class; refused when the smallest class has fewer than 4 images) | proportional (a quarter of each class's own images, at most data.holdout_per_class or 20: every class keeps at least 3/4 for training, but a class of fewer than 4 images gets no test image and rare classes are tested on 1-2 images, so few-shot accuracy is noisier)", choices=HOLDOUT_POLICIES)
     val: str = setting("auto", "validation split: auto (the dataset's own; own data: a held-out slice of train) | split | holdout | none", choices=VAL_MODES)
     verify_images: bool = setting(True, "decode every listed image at start-up (a corrupt file stops the run, named); with data.store only if data.skip_corrupt")
     skip_corrupt: bool = setting(False, "drop images that cannot be read (corrupt, a refused mode or size; the notes name them) instead of stopping")
@@ -96,6 +98,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_choice("data", "val", self.val, VAL_MODES)
+        _check_choice("data", "holdout_policy", self.holdout_policy, HOLDOUT_POLICIES)
         _check_registered("data", "interpolation", self.interpolation)
         _check_positive("data", "holdout_per_class", self.holdout_per_class)
         if self.imb_ratio < 1:

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from tailtune.config import Config, list_presets, load_config
+from tailtune.data.holdout import HoldoutError
 from tailtune.data.longtail import FEW_MAX, MANY_MIN
 from tailtune.data.sources.base import SOURCES, LTData, build_data
+from tailtune.data.validate import check_image_files
 from tailtune.runtime.files import atomic, writing
 
 SHOWN = 5  # head / tail classes listed
@@ -83,8 +85,22 @@ def plot_counts(sorted_counts, path: str | Path, title: str = "") -> Path:
 
 
 def dataset_stats(cfg: Config, plot: str | Path | None = None, check_files: bool = False) -> tuple[dict, Path | None]:
-    """Build the data (lists only unless ``check_files``), return its profile and the plot's path."""
-    data = build_data(cfg.data, check_files=check_files)
+    """Build the data (lists only unless ``check_files``), return its profile and the plot's path.
+
+    A hold-out that the data cannot give (a class too small for ``data.holdout_policy``) does not
+    stop the description: the profile is of the data without it, and a note says why training
+    would stop and what to set.
+    """
+    try:
+        data = build_data(cfg.data, check_files=check_files)
+    except HoldoutError as e:
+        if e.described is None:
+            raise
+        data = e.described
+        if check_files:
+            data = check_image_files(data, cfg.data.verify_images, cfg.data.skip_corrupt)
+        data.notes.insert(0, f"training with this config stops here: {e} The counts above are without that "
+                             "hold-out.")
     p = profile(data)
     p["notes"] = list(data.notes)
     saved = plot_counts(p["sorted_counts"], plot, f"{cfg.data.name}: training images per class") if plot else None

@@ -6,27 +6,111 @@ Each source (one module in this package) turns a :class:`DataConfig` into :class
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
-from tailtune.config import DataConfig
-from tailtune.data.holdout import with_val
+from tailtune.config import DataConfig, list_presets
+from tailtune.data.holdout import HOLDOUT_KEYS, with_val
 from tailtune.data.longtail import (
     GROUPS,
     class_counts,
     exp_profile,
     shot_groups,
 )
+from tailtune.data.roots import reader_of, root_folder
 from tailtune.data.splits import read_classnames
 from tailtune.data.validate import check_image_files
-from tailtune.errors import DataError
+from tailtune.errors import ConfigError, DataError
 from tailtune.registry import Registry
 
 SOURCES: Registry = Registry("dataset", section="data")  # options: data.<name>.*
 # Sources that read data.classnames_file themselves (their labels may come from it); for every
 # other source the file replaces the source's class names after it is built (build_data).
 NAMES_FROM_FILE = ("folder", "csv")
+# Core data keys that only some sources read: each source names the ones it reads (@reads). Set
+# to anything but its default for a source that does not read it, a key would do nothing: an
+# error naming the sources that read it (and data.<name>.* options likewise:
+# check_source_options). The hold-out keys depend on the data: see holdout_unused.
+SOURCE_KEYS = ("root", "download", "splits_dir", "path_map", "group_imb_ratio")
+WHAT = {"root": "a folder of files", "download": "it downloads missing files",
+        "splits_dir": "it is the folder of the split lists", "path_map": "it rewrites the split lists' paths",
+        "group_imb_ratio": "it sets the many/medium/few groups by another imbalance ratio"}
+
+
+def reads(*keys: str):
+    """Decorator: the :data:`SOURCE_KEYS` a source reads (a source without it may read any)."""
+    unknown = set(keys) - set(SOURCE_KEYS)
+    if unknown:
+        raise ValueError(f"not a source-specific data key: {sorted(unknown)}")
+
+    def deco(fn):
+        fn.reads = frozenset(keys)
+        return fn
+
+    return deco
+
+
+def readers(key: str) -> list[str]:
+    """The registered sources that read ``key``."""
+    return [n for n in SOURCES.in_order() if key in getattr(SOURCES.get(n), "reads", SOURCE_KEYS)]
+
+
+def check_settings(cfg: DataConfig) -> None:
+    """ConfigError for a core data key set for a source that does not read it (the run would ignore it)."""
+    read = getattr(SOURCES.get(cfg.name), "reads", None)
+    if read is None:
+        return
+    defaults = {f.name: getattr(DataConfig(), f.name) for f in fields(DataConfig)}
+    for key in SOURCE_KEYS:
+        value = getattr(cfg, key)
+        if key in read or value == defaults[key]:
+            continue
+        if key == "root":
+            folder = root_folder(cfg.root, "files")
+            raise ConfigError(f"data.root={cfg.root} is not read by data.name={cfg.name}, which needs no files: "
+                              f"{reader_of(folder)}")
+        users = ", ".join(readers(key)) or "no source"
+        raise ConfigError(f"data.{key}={value!r} is not read by data.name={cfg.name}, so the run would ignore it; "
+                          f"only {users} read it ({WHAT[key]}). Drop it, or choose one of those sources (its data "
+                          "preset: -d NAME, `tailtune list datasets`).")
+
+
+def check_source_options(cfg: DataConfig) -> None:
+    """ConfigError for options of another source (``data.<name>.*`` of a source not chosen) set to
+    anything but their defaults: the run would ignore them.
+
+    Checked when the data are built, not when a config is read: a saved config.yaml of an older run
+    still loads.
+    """
+    for name in SOURCES.in_order():
+        cls = SOURCES.options(name)
+        key = getattr(cls, "KEY", name) if cls is not None else None
+        if name == cfg.name or cls is None or getattr(cfg, key, None) is None:
+            continue
+        if SOURCES.options(cfg.name) is cls:  # shared by the chosen source
+            continue
+        options, default = getattr(cfg, key), cls()
+        changed = [f"data.{key}.{f.name}={getattr(options, f.name)!r}" for f in fields(cls)
+                   if getattr(options, f.name) != getattr(default, f.name)]
+        if changed:
+            one = len(changed) == 1
+            preset = f" (its data preset: -d {name})" if name in list_presets("data") else ""
+            raise ConfigError(f"{', '.join(changed)} {'applies' if one else 'apply'} to data.name={name} only, not to "
+                              f"data.name={cfg.name}: the run would ignore {'it' if one else 'them'}. Drop "
+                              f"{'it' if one else 'them'}, or use data.name={name}{preset}.")
+
+
+def holdout_unused(data: LTData, cfg: DataConfig) -> str | None:
+    """A note when data.holdout_per_class / data.holdout_policy are set but nothing was held out."""
+    defaults = DataConfig()
+    set_ = [f"data.{k}={getattr(cfg, k)}" for k in HOLDOUT_KEYS if getattr(cfg, k) != getattr(defaults, k)]
+    if not set_ or data.record:
+        return None
+    why = ("the dataset has its own test and val splits" if data.val_source == "val split" else
+           "the dataset has its own test split and data.val is not holdout")
+    return (f"{' and '.join(set_)} not used: nothing was held out ({why}); they apply to a missing test or val "
+            "split (own data) and to data.val=holdout.")
 
 
 @dataclass
@@ -85,10 +169,15 @@ def build_data(cfg: DataConfig, check_files: bool = True) -> LTData:
     names matching, and (``check_files``) every listed image present and, with
     ``data.verify_images``, decodable (``data.skip_corrupt`` drops the ones that are not).
     """
+    check_settings(cfg)
+    check_source_options(cfg)
     data = SOURCES.get(cfg.name)(cfg)
     if cfg.classnames_file and cfg.name not in NAMES_FROM_FILE:
         data = renamed(data, cfg)
     data = with_val(data, cfg)
+    unused = holdout_unused(data, cfg)
+    if unused:
+        data = replace(data, notes=[*data.notes, unused])
     data.check()
     if check_files:
         data = check_image_files(data, cfg.verify_images, cfg.skip_corrupt)
@@ -137,4 +226,4 @@ def head_count(targets, num_classes: int, standard: int, name: str) -> int:
     return int(per_class[0])
 
 
-__all__ = ["SOURCES", "LTData", "build_data", "groups_for", "head_count"]
+__all__ = ["SOURCES", "LTData", "build_data", "check_source_options", "groups_for", "head_count", "reads"]

@@ -14,6 +14,7 @@ from tailtune.config import DataConfig
 from tailtune.data.base import FileDataset
 from tailtune.data.holdout import VAL_SPLIT
 from tailtune.data.longtail import GROUPS, class_counts, shot_groups
+from tailtune.data.roots import root_folder
 from tailtune.data.sources.base import LTData
 from tailtune.data.splits import (
     find_list,
@@ -33,10 +34,7 @@ def require_root(cfg: DataConfig, what: str) -> Path:
     if not cfg.root:
         raise DataError(f"data.root must point to {what} (use the data preset, e.g. -d {cfg.name}, "
                         "and set data.root=DIR).")
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.root={cfg.root} does not exist; it should hold {what}.")
-    return root
+    return root_folder(cfg.root, what)
 
 
 def check_fixed_tail(cfg: DataConfig) -> None:

@@ -10,7 +10,8 @@ import numpy as np
 from tailtune.config import DataConfig
 from tailtune.data.base import ArrayDataset, Subset
 from tailtune.data.longtail import GROUPS, exp_profile, subsample
-from tailtune.data.sources.base import SOURCES, LTData, groups_for, head_count
+from tailtune.data.roots import reader_of, root_folder
+from tailtune.data.sources.base import SOURCES, LTData, groups_for, head_count, reads
 from tailtune.errors import DataError
 
 
@@ -69,6 +70,8 @@ def _read_cifar_file(path: Path) -> dict:
 def read_cifar100(root: str | Path, download: bool = False):
     """Read CIFAR-100 from torchvision's layout: ``root/cifar-100-python/{train,test,meta}``."""
     root = Path(root)
+    if root.exists() or root.is_symlink():  # a missing root is fine: the download makes it, or the error below says
+        root_folder(root, "cifar-100-python/ (CIFAR-100's python version)")
     folder = root / "cifar-100-python"
     if not folder.exists() and download:
         from torchvision.datasets import CIFAR100
@@ -76,9 +79,10 @@ def read_cifar100(root: str | Path, download: bool = False):
         CIFAR100(str(root), train=True, download=True)
     missing = [n for n in ("train", "test", "meta") if not (folder / n).exists()]
     if missing:
+        hint = f" data.root={root}: {reader_of(root)}" if root.is_dir() and not folder.exists() else ""
         raise DataError(
             f"CIFAR-100 files {', '.join(missing)} not found in {folder}. Put the python version of "
-            "CIFAR-100 there (cifar-100-python.tar.gz, extracted) or set data.download=true when online."
+            "CIFAR-100 there (cifar-100-python.tar.gz, extracted) or set data.download=true when online." + hint
         )
     out = {}
     for split in ("train", "test"):
@@ -90,6 +94,7 @@ def read_cifar100(root: str | Path, download: bool = False):
 
 
 @SOURCES.register("cifar100_lt")
+@reads("root", "download", "group_imb_ratio")
 def cifar100_lt(cfg: DataConfig) -> LTData:
     """CIFAR-100-LT: exponential profile from 500 images, the standard subsampling (seed 0)."""
     (xtr, ytr), (xte, yte), names = read_cifar100(cfg.root or "data/cifar100", cfg.download)

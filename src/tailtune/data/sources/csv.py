@@ -9,7 +9,8 @@ from typing import ClassVar, Optional
 
 from tailtune.config import DataConfig, options_of, setting
 from tailtune.data.base import IMAGE_SUFFIXES
-from tailtune.data.sources.base import SOURCES
+from tailtune.data.roots import root_folder
+from tailtune.data.sources.base import SOURCES, reads
 from tailtune.data.sources.own import own_data
 from tailtune.data.splits import read_classnames, resolve_paths
 from tailtune.errors import DataError
@@ -220,6 +221,7 @@ def _labeller(path: Path, labels: list[str], names_file: str | None):
 
 
 @SOURCES.register("csv", options=CsvOptions)
+@reads("root")
 def csv_source(cfg: DataConfig):
     """Your own images listed in a CSV: path,label[,split] (split train / val / test; missing splits held out).
 
@@ -229,7 +231,7 @@ def csv_source(cfg: DataConfig):
     """
     opts = options_of(cfg, "csv", CsvOptions)
     path = _csv_path(cfg, opts)
-    root = Path(cfg.root).expanduser() if cfg.root else path.parent
+    root = root_folder(cfg.root, "the images the CSV lists (its paths start there)") if cfg.root else path.parent
     notes: list[str] = []
     rows = read_rows(path, root, notes)
     resolved = [resolve_paths(root, [rel], f"{path} row {line}", opts.allow_absolute_paths,

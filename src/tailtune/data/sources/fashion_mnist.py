@@ -11,7 +11,8 @@ import numpy as np
 from tailtune.config import DataConfig
 from tailtune.data.base import ArrayDataset, Subset
 from tailtune.data.longtail import THIRDS, exp_profile, subsample, third_groups
-from tailtune.data.sources.base import SOURCES, LTData, head_count
+from tailtune.data.roots import root_folder, unread_root
+from tailtune.data.sources.base import SOURCES, LTData, head_count, reads
 from tailtune.errors import DataError
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -54,15 +55,18 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 def read_fashion_mnist(root: str | None, download: bool = False):
     """Find and read the four Fashion-MNIST IDX files.
 
-    Looks in ``root`` (if set), ``root/FashionMNIST/raw`` (torchvision's layout) and the
-    Debian package's folder; downloads with torchvision when ``download`` is set.
+    With ``root`` (``data.root``), only there: ``root`` or ``root/FashionMNIST/raw`` (torchvision's
+    layout), downloaded with torchvision when ``download`` is set; a root without them is an error
+    saying which data preset reads what it holds (never a silent fall-back to another copy).
+    Without ``root``, the Debian package's folder.
     """
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    candidates = []
     if root:
-        candidates += [Path(root), Path(root) / "FashionMNIST" / "raw"]
-    candidates.append(Path(FASHION_MNIST_DEBIAN))
+        folder = root_folder(root, "the four Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], ...)")
+        candidates = [folder, folder / "FashionMNIST" / "raw"]
+    else:
+        candidates = [Path(FASHION_MNIST_DEBIAN)]
     if download and root:
         from torchvision.datasets import FashionMNIST
 
@@ -73,9 +77,13 @@ def read_fashion_mnist(root: str | None, download: bool = False):
         if all(files):
             xtr, ytr, xte, yte = (read_idx(f) for f in files)
             return (xtr, ytr.astype(np.int64)), (xte, yte.astype(np.int64))
-    where = ", ".join(str(c) for c in candidates)
+    if root:
+        where = " or ".join(str(c) for c in candidates)
+        raise unread_root(root, "fashion_mnist_lt (the demo's dataset, the default when no -d is given)",
+                          "Fashion-MNIST IDX files", f"looked in {where}; without data.root it reads the system copy "
+                          f"in {FASHION_MNIST_DEBIAN}; data.download=true fetches it when online")
     raise DataError(
-        f"Fashion-MNIST not found (looked in {where}). Install it with "
+        f"Fashion-MNIST not found (looked in {FASHION_MNIST_DEBIAN}). Install it with "
         "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four IDX files "
         "(train-images-idx3-ubyte[.gz], ...) in a folder and set data.root to it, "
         "or set data.root=DIR data.download=true when online."
@@ -83,6 +91,7 @@ def read_fashion_mnist(root: str | None, download: bool = False):
 
 
 @SOURCES.register("fashion_mnist_lt")
+@reads("root", "download")
 def fashion_mnist_lt(cfg: DataConfig) -> LTData:
     """Fashion-MNIST-LT: 10 classes, n_i = int(6000 * (1/IR)^(i/9)), balanced 10k test set."""
     (xtr, ytr), (xte, yte) = read_fashion_mnist(cfg.root, cfg.download)

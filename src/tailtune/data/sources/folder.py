@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tailtune.config import DataConfig, _check_choice, options_of, setting
 from tailtune.data.base import IMAGE_SUFFIXES
-from tailtune.data.sources.base import SOURCES
+from tailtune.data.roots import link_problem, root_folder
+from tailtune.data.sources.base import SOURCES, reads
 from tailtune.data.sources.own import own_data
 from tailtune.data.splits import read_classnames
 from tailtune.errors import DataError
@@ -66,6 +67,13 @@ def scan_folder(folder: Path, classnames: list[str] | None = None, ignored: list
             elif not p.name.startswith(".") and p.is_file():
                 other.append(p)
         files.sort()
+        dangling = [(f, why) for f in files if (why := link_problem(f))]
+        if dangling:
+            eg = "; ".join(f"{why}" for _, why in dangling[:SHOWN])
+            more = f" and {len(dangling) - SHOWN} more" if len(dangling) > SHOWN else ""
+            raise DataError(f"{len(dangling)} image name{'s' * (len(dangling) != 1)} in {folder / name} "
+                            f"{'are symbolic links' if len(dangling) != 1 else 'is a symbolic link'} leading to no "
+                            f"file: {eg}{more}. Fix or remove the links.")
         paths += files
         labels += [label] * len(files)
         if ignored is not None:
@@ -128,6 +136,7 @@ def ignored_note(root: Path, ignored: list[Path], split: bool) -> str | None:
 
 
 @SOURCES.register("folder", options=FolderOptions)
+@reads("root")
 def image_folder(cfg: DataConfig):
     """Your own images: root/<class>/*.jpg, or root/{train,val,test}/<class>/*.jpg; missing splits held out.
 
@@ -140,9 +149,8 @@ def image_folder(cfg: DataConfig):
     if not cfg.root:
         raise DataError("data.root must point to your image folder: one sub-folder per class, or train/ "
                         "(and optionally val/ and test/) sub-folders holding one folder per class.")
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist (data.root).")
+    root = root_folder(cfg.root, "your images: one sub-folder per class, or train/ (val/, test/) holding one "
+                                 "folder per class")
     opts = options_of(cfg, "folder", FolderOptions)
     split = split_layout(root, opts.layout)
     ignored: list[Path] = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tailtune.config import DataConfig
-from tailtune.data.sources.base import SOURCES
+from tailtune.data.sources.base import SOURCES, reads
 from tailtune.data.sources.benchmark import check_fixed_tail, list_data, read_splits, require_root
 
 LISTS = {"train": "ImageNet_LT_train.txt", "val": "ImageNet_LT_val.txt", "test": "ImageNet_LT_test.txt"}
@@ -17,6 +17,7 @@ def imagenet_classnames() -> list[str]:
 
 
 @SOURCES.register("imagenet_lt")
+@reads("root", "splits_dir", "path_map", "group_imb_ratio")  # group_imb_ratio: to refuse it
 def imagenet_lt(cfg: DataConfig):
     """ImageNet-LT: 115,846 training images over 1000 classes (1280 to 5), val 20 / class, test 50 / class.
 

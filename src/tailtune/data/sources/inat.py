@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from tailtune.config import DataConfig, _check_choice, options_of, setting
-from tailtune.data.sources.base import SOURCES
+from tailtune.data.sources.base import SOURCES, reads
 from tailtune.data.sources.benchmark import Listed, check_fixed_tail, list_data, require_root
 from tailtune.data.splits import find_list, open_text, read_list, require_list, splits_dir
 from tailtune.errors import DataError
@@ -104,6 +104,7 @@ def _read(cfg: DataConfig) -> tuple[dict[str, Listed], list[dict], str]:
 
 
 @SOURCES.register("inat2018", options=InatOptions)
+@reads("root", "splits_dir", "path_map", "group_imb_ratio")  # group_imb_ratio: to refuse it
 def inat2018(cfg: DataConfig):
     """iNaturalist 2018: 437,513 training images over 8142 species (test: the official 24,426 val images).
 

@@ -2,8 +2,9 @@
 
 A source reads its files into (paths, labels) per split and hands them here; what a
 benchmark fixes by its lists, own data gets by rule: a missing test split becomes a
-stratified balanced hold-out of the training images (recorded in the run's splits.json),
-a missing val split likewise when ``data.val`` is auto or holdout.
+stratified hold-out of the training images (``data.holdout_policy``: balanced or
+proportional, data/holdout.py; recorded in the run's splits.json), a missing val split
+likewise, out of what is left, when ``data.val`` is auto or holdout.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import numpy as np
 
 from tailtune.config import DataConfig
 from tailtune.data.base import FileDataset
-from tailtune.data.holdout import HELD_OUT_VAL, VAL_SPLIT, counts_of, holdout_size, split_off, take
+from tailtune.data.holdout import (
+    HELD_OUT_VAL,
+    VAL_SPLIT,
+    HoldoutError,
+    counts_of,
+    hold_out,
+    refusal,
+    take,
+)
 from tailtune.data.longtail import GROUPS, class_counts, exp_profile, shot_groups, subsample
 from tailtune.data.sources.base import LTData
 from tailtune.errors import DataError
@@ -37,33 +46,36 @@ def own_data(cfg: DataConfig, train: Split, val: Split | None, test: Split | Non
     train_ds = FileDataset(*train)
     seed = cfg.subset_seed
     if test is None:
-        k = holdout_size(counts, cfg.holdout_per_class, classnames, "test")
-        if k == 0:
-            raise DataError(f"{where} has no test split and its smallest class has {int(counts.min())} images, "
-                            "too few to hold out a balanced test set (a quarter of the smallest class); add a "
-                            "test split or set data.holdout_per_class=K below the smallest count.")
-        train_ds, test_ds, record["test"] = split_off(train_ds, num, k, seed, "test")
-        notes.append(f"no test split given: {k} images per class ({len(test_ds)} in all, seed {seed}) held out of "
-                     "the training images as a balanced test set; the list is in the run's splits.json.")
+        made = hold_out(train_ds, classnames, cfg, "test")
+        if made is None:
+            described = LTData(train_ds, FileDataset([], []), list(classnames), shot_groups(counts), GROUPS, [])
+            raise HoldoutError(refusal(counts, classnames, where, "test", cfg), described=described)
+        train_ds, test_ds, record["test"], said, caveat = made
+        kind = "the" if cfg.holdout_policy == "proportional" else "a balanced"
+        notes.append(f"no test split given: {said} held out of the training images as {kind} test set{caveat}; the "
+                     "list is in the run's splits.json.")
     else:
         test_ds = FileDataset(*test)
     val_ds, val_source = None, None
     if val is not None:
         val_ds, val_source = FileDataset(*val), VAL_SPLIT
     elif cfg.val in ("auto", "holdout"):
-        left = counts_of(train_ds, num)
-        k = holdout_size(left, cfg.holdout_per_class, classnames, "val")
-        if k > 0:
-            train_ds, val_ds, record["val"] = split_off(train_ds, num, k, seed, "val")
+        made = hold_out(train_ds, classnames, cfg, "val")
+        if made is not None:
+            train_ds, val_ds, record["val"], said, caveat = made
             val_source = HELD_OUT_VAL
-            notes.append(f"no val split given: {k} images per class ({len(val_ds)} in all) held out of the "
-                         "training images for validation; the list is in the run's splits.json.")
+            notes.append(f"no val split given: {said} held out of the training images for validation{caveat}; the "
+                         "list is in the run's splits.json.")
         elif cfg.val == "holdout":
-            raise DataError(f"data.val=holdout: the smallest class of {where} has {int(left.min())} training "
-                            "images, too few to hold out a quarter; set data.holdout_per_class=K.")
+            left = counts_of(train_ds, num)
+            described = LTData(train_ds, test_ds, list(classnames), shot_groups(left), GROUPS, notes, record=record)
+            raise HoldoutError("data.val=holdout: " + refusal(left, classnames, where, "val", cfg), described=described)
         else:
+            left = counts_of(train_ds, num)
+            other = ("" if cfg.holdout_policy == "proportional" else
+                     "; data.holdout_policy=proportional holds out a quarter of each class instead")
             notes.append(f"no validation split: the smallest class has {int(left.min())} training images, too "
-                         "few to hold some out (set data.holdout_per_class=K to force it).")
+                         f"few to hold some out (set data.holdout_per_class=K to force it{other}).")
     if cfg.imb_ratio > 1:
         left = counts_of(train_ds, num)
         profile = exp_profile(int(left.max()), num, cfg.imb_ratio)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tailtune.config import DataConfig
-from tailtune.data.sources.base import SOURCES
+from tailtune.data.sources.base import SOURCES, reads
 from tailtune.data.sources.benchmark import check_fixed_tail, list_data, read_splits, require_root
 from tailtune.errors import DataError
 
@@ -66,6 +66,7 @@ def places_classnames(paths: Sequence[str], labels: Sequence[int]) -> list[str]:
 
 
 @SOURCES.register("places_lt")
+@reads("root", "splits_dir", "path_map", "group_imb_ratio")  # group_imb_ratio: to refuse it
 def places_lt(cfg: DataConfig):
     """Places-LT: 62,500 training images over 365 classes (4980 to 5), val 20 / class, test 100 / class.
 

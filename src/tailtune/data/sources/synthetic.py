@@ -10,7 +10,7 @@ import numpy as np
 from tailtune.config import DataConfig, _check_positive, options_of, setting
 from tailtune.data.base import ArrayDataset
 from tailtune.data.longtail import GROUPS, exp_profile, shot_groups
-from tailtune.data.sources.base import SOURCES, LTData
+from tailtune.data.sources.base import SOURCES, LTData, reads
 
 
 @dataclass
@@ -30,6 +30,7 @@ class SyntheticOptions:
 
 
 @SOURCES.register("synthetic", options=SyntheticOptions)
+@reads()
 def synthetic(cfg: DataConfig) -> LTData:
     """Generated images whose colour and stripe pattern depend on the class (tests, smoke runs)."""
     opts = options_of(cfg, "synthetic", SyntheticOptions)
