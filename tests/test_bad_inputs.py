@@ -1411,3 +1411,201 @@ def test_val_holdout_of_a_benchmark_with_tiny_classes_names_the_proportional_pol
     assert cli.main(["data", "check", "synthetic", *[o for o in tiny if o.startswith("data.")],
                      "data.holdout_policy=proportional"]) == 0
     assert "validation: a quarter of each class's images, at most 20" in capsys.readouterr().out
+
+
+# --- predict, export and compare (issue 15: 13, 13b) ---
+# A command's --device / --precision that this machine cannot do is named as that option (not the
+# train.* / eval.* key it sets); a run trained in fp16 loads and exports on a CPU; `predict` on a
+# folder with unreadable files predicts the others, names every bad file and exits 1; `export` to a
+# path named like a model file is refused before anything is written; `compare` of runs tested on
+# different test sets warns (console, report.html, comparison.json) and marks nothing best across them.
+
+
+def _no_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
+def test_predict_and_eval_device_errors_name_the_option(run, tmp_path, capsys, monkeypatch):
+    _no_cuda(monkeypatch)
+    image = _image(tmp_path)
+    before = _snapshot(run)
+    for args, want in [
+        (["predict", str(run), str(image), "--device", "cuda"],
+         "error: --device cuda but CUDA is not available here; use --device cpu or --device auto."),
+        (["predict", str(run), str(image), "--device", "gpu"],
+         "error: --device gpu is not a device; use auto, cpu, cuda or cuda:N."),
+        (["predict", str(run), str(image), "--device", "cpu", "--precision", "fp16"],
+         "error: --precision fp16 is not supported on CPU; use bf16 or fp32."),
+        (["eval", str(run), "-q", "--device", "cuda:1"],
+         "error: --device cuda:1 but CUDA is not available here; use --device cpu or --device auto."),
+        (["eval", str(run), "-q", "--precision", "fp16"],
+         "error: --precision fp16 is not supported on CPU; use bf16 or fp32."),
+    ]:
+        capsys.readouterr()
+        assert cli.main(args) == 2, args
+        out = capsys.readouterr()
+        assert out.err.strip() == want and "train." not in out.err and "%" not in out.out
+    with pytest.raises(ConfigError, match=r"^device=cuda but CUDA is not available here; use device=cpu"):
+        tailtune.load(run, device="cuda")
+    assert _snapshot(run) == before
+
+
+def test_run_trained_on_a_gpu_in_fp16_evaluates_predicts_and_exports_on_a_cpu(run, tmp_path, capsys, monkeypatch):
+    _no_cuda(monkeypatch)
+    other = _clone(run, tmp_path / "o", lambda s: s.replace("device: cpu", "device: cuda")
+                   .replace("precision: fp32", "precision: fp16").replace("device: auto", "device: cuda"))
+    assert "device: cuda" in (other / "config.yaml").read_text()
+    image = _image(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["eval", str(other), "-q"]) == 2  # its own device: the run is named, and the way out
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: run {other} computes on its config's train.device=cuda but CUDA is not available "
+                          "here; use train.device=cpu or train.device=auto; or give another device for this "
+                          "evaluation (--device cpu"), err
+    assert cli.main(["predict", str(other), str(image), "--device", "cpu"]) == 2  # its own precision: fp16
+    err = capsys.readouterr().err
+    assert f"error: run {other} evaluates in fp16 (eval.precision=fp16 in its config), which is not supported " \
+           "on CPU; give another precision (fp32 or bf16: --precision fp32" in err, err
+    assert cli.main(["predict", str(other), str(image), "--device", "cpu", "--precision", "fp32", "-q"]) == 0
+    assert "1. " in capsys.readouterr().out
+    assert cli.main(["eval", str(other), "-q", "--device", "cpu", "--precision", "fp32"]) == 0
+    assert "matches metrics.json" in capsys.readouterr().out
+    # export builds on the CPU in fp32 whatever the run used; config.json keeps the run's own precision
+    assert cli.main(["export", str(other), str(tmp_path / "exp"), "--no-onnx"]) == 0
+    import json
+
+    meta = json.loads((tmp_path / "exp" / "config.json").read_text())
+    assert meta["config"]["eval"]["precision"] == "fp16" and meta["config"]["train"]["device"] == "auto"
+    with pytest.raises(ConfigError, match=rf"export {tmp_path / 'exp'} evaluates in fp16"):
+        tailtune.load(tmp_path / "exp", device="cpu")
+    assert tailtune.load(tmp_path / "exp", device="cpu", precision="fp32").predict(image)[0].names
+
+
+def _images(folder: Path, n: int, bad: list[int]) -> list[Path]:
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        path = folder / f"img{i:02d}.png"
+        if i in bad:
+            path.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        else:
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+        files.append(path)
+    return files
+
+
+def test_predict_on_a_folder_with_a_corrupt_image_predicts_the_rest(run, tmp_path, capsys):
+    import json
+
+    files = _images(tmp_path / "imgs", 4, bad=[2])
+    capsys.readouterr()
+    assert cli.main(["predict", str(run), str(tmp_path / "imgs"), "--device", "cpu", "-q", "-k", "1"]) == 1
+    out = capsys.readouterr()
+    blocks = [line for line in out.out.splitlines() if not line.startswith(" ")]
+    assert blocks == [str(files[i]) for i in (0, 1, 3)]  # the others are predicted
+    assert out.err.startswith(f"error: 1 of 4 images cannot be read: {files[2]} is not a readable image (")
+    assert out.err.rstrip().endswith("The other images are predicted above; replace or remove the unreadable files.")
+    # the same predictions as without the bad file
+    assert cli.main(["predict", str(run), *map(str, [files[0], files[1], files[3]]), "--device", "cpu", "-q",
+                     "-k", "1"]) == 0
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith(" ")] == \
+           [line for line in out.out.splitlines() if line.startswith(" ")]
+    assert cli.main(["predict", str(run), str(tmp_path / "imgs"), "--device", "cpu", "--json"]) == 1
+    got = json.loads(capsys.readouterr().out)
+    assert [sorted(g) for g in got] == [["image", "top"]] * 2 + [["error", "image"]] + [["image", "top"]]
+    assert got[2]["image"] == str(files[2]) and "is not a readable image" in got[2]["error"]
+    # the Python API: an error naming them, or (skip_unreadable) a Prediction with the error
+    predictor = tailtune.load(run, device="cpu")
+    with pytest.raises(DataError, match=rf"^1 of 4 images cannot be read: {files[2]} is not a readable image"):
+        predictor.predict(tmp_path / "imgs")
+    preds = predictor.predict(tmp_path / "imgs", skip_unreadable=True)
+    assert [p.error is None for p in preds] == [True, True, False, True] and preds[2].names == []
+
+
+def test_predict_names_every_unreadable_file_up_to_ten(run, tmp_path, capsys):
+    files = _images(tmp_path / "imgs", 14, bad=list(range(1, 13)))
+    capsys.readouterr()
+    assert cli.main(["predict", str(run), str(tmp_path / "imgs"), "--device", "cpu", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: 12 of 14 images cannot be read: ")
+    assert all(str(files[i]) in err for i in range(1, 11)) and str(files[11]) not in err and "; and 2 more." in err
+    _images(tmp_path / "all_bad", 2, bad=[0, 1])  # nothing readable: nothing predicted, exit 2
+    assert cli.main(["predict", str(run), str(tmp_path / "all_bad"), "--device", "cpu", "-q"]) == 2
+    out = capsys.readouterr()
+    assert out.err.startswith("error: 2 of 2 images cannot be read: ") and out.out.strip() == ""
+
+
+def test_predict_help_gives_the_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit codes: 0 every image predicted; 1 some files could not be read" in text
+    assert "2 nothing predicted" in text
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.onnx", "config.json", "weights.pt"])
+def test_export_to_a_path_named_like_a_file_is_refused(run, tmp_path, capsys, name):
+    target = tmp_path / "out" / name
+    capsys.readouterr()
+    assert cli.main(["export", str(run), str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"error: export destination {target} is named like a file, but the export target is a "
+                           "folder: tailtune export writes model.safetensors and config.json (and model.onnx with "
+                           f"the onnx package) into it. Give a folder, e.g. {target.with_suffix('')} (then "
+                           f"{target.with_suffix('') / 'model.safetensors'}).")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["export", str(run), str(tmp_path / "file")]) == 2
+    assert "is a file; the export target is a folder" in capsys.readouterr().err
+
+
+def _renamed_data(run: Path, dst: Path, **edits) -> Path:
+    """A copy of ``run`` whose record says it was tested on other data (config and metrics edited)."""
+    import json
+    import shutil
+
+    import yaml
+
+    shutil.copytree(run, dst)
+    cfg = yaml.safe_load((dst / "config.yaml").read_text())
+    metrics = json.loads((dst / "metrics.json").read_text())
+    for key, value in edits.items():
+        if key == "test_images":
+            metrics["data"]["test_images"] = value
+        else:
+            cfg["data"][key] = value
+    (dst / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (dst / "metrics.json").write_text(json.dumps(metrics))
+    return dst
+
+
+def test_compare_of_runs_on_different_test_sets_warns_and_marks_no_best(run, tmp_path, capsys):
+    import json
+
+    other = _renamed_data(run, tmp_path / "other", root="/data/elsewhere", test_images=999)
+    capsys.readouterr()
+    assert cli.main(["compare", str(run), str(other), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert ("warning: these runs were tested on 2 different test sets (A: r; B: other; they differ in data.root, "
+            "test images): their accuracies are not comparable, and no value is marked best across test sets.") in out
+    html = (tmp_path / "cmp" / "report.html").read_text()
+    assert "Warning: different test sets" in html and "/data/elsewhere" in html
+    results = html.split('id="results"')[1].split("</section>")[0]
+    assert "<b>" not in results and "only where it is the best of the runs on the same test set" in results
+    summary = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert summary["test_sets"]["same"] is False and summary["test_sets"]["differences"]["data.root"][1] == \
+           "/data/elsewhere"
+    assert [r["test_set"] for r in summary["runs"]] == [0, 1]
+    # the same test set (another imbalance ratio trains on other images, tests on the same): no warning
+    same = _renamed_data(run, tmp_path / "same", imb_ratio=10.0)
+    assert cli.main(["compare", str(run), str(same), "--out", str(tmp_path / "cmp2")]) == 0
+    assert "warning" not in capsys.readouterr().out
+    summary = json.loads((tmp_path / "cmp2" / "comparison.json").read_text())
+    assert summary["test_sets"] == {"same": True, "differences": {}, "warning": None}
+    assert "<b>" in (tmp_path / "cmp2" / "report.html").read_text().split('id="results"')[1].split("</section>")[0]

@@ -7,7 +7,7 @@ metrics -> run folder. The CLI is a thin layer over these functions.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -109,22 +109,61 @@ class Experiment:
         return self.cfg.train.channels_last and self.backbone.kind == "cnn"
 
 
-def build(cfg: C.Config, data: LTData | None = None) -> Experiment:
+def build(cfg: C.Config, data: LTData | None = None, *, train: bool = True) -> Experiment:
     """Backbone, data, PEFT modules and head for ``cfg`` (the head is not initialised yet).
 
     Their random parts (a randomly initialised backbone, the PEFT modules, the head) are drawn
     from ``cfg.train.seed`` on forked generators: the same model whenever a run is rebuilt from
-    its folder, and the caller's RNG states left as they were.
+    its folder, and the caller's RNG states left as they were. ``train=False``: the model is only
+    evaluated (a finished run rebuilt, an export), so ``train.precision`` must work on this device
+    only where ``eval.precision=train`` uses it (a run trained in fp16 on a GPU loads on a CPU).
     """
-    return _build(cfg, data, keep_rng=True)
+    return _build(cfg, data, keep_rng=True, train=train)
 
 
-def _build(cfg: C.Config, data: LTData | None, keep_rng: bool) -> Experiment:
+def check_eval_precision(cfg: C.Config, device: torch.device, where: str) -> None:
+    """That ``cfg``'s evaluation precision runs on ``device``; else an error for the rebuilt run
+    ``where`` naming the way out (a ``precision`` in place of the run's own, or another device)."""
+    try:
+        resolve_eval_precision(cfg.eval.precision, cfg.train.precision, device)
+    except ConfigError:
+        how = (f"eval.precision=train, train.precision={cfg.train.precision}" if cfg.eval.precision == "train"
+               else f"eval.precision={cfg.eval.precision}")
+        raise ConfigError(f"{where} evaluates in fp16 ({how} in its config), which is not supported on "
+                          f"{device.type.upper()}; give another precision (fp32 or bf16: --precision fp32 on the "
+                          "command line, precision='fp32' in Python) or a CUDA device.") from None
+
+
+def inference_config(cfg: C.Config, device: str | None, precision: str | None, where: str) -> C.Config:
+    """``cfg`` of a finished run or export set to compute on ``device`` (None: its own
+    ``train.device``) with ``precision`` (an ``eval.precision`` value; None: the run's own), both
+    checked against this machine; the errors name ``device`` and ``precision`` (Python's keywords;
+    the CLI checks its options first) or, for the run's own settings, the way to replace them."""
+    if device is None:
+        device = cfg.train.device
+        try:
+            resolve_device(device)
+        except ConfigError as e:
+            raise ConfigError(f"{where} computes on its config's {e}".rstrip(".")
+                              + "; or give another device for this evaluation (--device cpu on the command "
+                              "line, device='cpu' in Python).") from None
+    torch_device = resolve_device(device, key="device")
+    cfg = replace(cfg, train=replace(cfg.train, device=device))
+    if precision is not None:
+        cfg = replace(cfg, eval=replace(cfg.eval, precision=precision))  # checks the value
+        if precision != "train":
+            resolve_precision(precision, torch_device, key="precision")
+    check_eval_precision(cfg, torch_device, where)
+    return cfg
+
+
+def _build(cfg: C.Config, data: LTData | None, keep_rng: bool, train: bool = True) -> Experiment:
     """:func:`build`; a run (``keep_rng=False``) seeds the global streams instead, which its
     training then continues (inside the run's own :func:`kept_rng`)."""
     validate(cfg)
     device = local_device(resolve_device(cfg.train.device), env_info())
-    resolve_precision(cfg.train.precision, device)
+    if train:
+        resolve_precision(cfg.train.precision, device)
     resolve_eval_precision(cfg.eval.precision, cfg.train.precision, device)
     # Start-up checks in order of cost: the data's listing and its files' presence (seconds), then
     # the model (maybe a download) and what the config asks of it, then decoding every image.
@@ -209,9 +248,13 @@ def _finish_data(cfg: C.DataConfig, data: LTData, preprocess) -> LTData:
     return use_store(data, cfg, preprocess.resolution, preprocess.interpolation)
 
 
-def load_run(run_dir: str | Path, data: LTData | None = None) -> Experiment:
-    """Rebuild a finished run's model from its folder (config + checkpoint)."""
-    exp = build(read_config(run_dir), data)
+def load_run(run_dir: str | Path, data: LTData | None = None, precision: str | None = None,
+             device: str | None = None) -> Experiment:
+    """Rebuild a finished run's model from its folder (config + checkpoint), to evaluate it;
+    ``precision``: an ``eval.precision`` value in place of the run's own; ``device``: in place
+    of the run's ``train.device``."""
+    cfg = inference_config(read_config(run_dir), device, precision, f"run {run_dir}")
+    exp = build(cfg, data, train=False)
     load_checkpoint(Path(run_dir) / CHECKPOINT, exp.model, exp.backbone.info, exp.data.classnames,
                     f"the dataset {exp.cfg.data.name} of run {run_dir}")
     return exp

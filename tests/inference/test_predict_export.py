@@ -231,3 +231,69 @@ def test_onnx_export_matches_pytorch(run, tmp_path, test_images, capsys):
     with torch.no_grad():
         want = predictor.model.float()(x).numpy()
     assert np.abs(got - want).max() < 1e-3
+
+
+def _by_hand(path, spec: dict, policy: str):
+    """The model's input for one image file, from config.json's "preprocessing" alone (PIL + NumPy:
+    what a user feeding model.onnx writes). Returns (views, 3, crop, crop) float32."""
+    from PIL import Image
+
+    p = spec["policies"][policy]
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    short, long = min(w, h), max(w, h)
+    size = p["resize_short_side"]
+    new = (size, int(size * long / short)) if w <= h else (int(size * long / short), size)
+    if new != (w, h):
+        img = img.resize(new, getattr(Image.Resampling, spec["interpolation"].upper()))
+    W, H = img.size
+    c = p["crop"]
+    at = {"center": (int(round((H - c) / 2)), int(round((W - c) / 2))), "top_left": (0, 0),
+          "top_right": (0, W - c), "bottom_left": (H - c, 0), "bottom_right": (H - c, W - c)}
+    images = [img, img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)] if p["flipped_too"] else [img]
+    views = []
+    for im in images:
+        for name in p["crops"]:
+            top, left = at[name]
+            x = np.asarray(im.crop((left, top, left + c, top + c)), dtype=np.float32) / 255.0
+            views.append(((x - np.array(spec["mean"], np.float32)) / np.array(spec["std"], np.float32))
+                         .transpose(2, 0, 1))
+    assert len(views) == p["views"] and spec["channel_order"] == "RGB" and spec["layout"] == "NCHW"
+    return np.stack(views).astype(np.float32)
+
+
+@pytest.mark.parametrize("policy", ["default", "none", "tencrop"])
+def test_onnx_from_config_json_alone_matches_tailtune_predict(run, tmp_path_factory, policy):
+    """config.json's preprocessing, followed by hand with PIL + NumPy + onnxruntime, gives the
+    probabilities and the top-1 of `tailtune predict` on the export."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from PIL import Image
+
+    out = tmp_path_factory.getbasetemp() / "onnx_parity"
+    if not (out / "model.onnx").exists():
+        export_run(run, out, onnx=True)
+    spec = json.loads((out / EXPORT_CONFIG).read_text())["preprocessing"]
+    assert spec["format"] == "tailtune-preprocessing-1" and spec["default"] == "fivecrop"
+    assert spec["policies"]["fivecrop"]["resize_short_side"] == 32 + 24  # resolution + expand
+    assert spec["policies"]["none"]["resize_short_side"] == int(32 * 8 / 7)
+    policy = spec["default"] if policy == "default" else policy
+    folder = tmp_path_factory.mktemp("parity")
+    files = []
+    for i, size in enumerate([(50, 40), (29, 37), (64, 64), (56, 90)]):  # landscape, portrait, square
+        rng = np.random.default_rng(i)
+        base = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)  # smooth pictures, not noise
+        img = Image.fromarray(base).resize(size, Image.Resampling.BILINEAR)
+        files.append(folder / f"p{i}.png")
+        img.save(files[-1])
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = np.stack([session.run(["logits"], {"images": _by_hand(f, spec, policy)})[0].mean(0) for f in files])
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    predictor = tailtune.load(out, device="cpu")
+    want = predictor.logits(files, tte=policy).numpy()
+    assert np.abs(logits - want).max() < 1e-3 * max(1.0, np.abs(want).max())
+    preds = predictor.predict(files, top_k=len(CLASSES), tte=policy)
+    for p, row in zip(preds, probs):
+        assert p.classes[0] == int(row.argmax())
+        assert np.allclose([row[c] for c in p.classes], p.probs, atol=1e-4)

@@ -81,7 +81,13 @@ def cmd_eval(args) -> int:
     from tailtune.runtime.rundir import read_metrics
 
     saved = read_metrics(args.run_dir)
-    test = evaluate(args.run_dir, args.tte, args.split, quiet=args.quiet, precision=args.precision)
+    if args.precision not in (None, "train") or args.device is not None:
+        from tailtune.cli.results import check_options
+        from tailtune.runtime.rundir import read_config
+
+        check_options(args.device, args.precision, read_config(args.run_dir).train.device)
+    test = evaluate(args.run_dir, args.tte, args.split, quiet=args.quiet, precision=args.precision,
+                    device=args.device)
     gap = None
     if args.split == "train":  # against the saved test accuracy with the same views: the generalisation gap
         from tailtune.evaluation.gap import gap_against
@@ -214,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
     p.add_argument("--precision", choices=C.EVAL_PRECISIONS, default=None,
                    help="eval.precision for this evaluation (default: the run's own)")
+    p.add_argument("--device", default=None,
+                   help="auto | cpu | cuda | cuda:N for this evaluation (default: the run's train.device)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_eval)

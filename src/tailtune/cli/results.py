@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from tailtune import config as C
+
 
 def cmd_report(args) -> int:
     from tailtune.errors import WriteError
@@ -44,12 +46,46 @@ def format_predictions(preds) -> str:
     return "\n".join(lines)
 
 
-def cmd_predict(args) -> int:
-    from tailtune.inference.predict import load
+def check_options(device: str | None, precision: str | None, run_device: str = "auto") -> None:
+    """A command's --device and --precision, checked against this machine before anything loads
+    (the errors then name the options, not the config keys they set). ``run_device``: the
+    device used without --device (a run's train.device; checked later, with the run's name)."""
+    from tailtune.errors import ConfigError
+    from tailtune.runtime.device import resolve_device
+    from tailtune.runtime.precision import resolve_precision
 
-    predictor = load(args.model, device=args.device)
-    preds = predictor.predict(args.images, top_k=args.top_k, tte=args.tte, quiet=args.quiet or args.json)
-    print(json.dumps([p.as_dict() for p in preds], indent=2) if args.json else format_predictions(preds))
+    if device is not None:
+        where = resolve_device(device, key="--device")
+    else:
+        try:
+            where = resolve_device(run_device)
+        except ConfigError:
+            return  # the run's own device: its error names the run (experiment.inference_config)
+    if precision not in (None, "train"):
+        resolve_precision(precision, where, key="--precision")
+
+
+PREDICT_EXIT_CODES = ("exit codes: 0 every image predicted; 1 some files could not be read (the others are "
+                      "predicted, every unreadable file is named on stderr: the count and the first ten); "
+                      "2 nothing predicted (a bad model folder, option or image list, or no file readable).")
+
+
+def cmd_predict(args) -> int:
+    import sys
+
+    from tailtune.inference.predict import load, unreadable_message
+
+    check_options(args.device, args.precision)
+    predictor = load(args.model, device=args.device, precision=args.precision)
+    preds = predictor.predict(args.images, top_k=args.top_k, tte=args.tte, quiet=args.quiet or args.json,
+                              skip_unreadable=True)
+    bad = [p.error for p in preds if p.error is not None]
+    print(json.dumps([p.as_dict() for p in preds], indent=2) if args.json
+          else format_predictions([p for p in preds if p.error is None]))
+    if bad:
+        print(f"error: {unreadable_message(bad, len(preds))} The other images are predicted above; "
+              "replace or remove the unreadable files.", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -95,19 +131,26 @@ def add_results_parsers(sub) -> None:
     p.add_argument("--out", "-o", default=None, help="folder of the comparison report (default: ./compare_<time>)")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("predict", help="top-k classes of images with a run folder or an export")
+    p = sub.add_parser("predict", help="top-k classes of images with a run folder or an export",
+                       description="Top-k classes of images with a run folder or an export folder.",
+                       epilog=PREDICT_EXIT_CODES)
     p.add_argument("model", metavar="RUN_OR_EXPORT_DIR")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--top-k", "-k", type=int, default=5)
     p.add_argument("--tte", default=None, help="test-time ensemble, `tailtune list tte` (default: the run's)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument("--precision", choices=C.EVAL_PRECISIONS, default=None,
+                   help="eval.precision for these predictions (default: the run's own)")
+    p.add_argument("--json", action="store_true",
+                   help="print the predictions as JSON (an unreadable file: {\"image\", \"error\"})")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="a run as one safetensors file + config.json, loadable without the run")
     p.add_argument("run_dir")
-    p.add_argument("out", help="export folder (created)")
+    p.add_argument("out", help="export folder (created): it receives model.safetensors, config.json and, "
+                              "with the onnx package, model.onnx; a name ending in .safetensors, .onnx or "
+                              ".json is refused")
     p.add_argument("--no-merge", action="store_true", help="keep LoRA modules instead of folding them into weights")
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
                    help="also write model.onnx (default: when the onnx package is installed)")

@@ -311,3 +311,61 @@ def views_per_image(tte: str, randaug_views: int = TTEOptions.randaug_views) -> 
     """Forward passes per image of a test-time-ensemble mode."""
     cls = TTE_MODES.get(tte)
     return randaug_views if cls is RandAugViews else cls.views
+
+
+# ---------------------------------------------------------------- the policy, written out
+
+PREPROCESSING_FORMAT = "tailtune-preprocessing-1"
+_CROPS = {
+    "none": ["center"],
+    "fivecrop": ["top_left", "top_right", "bottom_left", "bottom_right", "center"],
+    "tencrop": ["top_left", "top_right", "bottom_left", "bottom_right", "center"],
+}
+
+
+def view_policy(p: Preprocess, tte: str, opts: TTEOptions = TTEOptions()) -> dict:
+    """The deterministic views of ``tte`` (none, fivecrop, tencrop) as data: what the view classes
+    above do, for a reader without tailtune (an export's config.json)."""
+    if tte == "none":
+        resize = int(p.resolution * 8 / 7)
+    elif tte in ("fivecrop", "tencrop"):
+        resize = p.resolution + (DEFAULT_EXPAND if opts.expand is None else opts.expand)
+    else:
+        raise DataError(f"eval.tte={tte!r} has random views; only none, fivecrop and tencrop can be written out.")
+    return {"resize_short_side": resize, "crop": p.resolution, "crops": list(_CROPS[tte]),
+            "flipped_too": tte == "tencrop", "views": views_per_image(tte)}
+
+
+def preprocessing_spec(p: Preprocess, tte: str, opts: TTEOptions = TTEOptions()) -> dict:
+    """Every step from an image file to the model's input and from its outputs to probabilities,
+    self-describing and versioned (``format``), for each deterministic test-time ensemble;
+    ``default`` is the run's own ``eval.tte``. tests/inference checks that a few lines of PIL +
+    NumPy following it give tailtune's predictions."""
+    policies = {name: view_policy(p, name, opts) for name in _CROPS}
+    return {
+        "format": PREPROCESSING_FORMAT,
+        "default": tte if tte in policies else "none",
+        "run_tte": tte,
+        "decode": "the file as 8-bit RGB (PIL: Image.open(path).convert('RGB'))",
+        "interpolation": p.interpolation,
+        "resize": "scale the short side to resize_short_side and the long side to "
+                  "int(resize_short_side * long / short) (rounded down), keeping the orientation; "
+                  "nothing is done when the image already has that size; the filter is `interpolation`, "
+                  "antialiased (PIL: image.resize((width, height), Image.Resampling.<INTERPOLATION>))",
+        "crop_positions": {
+            "center": "top = int(round((H - crop) / 2)), left = int(round((W - crop) / 2)) "
+                      "(Python's round: halves to even)",
+            "top_left": "top = 0, left = 0", "top_right": "top = 0, left = W - crop",
+            "bottom_left": "top = H - crop, left = 0", "bottom_right": "top = H - crop, left = W - crop",
+        },
+        "flipped_too": "if true, the same crops of the horizontally flipped resized image follow, in the same order",
+        "to_input": "each crop: float32 pixel / 255 in [0, 1], then (x - mean) / std per channel; "
+                    "channels in RGB order, layout NCHW (batch, 3, crop, crop)",
+        "mean": list(p.mean), "std": list(p.std),
+        "channel_order": "RGB", "layout": "NCHW", "value_range": [0.0, 1.0],
+        "combine": "mean of the logits over the views of an image (not of the probabilities); "
+                   "probabilities = softmax of that mean; class k is classnames[k]",
+        "policies": policies,
+        **({"note": f"eval.tte={tte} draws random views (tailtune's own generator): it cannot be written "
+                    "out, so `default` is none"} if tte not in policies else {}),
+    }

@@ -4,7 +4,10 @@ The export holds the image path only (the image encoder with its PEFT modules, a
 classifier) as plain tensors, and the JSON the loader needs without the run folder, the
 training data or the pretrained weights: the run's config with ``model.pretrained=none``
 (the architecture is rebuilt, then every tensor of the image path is loaded strictly),
-the class names and the backbone's preprocessing. Nothing is pickled.
+the class names, the backbone's preprocessing and, under ``preprocessing``, every step from an
+image file to the model's input and from its logits to probabilities (resize, crops, normalisation,
+how views are combined; ``transforms.preprocessing_spec``), so that ``model.onnx`` can be fed
+without tailtune. Nothing is pickled.
 
 Mergeable PEFT methods (those whose class has a ``merge``, LoRA today: models/peft/lora.py) are
 folded into the backbone's weights on export, so the exported model runs at the plain backbone's cost.
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +29,9 @@ from torch import nn
 
 from tailtune import config as C
 from tailtune.data.sources.base import LTData
-from tailtune.data.transforms import Preprocess
+from tailtune.data.transforms import Preprocess, preprocessing_spec
 from tailtune.errors import CheckpointError, ConfigError, WriteError
-from tailtune.experiment import build
+from tailtune.experiment import build, inference_config, tte_options
 from tailtune.models.peft.base import PEFT_METHODS, mergeable, method_names
 from tailtune.models.peft.targets import SelfAttention, set_part
 from tailtune.runtime.checkpoint import check_fit, load_checkpoint, write_safetensors
@@ -41,7 +44,7 @@ EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
 EXPORT_ONNX = "model.onnx"
 _REQUIRED = ("format", "config", "classnames", "preprocess", "backbone", "num_classes", "weights_sha256")
-_OPTIONAL = ("tailtune_version", "merged", "source_run", "group_names", "groups", "test")
+_OPTIONAL = ("tailtune_version", "merged", "source_run", "group_names", "groups", "test", "preprocessing")
 
 
 def build_without_data(cfg: C.Config, classnames: list[str], groups=None):
@@ -49,7 +52,13 @@ def build_without_data(cfg: C.Config, classnames: list[str], groups=None):
     # build() reads only the class list and notes of the data; images are never touched.
     data = LTData(train=None, test=None, classnames=list(classnames),
                   groups=np.zeros(len(classnames), dtype=np.int64) if groups is None else np.asarray(groups))
-    return build(cfg, data)
+    return build(cfg, data, train=False)
+
+
+def _on_cpu(cfg: C.Config) -> C.Config:
+    """``cfg`` to build the model for writing an export: on the CPU in fp32, whatever the run used
+    (the exported tensors are fp32; the export's config.json keeps the run's own precision)."""
+    return replace(cfg, train=replace(cfg.train, device="cpu"), eval=replace(cfg.eval, precision="fp32"))
 
 
 def _encoder_prefix(model: nn.Module) -> str:
@@ -125,6 +134,22 @@ def _probe(model: nn.Module, resolution: int) -> torch.Tensor:
         return model.eval()(x).float()
 
 
+# Names that look like a file of a model rather than a folder: `export run model.onnx` is refused.
+MODEL_FILE_SUFFIXES = (".safetensors", ".onnx", ".json", ".pt", ".pth", ".bin", ".ckpt", ".pkl")
+WRITTEN = f"{EXPORT_WEIGHTS} and {EXPORT_CONFIG} (and {EXPORT_ONNX} with the onnx package)"
+
+
+def check_export_folder(out: Path) -> None:
+    """``out`` can be the export folder: not a file, nor named like a model file."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"export destination {out} is a file; the export target is a folder (created if "
+                          f"missing) that will hold {WRITTEN}.")
+    if not out.exists() and out.suffix.lower() in MODEL_FILE_SUFFIXES:
+        raise ConfigError(f"export destination {out} is named like a file, but the export target is a folder: "
+                          f"tailtune export writes {WRITTEN} into it. Give a folder, e.g. "
+                          f"{out.with_suffix('')} (then {out.with_suffix('') / EXPORT_WEIGHTS}).")
+
+
 def export_run(run_dir: str | Path, out: str | Path, merge: bool = True, onnx: bool | None = None,
                overwrite: bool = False) -> dict:
     """Export a finished run to the folder ``out``; returns a summary (files, merged methods, ONNX).
@@ -142,15 +167,13 @@ def export_run(run_dir: str | Path, out: str | Path, merge: bool = True, onnx: b
 
 def _export_run(run_dir: str | Path, out: str | Path, merge: bool, onnx: bool | None, overwrite: bool) -> dict:
     run_dir, out = Path(run_dir), Path(out)
+    check_export_folder(out)
     metrics = read_metrics(run_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"export destination {out} is a file; give a folder (created if missing).")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"export folder {out} is not empty; choose another or pass overwrite (--overwrite).")
     cfg = read_config(run_dir)
-    cfg.train.device = "cpu"  # exports are written from CPU tensors, whatever the run trained on
     classnames = metrics["data"]["classnames"]
-    exp = build_without_data(cfg, classnames)
+    exp = build_without_data(_on_cpu(cfg), classnames)
     load_checkpoint(run_dir / CHECKPOINT, exp.model, exp.backbone.info, classnames,
                     f"run {run_dir} ({METRICS}, dataset {metrics.get('dataset')})")
     model, res = exp.model.float(), exp.backbone.preprocess.resolution
@@ -163,7 +186,8 @@ def _export_run(run_dir: str | Path, out: str | Path, merge: bool, onnx: bool | 
     out_cfg = C.from_yaml_text(C.to_yaml(cfg))
     out_cfg.peft.method = "+".join(n for n in names if n not in merged) or "none"
     out_cfg.model.pretrained = "none"  # every image-path tensor comes from the export
-    target = build_without_data(out_cfg, classnames).model
+    out_cfg.train.device = "auto"  # the loader's device= decides
+    target = build_without_data(_on_cpu(out_cfg), classnames).model
     _align_attention(model, target)
     state = image_path_state(model)
     check_fit(state, image_path_state(target), "the exported model")
@@ -178,6 +202,7 @@ def _export_run(run_dir: str | Path, out: str | Path, merge: bool, onnx: bool | 
     meta = {
         "format": FORMAT, "tailtune_version": __version__, "config": C.to_dict(out_cfg),
         "classnames": list(classnames), "preprocess": asdict(exp.backbone.preprocess),
+        "preprocessing": preprocessing_spec(exp.backbone.preprocess, cfg.eval.tte, tte_options(cfg)),
         "backbone": exp.backbone.info, "num_classes": len(classnames), "merged": merged,
         "source_run": str(run_dir.resolve()), "group_names": metrics["data"].get("group_names"),
         "groups": metrics["data"].get("groups"),
@@ -186,7 +211,7 @@ def _export_run(run_dir: str | Path, out: str | Path, merge: bool, onnx: bool | 
     }
     write_text(out / EXPORT_CONFIG, json.dumps(meta, indent=2))
 
-    loaded = load_export(out, device="cpu")[0].model.float()
+    loaded = load_export(out, device="cpu", precision="fp32")[0].model.float()
     again = _probe(loaded, res)
     if not torch.allclose(again, reference, rtol=1e-4, atol=1e-4 * max(1.0, reference.abs().max().item())):
         raise RuntimeError(f"export check failed: the exported model's logits differ from the run's by up to "
@@ -274,8 +299,9 @@ def read_export_config(path: str | Path) -> dict:
     return meta
 
 
-def load_export(path: str | Path, device: str = "auto"):
-    """(Experiment with the exported weights loaded, export metadata); strict on every tensor."""
+def load_export(path: str | Path, device: str = "auto", precision: str | None = None):
+    """(Experiment with the exported weights loaded, export metadata); strict on every tensor.
+    ``precision``: an ``eval.precision`` value in place of the run's own."""
     path = Path(path)
     meta = read_export_config(path)
     weights = path / EXPORT_WEIGHTS
@@ -285,7 +311,7 @@ def load_export(path: str | Path, device: str = "auto"):
     cfg = C.merge_layers([(f"{path / EXPORT_CONFIG}", meta["config"])])
     if cfg.model.pretrained != "none":
         raise CheckpointError(f"{path / EXPORT_CONFIG}: model.pretrained must be 'none' in an export.")
-    cfg.train.device = device
+    cfg = inference_config(cfg, device, precision, f"export {path}")
     exp = build_without_data(cfg, meta["classnames"], meta.get("groups"))
     try:
         tensors = load_file(str(weights))

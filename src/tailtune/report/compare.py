@@ -6,9 +6,13 @@ sections through ``compare_runs``' ``extra``.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import time
 from pathlib import Path
+
+import numpy as np
 
 from tailtune.errors import ConfigError
 from tailtune.report import plots
@@ -20,6 +24,61 @@ from tailtune.runtime.rundir import COMPARISON
 
 # Config keys that name or place a run rather than change what it computes.
 _RUN_ONLY = ("name", "output_dir", "overwrite", "quiet")
+# The data keys that decide which images are tested (the others shape training: imb_ratio,
+# subset_seed of a benchmark's subsampling, val, workers, verify_images, store, interpolation).
+_TEST_SET_KEYS = ("name", "root", "splits_dir", "path_map", "classnames_file", "holdout_per_class")
+# Own data without a test split holds test images out, drawn with data.subset_seed.
+_HELD_OUT_TEST_SOURCES = ("folder", "csv")
+_log = logging.getLogger(__name__)
+
+
+def test_set_identity(r: RunRecord) -> dict:
+    """What identifies the test set a run was measured on: the data keys that choose its images,
+    the class names, the number of test images and a hash of their labels (predictions.npz)."""
+    keys = [*_TEST_SET_KEYS, *(["subset_seed"] if config_value(r.config, "data.name") in _HELD_OUT_TEST_SOURCES
+                               else [])]
+    ident = {f"data.{k}": config_value(r.config, f"data.{k}", None) for k in keys}
+    ident["classes"] = hashlib.sha256(json.dumps(r.classnames).encode()).hexdigest()[:12]
+    ident["test images"] = r.data.get("test_images")
+    if r.labels is not None:
+        ident["test labels"] = hashlib.sha256(np.ascontiguousarray(r.labels, dtype=np.int64).tobytes()).hexdigest()[:12]
+    return ident
+
+
+def _same_test_set(a: dict, b: dict) -> bool:
+    """Same identity; a run without predictions.npz (no label hash) matches on the rest."""
+    return all(a.get(k) == b.get(k) for k in set(a) | set(b)
+               if not (k == "test labels" and (a.get(k) is None or b.get(k) is None)))
+
+
+def test_set_groups(records: list[RunRecord]) -> tuple[list[int], dict[str, list]]:
+    """A test-set number per run (0, 1, ... in order of appearance) and what differs between the
+    runs' test sets ({what: value per run}; empty when every run was tested on the same set)."""
+    idents = [test_set_identity(r) for r in records]
+    firsts: list[dict] = []  # the identity of each test set's first run
+    group = []
+    for ident in idents:
+        g = next((j for j, first in enumerate(firsts) if _same_test_set(first, ident)), None)
+        if g is None:
+            firsts.append(ident)
+            g = len(firsts) - 1
+        group.append(g)
+    if len(firsts) == 1:
+        return group, {}
+    keys = [k for k in dict.fromkeys(k for i in idents for k in i)
+            if len({json.dumps(i.get(k), default=str) for i in idents}) > 1]
+    return group, {k: [i.get(k, "–") for i in idents] for k in keys}
+
+
+def different_test_sets_warning(labels: list[str], test_set: list[int], diffs: dict[str, list]) -> str | None:
+    """The warning of a comparison whose runs were measured on different test sets (None if not)."""
+    if len(set(test_set)) < 2:
+        return None
+    sets = "; ".join(f"{chr(ord('A') + g)}: {', '.join(lab for lab, t in zip(labels, test_set) if t == g)}"
+                     for g in sorted(set(test_set)))
+    what = ", ".join(diffs) or "the test images"
+    return (f"these runs were tested on {len(set(test_set))} different test sets ({sets}; they differ in {what}): "
+            "their accuracies are not comparable, and no value is marked best across test sets.")
 
 
 def _flatten(node, prefix: str = "") -> dict:
@@ -93,19 +152,32 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None,
         out.mkdir(parents=True, exist_ok=True)
     labels = _labels(records)
     groups, rows = comparison_rows(records, labels)
+    test_set, test_diffs = test_set_groups(records)
+    for row, g in zip(rows, test_set):
+        row["test_set"] = g
     page = Page(out, title or f"tailtune comparison of {len(records)} runs",
                  " · ".join(sorted({str(r['dataset']) for r in rows})))
+    warning = different_test_sets_warning(labels, test_set, test_diffs)
+    if warning:
+        _log.warning(f"warning: {warning}")
+        page.section("test-sets", "Warning: different test sets",
+                     f'<p class="note"><b>{escape(warning)}</b></p>'
+                     + html_table(["what", *labels], [[k, *[json.dumps(v, default=str) for v in vals]]
+                                                      for k, vals in test_diffs.items()]
+                                  + [["test set", *[chr(ord("A") + g) for g in test_set]]]))
 
     metric_cols = ["overall", "balanced", *groups, "overall_no_tte", "macro_f1"]
     gap_cols = [f"gap_{g}" for g in ["overall", *groups]]
     header = ["run", "PEFT", "loss", "TTE", "overall", "balanced", *groups, "overall, no TTE", "macro-F1",
               *[f"gap: {g}" for g in ["overall", *groups]], "trainable params", "train time"]
     best = {}
-    for j, col in enumerate(metric_cols):
-        vals = [row[col] for row in rows]
-        top = max((v for v in vals if v is not None), default=None)
-        for i, v in enumerate(vals):
-            best[(i, 4 + j)] = v is not None and v == top
+    for j, col in enumerate(metric_cols):  # the best among the runs of the same test set, if two or more
+        for g in set(test_set):
+            members = [i for i, t in enumerate(test_set) if t == g]
+            vals = {i: rows[i][col] for i in members if rows[i][col] is not None}
+            top = max(vals.values(), default=None)
+            for i, v in vals.items():
+                best[(i, 4 + j)] = len(members) > 1 and v == top
     table_rows = [[row["run"], row["peft"], row["loss"], row["tte"], *[pct(row[c]) for c in metric_cols],
                    *[signed(row[c]) for c in gap_cols],
                    "–" if row["trainable_params"] is None else
@@ -114,12 +186,16 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None,
     numeric = set(range(4, len(header)))
     page.section("results", "Results side by side",
                  html_table(header, table_rows, numeric, bold=best),
-                 "Test accuracy (%); the best value of each column is bold. Overall: over the test images; "
+                 ("Test accuracy (%); the best value of each column is bold. " if not warning else
+                  "Test accuracy (%); the runs were tested on different test sets (see the warning above): a value "
+                  "is bold only where it is the best of the runs on the same test set. ")
+                 + "Overall: over the test images; "
                  "balanced and the groups: means of per-class accuracies. Gap: mean per-class accuracy on "
                  "training images minus on test images (one view each; larger means more fitted to the training "
                  "images). Trainable parameters include the classifier; the percentage is the tuned share of the "
                  "backbone.")
-    summary: dict = {"groups": groups, "runs": rows}
+    summary: dict = {"groups": groups, "runs": rows,
+                     "test_sets": {"same": not warning, "differences": test_diffs, "warning": warning}}
     if settings is not None:
         summary["settings"] = _spread_section(page, rows, settings, [*metric_cols, *gap_cols], groups)
 

@@ -48,7 +48,7 @@ from tailtune.runtime.distributed import (
     on_main,
 )
 from tailtune.runtime.distributed import setup as dist_setup
-from tailtune.runtime.precision import precision_name, resolve_eval_precision
+from tailtune.runtime.precision import precision_name
 from tailtune.runtime.rng import kept_rng
 from tailtune.runtime.rundir import (
     CHECKPOINT,
@@ -539,13 +539,9 @@ def _write_outputs(exp: Experiment, run: RunDir, metrics: dict, result: _Evaluat
 
 
 def evaluate(run_dir: str | Path, tte: str | None = None, split: str = "test", quiet: bool = False,
-             precision: str | None = None) -> dict:
+             precision: str | None = None, device: str | None = None) -> dict:
     """Evaluate a finished run (rebuilds it from its folder); ``precision``: an ``eval.precision``
-    value in place of the run's own."""
-    exp = load_run(run_dir)
-    if precision is not None:
-        exp.cfg = replace(exp.cfg, eval=replace(exp.cfg.eval, precision=precision))  # checks the value
-        resolve_eval_precision(precision, exp.cfg.train.precision, exp.device)
-    return evaluate_model(exp, tte, split, quiet)
+    value in place of the run's own; ``device``: in place of the run's ``train.device``."""
+    return evaluate_model(load_run(run_dir, precision=precision, device=device), tte, split, quiet)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import sys
 
 import torch
@@ -34,11 +35,32 @@ def tune_cpu_allocator() -> bool:
     return _allocator_tuned
 
 
-def resolve_device(name: str) -> torch.device:
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+
+def setting(key: str, value) -> str:
+    """``key=value`` for a config key, ``--option value`` for a command-line option (error texts)."""
+    return f"{key} {value}" if key.startswith("--") else f"{key}={value}"
+
+
+def resolve_device(name: str, key: str = "train.device") -> torch.device:
+    """The device ``name`` names (auto | cpu | cuda | cuda:N | mps), checked here; ``key`` is the
+    setting it came from (``train.device``, or a command's ``--device``), named in the errors."""
+    if not isinstance(name, str) or not _DEVICE.fullmatch(name):
+        raise ConfigError(f"{setting(key, name)} is not a device; use auto, cpu, cuda or cuda:N.")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available here; use train.device=cpu or auto.")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{setting(key, name)} but CUDA is not available here; "
+                              f"use {setting(key, 'cpu')} or {setting(key, 'auto')}.")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"{setting(key, name)} but this machine has {torch.cuda.device_count()} CUDA "
+                              f"device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1}); pick one of them.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{setting(key, name)} but MPS is not available here; use {setting(key, 'cpu')} "
+                          f"or {setting(key, 'auto')}.")
     return torch.device(name)
 
 

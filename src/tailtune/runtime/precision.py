@@ -7,6 +7,7 @@ import contextlib
 import torch
 
 from tailtune.errors import ConfigError
+from tailtune.runtime.device import setting
 from tailtune.runtime.hardware import auto_precision
 
 
@@ -20,7 +21,7 @@ def resolve_precision(precision: str, device: torch.device, kind: str = "vit",
     if precision == "auto":
         return auto_precision(device, kind)
     if precision == "fp16" and device.type == "cpu":
-        raise ConfigError(f"{key}=fp16 is not supported on CPU; use bf16 or fp32.")
+        raise ConfigError(f"{setting(key, 'fp16')} is not supported on CPU; use bf16 or fp32.")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
