@@ -702,7 +702,8 @@ def test_many_unreadable_files_give_the_count_and_the_first_ten(tmp_path, capsys
 def test_an_unreadable_file_met_while_training_names_the_way_to_find_all(tiny_overrides, tmp_path):
     root = tmp_path / "d"
     _folder(root, [3, 2], corrupt=True)
-    cfg = _cfg(tiny_overrides, "data.name=folder", f"data.root={root}", "data.imb_ratio=1", "data.verify_images=false",
+    cfg = _cfg(real_data(tiny_overrides), "data.name=folder", f"data.root={root}", "data.imb_ratio=1",
+               "data.verify_images=false",
                "head.init=class_mean")
     with pytest.raises(DataError, match=r"image file .*c0/0.jpg is corrupt or not an image \(.*\) \(sample \d+\); "
                                         r"replace or remove it; `tailtune data check` with the run's data settings "
@@ -949,7 +950,7 @@ def test_splits_json_is_written_before_training_and_kept_on_resume(tiny_override
     monkeypatch.setattr(Trainer, "fit", fit)
     _fail_replace(monkeypatch, "checkpoint.safetensors")
     d = tmp_path / "runs" / "w"
-    args = [*tiny_overrides, "eval.tte=none", "name=w", "data.name=folder", f"data.root={tmp_path / 'd'}"]
+    args = [*real_data(tiny_overrides), "eval.tte=none", "name=w", "data.name=folder", f"data.root={tmp_path / 'd'}"]
     _train_fails(args, capsys)
     assert seen == [True]
     splits = json.loads((d / "splits.json").read_text())
@@ -1239,7 +1240,7 @@ def test_an_unreadable_lock_is_refused_until_broken(resumable, tmp_path, capsys)
 
 def test_the_lock_is_released_when_a_run_fails(tiny_overrides, tmp_path):
     """An error after the lock was taken (here: missing dataset files) leaves no lock and no folder."""
-    cfg = _cfg(tiny_overrides, "name=failed", "data.name=cifar100_lt", f"data.root={tmp_path / 'nowhere'}")
+    cfg = _cfg(real_data(tiny_overrides), "name=failed", "data.name=cifar100_lt", f"data.root={tmp_path / 'nowhere'}")
     with pytest.raises(DataError, match="not found"):
         tailtune.fit(cfg)
     assert not (tmp_path / "runs" / "failed").exists()
@@ -1509,7 +1510,7 @@ def test_predict_on_a_folder_with_a_corrupt_image_predicts_the_rest(run, tmp_pat
     out = capsys.readouterr()
     blocks = [line for line in out.out.splitlines() if not line.startswith(" ")]
     assert blocks == [str(files[i]) for i in (0, 1, 3)]  # the others are predicted
-    assert out.err.startswith(f"error: 1 of 4 images cannot be read: {files[2]} is not a readable image (")
+    assert out.err.startswith(f"error: 1 of 4 images cannot be read: {files[2]} is corrupt or not an image (")
     assert out.err.rstrip().endswith("The other images are predicted above; replace or remove the unreadable files.")
     # the same predictions as without the bad file
     assert cli.main(["predict", str(run), *map(str, [files[0], files[1], files[3]]), "--device", "cpu", "-q",
@@ -1519,10 +1520,11 @@ def test_predict_on_a_folder_with_a_corrupt_image_predicts_the_rest(run, tmp_pat
     assert cli.main(["predict", str(run), str(tmp_path / "imgs"), "--device", "cpu", "--json"]) == 1
     got = json.loads(capsys.readouterr().out)
     assert [sorted(g) for g in got] == [["image", "top"]] * 2 + [["error", "image"]] + [["image", "top"]]
-    assert got[2]["image"] == str(files[2]) and "is not a readable image" in got[2]["error"]
+    assert got[2]["image"] == str(files[2]) and "is corrupt or not an image" in got[2]["error"]
     # the Python API: an error naming them, or (skip_unreadable) a Prediction with the error
     predictor = tailtune.load(run, device="cpu")
-    with pytest.raises(DataError, match=rf"^1 of 4 images cannot be read: {files[2]} is not a readable image"):
+    with pytest.raises(DataError, match=rf"^1 of 4 images cannot be read: {files[2]} is corrupt or not an image .*\. Replace or remove them "
+                                        r"\(or pass skip_unreadable=True to predict the others\)\.$"):
         predictor.predict(tmp_path / "imgs")
     preds = predictor.predict(tmp_path / "imgs", skip_unreadable=True)
     assert [p.error is None for p in preds] == [True, True, False, True] and preds[2].names == []

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from tailtune.data.base import IMAGE_SUFFIXES
-from tailtune.data.images import open_image, to_rgb
+from tailtune.data.images import ImageFileError, open_image, to_rgb
 from tailtune.data.transforms import eval_transform
 from tailtune.errors import ConfigError, DataError
 from tailtune.experiment import inference_config, tte_options
@@ -95,6 +95,8 @@ def _unreadable(items: list, view, bad: list[int]) -> dict[int, str]:
         try:
             view(_open(items[i]))
             reasons[i] = f"{_name(items, i)} could not be read"  # failed in the loader only
+        except ImageFileError as e:  # its own fix is said once, for all of them
+            reasons[i] = f"{e.path} {e.problem}"
         except DataError as e:
             reasons[i] = str(e).rstrip(".")
     return reasons
@@ -157,7 +159,10 @@ class Predictor:
         items = _items(images)
         logits, bad = self._logits(items, tte, batch_size, quiet)
         if bad:
-            raise DataError(unreadable_message(list(bad.values()), len(items)))
+            if len(items) == 1:
+                raise DataError(f"image file {bad[0]}; replace it, or check the path.")
+            way = "" if len(bad) == len(items) else " (or pass skip_unreadable=True to predict the others)"
+            raise DataError(f"{unreadable_message(list(bad.values()), len(items))} Replace or remove them{way}.")
         return logits
 
     def predict(self, images, top_k: int = 5, tte: str | None = None, batch_size: int | None = None,
@@ -175,7 +180,10 @@ class Predictor:
         items = _items(images)
         logits, bad = self._logits(items, tte, batch_size, quiet)
         if bad and (not skip_unreadable or len(bad) == len(items)):
-            raise DataError(unreadable_message(list(bad.values()), len(items)))
+            if len(items) == 1:
+                raise DataError(f"image file {bad[0]}; replace it, or check the path.")
+            way = "" if len(bad) == len(items) else " (or pass skip_unreadable=True to predict the others)"
+            raise DataError(f"{unreadable_message(list(bad.values()), len(items))} Replace or remove them{way}.")
         top = logits.softmax(-1).topk(min(top_k, len(self.classnames)), dim=-1)
         out = []
         for i, (p, c) in enumerate(zip(top.values.tolist(), top.indices.tolist())):
