@@ -1362,6 +1362,17 @@ def test_symbolic_link_loops_are_named_not_missing(tmp_path, capsys):
     assert "missing" not in err
 
 
+def test_csv_row_naming_a_looping_link_is_named_not_missing(tmp_path, capsys):
+    args = _csv(tmp_path, _clean_rows())
+    (tmp_path / "img" / "3.jpg").unlink()
+    (tmp_path / "img" / "3.jpg").symlink_to("3b.jpg")
+    (tmp_path / "img" / "3b.jpg").symlink_to("3.jpg")
+    err = _check_fails(args, capsys, tmp_path, "1 listed image files cannot be opened (",
+                       f"{tmp_path / 'img' / '3.jpg'} -> 3b.jpg -> 3.jpg (a loop of symbolic links)",
+                       "Point each link at its image file")
+    assert "missing" not in err
+
+
 def _long_tail(root: Path) -> Path:
     from datatrees import class_tree
 

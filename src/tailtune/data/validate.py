@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from tailtune.data.base import FileDataset
 from tailtune.data.images import ImageFileError, decode, open_file
+from tailtune.data.roots import link_problem
 from tailtune.errors import DataError
 
 SHOWN = 5  # missing paths quoted in an error
@@ -60,6 +61,11 @@ def check_image_files(data, verify: bool = True, skip_corrupt: bool = False):
     if n_missing:
         per_split = ", ".join(f"{k} {len(v)} of {len(data.splits()[k])}" for k, v in missing.items() if v)
         shown = [p for v in missing.values() for p in v][:SHOWN]
+        links = [problem for p in shown if (problem := link_problem(p))]
+        if links:  # a listed name that is a dangling or looping link is no missing file: say which
+            raise DataError(f"{n_missing} listed image files cannot be opened ({per_split}); symbolic links that "
+                            f"lead nowhere: {'; '.join(links)}. Point each link at its image file (or list the "
+                            "image files themselves).")
         raise DataError(f"{n_missing} listed image files are missing ({per_split}), e.g. {', '.join(shown)}. "
                         "Check data.root (and data.path_map when the lists use another folder layout).")
     if not verify:
