@@ -31,9 +31,13 @@ from tailtune.models.peft.vpt import VptOptions
 from tailtune.runtime.checkpoint import load_checkpoint, save_checkpoint
 from tailtune.runtime.rundir import read_metrics
 
-VIT_METHODS = [m for m in PEFT_METHODS.names() if "vit" in PEFT_METHODS.get(m).kinds]
-# prompts join attention from the start; SSF's scale and shift are drawn around (1, 0) as the reference's
-NOT_IDENTITY = {"vpt_shallow", "vpt_deep", "ssf"}
+# proj_tuning needs CLIP's image projection (open_clip only) and changes the feature width: its
+# own tests are tests/models/peft/test_proj_tuning.py.
+CLIP_ONLY = {"proj_tuning"}
+VIT_METHODS = [m for m in PEFT_METHODS.names() if "vit" in PEFT_METHODS.get(m).kinds and m not in CLIP_ONLY]
+# prompts join attention from the start; SSF's scale and shift are drawn around (1, 0) as the reference's;
+# CLIP-Adapter's bottleneck is randomly initialised as the paper's
+NOT_IDENTITY = {"vpt_shallow", "vpt_deep", "ssf", "clip_adapter"}
 
 
 def shared_copy(backbone):
@@ -64,6 +68,9 @@ B16_COUNTS = {  # (C = 100, C = 1000)
     "full": (85_054_464, 85_054_464),
     "masked": (84_996, 765_132),
     "adaptformer+ssf": (101_436 + 202_752, 617_868 + 202_752),
+    "clip_adapter": (2 * 768 * 192, 2 * 768 * 192),  # on the 768 features before the projection
+    "proj_tuning": (768 * 512, 768 * 512),
+    "proj_tuning+clip_adapter": (768 * 512 + 2 * 512 * 128, 768 * 512 + 2 * 512 * 128),
 }
 
 
@@ -117,6 +124,7 @@ TINY_COUNTS = {
     "ln_tuning": L * 2 * 2 * D,
     "full": L * (3 * D * D + 3 * D + D * D + D + 4 * D * D + 4 * D + 4 * D * D + D + 4 * D),
     "masked": _masked_tiny(),
+    "clip_adapter": 2 * D * (D // 4),
 }
 
 BLOCK = r"^(clip\.visual\.transformer\.resblocks|net\.blocks)\.\d+\."  # image encoder blocks
@@ -134,12 +142,13 @@ INTENDED = {
     "vpt_deep": lambda n: n.endswith(".vpt.tokens"),
     "ssf": lambda n: n.endswith((".scale", ".shift")),
     "masked": lambda n: n.endswith((".weight_values", ".bias_values")),
+    "clip_adapter": lambda n: re.search(r"^(clip\.visual|net)\.clip_adapter\.fc\.[02]\.weight$", n) is not None,
 }
 
 
 def test_tables_cover_the_registry():
     assert set(TINY_COUNTS) == set(INTENDED) == set(VIT_METHODS)
-    assert set(PEFT_METHODS.names()) == set(VIT_METHODS) | {"bn_tuning"}
+    assert set(PEFT_METHODS.names()) == set(VIT_METHODS) | {"bn_tuning"} | CLIP_ONLY
     assert {m for m in VIT_METHODS if not PEFT_METHODS.get(m).identity_at_init} == NOT_IDENTITY
 
 

@@ -122,10 +122,12 @@ def _openai_tag(cfg: ModelConfig) -> bool:
 
 
 class OpenClipBackbone(Backbone):
-    """A CLIP model from open_clip; features are read before the image projection."""
+    """A CLIP model from open_clip; features are read before the image projection (after it
+    once :meth:`tune_image_projection` put the projection back into the image path)."""
 
     kind = "vit"
     has_text = True
+    projected = False  # True: the features are CLIP's joint-space image embeddings
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -198,6 +200,19 @@ class OpenClipBackbone(Backbone):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.clip.visual(images)
 
+    def tune_image_projection(self) -> nn.Parameter:
+        """Put the image projection back into the image path as a trainable copy (proj_tuning).
+
+        From then on the features are ``pooled @ proj`` (CLIP's joint space, width
+        ``embed_dim``): the projection lives in the encoder (``visual.proj``), so it saves and
+        exports with it; ``image_proj`` keeps the frozen original.
+        """
+        proj = nn.Parameter(self.image_proj.detach().clone())
+        self.clip.visual.proj = proj
+        self.projected = True
+        self.feature_dim = proj.shape[1]
+        return proj
+
     @torch.no_grad()
     def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
         """Normalised text embeddings in CLIP's joint space (256 prompts at a time)."""
@@ -210,11 +225,15 @@ class OpenClipBackbone(Backbone):
 
     @torch.no_grad()
     def text_to_features(self, text: torch.Tensor) -> torch.Tensor:
-        """Through the transpose of the image projection, then normalised (the method's mapping)."""
+        """Through the transpose of the image projection, then normalised (the method's mapping);
+        features that are joint-space embeddings already (proj_tuning) take the text as it is."""
+        if self.projected:
+            return F.normalize(text.float(), dim=-1)
         return F.normalize(text.float() @ self.image_proj.float().t(), dim=-1)
 
     def zeroshot_logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        img = F.normalize(self(images).float() @ self.image_proj.float(), dim=-1)
+        img = self(images).float()
+        img = F.normalize(img if self.projected else img @ self.image_proj.float(), dim=-1)
         return self.clip.logit_scale.exp().float() * img @ text.t()
 
 

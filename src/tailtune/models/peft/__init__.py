@@ -5,11 +5,13 @@ from tailtune.models.peft import (  # noqa: F401  (registration)
     adaptformer,
     bitfit,
     bn_tuning,
+    clip_adapter,
     full,
     ln_tuning,
     lora,
     masked,
     none,
+    proj_tuning,
     ssf,
     vpt,
 )

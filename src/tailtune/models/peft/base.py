@@ -29,7 +29,9 @@ class PeftMethod:
     does not depend on the order they are written in: methods that pick existing
     parameters (0) see only the backbone's own tensors; methods that edit weights (1)
     act on the bare linear layers; output wrappers (2: LoRA, 3: SSF) stack on those;
-    sub-layers around the MLP (4) and prompt tokens (5) come last, as they restructure blocks.
+    sub-layers around the MLP (4) and prompt tokens (5) restructure blocks; modules on the
+    backbone's output features (6: CLIP-Adapter, :func:`add_feature_module`) come last, so they
+    see the features' final width (after proj_tuning's projection).
     """
 
     kinds: tuple[str, ...] = ("vit", "cnn")
@@ -83,6 +85,31 @@ def peft_off(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, active in zip(modules, before):
             m.active = active
+
+
+class _ApplyFeatureModule:
+    """Forward hook of a backbone: its output passes through ``encoder.<name>``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, backbone: nn.Module, args, features):
+        return getattr(backbone.encoder, self.name)(features)
+
+
+def add_feature_module(backbone, name: str, module: PeftModule) -> None:
+    """Apply ``module`` to the features ``backbone`` returns (those the classifier reads).
+
+    The module is stored in the image encoder as ``encoder.<name>``, so it saves, reloads and
+    exports with the encoder's tensors; a forward hook on the backbone applies it to the
+    backbone's output, whatever the provider's forward is (as VPT's hooks do on blocks).
+    The feature cache cuts the encoder itself, so it does not cut in front of such a module:
+    a method that trains one runs uncached (training/feature_cache.py says why).
+    """
+    if hasattr(backbone.encoder, name):
+        raise ConfigError(f"the image encoder already has a {name!r}; a feature module is added once.")
+    backbone.encoder.add_module(name, module)
+    backbone.register_forward_hook(_ApplyFeatureModule(name))
 
 
 def get_method(name: str) -> PeftMethod:
