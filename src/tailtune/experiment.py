@@ -207,7 +207,7 @@ def tte_options(cfg: C.Config) -> TTEOptions:
     fivecrop/tencrop enlarge by eval.expand, by default the backbone's: transforms.default_expand)."""
     expand = default_expand(cfg.model.name) if cfg.eval.expand is None else cfg.eval.expand
     return TTEOptions(expand=expand, randaug_views=cfg.eval.randaug_views, augment=cfg.train.augment,
-                      epochs=cfg.train.epochs, seed=cfg.train.seed)
+                      epochs=cfg.train.epochs, seed=cfg.train.seed, train=cfg.train)
 
 
 def data_summary(data: LTData) -> dict:

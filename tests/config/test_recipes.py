@@ -57,6 +57,45 @@ def test_benchmark_recipes_are_lift_on_their_data_preset(name):
     assert load_config(name) == load_config("lift", preset, overrides=extra)
 
 
+# Recipe -> (data preset, overrides on the `lift_plus` recipe) that must give the same config. LIFT+ groups
+# many/medium/few by the training set's own counts (LIFT-plus trainer.py build_data), so IR 50 / 10 drop
+# the presets' IR-100 groups.
+SAME_AS_LIFT_PLUS = {
+    "lift_plus_cifar100_ir100": ("cifar100_ir100", []),
+    "lift_plus_cifar100_ir50": ("cifar100_ir50", ["data.group_imb_ratio=null"]),
+    "lift_plus_cifar100_ir10": ("cifar100_ir10", ["data.group_imb_ratio=null"]),
+    "lift_plus_imagenet_lt": ("imagenet_lt", []), "lift_plus_places_lt": ("places_lt", []),
+    "lift_plus_inat2018": ("inat2018", ["train.epochs=15"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAME_AS_LIFT_PLUS))
+def test_lift_plus_recipes_are_lift_plus_on_their_data_preset(name):
+    preset, extra = SAME_AS_LIFT_PLUS[name]
+    assert load_config(name) == load_config("lift_plus", preset, overrides=extra)
+    info = recipe_info(name)
+    assert info.published is None and "published: see the paper (arXiv 2504.13282)" in info.description
+    assert info.bases[-2:] == ("lift_plus", "lift") and info.benchmark
+
+
+def test_lift_plus_recipe_has_lift_plus_defaults():
+    """Written by hand from LIFT-plus (ea555ea): utils/config.py (num_epochs 5, batch_size 128, lr 0.02,
+    weight_decay 5e-4, momentum 0.9, loss_type LA, mda True, mda_func convex, classifier_scale 25,
+    classifier_init semantic), configs/method/lift+.yaml (CosineClassifier, v.adaptformer), trainer.py
+    (CosineAnnealingLR(num_epochs) stepped per epoch, bicubic views, five crops at resolution + 24),
+    scripts/run_main.sh (tte True after training), README (iNaturalist: num_epochs 15)."""
+    expected = {"model.name": "ViT-B-16", "model.pretrained": "openai", "peft.method": "adaptformer", "peft.r": None,
+                "head.type": "cosine", "head.scale": 25.0, "head.init": "text", "head.prompt": "a photo of a {}.",
+                "loss.name": "la", "loss.la.tau": 1.0, "train.epochs": 5, "train.batch_size": 128, "train.lr": 0.02,
+                "train.momentum": 0.9, "train.weight_decay": 0.0005, "train.scheduler": "cosine_epoch",
+                "train.augment": "minimal", "train.minimal.schedule": "convex", "data.interpolation": "bicubic",
+                "eval.tte": "fivecrop", "eval.expand": 24, "data.name": "imagenet_lt"}
+    cfg = OmegaConf.create(to_dict(load_config("lift_plus_imagenet_lt")))
+    assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
+    assert load_config("lift_plus_inat2018").train.epochs == 15
+    assert load_config("lift_plus", overrides=["model.name=ViT-L-14"]).eval.expand == 24  # LIFT+: 24 for every backbone
+
+
 def test_baseline_recipes():
     zs, clf, full = load_config("zeroshot_clip"), load_config("classifier_only"), load_config("full_finetune")
     assert (zs.model.name, zs.model.pretrained, zs.eval.tte) == ("ViT-B-16", "openai", "none")

@@ -153,6 +153,144 @@ def test_minimal_augmentation_crops_are_square_unflipped_and_follow_the_epoch():
         assert torch.allclose(tf(img), resized(img, 16), atol=1e-6)
 
 
+# ------------------------------------------------ MDA: LIFT+'s minimalist augmentation, its rule stated here
+# LIFT-plus utils/transforms.py (MinimalistRandomResizedCrop): s(t) of t = epoch / (E - 1), the min area
+# 0.08 + 0.92 s; both bounds of the area fraction clamped to min(h, w)^2 / (h w); the area uniform between
+# them, the side round(sqrt(area)); top then left uniform over the offsets where the square fits.
+
+LIFT_PLUS_S = {
+    "min": lambda t: 0.0,
+    "convex": lambda t: 1 - math.sqrt(1 - t ** 2),
+    "linear": lambda t: t,
+    "concave": lambda t: math.sqrt(1 - (1 - t) ** 2),
+    "max": lambda t: 1.0,
+}
+
+
+@pytest.mark.parametrize("schedule", list(LIFT_PLUS_S))
+def test_mda_schedules_give_lift_plus_min_areas(schedule):
+    assert list(T.MDA_SCHEDULES) == list(LIFT_PLUS_S)
+    for epochs in (2, 5, 11):
+        for e in range(epochs):
+            t = e / (epochs - 1)
+            want = 0.08 + 0.92 * LIFT_PLUS_S[schedule](t)
+            assert T.minimal_min_area(e, epochs, schedule) == pytest.approx(want, abs=1e-12)
+    # t = 0, 0.25, 0.5, 0.75, 1 over 5 epochs, written out
+    table = {"min": [0, 0, 0, 0, 0], "max": [1, 1, 1, 1, 1], "linear": [0, 0.25, 0.5, 0.75, 1],
+             "convex": [0, 1 - math.sqrt(15 / 16), 1 - math.sqrt(3 / 4), 1 - math.sqrt(7 / 16), 1],
+             "concave": [0, math.sqrt(7 / 16), math.sqrt(3 / 4), math.sqrt(15 / 16), 1]}
+    for e, s in enumerate(table[schedule]):
+        assert T.minimal_min_area(e, 5, schedule) == pytest.approx(0.08 + 0.92 * s, abs=1e-12)
+    # one epoch (LIFT+ divides by zero): t = 0, the schedule's start; epochs past the last keep t = 1
+    assert T.minimal_min_area(0, 1, schedule) == pytest.approx(0.08 + 0.92 * LIFT_PLUS_S[schedule](0.0))
+    assert T.minimal_min_area(7, 5, schedule) == T.minimal_min_area(4, 5, schedule)
+
+
+def test_mda_unknown_schedule_is_refused_naming_the_key():
+    from tailtune.errors import DataError
+
+    with pytest.raises(DataError, match=r"train.minimal.schedule='cubic'.*convex"):
+        T.minimal_min_area(0, 5, "cubic")
+
+
+def lift_plus_params(height, width, lo_hi, gen):
+    """LIFT+'s draw, stated independently of tailtune's code (see the comment above)."""
+    area = height * width
+    fit = min(height, width) ** 2 / area
+    a = area * torch.empty(1).uniform_(min(lo_hi[0], fit), min(lo_hi[1], fit), generator=gen).item()
+    side = int(round(math.sqrt(a)))
+    top = torch.randint(0, height - side + 1, size=(1,), generator=gen).item()
+    left = torch.randint(0, width - side + 1, size=(1,), generator=gen).item()
+    return top, left, side, side
+
+
+@pytest.mark.parametrize("hw", [(375, 500), (500, 375), (64, 64), (30, 200)])
+def test_mda_crop_params_are_lift_plus_draw_for_draw(hw):
+    for epoch in (0, 3, 9):
+        scale = (T.minimal_min_area(epoch, 10), 1.0)
+        g1, g2 = torch.Generator().manual_seed(epoch), torch.Generator().manual_seed(epoch)
+        for _ in range(300):
+            assert T.minimal_crop_params(*hw, scale, g1) == lift_plus_params(*hw, scale, g2)
+
+
+def chi_square(observed: np.ndarray, expected: np.ndarray) -> float:
+    return float(((observed - expected) ** 2 / expected).sum())
+
+
+def test_mda_last_epoch_draws_uniformly_over_all_126_offsets_of_a_500x375_image():
+    """The issue's example: 10 epochs, the last (min area 1, clamped to 375^2 / (500 x 375)): the
+    375-px square at every one of the 126 left offsets, uniformly (no fixed centre crop)."""
+    n, h, w = 20000, 375, 500
+    tf = T.train_transform(Preprocess(16, (0, 0, 0), (1, 1, 1), "bicubic"), "minimal", epochs=10)
+    tf.set_epoch(9)
+    assert tf.crop.scale == (1.0, 1.0)
+    g = torch.Generator().manual_seed(0)
+    draws = np.array([T.minimal_crop_params(h, w, tf.crop.scale, g) for _ in range(n)])
+    assert (draws[:, 2] == 375).all() and (draws[:, 3] == 375).all() and (draws[:, 0] == 0).all()
+    counts = np.bincount(draws[:, 1], minlength=126)
+    assert len(counts) == 126 and (counts > 0).all()
+    # chi-square with 125 degrees of freedom: mean 125, sd ~15.8; 200 is ~ p = 1e-5
+    assert chi_square(counts, np.full(126, n / 126)) < 200
+
+
+def test_mda_crop_sizes_follow_the_uniform_area_and_positions_are_uniform():
+    """Mid-curriculum: P(side = k) = the share of [lo, hi] (areas, in pixels) that rounds to k."""
+    n, h, w = 20000, 375, 500
+    scale = (T.minimal_min_area(1, 10, "linear"), 1.0)  # min area 0.18: sides of about 168-375 px
+    lo, hi = h * w * min(scale[0], h / w), h * w * min(1.0, h / w)
+    g = torch.Generator().manual_seed(1)
+    draws = np.array([T.minimal_crop_params(h, w, scale, g) for _ in range(n)])
+    sides = draws[:, 2]
+    ks = np.arange(sides.min(), sides.max() + 1)
+    p = np.array([max(0.0, min(hi, (k + 0.5) ** 2) - max(lo, (k - 0.5) ** 2)) for k in ks]) / (hi - lo)
+    assert p.sum() == pytest.approx(1.0)
+    observed = np.array([(sides == k).sum() for k in ks])
+    # bins of at least 5 expected draws (all but the ends): a chi-square of ~ len(ks) degrees of freedom
+    keep = p * n >= 5
+    assert chi_square(observed[keep], n * p[keep]) < len(ks) + 6 * math.sqrt(2 * len(ks))
+    assert sides.min() >= round(math.sqrt(lo)) and sides.max() <= 375
+    # positions: within the image, uniform over the offsets 0..room: then (offset + U) / (room + 1),
+    # U uniform on [0, 1), is uniform on [0, 1) whatever the room (a randomised probability transform)
+    assert (draws[:, 0] + sides <= h).all() and (draws[:, 1] + sides <= w).all()
+    jitter = np.random.default_rng(0).random((2, n))
+    u = np.concatenate([(draws[:, 0] + jitter[0]) / (h - sides + 1), (draws[:, 1] + jitter[1]) / (w - sides + 1)])
+    hist = np.histogram(u, bins=10, range=(0, 1))[0]
+    assert chi_square(hist, np.full(10, len(u) / 10)) < 40
+
+
+def test_mda_transform_crops_where_the_params_say_and_the_global_seed_draws_them():
+    img = position_image()  # 40 x 40, pixel values encode the position
+    tf = T.train_transform(NEAREST, "minimal", epochs=4)
+    tf.set_epoch(1)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        top, left, side, _ = T.minimal_crop_params(40, 40, tf.crop.scale)
+        torch.manual_seed(seed)
+        out = tf(img)
+        want = T.TF.resized_crop(img, top, left, side, side, [16, 16], interpolation=T.InterpolationMode.NEAREST)
+        torch.testing.assert_close(out, T.TF.to_tensor(want), rtol=0, atol=1e-6)
+
+
+def test_mda_schedule_option_reaches_the_transform_and_is_checked():
+    from tailtune.config import load_config
+    from tailtune.errors import ConfigError
+
+    cfg = load_config(overrides=["train.augment=minimal", "train.minimal.schedule=concave"])
+    tf = T.train_transform(P, cfg.train.augment, 5, cfg.train)
+    tf.set_epoch(2)
+    assert tf.schedule == "concave" and tf.crop.scale[0] == pytest.approx(0.08 + 0.92 * math.sqrt(0.75))
+    assert T.train_transform(P, "minimal", 5).schedule == "convex"  # LIFT+'s default
+    with pytest.raises(ConfigError, match=r"train.minimal.schedule=max applies to train.augment=minimal only"):
+        load_config(overrides=["train.minimal.schedule=max"])
+    with pytest.raises(ConfigError, match=r"train.minimal.schedule='cubic' is not valid"):
+        load_config(overrides=["train.augment=minimal", "train.minimal.schedule=cubic"])
+    # randaug's views draw the run's augmentation with its options
+    from tailtune.experiment import tte_options
+
+    opts = tte_options(cfg)
+    assert T.RandAugViews(P, opts).augment.schedule == "concave"
+
+
 def test_standard_augmentation_flips_sometimes():
     img = position_image()
     tf = T.train_transform(NEAREST, "standard")

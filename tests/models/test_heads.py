@@ -260,6 +260,43 @@ def test_k_shot_init_is_the_class_mean_of_the_chosen_images():
     assert close(len(chosen) == 4 and got, want, 1e-6)
 
 
+def test_class_mean_capped_per_class_is_lift_plus_class_mean_init():
+    """LIFT+'s class-mean init (LIFT-plus trainer.py classifier_init="class_mean" with utils/samplers.py
+    DownSampler(n_max=100)): the raw features of at most N images per class, averaged, then normalised."""
+    from tailtune.models.heads import ClassMeanOptions
+
+    cfg = section("head", init="class_mean", class_mean=ClassMeanOptions(max_per_class=2, seed=3))
+    asked = []
+
+    def features(indices=None):
+        asked.append(indices)
+        rows = range(len(LABELS)) if indices is None else indices
+        return FEATS[list(rows)], LABELS[list(rows)]
+
+    ctx = H.InitContext(FakeVision(), ["a", "b"], cfg, features, LABELS.tolist())
+    got = H.class_mean_init(ctx)
+    chosen = H.k_shot_indices(LABELS.tolist(), 2, 3)  # the images k_shot with the same seed takes
+    assert asked == [chosen] and [sum(LABELS[i] == c for i in chosen) for c in (0, 1)] == [2, 2]
+    want = [hand_class_mean([FEATS[i].tolist() for i in chosen if LABELS[i] == c]) for c in (0, 1)]
+    assert close(got, want, 1e-6)
+    # a cap above every class's count is all the images: the plain class mean
+    cfg = section("head", init="class_mean", class_mean=ClassMeanOptions(max_per_class=100))
+    torch.testing.assert_close(
+        H.class_mean_init(ctx_for(FakeVision(), cfg, ["a", "b"], FEATS, LABELS)),
+        H.class_mean_init(ctx_for(FakeVision(), HeadConfig(init="class_mean"), ["a", "b"], FEATS, LABELS)))
+
+
+def test_class_mean_options_are_checked():
+    from tailtune.config import load_config
+
+    assert load_config(overrides=["head.init=class_mean"]).head.class_mean.max_per_class is None  # all images
+    with pytest.raises(ConfigError, match=r"head.class_mean.max_per_class=0 must be > 0"):
+        load_config(overrides=["head.init=class_mean", "head.class_mean.max_per_class=0"])
+    with pytest.raises(ConfigError, match=r"head.class_mean.max_per_class applies to head.init=class_mean only, "
+                                          r"not 'text'"):
+        load_config(overrides=["head.init=text", "head.class_mean.max_per_class=100"])
+
+
 def balanced_objective(x, y, w, b, num_classes):
     """Written out independently: 0.5 |W|^2 + sum_i N / (K n_y) * CE(W x_i + b, y_i), raw x."""
     counts = [int((y == c).sum()) for c in range(num_classes)]

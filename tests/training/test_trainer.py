@@ -88,6 +88,15 @@ def test_runs_with_loader_workers_match_runs_without(tmp_path):
     assert a == b and runs[0]["test"]["per_class"] == runs[1]["test"]["per_class"]
 
 
+def test_lift_plus_recipe_trains_with_its_augmentation(tmp_path):
+    """The lift_plus recipe (LIFT+'s MDA, bicubic views, five crops at + 24) on the tiny CLIP, two epochs."""
+    cfg = load_config("lift_plus", overrides=[*TINY_CLIP, "train.epochs=2", "train.minimal.schedule=concave",
+                                              "eval.gap_per_class=0", "eval.report=false", f"output_dir={tmp_path}"])
+    assert (cfg.train.augment, cfg.data.interpolation, cfg.eval.expand) == ("minimal", "bicubic", 24)
+    metrics = tailtune.fit(cfg)
+    assert len(metrics["history"]) == 2 and 0.0 <= metrics["test"]["overall"] <= 100.0
+
+
 def _rates(schedule: str) -> list[float]:
     """The learning rate of each of 9 optimizer steps (3 epochs of 3 steps)."""
     cfg = TrainConfig(epochs=3, batch_size=4, lr=0.01, scheduler=schedule, log_every=1)

@@ -222,7 +222,7 @@ class TrainConfig:
     channels_last: bool = setting(True, "CNN backbones: channels_last memory format")
     select_by_val: bool = setting(False, "keep the epoch with the best validation accuracy (the test set is never used)")
     sampler: str = setting("instance", "`tailtune list samplers`: instance | class_balanced | square_root | class_aware")
-    augment: str = setting("standard", "`tailtune list augmentations`: standard | minimal (area curriculum, no flips)")
+    augment: str = setting("standard", "`tailtune list augmentations`: standard | minimal (LIFT+'s MDA: square crops, no flips, area curriculum, train.minimal.schedule)")
     save_every: int = setting(0, "also save the resumable training state every N optimizer steps (0: epoch ends only)")
     on_nan: str = setting("stop", "a NaN/inf loss: stop (keeping the last good state) | skip the step (counted in the log)", choices=ON_NAN_MODES)
     compile: bool = setting(False, "torch.compile the model (the first steps compile it: minutes on CPU)")

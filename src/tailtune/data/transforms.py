@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torchvision import transforms as T
@@ -25,11 +27,12 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from torchvision.transforms.v2 import functional as TF2
 
+from tailtune.config import _check_choice, options_of, setting
 from tailtune.data.images import to_rgb
-from tailtune.errors import DataError
+from tailtune.errors import ConfigError, DataError
 from tailtune.registry import Registry
 
-AUGMENTATIONS: Registry = Registry("augmentation")
+AUGMENTATIONS: Registry = Registry("augmentation", section="train")  # options: train.<name>.*
 TTE_MODES: Registry = Registry("test-time ensemble", fills="eval.tte")
 
 # fivecrop/tencrop resize to resolution + expand, a value per backbone as the reference sets it:
@@ -156,42 +159,149 @@ class StandardAugment:
         return self.transform(img)
 
 
-def minimal_min_area(epoch: int, epochs: int) -> float:
-    """Lower bound of the crop area at ``epoch`` (0-based) of ``epochs``.
+# MDA's schedules s(t) of the training progress t in [0, 1] (LIFT-plus utils/transforms.py,
+# MinimalistRandomResizedCrop.get_min_scale; utils/config.py ``mda_func``, default "convex").
+MDA_SCHEDULES: dict[str, Callable[[float], float]] = {
+    "min": lambda t: 0.0,
+    "convex": lambda t: 1.0 - math.sqrt(1.0 - t * t),
+    "linear": lambda t: t,
+    "concave": lambda t: math.sqrt(1.0 - (1.0 - t) ** 2),
+    "max": lambda t: 1.0,
+}
 
-    0.08 + s * 0.92 with s = 1 - sqrt(1 - t^2), t = epoch / (epochs - 1): 0.08 at the first
-    epoch, rising slowly then fast to 1 (whole image) at the last. One epoch: t = 0.
+
+def training_progress(epoch: int, epochs: int) -> float:
+    """t = epoch / (epochs - 1), clamped to [0, 1] (epochs past the last, ``train.extra_epochs``, keep
+    t = 1). One epoch: t = 0, the schedule's start (LIFT+ divides by zero there)."""
+    return min(max(epoch / (epochs - 1), 0.0), 1.0) if epochs > 1 else 0.0
+
+
+def minimal_min_area(epoch: int, epochs: int, schedule: str = "convex") -> float:
+    """Lower bound of the crop area (a fraction of the image's) at ``epoch`` (0-based) of ``epochs``.
+
+    0.08 + s(t) * 0.92 with t = :func:`training_progress` and s one of :data:`MDA_SCHEDULES`
+    (LIFT-plus utils/transforms.py: ``s * (scale[1] - scale[0]) + scale[0]``, scale (0.08, 1)).
+    convex: 0.08 at the first epoch, rising slowly then fast to 1 (the whole image's largest
+    square) at the last.
     """
-    t = min(max(epoch / (epochs - 1), 0.0), 1.0) if epochs > 1 else 0.0
-    s = 1.0 - math.sqrt(1.0 - t * t)
+    if schedule not in MDA_SCHEDULES:
+        raise DataError(f"train.minimal.schedule={schedule!r} is not valid; choose one of "
+                        f"{', '.join(MDA_SCHEDULES)}.")
+    s = MDA_SCHEDULES[schedule](training_progress(epoch, epochs))
     return RRC_MIN_AREA + s * (1.0 - RRC_MIN_AREA)
 
 
-@AUGMENTATIONS.register("minimal", help="square random-resized crops, no flip, min area 0.08 -> 1 over the epochs")
+def _image_size(img) -> tuple[int, int]:
+    """(height, width) of a PIL image or a (..., H, W) tensor."""
+    if torch.is_tensor(img):
+        return int(img.shape[-2]), int(img.shape[-1])
+    width, height = img.size
+    return height, width
+
+
+def minimal_crop_params(height: int, width: int, scale: tuple[float, float],
+                        generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    """(top, left, side, side) of a minimalist square crop, LIFT+'s rule (LIFT-plus
+    utils/transforms.py, MinimalistRandomResizedCrop.get_params):
+
+    - both bounds of the area fraction are clamped to ``min(h, w)^2 / (h w)``, so the square fits;
+    - the area is uniform in ``[h w lo, h w hi]`` and the side is ``round(sqrt(area))`` (Python's
+      round), at least 1 pixel;
+    - the top and the left are uniform over every offset where the square fits.
+
+    Three draws from torch's generator (the global one by default, as torchvision's crops), in
+    LIFT+'s order: the area, the top, the left; for the same seed the same crop as LIFT+'s.
+    """
+    area = height * width
+    fit = min(height, width) ** 2 / area
+    lo, hi = min(scale[0], fit), min(scale[1], fit)
+    target = area * torch.empty(1).uniform_(lo, hi, generator=generator).item()
+    side = max(1, int(round(math.sqrt(target))))
+    top = int(torch.randint(0, height - side + 1, size=(1,), generator=generator).item())
+    left = int(torch.randint(0, width - side + 1, size=(1,), generator=generator).item())
+    return top, left, side, side
+
+
+class MinimalistCrop(torch.nn.Module):
+    """A square crop by :func:`minimal_crop_params`, resized to ``size`` (uint8 tensors with the
+    native uint8 kernel, like :class:`RandomResizedCrop`). ``scale``: the area range, set by the epoch."""
+
+    ratio = (1.0, 1.0)  # square, always
+
+    def __init__(self, size: int, scale: tuple[float, float] = (RRC_MIN_AREA, 1.0),
+                 interpolation: InterpolationMode = InterpolationMode.BICUBIC):
+        super().__init__()
+        self.size = [size, size]
+        self.scale = tuple(scale)
+        self.interpolation = interpolation
+
+    def forward(self, img):
+        img = _pil_unless_native(img, self.interpolation)
+        i, j, h, w = minimal_crop_params(*_image_size(img), self.scale)
+        if _is_uint8_tensor(img):
+            return TF2.resized_crop(img, i, j, h, w, self.size, interpolation=self.interpolation, antialias=True)
+        return TF.resized_crop(img, i, j, h, w, self.size, interpolation=self.interpolation, antialias=True)
+
+    def __repr__(self) -> str:
+        return f"MinimalistCrop(size={self.size[0]}, scale={self.scale}, interpolation={self.interpolation.value})"
+
+
+@dataclass
+class MinimalOptions:
+    """minimal: the schedule of the minimum crop area over the epochs (LIFT+'s MDA)."""
+
+    schedule: str = setting("convex", "train.augment=minimal: s(t) of the progress t = epoch / (epochs - 1), "
+                            "min area 0.08 + 0.92 s: min (0) | convex (1 - sqrt(1 - t^2), LIFT+'s) | linear (t) | "
+                            "concave (sqrt(1 - (1 - t)^2)) | max (1)", choices=tuple(MDA_SCHEDULES))
+
+    def __post_init__(self) -> None:
+        _check_choice("train.minimal", "schedule", self.schedule, tuple(MDA_SCHEDULES))
+
+    def check_section(self, train) -> None:
+        if self.schedule != "convex" and train.augment != "minimal":
+            raise ConfigError(f"train.minimal.schedule={self.schedule} applies to train.augment=minimal only, not "
+                              f"{train.augment!r}; drop train.minimal.schedule or set train.augment=minimal.")
+
+
+@AUGMENTATIONS.register("minimal", help="LIFT+'s minimalist augmentation (MDA): square crops at a uniform position, "
+                                        "no flip, min area rising over the epochs (train.minimal.schedule)",
+                        options=MinimalOptions)
 class MinimalAugment:
-    """The minimalist augmentation: square random-resized crops without flips whose
-    minimum area rises over the epochs (see :func:`minimal_min_area`).
+    """The minimalist augmentation (MDA) of LIFT+: square crops without flips (:class:`MinimalistCrop`)
+    whose minimum area rises over the epochs (:func:`minimal_min_area`, ``train.minimal.schedule``).
 
     The area bound lives in the transform: each copy of it (one per loader worker) is told
     the epoch with the images it reads (the trainer's keys carry it: ``engine.EpochKeyed``).
     """
 
-    def __init__(self, p: Preprocess, epochs: int = 1):
+    def __init__(self, p: Preprocess, epochs: int = 1, options: MinimalOptions | None = None):
         self.epochs = epochs
-        self.crop = RandomResizedCrop(p.resolution, scale=(RRC_MIN_AREA, 1.0), ratio=(1.0, 1.0),
-                                        interpolation=p.mode)
+        self.schedule = (options or MinimalOptions()).schedule
+        self.crop = MinimalistCrop(p.resolution, scale=(RRC_MIN_AREA, 1.0), interpolation=p.mode)
         self.finish = T.Compose(_finish(p))
 
     def set_epoch(self, epoch: int) -> None:
-        self.crop.scale = (minimal_min_area(epoch, self.epochs), 1.0)
+        self.crop.scale = (minimal_min_area(epoch, self.epochs, self.schedule), 1.0)
 
     def __call__(self, img) -> torch.Tensor:
         return self.finish(self.crop(img))
 
 
-def train_transform(p: Preprocess, augment: str = "standard", epochs: int = 1):
-    """The training view of ``augment`` (`tailtune list augmentations`), set to epoch 0."""
-    tf = AUGMENTATIONS.get(augment)(p, epochs)
+def augment_options(augment: str, train=None):
+    """The options of augmentation ``augment`` in the train section ``train`` (its defaults when
+    ``train`` is None or lacks them), or None for an augmentation without options."""
+    cls = AUGMENTATIONS.options(augment)
+    return None if cls is None else options_of(train, getattr(cls, "KEY", augment), cls)
+
+
+def train_transform(p: Preprocess, augment: str = "standard", epochs: int = 1, train=None):
+    """The training view of ``augment`` (`tailtune list augmentations`), set to epoch 0.
+
+    ``train``: the run's train section, where an augmentation's options are (``train.minimal.*``).
+    """
+    cls = AUGMENTATIONS.get(augment)
+    options = augment_options(augment, train)
+    tf = cls(p, epochs) if options is None else cls(p, epochs, options)
     tf.set_epoch(0)
     return tf
 
@@ -220,6 +330,7 @@ class TTEOptions:
     augment: str = "standard"  # randaug: which training augmentation to draw
     epochs: int = 1  # randaug: the augmentation is taken at its last epoch
     seed: int = 0  # randaug: seed of the draws
+    train: Any = None  # randaug: the run's train section (the augmentation's options, train.minimal.*)
 
 
 @TTE_MODES.register("none", help="one center crop (resize to 8/7 of the resolution): 1 forward per image")
@@ -281,7 +392,7 @@ class RandAugViews:
     """
 
     def __init__(self, p: Preprocess, opts: TTEOptions = TTEOptions()):
-        self.augment = train_transform(p, opts.augment, opts.epochs)
+        self.augment = train_transform(p, opts.augment, opts.epochs, opts.train)
         self.augment.set_epoch(opts.epochs - 1)
         self.views = opts.randaug_views
         self.seed = opts.seed

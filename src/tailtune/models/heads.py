@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
@@ -158,10 +158,42 @@ def class_means(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     return F.normalize(sums / counts, dim=-1)
 
 
-@HEAD_INITS.register("class_mean", help="normalised mean of the raw frozen features per class (training set)")
+@dataclass
+class ClassMeanOptions:
+    """class_mean: how many training images per class the means take (all, or at most N as LIFT+)."""
+
+    max_per_class: Optional[int] = setting(  # noqa: UP045  (OmegaConf reads the annotation)
+        None, "init=class_mean: at most this many images per class, drawn with head.class_mean.seed; null = all "
+              "(LIFT+'s class-mean initialisation takes 100)")
+    seed: int = setting(0, "init=class_mean with max_per_class: seed of the image choice")
+
+    def __post_init__(self) -> None:
+        _check_positive("head.class_mean", "max_per_class", self.max_per_class)
+
+    def check_section(self, head: HeadConfig) -> None:
+        if self.max_per_class is not None and head.init not in ("class_mean", "auto"):
+            raise ConfigError(f"head.class_mean.max_per_class applies to head.init=class_mean only, not "
+                              f"{head.init!r}; drop head.class_mean.max_per_class or set head.init=class_mean.")
+
+
+@HEAD_INITS.register("class_mean", help="normalised mean of the raw frozen features per class (training set; "
+                                        "head.class_mean.max_per_class: at most N images per class)",
+                     options=ClassMeanOptions)
 def class_mean_init(ctx: InitContext) -> torch.Tensor:
-    """Normalised mean of the raw frozen features of each class over the training set."""
-    feats, labels = ctx.train_features()
+    """Normalised mean of the raw frozen features of each class over the training set, or over at
+    most ``head.class_mean.max_per_class`` images per class (seeded, the images k_shot would draw).
+
+    LIFT+'s class-mean initialisation (LIFT-plus trainer.py ``classifier_init == "class_mean"``,
+    utils/samplers.py ``DownSampler(n_max=100)``): raw features of at most 100 images per class,
+    averaged, then normalised: ``max_per_class=100``. Its images are drawn by torch's global
+    generator; tailtune's by its own seeded one: the same counts, not the same images.
+    """
+    opts = options_of(ctx.cfg, "class_mean", ClassMeanOptions)
+    if opts.max_per_class is None:
+        feats, labels = ctx.train_features()
+    else:
+        all_labels = ctx.train_labels if ctx.train_labels is not None else ctx.train_features()[1].tolist()
+        feats, labels = ctx.train_features(k_shot_indices(all_labels, opts.max_per_class, opts.seed))
     return class_means(feats, labels, ctx.num_classes)
 
 

@@ -62,7 +62,7 @@ def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
     exp = build(cfg)
     notes: list[str] = list(exp.notes)
     params = param_summary(exp.model)
-    augment = train_transform(exp.backbone.preprocess, cfg.train.augment, cfg.train.epochs)
+    augment = train_transform(exp.backbone.preprocess, cfg.train.augment, cfg.train.epochs, cfg.train)
     train_set = Transformed(exp.data.train, augment)
     loss_fn = build_loss(cfg.loss, exp.data.train_counts).to(exp.device)
     full = Trainer(exp.model, loss_fn, train_set, cfg.train, exp.device, exp.dtype, exp.workers,
@@ -82,7 +82,8 @@ def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
         sample = Subset(exp.data.train, range(timed_images))
         views = ViewPlan(1, 1, plan.views.augmented)
         store = FeatureStore((1, timed_images, *plan.item_shape))
-        ds = view_dataset(sample, views, 0, exp.backbone.preprocess, cfg.train.augment, cfg.train.seed)
+        ds = view_dataset(sample, views, 0, exp.backbone.preprocess, cfg.train.augment, cfg.train.seed,
+                          cfg.train)
         exp.model.eval()
         t0 = time.perf_counter()
         fill(store, plan.point.split.prefix, [ds], cfg.eval.batch_size, exp.workers, exp.device, exp.dtype,

@@ -386,7 +386,7 @@ class _TrainingInputs:
 
 def _training_inputs(exp: Experiment, log) -> _TrainingInputs:
     cfg = exp.cfg
-    augment = train_transform(exp.backbone.preprocess, cfg.train.augment, cfg.train.epochs)
+    augment = train_transform(exp.backbone.preprocess, cfg.train.augment, cfg.train.epochs, cfg.train)
     # Augmentation seeded per (seed, epoch, image): the same views whatever the workers,
     # ranks or resume point.
     train_set = SeededTransformed(exp.data.train, augment, cfg.train.seed)

@@ -40,7 +40,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tailtune.config import to_dict
 from tailtune.data.base import SeededTransformed, Transformed
-from tailtune.data.transforms import test_transform, train_transform
+from tailtune.data.transforms import AUGMENTATIONS, test_transform, train_transform
 from tailtune.errors import ConfigError
 from tailtune.models.model import TailModel
 from tailtune.registry import Registry
@@ -317,11 +317,12 @@ class ViewPlan:
         return -(-view * self.epochs // self.views)
 
 
-def view_dataset(base, plan: ViewPlan, view: int, preprocess, augment: str, seed: int):
-    """The images of cached view ``view``: seeded augmentation as of its epoch, or the test view."""
+def view_dataset(base, plan: ViewPlan, view: int, preprocess, augment: str, seed: int, train=None):
+    """The images of cached view ``view``: seeded augmentation as of its epoch, or the test view.
+    ``train``: the run's train section (the augmentation's options, e.g. train.minimal.schedule)."""
     if not plan.augmented:
         return Transformed(base, test_transform(preprocess))
-    ds = SeededTransformed(base, train_transform(preprocess, augment, plan.epochs), seed)
+    ds = SeededTransformed(base, train_transform(preprocess, augment, plan.epochs, train), seed)
     ds.set_epoch(plan.augment_epoch(view))
     return ds
 
@@ -546,6 +547,11 @@ def cache_key(exp, plan: CachePlan) -> tuple[str, dict]:
             "split": type(plan.point.split).__name__, "depth": plan.point.split.depth, "views": plan.views.views,
             "epochs": plan.views.epochs, "augmented": plan.views.augmented, "augment": cfg["train"]["augment"],
             "seed": cfg["train"]["seed"], "precision": str(exp.dtype), "images": plan.images}
+    options = AUGMENTATIONS.options(cfg["train"]["augment"])
+    if options is not None:
+        # the augmentation's options (train.minimal.*); only such runs' cache names change (minimal's crops
+        # became LIFT+'s with these options: its older caches are not reused).
+        meta["augment_options"] = cfg["train"].get(getattr(options, "KEY", cfg["train"]["augment"]), {})
     return f"features-{fingerprint(meta)}", meta
 
 
@@ -562,7 +568,7 @@ def cached_training(exp, quiet: bool = True, log: Callable[[str], None] = _log.i
     if not reused:
         cfg = exp.cfg
         datasets = [view_dataset(exp.data.train, plan.views, v, exp.backbone.preprocess, cfg.train.augment,
-                                 cfg.train.seed) for v in range(plan.views.views)]
+                                 cfg.train.seed, cfg.train) for v in range(plan.views.views)]
         exp.model.eval()
         fill(store, plan.point.split.prefix, datasets, cfg.eval.batch_size, exp.workers, exp.device, exp.dtype,
              quiet, exp.channels_last)
