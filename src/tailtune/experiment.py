@@ -44,6 +44,7 @@ from tailtune.models.peft.base import (
     trains_bn_stats,
 )
 from tailtune.models.prompts import PROMPT_MODES
+from tailtune.models.text import TEXT_HEADS, apply_text_peft, build_text_head, check_text
 from tailtune.runtime.checkpoint import load_checkpoint
 from tailtune.runtime.device import default_workers, resolve_device
 from tailtune.runtime.distributed import (
@@ -170,10 +171,10 @@ def _build(cfg: C.Config, data: LTData | None, keep_rng: bool, train: bool = Tru
     loaded = data is None
     data = _list_data(cfg.data) if loaded else data
     with seeded_rng(cfg.train.seed, keep=keep_rng):
-        return _create(cfg, data, loaded, device)
+        return _create(cfg, data, loaded, device, train)
 
 
-def _create(cfg: C.Config, data: LTData, loaded: bool, device: torch.device) -> Experiment:
+def _create(cfg: C.Config, data: LTData, loaded: bool, device: torch.device, train: bool = True) -> Experiment:
     """The model of ``cfg`` on ``device``, from the seeded streams; decodes the data if ``loaded``."""
     backbone = build_backbone(cfg.model)
     # data.interpolation sets the filter of every view built from backbone.preprocess (train, test, TTE, init).
@@ -181,10 +182,15 @@ def _create(cfg: C.Config, data: LTData, loaded: bool, device: torch.device) -> 
     base_params = backbone.encoder_param_count()
     check_peft(backbone, cfg.peft)
     check_head(cfg.head, backbone)
+    check_text(cfg.peft, cfg.head, backbone)
     if loaded:
         data = _finish_data(cfg.data, data, backbone.preprocess)
     apply_peft(backbone, cfg.peft, data.num_classes)
-    head = build_head(cfg.head, backbone.feature_dim, data.num_classes)
+    apply_text_peft(backbone, cfg.peft, data.num_classes)
+    if cfg.head.type in (*TEXT_HEADS, "text_features"):
+        head = build_text_head(cfg.head, backbone, list(data.classnames), train)
+    else:
+        head = build_head(cfg.head, backbone.feature_dim, data.num_classes)
     model = TailModel(backbone, head, bn_train=trains_bn_stats(cfg.peft))
     model.backbone_params = base_params
     model.to(device)

@@ -70,7 +70,8 @@ def test_layernorm_head():
     assert [n for n, _ in head.named_parameters()] == ["weight"]  # no affine parameters
 
 
-@pytest.mark.parametrize("name", H.HEADS.names())
+# Heads built from a backbone's text tower (models/text.py) are tested in tests/models/test_text.py.
+@pytest.mark.parametrize("name", [n for n in H.HEADS.names() if not getattr(H.HEADS.get(n), "self_initialised", None)])
 def test_every_head_builds_and_trains(name):
     head = H.build_head(HeadConfig(type=name), 8, 5)
     out = head(torch.randn(3, 8))

@@ -168,10 +168,11 @@ def cmd_list(args) -> int:
     from tailtune.models.heads import HEAD_INITS, HEADS
     from tailtune.models.peft.base import PEFT_METHODS
     from tailtune.models.prompts import PROMPT_MODES
+    from tailtune.models.text import TEXT_METHODS
 
     registries = {"peft": PEFT_METHODS, "losses": LOSSES, "heads": HEADS, "inits": HEAD_INITS,
                   "prompts": PROMPT_MODES, "samplers": SAMPLERS, "augmentations": AUGMENTATIONS, "tte": TTE_MODES,
-                  "datasets": SOURCES, "models": PROVIDERS}
+                  "datasets": SOURCES, "models": PROVIDERS, "text": TEXT_METHODS}
     if args.what == "recipes":  # with the published accuracy each should reach
         from tailtune.config.recipes import recipe_listing, recipe_table
 
@@ -238,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare_recipes)
 
     p = sub.add_parser("list", help="list registered components and presets")
-    p.add_argument("what", choices=["models", "peft", "losses", "heads", "inits", "prompts", "samplers",
+    p.add_argument("what", choices=["models", "peft", "text", "losses", "heads", "inits", "prompts", "samplers",
                                     "augmentations", "tte", "datasets", "recipes", "data"])
     p.add_argument("--markdown", action="store_true", help="recipes: the README's table (Markdown)")
     p.set_defaults(func=cmd_list)

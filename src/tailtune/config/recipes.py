@@ -34,7 +34,7 @@ TABLE_ORDER = (
     "lift_inat2018", "lift_vitl14_imagenet_lt", "lift_vitl14_places_lt",
     "lift_plus_cifar100_ir100", "lift_plus_cifar100_ir50", "lift_plus_cifar100_ir10", "lift_plus_imagenet_lt",
     "lift_plus_places_lt", "lift_plus_inat2018", "zeroshot_clip", "classifier_only",
-    "full_finetune", "ablation_peft", "ablation_loss", "ablation_init", "ablation_tte", "ablation_epochs",
+    "full_finetune", "coop", "ablation_peft", "ablation_loss", "ablation_init", "ablation_tte", "ablation_epochs",
     "ablation_bottleneck", "ablation_backbones", "lift", "lift_plus", "demo",
 )
 # The header comments that carried these fields before they were YAML keys.

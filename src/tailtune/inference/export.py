@@ -34,6 +34,7 @@ from tailtune.errors import CheckpointError, ConfigError, WriteError
 from tailtune.experiment import build, inference_config, tte_options
 from tailtune.models.peft.base import PEFT_METHODS, mergeable, method_names
 from tailtune.models.peft.targets import SelfAttention, set_part
+from tailtune.models.text import TextClassifier, fixed_text_head, text_named_parameters
 from tailtune.runtime.checkpoint import check_fit, load_checkpoint, write_safetensors
 from tailtune.runtime.files import write_text, writing
 from tailtune.runtime.rundir import CHECKPOINT, METRICS, read_config, read_metrics
@@ -100,8 +101,9 @@ def _align_attention(model: nn.Module, reference: nn.Module) -> None:
     """Where ``reference`` (built from the export config) keeps open_clip's original attention
     and ``model`` holds the explicit form a merged method introduced, switch back."""
     ref = dict(reference.named_modules())
+    prefix = _encoder_prefix(model)  # the text tower is never exported (its features are: models/text.py)
     for name, module in list(model.named_modules()):
-        if isinstance(module, SelfAttention) and isinstance(ref.get(name), nn.MultiheadAttention):
+        if name.startswith(prefix) and isinstance(module, SelfAttention) and isinstance(ref.get(name), nn.MultiheadAttention):
             set_part(model, name, _implicit_attention(module))
 
 
@@ -185,6 +187,15 @@ def _export_run(run_dir: str | Path, out: str | Path, merge: bool, onnx: bool | 
         merge_fn(model)
     out_cfg = C.from_yaml_text(C.to_yaml(cfg))
     out_cfg.peft.method = "+".join(n for n in names if n not in merged) or "none"
+    if isinstance(model.head, TextClassifier):
+        # The class list is fixed, so the text side always folds into class features computed
+        # once: the export holds them (and the image projection), never the text tower.
+        model.head = fixed_text_head(model.head)
+        for _, p in text_named_parameters(model.backbone):
+            p.requires_grad_(False)
+        out_cfg.head.type = "text_features"
+        if hasattr(out_cfg.peft, "text"):
+            out_cfg.peft.text.method = "none"
     out_cfg.model.pretrained = "none"  # every image-path tensor comes from the export
     out_cfg.train.device = "auto"  # the loader's device= decides
     target = build_without_data(_on_cpu(out_cfg), classnames).model

@@ -24,7 +24,7 @@ from tailtune.models.prompts import PROMPT_MODES, class_prompts, class_text_feat
 from tailtune.registry import Registry
 from tailtune.runtime.hardware import available_memory
 
-HEADS: Registry = Registry("classifier")
+HEADS: Registry = Registry("classifier", section="head")  # options: head.<key>.* (models/text.py)
 HEAD_INITS: Registry = Registry("head initialisation", section="head")  # options: head.<name>.*
 
 
@@ -325,6 +325,8 @@ def check_head(cfg: HeadConfig, backbone) -> None:
 @torch.no_grad()
 def initialise_head(head: nn.Module, ctx: InitContext) -> str:
     """Set the head's weights with the configured initialiser; returns its name."""
+    if getattr(head, "self_initialised", None):  # the text classifier (models/text.py) reads its prompts itself
+        return head.self_initialised
     name = resolve_init(ctx.cfg, ctx.backbone)
     weight = HEAD_INITS.get(name)(ctx)
     if weight is not None:

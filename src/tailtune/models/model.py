@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tailtune.models.text import text_named_parameters
+
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -45,10 +47,18 @@ class TailModel(nn.Module):
                 for prefix, module in self.named_modules() for b in getattr(module, "saved_buffers", ())}
 
     def param_counts(self) -> dict[str, int]:
-        """Trainable parameters of the backbone and head, and the backbone's size."""
-        backbone = sum(p.numel() for p in self.backbone.parameters() if p.requires_grad)
+        """Trainable parameters of the backbone (image side), of CLIP's text side (text-side PEFT,
+        CoOp's context: models/text.py) and of the head, and the image encoder's size."""
+        text_names = {n for n, _ in text_named_parameters(self.backbone)}
+        backbone = text = 0
+        for n, p in self.backbone.named_parameters():
+            if p.requires_grad:
+                if n in text_names:
+                    text += p.numel()
+                else:
+                    backbone += p.numel()
         head = sum(p.numel() for p in self.head.parameters() if p.requires_grad)
         total = self.backbone.encoder_param_count()
-        return {"trainable_backbone": backbone, "trainable_head": head,
-                "trainable_total": backbone + head, "backbone_total": total,
+        return {"trainable_backbone": backbone, "trainable_head": head, "trainable_text": text,
+                "trainable_total": backbone + text + head, "backbone_total": total,
                 "trainable_backbone_share": backbone / max(total, 1)}

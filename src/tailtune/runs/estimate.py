@@ -20,6 +20,7 @@ from tailtune.data.base import Subset, Transformed
 from tailtune.data.transforms import train_transform
 from tailtune.experiment import build, param_summary
 from tailtune.losses import build_loss
+from tailtune.models.text import text_step_cost, time_text_pass
 from tailtune.training.feature_cache import (
     CachedInputModel,
     CachedViews,
@@ -97,6 +98,11 @@ def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
     epoch_s = per_image * epoch_images
     total_s = epoch_s * total_epochs(cfg.train) + cache_s
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[exp.dtype]
+    text = text_step_cost(exp.model.head)
+    if text is not None:
+        exp.model.eval()
+        text["pass_s"] = time_text_pass(exp.model.head)
+        notes.append(_text_note(text))
     summary = {
         "train_images": len(exp.data.train), "images_per_epoch": epoch_images, "batch_size": cfg.train.batch_size,
         "micro_batch_size": micro, "steps_per_epoch": steps, "epochs": total_epochs(cfg.train),
@@ -104,7 +110,8 @@ def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
         "trainable_head": params["trainable_head"], "backbone_total": params["backbone_total"],
         "precision": precision, "device": str(exp.device), "feature_cache": plan is not None,
         "timed_images": timed_images, "seconds_per_image": per_image, "epoch_s": epoch_s,
-        "cache_build_s": cache_s, "train_s": total_s,
+        "cache_build_s": cache_s, "train_s": total_s, "trainable_text": params.get("trainable_text", 0),
+        "text_encoder": text,
     }
     lines = [
         f"dry run: {cfg.data.name}, {exp.backbone.info['provider']} {exp.backbone.info['name']}, peft {cfg.peft.method}",
@@ -113,7 +120,8 @@ def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
         f"epochs = {steps * total_epochs(cfg.train):,} optimizer steps",
         f"  trainable parameters: {params['trainable_backbone']:,} backbone "
         f"({100 * params['trainable_backbone_share']:.3f}% of {params['backbone_total']:,}) + "
-        f"{params['trainable_head']:,} head",
+        f"{params['trainable_head']:,} head" + (f" + {params['trainable_text']:,} text side"
+                                                if params.get("trainable_text") else ""),
         f"  precision {precision} on {exp.device}, {exp.workers} loader workers",
         *(f"  note: {n}" for n in notes),
         f"  timed: {timed_images} images after a warm-up step: {per_image * 1000:.1f} ms per image",
@@ -123,6 +131,17 @@ def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
         "  (head initialisation and evaluation come on top; nothing was written)",
     ]
     return DryRun(summary, lines)
+
+
+def _text_note(text: dict) -> str:
+    """What the text classifier costs: its prompts through the text encoder, per micro-batch or once."""
+    what = (f"text classifier: {text['prompts']:,} prompts x {text['context_length']} tokens "
+            f"({text['tokens']:,} tokens) through the text encoder")
+    once = f"one pass (no gradients) {text['pass_s'] * 1000:.1f} ms"
+    if text["every_step"]:
+        return (f"{what}, forward and backward at every micro-batch ({text['text_trainable']:,} text-side "
+                f"parameters train; included in the timing below; {once})")
+    return f"{what} once, then cached (nothing on the text side trains; {once})"
 
 
 def _hms(seconds: float) -> str:

@@ -43,6 +43,7 @@ from tailtune.data.base import SeededTransformed, Transformed
 from tailtune.data.transforms import AUGMENTATIONS, test_transform, train_transform
 from tailtune.errors import ConfigError
 from tailtune.models.model import TailModel
+from tailtune.models.text import is_text_parameter
 from tailtune.registry import Registry
 from tailtune.runtime.files import write_error, write_text
 from tailtune.runtime.hardware import available_memory
@@ -259,7 +260,8 @@ def _stochastic(modules) -> str | None:
 def cache_point(model: TailModel, grad_checkpointing: bool = False) -> CachePoint:
     """How much of ``model``'s backbone is frozen in front of everything that trains."""
     backbone = model.backbone
-    trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
+    # CLIP's text side (text-side PEFT, CoOp: models/text.py) never touches the image features.
+    trainable = [n for n, p in backbone.named_parameters() if p.requires_grad and not is_text_parameter(backbone, n)]
     has_bn = any(isinstance(m, _BN) for m in backbone.modules())
     if model.bn_train and has_bn:
         return CachePoint(None, "BatchNorm statistics train (peft.bn_mode), so the backbone's output changes")
