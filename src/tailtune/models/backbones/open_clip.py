@@ -122,7 +122,15 @@ def _openai_tag(cfg: ModelConfig) -> bool:
 
 
 class OpenClipBackbone(Backbone):
-    """A CLIP model from open_clip; features are read before the image projection."""
+    """A CLIP model from open_clip; a ViT's features are read before the image projection.
+
+    A CLIP ResNet (RN50, RN101, ...: open_clip's ``ModifiedResNet``) has no separate image
+    projection: its attention pooling (``attnpool``, whose ``c_proj`` maps into the joint
+    space) ends the image tower, and the features are that pooling's output, as in the
+    reference (LIFT models/peft_rn.py:Peft_RN, LIFT-plus models/models.py:PEFT_RN). Such a
+    backbone is a ``cnn`` (``image_proj`` is None), and text embeddings are its features as
+    they are (LIFT trainer.py:init_head_text_feat maps through the projection for ViTs only).
+    """
 
     kind = "vit"
     has_text = True
@@ -181,13 +189,18 @@ class OpenClipBackbone(Backbone):
                                   f"({detail[:400]}{'...' if len(detail) > 400 else ''}); "
                                   "check model.name against the checkpoint.") from None
         visual = model.visual
-        self.image_proj = nn.Parameter(visual.proj.detach().clone(), requires_grad=False)
-        visual.proj = None  # features before the projection, as the method reads them
+        if hasattr(visual, "attnpool"):  # a CLIP ResNet: the attention pooling projects into the joint space
+            self.kind, self.pool_path = "cnn", "attnpool"
+            self.image_proj = None
+            self.feature_dim = visual.output_dim
+        else:
+            self.image_proj = nn.Parameter(visual.proj.detach().clone(), requires_grad=False)
+            visual.proj = None  # features before the projection, as the method reads them
+            self.feature_dim = self.image_proj.shape[0]
         self.clip = model
         pp = visual.preprocess_cfg
         size = pp["size"][0] if isinstance(pp["size"], (tuple, list)) else pp["size"]
         self.preprocess = Preprocess(int(size), tuple(pp["mean"]), tuple(pp["std"]), pp.get("interpolation", "bicubic"))
-        self.feature_dim = self.image_proj.shape[0]
         self.tokenizer = open_clip.get_tokenizer(cfg.name)
         self.info = {"provider": "open_clip", "name": cfg.name, "pretrained": cfg.pretrained or "none"}
 
@@ -201,7 +214,7 @@ class OpenClipBackbone(Backbone):
     @torch.no_grad()
     def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
         """Normalised text embeddings in CLIP's joint space (256 prompts at a time)."""
-        device = self.image_proj.device
+        device = self.clip.logit_scale.device
         out = []
         for i in range(0, len(prompts), 256):
             tokens = self.tokenizer(prompts[i:i + 256]).to(device)
@@ -210,14 +223,20 @@ class OpenClipBackbone(Backbone):
 
     @torch.no_grad()
     def text_to_features(self, text: torch.Tensor) -> torch.Tensor:
-        """Through the transpose of the image projection, then normalised (the method's mapping)."""
+        """Through the transpose of the image projection, then normalised (the method's mapping);
+        a CLIP ResNet's features are in the joint space already."""
+        if self.image_proj is None:
+            return F.normalize(text.float(), dim=-1)
         return F.normalize(text.float() @ self.image_proj.float().t(), dim=-1)
 
     def zeroshot_logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        img = F.normalize(self(images).float() @ self.image_proj.float(), dim=-1)
-        return self.clip.logit_scale.exp().float() * img @ text.t()
+        img = self(images).float()
+        if self.image_proj is not None:
+            img = img @ self.image_proj.float()
+        return self.clip.logit_scale.exp().float() * F.normalize(img, dim=-1) @ text.t()
 
 
-@PROVIDERS.register("open_clip", help="open_clip CLIP models: model.name=ViT-B-16 model.pretrained=openai|none|FILE")
+@PROVIDERS.register("open_clip", help="open_clip CLIP models (ViTs and ResNets): model.name=ViT-B-16|RN50|RN101 "
+                                           "model.pretrained=openai|none|FILE")
 def _open_clip(cfg: ModelConfig) -> Backbone:
     return OpenClipBackbone(cfg)

@@ -11,6 +11,7 @@ from tailtune.models.peft import (  # noqa: F401  (registration)
     masked,
     none,
     ssf,
+    ssf_pool,
     vpt,
 )
 from tailtune.models.peft.base import (
