@@ -31,8 +31,10 @@ from tailtune.errors import ConfigError
 # The README table's order: the published results, then the baselines, then the ablations.
 TABLE_ORDER = (
     "lift_cifar100_ir100", "lift_cifar100_ir50", "lift_cifar100_ir10", "lift_imagenet_lt", "lift_places_lt",
-    "lift_inat2018", "lift_vitl14_imagenet_lt", "lift_vitl14_places_lt", "zeroshot_clip", "classifier_only",
-    "full_finetune", "ablation_peft", "ablation_loss", "ablation_init", "ablation_tte", "ablation_epochs",
+    "lift_inat2018", "lift_vitl14_imagenet_lt", "lift_vitl14_places_lt",
+    "lift_rn50_imagenet_lt_ssf_attn", "lift_rn50_imagenet_lt_bias_tuning", "lift_rn50_imagenet_lt_bias_ssf_attn",
+    "lift_rn50_places_lt_ssf_attn", "lift_rn50_places_lt_bias_tuning", "lift_rn50_places_lt_bias_ssf_attn",
+    "zeroshot_clip", "classifier_only", "full_finetune", "ablation_peft", "ablation_loss", "ablation_init", "ablation_tte", "ablation_epochs",
     "ablation_bottleneck", "ablation_backbones", "lift", "demo",
 )
 # The header comments that carried these fields before they were YAML keys.
