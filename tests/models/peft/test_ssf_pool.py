@@ -7,6 +7,7 @@ parameter of the image tower (LIFT models/peft_rn.py:RN_Tuner, Peft_RN.forward);
 ResNet is one SSF(embed_dim) after the global pooling (LIFT-plus models/models.py:PEFT_RN).
 """
 
+import copy
 import warnings
 
 import pytest
@@ -163,3 +164,16 @@ def test_a_clip_resnet_head_starts_at_its_class_text_features(tmp_path):
     init_head(exp)
     text = exp.backbone.text_embeddings([cfg.head.prompt.format(c) for c in exp.data.classnames])
     assert torch.allclose(exp.model.head.weight.float(), text, atol=1e-5)  # no projection to undo on a ResNet
+
+
+def test_trainable_counts_on_clip_rn50():
+    """Counted on open_clip's RN50 architecture (random weights): LIFT's RN_Tuner takes the same tensors
+    (every bias / BatchNorm of the image tower, one SSF of the 1024-d output), which it prints as its
+    "Tuned params"; no table of them is published to compare with."""
+    base = build_backbone(ModelConfig(provider="open_clip", name="RN50", pretrained="none"))
+    counts = {}
+    for method in ("ssf_pool", "bitfit", "bitfit+ssf_pool", "bn_tuning"):
+        b = copy.deepcopy(base)
+        apply_peft(b, PeftConfig(method=method), 1000)
+        counts[method] = sum(p.numel() for p in b.parameters() if p.requires_grad)
+    assert counts == {"ssf_pool": 2_048, "bitfit": 33_792, "bitfit+ssf_pool": 35_840, "bn_tuning": 53_248}
