@@ -30,6 +30,12 @@ SAME_AS_LIFT = {
     "lift_vitl14_imagenet_lt": ("imagenet_lt", ["model.name=ViT-L-14"]),
     "lift_vitl14_places_lt": ("places_lt", ["model.name=ViT-L-14"]),
 }
+# LIFT's CLIP-RN50 rows (LIFT scripts/run_tab17to23_backbones.sh: ssf_attn, bias_tuning, both; no TTE pass;
+# configs/model/clip_rn50.yaml: the ViT-B/16 settings otherwise).
+for _data in ("imagenet_lt", "places_lt"):
+    for _row, _method in (("ssf_attn", "ssf_pool"), ("bias_tuning", "bitfit"), ("bias_ssf_attn", "bitfit+ssf_pool")):
+        SAME_AS_LIFT[f"lift_rn50_{_data}_{_row}"] = (_data, ["model.name=RN50", f"peft.method={_method}",
+                                                              "eval.tte=none"])
 RECIPES = list_presets("recipes")
 
 

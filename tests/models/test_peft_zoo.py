@@ -148,7 +148,8 @@ INTENDED = {
 
 def test_tables_cover_the_registry():
     assert set(TINY_COUNTS) == set(INTENDED) == set(VIT_METHODS)
-    assert set(PEFT_METHODS.names()) == set(VIT_METHODS) | {"bn_tuning"} | CLIP_ONLY
+    # the CNN-only methods have their own tests (test_peft_zoo: bn_tuning; tests/models/peft/test_ssf_pool.py)
+    assert set(PEFT_METHODS.names()) == set(VIT_METHODS) | {"bn_tuning", "ssf_pool"} | CLIP_ONLY
     assert {m for m in VIT_METHODS if not PEFT_METHODS.get(m).identity_at_init} == NOT_IDENTITY
 
 

@@ -33,7 +33,10 @@ TABLE_ORDER = (
     "lift_cifar100_ir100", "lift_cifar100_ir50", "lift_cifar100_ir10", "lift_imagenet_lt", "lift_places_lt",
     "lift_inat2018", "lift_vitl14_imagenet_lt", "lift_vitl14_places_lt",
     "lift_plus_cifar100_ir100", "lift_plus_cifar100_ir50", "lift_plus_cifar100_ir10", "lift_plus_imagenet_lt",
-    "lift_plus_places_lt", "lift_plus_inat2018", "zeroshot_clip", "classifier_only",
+    "lift_plus_places_lt", "lift_plus_inat2018",
+    "lift_rn50_imagenet_lt_ssf_attn", "lift_rn50_imagenet_lt_bias_tuning", "lift_rn50_imagenet_lt_bias_ssf_attn",
+    "lift_rn50_places_lt_ssf_attn", "lift_rn50_places_lt_bias_tuning", "lift_rn50_places_lt_bias_ssf_attn",
+    "zeroshot_clip", "classifier_only",
     "full_finetune", "coop", "ablation_peft", "ablation_loss", "ablation_init", "ablation_tte", "ablation_epochs",
     "ablation_bottleneck", "ablation_backbones", "lift", "lift_plus", "demo",
 )

@@ -381,7 +381,7 @@ class TextClassifier(nn.Module):
                                                               torch.tensor([len(p) for p in prompts])),
                              persistent=False)
         self.fixed_scale = scale
-        self.to(backbone.image_proj.device)
+        self.to(backbone.clip.logit_scale.device)
         return self
 
     @property
@@ -422,7 +422,7 @@ class TextClassifier(nn.Module):
         return self.backbone.clip.logit_scale.detach().float().exp()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        image = F.normalize(x.float() @ self.backbone.image_proj.float(), dim=-1)
+        image = F.normalize(self.backbone.to_joint(x.float()), dim=-1)
         return self.scale() * image @ self.class_features().t()
 
 
@@ -458,7 +458,7 @@ def fixed_text_head(head: TextClassifier) -> TextFeatureClassifier:
     head.eval()
     feats = head.class_features().float()
     head.train(was)
-    proj = backbone.image_proj.detach().float()
+    proj = backbone.joint_projection().detach().float()
     out = TextFeatureClassifier(proj.shape[0], feats.shape[0], joint_dim=proj.shape[1]).to(proj.device)
     out.weight.copy_(feats)
     out.proj.copy_(proj)
@@ -472,7 +472,7 @@ def build_text_head(cfg: HeadConfig, backbone, classnames: list[str], train: boo
         if train:
             raise ConfigError("head.type=text_features is the export form of head.type=text (fixed class features); "
                               "train with head.type=text.")
-        proj = backbone.image_proj
+        proj = backbone.joint_projection()
         return TextFeatureClassifier(proj.shape[0], len(classnames), joint_dim=proj.shape[1])
     opts = options_of(cfg, "text", TextHeadOptions)
     template = getattr(backbone, "coop_template", None)

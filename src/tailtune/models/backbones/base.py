@@ -34,6 +34,9 @@ class Backbone(nn.Module):
     preprocess: Preprocess
     info: dict  # provider, name, pretrained: identifies the weights in checkpoints
     has_text: bool = False
+    # Path inside the encoder of the layer whose output is the features (a CNN's global pooling:
+    # CLIP ResNets' attention pooling, timm's global_pool); None where there is none to name.
+    pool_path: str | None = None
     notes: tuple[str, ...] | list[str] = ()  # choices made while building it, for the run's log
 
     @property
@@ -47,6 +50,13 @@ class Backbone(nn.Module):
     def blocks(self) -> list[tuple[str, nn.Module]]:
         """Transformer blocks of the encoder in depth order, found by name pattern."""
         return [(n, m) for n, m in self.encoder.named_modules() if BLOCK_PATTERN.search(n)]
+
+    def pooling(self) -> tuple[str, nn.Module]:
+        """(path, layer) of the global pooling inside the encoder, whose output the classifier reads."""
+        if self.pool_path is None:
+            raise ConfigError(f"{self.info['provider']} model {self.info['name']!r} names no global pooling layer "
+                              "(CLIP ResNets' attnpool, timm's global_pool), which this PEFT method wraps.")
+        return self.pool_path, self.encoder.get_submodule(self.pool_path)
 
     def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
         """Normalised text embeddings in the model's joint image-text space (zero-shot)."""

@@ -122,8 +122,16 @@ def _openai_tag(cfg: ModelConfig) -> bool:
 
 
 class OpenClipBackbone(Backbone):
-    """A CLIP model from open_clip; features are read before the image projection (after it
-    once :meth:`tune_image_projection` put the projection back into the image path)."""
+    """A CLIP model from open_clip; a ViT's features are read before the image projection
+    (after it once :meth:`tune_image_projection` put the projection back into the image path).
+
+    A CLIP ResNet (RN50, RN101, ...: open_clip's ``ModifiedResNet``) has no separate image
+    projection: its attention pooling (``attnpool``, whose ``c_proj`` maps into the joint
+    space) ends the image tower, and the features are that pooling's output, as in the
+    reference (LIFT models/peft_rn.py:Peft_RN, LIFT-plus models/models.py:PEFT_RN). Such a
+    backbone is a ``cnn`` (``image_proj`` is None), and text embeddings are its features as
+    they are (LIFT trainer.py:init_head_text_feat maps through the projection for ViTs only).
+    """
 
     kind = "vit"
     has_text = True
@@ -183,13 +191,18 @@ class OpenClipBackbone(Backbone):
                                   f"({detail[:400]}{'...' if len(detail) > 400 else ''}); "
                                   "check model.name against the checkpoint.") from None
         visual = model.visual
-        self.image_proj = nn.Parameter(visual.proj.detach().clone(), requires_grad=False)
-        visual.proj = None  # features before the projection, as the method reads them
+        if hasattr(visual, "attnpool"):  # a CLIP ResNet: the attention pooling projects into the joint space
+            self.kind, self.pool_path = "cnn", "attnpool"
+            self.image_proj = None
+            self.feature_dim = visual.output_dim
+        else:
+            self.image_proj = nn.Parameter(visual.proj.detach().clone(), requires_grad=False)
+            visual.proj = None  # features before the projection, as the method reads them
+            self.feature_dim = self.image_proj.shape[0]
         self.clip = model
         pp = visual.preprocess_cfg
         size = pp["size"][0] if isinstance(pp["size"], (tuple, list)) else pp["size"]
         self.preprocess = Preprocess(int(size), tuple(pp["mean"]), tuple(pp["std"]), pp.get("interpolation", "bicubic"))
-        self.feature_dim = self.image_proj.shape[0]
         self.tokenizer = open_clip.get_tokenizer(cfg.name)
         self.info = {"provider": "open_clip", "name": cfg.name, "pretrained": cfg.pretrained or "none"}
 
@@ -207,6 +220,10 @@ class OpenClipBackbone(Backbone):
         ``embed_dim``): the projection lives in the encoder (``visual.proj``), so it saves and
         exports with it; ``image_proj`` keeps the frozen original.
         """
+        if self.image_proj is None:
+            raise ConfigError(f"peft.method=proj_tuning: {self.info['name']} is a CLIP ResNet, whose attention pooling "
+                              "maps into the joint space itself (no separate image projection to tune); use "
+                              "ssf_pool or bitfit on it.")
         proj = nn.Parameter(self.image_proj.detach().clone())
         self.clip.visual.proj = proj
         self.projected = True
@@ -216,7 +233,7 @@ class OpenClipBackbone(Backbone):
     @torch.no_grad()
     def text_embeddings(self, prompts: list[str]) -> torch.Tensor:
         """Normalised text embeddings in CLIP's joint space (256 prompts at a time)."""
-        device = self.image_proj.device
+        device = self.clip.logit_scale.device
         out = []
         for i in range(0, len(prompts), 256):
             tokens = self.tokenizer(prompts[i:i + 256]).to(device)
@@ -226,17 +243,32 @@ class OpenClipBackbone(Backbone):
     @torch.no_grad()
     def text_to_features(self, text: torch.Tensor) -> torch.Tensor:
         """Through the transpose of the image projection, then normalised (the method's mapping);
-        features that are joint-space embeddings already (proj_tuning) take the text as it is."""
-        if self.projected:
+        features in the joint space already (a CLIP ResNet's; a ViT's under proj_tuning) take the
+        text as it is."""
+        if self.projected or self.image_proj is None:
             return F.normalize(text.float(), dim=-1)
         return F.normalize(text.float() @ self.image_proj.float().t(), dim=-1)
 
     def zeroshot_logits(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         img = self(images).float()
-        img = F.normalize(img if self.projected else img @ self.image_proj.float(), dim=-1)
-        return self.clip.logit_scale.exp().float() * img @ text.t()
+        return self.clip.logit_scale.exp().float() * F.normalize(self.to_joint(img), dim=-1) @ text.t()
+
+    def joint_projection(self) -> torch.Tensor:
+        """The (D, E) map from the features to CLIP's joint space: the frozen image projection, or
+        the identity where the features are joint-space embeddings already (a CLIP ResNet's
+        attention pooling; a ViT under proj_tuning)."""
+        if self.projected or self.image_proj is None:
+            return torch.eye(self.feature_dim, device=self.clip.logit_scale.device)
+        return self.image_proj
+
+    def to_joint(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (features) in CLIP's joint space (see :meth:`joint_projection`)."""
+        if self.projected or self.image_proj is None:
+            return x
+        return x @ self.image_proj.to(x.dtype)
 
 
-@PROVIDERS.register("open_clip", help="open_clip CLIP models: model.name=ViT-B-16 model.pretrained=openai|none|FILE")
+@PROVIDERS.register("open_clip", help="open_clip CLIP models (ViTs and ResNets): model.name=ViT-B-16|RN50|RN101 "
+                                           "model.pretrained=openai|none|FILE")
 def _open_clip(cfg: ModelConfig) -> Backbone:
     return OpenClipBackbone(cfg)

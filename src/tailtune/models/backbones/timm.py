@@ -54,6 +54,8 @@ class TimmBackbone(Backbone):
         res = cfg.resolution or dc["input_size"][-1]
         self.preprocess = Preprocess(int(res), tuple(dc["mean"]), tuple(dc["std"]), dc.get("interpolation", "bicubic"))
         self.feature_dim = model.num_features
+        if self.kind == "cnn" and isinstance(getattr(model, "global_pool", None), nn.Module):
+            self.pool_path = "global_pool"  # timm's pooling (flattened once the classifier is dropped)
         self.info = {"provider": cfg.provider, "name": cfg.name, "pretrained": pretrained_label or cfg.pretrained}
 
     @property

@@ -13,6 +13,7 @@ from tailtune.models.peft import (  # noqa: F401  (registration)
     none,
     proj_tuning,
     ssf,
+    ssf_pool,
     vpt,
 )
 from tailtune.models.peft.base import (

@@ -15,11 +15,18 @@ from tailtune.registry import Registry
 PEFT_METHODS: Registry = Registry("PEFT method", section="peft")  # options: peft.<key>.*
 
 
+# What a backbone kind is, for the message that refuses a method on it.
+KIND_WORDS = {"vit": "a transformer: blocks of attention and MLP",
+              "cnn": "a convolutional network: no transformer blocks to attach to"}
+
+
 class PeftMethod:
     """One way of making a frozen backbone trainable.
 
     ``apply`` injects modules and/or sets ``requires_grad`` on existing parameters; it
-    never unfreezes anything else. ``kinds`` says which backbones it makes sense on.
+    never unfreezes anything else. ``kinds`` declares which backbones (``Backbone.kind``) it
+    applies to; :meth:`check` refuses the others, naming the methods that do apply
+    (:func:`methods_for`), so no caller lists methods per backbone.
     Checkpoints hold the trainable parameters; an injected module that is also defined by
     buffers (masked tuning's chosen entries) names them in a ``saved_buffers`` tuple.
     Every module a method injects derives from :class:`PeftModule`, so that :func:`peft_off`
@@ -48,8 +55,9 @@ class PeftMethod:
         """Start-up check (before any data is loaded): raise ConfigError if ``name`` cannot apply."""
         if backbone.kind not in self.kinds:
             raise ConfigError(f"peft.method={name!r} applies to {' / '.join(self.kinds)} backbones, but "
-                              f"{backbone.info['name']!r} is a {backbone.kind}. "
-                              f"Methods for a {backbone.kind}: {', '.join(methods_for(backbone.kind))}.")
+                              f"{backbone.info['provider']} model {backbone.info['name']!r} is a {backbone.kind} "
+                              f"({KIND_WORDS.get(backbone.kind, backbone.kind)}). Methods that apply to a "
+                              f"{backbone.kind}: {', '.join(methods_for(backbone.kind))}.")
 
     def apply(self, backbone, cfg: PeftConfig, num_classes: int) -> None:
         raise NotImplementedError
@@ -178,8 +186,17 @@ def bottleneck(num_classes: int, num_blocks: int) -> int:
 
 def resolve_r(backbone, cfg: PeftConfig, num_classes: int) -> int:
     # L is the backbone's depth, not the number of selected blocks: restricting a method to
-    # fewer blocks should not widen each of its modules.
-    return cfg.r or bottleneck(num_classes, len(backbone.blocks()))
+    # fewer blocks should not widen each of its modules. Only the ViT methods (bottlenecks,
+    # LoRA) read r; a CNN has no transformer blocks, so L is not defined there and the rule
+    # is refused rather than divided by zero (the methods that apply to CNNs have no r).
+    if cfg.r:
+        return cfg.r
+    depth = len(backbone.blocks())
+    if not depth:
+        raise ConfigError(f"peft.r: the bottleneck rule r = 2^floor(log2(C / 2L)) needs L transformer blocks, "
+                          f"but {backbone.info['name']!r} has none; set peft.r or use a method for a "
+                          f"{backbone.kind}: {', '.join(methods_for(backbone.kind))}.")
+    return bottleneck(num_classes, depth)
 
 
 def tuned_scope(backbone, cfg: PeftConfig) -> list[nn.Module]:
