@@ -20,6 +20,7 @@ from tailtune.experiment import build, load_run, param_summary
 from tailtune.inference.export import export_run, load_export
 from tailtune.models.peft.base import peft_off
 from tailtune.models.text import (
+    OWN_METHODS,
     SHARED_METHODS,
     TEXT_METHODS,
     TextClassifier,
@@ -103,7 +104,13 @@ def test_each_text_method_trains_composes_with_the_image_side(method):
 
 
 def test_methods_mirror_the_image_side():
-    assert set(SHARED_METHODS) | {"coop", "none"} == set(TEXT_METHODS.names())
+    assert set(SHARED_METHODS) | set(OWN_METHODS) | {"none"} == set(TEXT_METHODS.names())
+
+
+def test_text_proj_tuning_trains_the_text_projection_only():
+    exp = build(_cfg("peft.method=proj_tuning", "peft.text.method=proj_tuning"))
+    trained = {n for n, p in exp.backbone.named_parameters() if p.requires_grad}
+    assert trained == {"clip.text_projection", "clip.visual.proj"}  # LIFT+'s proj_tuning: both projections
 
 
 def test_text_prompts_sit_after_the_start_token_and_leave_before_pooling():
@@ -205,3 +212,27 @@ def test_coop_recipe_is_lift_plus():
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (50, 32, 0.002)
     assert cfg.head.type == "text" and cfg.peft.method == "none" and cfg.peft.text.method == "coop"
     assert (cfg.peft.text.context_length, cfg.peft.text.context_init, cfg.peft.text.class_position) == (4, "random", "end")
+
+
+@pytest.mark.parametrize("backbone", [["peft.method=proj_tuning"],
+                                      ["model.name=TT-Tiny-RN", "peft.method=ssf_pool"]],
+                         ids=["vit_proj_tuning", "clip_resnet"])
+def test_features_already_in_the_joint_space_are_not_projected_again(backbone):
+    """Under proj_tuning (a ViT) and on a CLIP ResNet the features are joint-space embeddings
+    already: the text classifier's logits are CLIP's zero-shot logits, projected once."""
+    exp = build(_cfg(*backbone))
+    bb, x = exp.backbone, torch.randn(3, 3, 32, 32)
+    prompts = [f"a photo of a {c.replace('_', ' ')}." for c in exp.data.classnames]
+    with torch.no_grad(), peft_off(exp.model):
+        image = F.normalize(bb.clip.encode_image(x).float(), dim=-1)
+        text = F.normalize(bb.clip.encode_text(bb.tokenizer(prompts)).float(), dim=-1)
+        want = bb.clip.logit_scale.exp().float() * image @ text.t()
+        torch.testing.assert_close(bb.zeroshot_logits(x, text), want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(exp.model.eval()(x), want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fixed_text_head(exp.model.head)(bb(x)), want, rtol=1e-4, atol=1e-4)
+
+
+def test_proj_tuning_on_a_clip_resnet_is_refused():
+    with pytest.raises(ConfigError, match=r"peft.method='proj_tuning' applies to vit backbones, but open_clip "
+                                         r"model 'TT-Tiny-RN' is a cnn .* Methods that apply to a cnn: .*ssf_pool"):
+        build(_cfg("model.name=TT-Tiny-RN", "peft.method=proj_tuning", "head.type=cosine"))

@@ -62,7 +62,8 @@ TEXT_METHODS: Registry = Registry("text-side method", section="peft")  # options
 # Image-side methods that apply to the text transformer's blocks as they are (LIFT+ l.*: fft,
 # bitfit, pt, lora, adapter, adaptformer, ssf, aft; aft is not in tailtune's main yet).
 SHARED_METHODS = ("full", "bitfit", "ln_tuning", "lora", "lora_mlp", "adapter", "adaptformer", "ssf",
-                  "vpt_shallow", "vpt_deep", "masked")
+                  "vpt_shallow", "vpt_deep", "masked", "aft")
+OWN_METHODS = ("coop", "proj_tuning")  # the text side's own (not the image side's methods on its blocks)
 CONTEXT_INITS = ("random", "photo")
 CLASS_POSITIONS = ("end", "middle", "front")
 PHOTO_TEMPLATE = "a photo of a {}."
@@ -76,9 +77,10 @@ class TextPeftOptions:
 
     KEY: ClassVar[str] = "text"
 
-    method: str = setting("none", "text-side methods, '+' composes (`tailtune list text`): none | coop | the image "
-                                  "side's bitfit, full, ln_tuning, lora, lora_mlp, adapter, adaptformer, ssf, "
-                                  "vpt_shallow, vpt_deep, masked on the text blocks (needs head.type=text)")
+    method: str = setting("none", "text-side methods, '+' composes (`tailtune list text`): none | coop | proj_tuning "
+                                  "(the text projection) | the image side's bitfit, full, ln_tuning, lora, lora_mlp, "
+                                  "adapter, adaptformer, ssf, vpt_shallow, vpt_deep, masked, aft on the text blocks "
+                                  "(needs head.type=text)")
     blocks: Any = setting("all", "text transformer blocks the methods apply to: all | first N | last N | S:E or [S, E]")
     r: Optional[int] = setting(4,  # noqa: UP045  (OmegaConf reads the annotation)
                                 "bottleneck / rank of text-side lora, adapter, adaptformer (LIFT+ l.*_dim: 4)")
@@ -129,6 +131,9 @@ for _name in SHARED_METHODS:
                                       f"({PEFT_METHODS.help(_name)})", options=TextPeftOptions)(_name)
 TEXT_METHODS.register("coop", help="CoOp: learned context tokens around the class name, shared by all classes "
                                    "(peft.text.context_*)", options=TextPeftOptions)("coop")
+TEXT_METHODS.register("proj_tuning", help="CLIP's text projection trains (the text half of LIFT+'s proj_tuning: "
+                                          "peft.method=proj_tuning with it trains both projections, as LIFT+)",
+                      options=TextPeftOptions)("proj_tuning")
 
 
 # ---------------------------------------------------------------- the text tower
@@ -204,7 +209,7 @@ def text_peft_config(peft: PeftConfig) -> PeftConfig:
     """The image side's ``peft`` section with the text side's method, blocks, rank and prompt tokens
     (the other method options, e.g. peft.ssf.parts or peft.masked.ratio, are shared)."""
     opts = text_options(peft)
-    shared = [n for n in text_method_names(opts) if n != "coop"]
+    shared = [n for n in text_method_names(opts) if n not in OWN_METHODS]
     values = {"method": "+".join(shared) or "none", "r": opts.r, "blocks": opts.blocks}
     if hasattr(peft, "vpt"):
         values["vpt"] = VptOptions(length=opts.prompt_length, position="after_cls")
@@ -229,7 +234,7 @@ def check_text(cfg_peft: PeftConfig, head: HeadConfig, backbone) -> None:
     if "coop" in names and (head.prompt_mode != "default" or head.prompt != DEFAULT_PROMPT):
         raise ConfigError("peft.text.method=coop writes its own prompts (learned context around the class name); "
                           "drop head.prompt / head.prompt_mode.")
-    shared = [n for n in names if n != "coop"]
+    shared = [n for n in names if n not in OWN_METHODS]
     if shared:
         side, tcfg = TextSide(backbone), text_peft_config(cfg_peft)
         part, needed = parse_blocks(opts.blocks)
@@ -248,7 +253,7 @@ def apply_text_peft(backbone, cfg_peft: PeftConfig, num_classes: int) -> None:
     """Inject the text-side methods into the text tower (only its injected tensors train)."""
     opts = text_options(cfg_peft)
     names = text_method_names(opts)
-    shared = [n for n in names if n != "coop"]
+    shared = [n for n in names if n not in OWN_METHODS]
     if shared:
         side, tcfg = TextSide(backbone), text_peft_config(cfg_peft)
         for method in sorted((get_method(n) for n in shared), key=lambda m: m.stage):
@@ -260,6 +265,8 @@ def apply_text_peft(backbone, cfg_peft: PeftConfig, num_classes: int) -> None:
                 block.register_forward_pre_hook(CausalMaskFit(), with_kwargs=True)
     if "coop" in names:
         add_context(backbone, opts)
+    if "proj_tuning" in names:
+        backbone.clip.text_projection.requires_grad_(True)
 
 
 # ---------------------------------------------------------------- CoOp
