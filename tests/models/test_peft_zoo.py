@@ -104,6 +104,12 @@ def _masked_tiny() -> int:
     return L * sum(out * (inp + 1) * thousandths // 1000 for out, inp in layers)
 
 
+def _aft_tiny() -> int:
+    ratio = C / (L * (12 * D + 9))  # LIFT+'s default for location=all (LIFT-plus trainer.py)
+    tensors = [3 * D * D, 3 * D, D * D, D, 4 * D * D, 4 * D, 4 * D * D, D]  # weight, bias of qkv, out, fc1, fc2
+    return L * sum(int(n * ratio) for n in tensors)
+
+
 TINY_COUNTS = {
     "none": 0,
     "adaptformer": L * (2 * D + (D * R + R) + (R * D + D) + 1),
@@ -117,6 +123,7 @@ TINY_COUNTS = {
     "ln_tuning": L * 2 * 2 * D,
     "full": L * (3 * D * D + 3 * D + D * D + D + 4 * D * D + 4 * D + 4 * D * D + D + 4 * D),
     "masked": _masked_tiny(),
+    "aft": _aft_tiny(),
 }
 
 BLOCK = r"^(clip\.visual\.transformer\.resblocks|net\.blocks)\.\d+\."  # image encoder blocks
@@ -134,6 +141,7 @@ INTENDED = {
     "vpt_deep": lambda n: n.endswith(".vpt.tokens"),
     "ssf": lambda n: n.endswith((".scale", ".shift")),
     "masked": lambda n: n.endswith((".weight_values", ".bias_values")),
+    "aft": lambda n: n.endswith((".weight_values", ".bias_values")),
 }
 
 
