@@ -29,6 +29,27 @@ def test_tailtune_list_shows_every_entry_with_help(what, capsys):
     assert all(len(ln.split()) > 1 for ln in lines), "every entry has a help line"
 
 
+def test_tailtune_list_peft_counts_on_clip_vit_b16(capsys):
+    """Every image-side method's trainable parameters for the four benchmarks' C (models/counts.py;
+    tests/models/test_counts.py checks them against LIFT+'s)."""
+    from tailtune.models.peft.base import methods_for
+
+    assert cli.main(["list", "peft", "--counts"]) == 0
+    out = capsys.readouterr().out
+    assert "ViT-B-16 (12 blocks, width 768" in out
+    for c in ("C=100 (CIFAR-100-LT)", "C=365 (Places-LT)", "C=1000 (ImageNet-LT)", "C=8142 (iNaturalist 2018)"):
+        assert c in out
+    rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.strip()}
+    assert all(m in rows for m in methods_for("vit"))
+    assert rows["adaptformer"][1:3] == ["101,436", "(0.12%)"] and rows["aft"][-2:] == ["6,252,996", "(7.29%)"]
+    assert cli.main(["list", "peft", "--classes", "100,1000"]) == 0
+    assert "C=365" not in capsys.readouterr().out
+    assert cli.main(["list", "losses", "--counts"]) == 2
+    assert "apply to `tailtune list peft`" in capsys.readouterr().err
+    assert cli.main(["list", "peft", "--classes", "0"]) == 2
+    assert "--classes '0' must be positive" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("key, reg", [("loss.name", LOSSES), ("head.type", HEADS), ("head.init", HEAD_INITS),
                                       ("head.prompt_mode", PROMPT_MODES), ("train.sampler", SAMPLERS),
                                       ("train.augment", AUGMENTATIONS), ("eval.tte", TTE_MODES)])

@@ -111,6 +111,12 @@ def _masked_tiny() -> int:
     return L * sum(out * (inp + 1) * thousandths // 1000 for out, inp in layers)
 
 
+def _aft_tiny() -> int:
+    ratio = C / (L * (12 * D + 9))  # LIFT+'s default for location=all (LIFT-plus trainer.py)
+    tensors = [3 * D * D, 3 * D, D * D, D, 4 * D * D, 4 * D, 4 * D * D, D]  # weight, bias of qkv, out, fc1, fc2
+    return L * sum(int(n * ratio) for n in tensors)
+
+
 TINY_COUNTS = {
     "none": 0,
     "adaptformer": L * (2 * D + (D * R + R) + (R * D + D) + 1),
@@ -125,6 +131,7 @@ TINY_COUNTS = {
     "full": L * (3 * D * D + 3 * D + D * D + D + 4 * D * D + 4 * D + 4 * D * D + D + 4 * D),
     "masked": _masked_tiny(),
     "clip_adapter": 2 * D * (D // 4),
+    "aft": _aft_tiny(),
 }
 
 BLOCK = r"^(clip\.visual\.transformer\.resblocks|net\.blocks)\.\d+\."  # image encoder blocks
@@ -143,6 +150,7 @@ INTENDED = {
     "ssf": lambda n: n.endswith((".scale", ".shift")),
     "masked": lambda n: n.endswith((".weight_values", ".bias_values")),
     "clip_adapter": lambda n: re.search(r"^(clip\.visual|net)\.clip_adapter\.fc\.[02]\.weight$", n) is not None,
+    "aft": lambda n: n.endswith((".weight_values", ".bias_values")),
 }
 
 

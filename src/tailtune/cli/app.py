@@ -182,6 +182,14 @@ def cmd_list(args) -> int:
         for name in list_presets("data"):
             print(f"{name:24s} {preset_comment('data', name)}")
         return 0
+    if args.counts or args.classes:
+        if args.what != "peft":
+            raise ConfigError(f"--counts and --classes apply to `tailtune list peft`, not to "
+                              f"`tailtune list {args.what}`.")
+        from tailtune.models.counts import BENCHMARK_CLASSES, counts_table
+
+        print(counts_table(classes=_class_counts(args.classes) if args.classes else tuple(BENCHMARK_CLASSES)), end="")
+        return 0
     reg = registries[args.what]
     for name in reg.names():
         print(f"{name:24s} {reg.help(name)}")
@@ -189,6 +197,17 @@ def cmd_list(args) -> int:
         print(f"\npackaged (offline) models: {', '.join(PACKAGED)}; open_clip and timm list their own "
               "(open_clip.list_models(), timm.list_models()).")
     return 0
+
+
+def _class_counts(text: str) -> tuple[int, ...]:
+    """``--classes 100,1000``: positive class counts."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise ConfigError(f"--classes {text!r} must be positive class counts separated by commas, e.g. 100,1000.")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["models", "peft", "text", "losses", "heads", "inits", "prompts", "samplers",
                                     "augmentations", "tte", "datasets", "recipes", "data"])
     p.add_argument("--markdown", action="store_true", help="recipes: the README's table (Markdown)")
+    p.add_argument("--counts", action="store_true",
+                   help="peft: each method's trainable parameters on CLIP ViT-B/16 (built without weights) for "
+                        "C = 100, 365, 1000, 8142, with the head's and the share of the backbone")
+    p.add_argument("--classes", default=None, metavar="C[,C...]",
+                   help="peft --counts: these class counts instead (implies --counts)")
     p.set_defaults(func=cmd_list)
     add_data_parser(sub)
     add_results_parsers(sub)

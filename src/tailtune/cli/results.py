@@ -151,7 +151,7 @@ def add_results_parsers(sub) -> None:
     p.add_argument("out", help="export folder (created): it receives model.safetensors, config.json and, "
                               "with the onnx package, model.onnx; a name ending in .safetensors, .onnx or "
                               ".json is refused")
-    p.add_argument("--no-merge", action="store_true", help="keep LoRA modules instead of folding them into weights")
+    p.add_argument("--no-merge", action="store_true", help="keep LoRA and aft modules instead of folding them into the weights")
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
                    help="also write model.onnx (default: when the onnx package is installed)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty export folder")

@@ -9,7 +9,7 @@ image file to the model's input and from its logits to probabilities (resize, cr
 how views are combined; ``transforms.preprocessing_spec``), so that ``model.onnx`` can be fed
 without tailtune. Nothing is pickled.
 
-Mergeable PEFT methods (those whose class has a ``merge``, LoRA today: models/peft/lora.py) are
+Mergeable PEFT methods (those whose class has a ``merge``: LoRA, models/peft/lora.py; aft, models/peft/aft.py) are
 folded into the backbone's weights on export, so the exported model runs at the plain backbone's cost.
 Every export is checked by loading it back and comparing logits with the run's model.
 """
@@ -183,7 +183,10 @@ def _export_run(run_dir: str | Path, out: str | Path, merge: bool, onnx: bool | 
 
     names = method_names(cfg.peft)
     merged = [n for n in names if merge and mergeable(n)]
-    for merge_fn in dict.fromkeys(PEFT_METHODS.get(n).merge for n in merged):  # lora + lora_mlp: one pass
+    # Inner layers first (stage order: aft's edited linears sit under LoRA's wrappers), whatever the
+    # order peft.method names them in; lora + lora_mlp: one pass.
+    in_order = sorted(merged, key=lambda n: PEFT_METHODS.get(n).stage)
+    for merge_fn in dict.fromkeys(PEFT_METHODS.get(n).merge for n in in_order):
         merge_fn(model)
     out_cfg = C.from_yaml_text(C.to_yaml(cfg))
     out_cfg.peft.method = "+".join(n for n in names if n not in merged) or "none"

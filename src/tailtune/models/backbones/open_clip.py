@@ -173,6 +173,8 @@ class OpenClipBackbone(Backbone):
                       f"({why})"] if pretrained else []
         if quick:
             kwargs["force_quick_gelu"] = True  # OpenAI's CLIP weights were trained with QuickGELU
+        if not pretrained and torch.empty(0).device.type == "meta":
+            kwargs["device"] = "meta"  # built under torch.device("meta"), for its shapes alone (parameter counts)
         try:
             with _quiet_random_init(pretrained is None or state is not None):
                 model = open_clip.create_model(cfg.name, pretrained=None if state is not None else pretrained,

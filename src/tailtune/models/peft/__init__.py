@@ -3,6 +3,7 @@
 from tailtune.models.peft import (  # noqa: F401  (registration)
     adapter,
     adaptformer,
+    aft,
     bitfit,
     bn_tuning,
     clip_adapter,

@@ -61,29 +61,24 @@ def masked_count(ratio: Fraction, out_features: int, in_features: int, bias: boo
     return math.floor(ratio * out_features * (in_features + int(bias)))
 
 
-class MaskedLinear(LayerWrapper):
-    """A frozen linear layer of which ``count`` randomly chosen entries of weight and bias train.
+class SparseLinear(LayerWrapper):
+    """A frozen linear layer of which the entries ``weight_index`` (into the flattened weight) and
+    ``bias_index`` train; masked and arbitrary fine-tuning (aft.py) differ only in how they pick them.
 
     The chosen entries start at their frozen values (so the layer is unchanged at init) and
-    are scattered into copies of the frozen tensors at every forward.
+    are scattered into copies of the frozen tensors at every forward. Indices are sorted, so
+    the values are in ``masked_select``'s (row-major) order, the references' order.
     """
 
     saved_buffers = ("weight_index", "bias_index")
 
-    def __init__(self, base: nn.Linear, count: int, generator: torch.Generator):
+    def __init__(self, base: nn.Linear, weight_index: torch.Tensor, bias_index: torch.Tensor):
         super().__init__(base)
-        out_f, in_f = base.weight.shape
-        cols = in_f + (base.bias is not None)
-        # The reference's rule: a full permutation, its first ``count`` entries (6 s in all
-        # for ViT-B/16's 48 layers on 2 CPU cores). Sorted, the values are in masked_select's order.
-        picked = torch.randperm(out_f * cols, generator=generator)[:count].sort().values
-        row, col = picked // cols, picked % cols
-        in_weight = col < in_f
         device = base.weight.device
         # The indices follow from the seed, and are saved with the values too (saved_buffers): a
         # checkpoint names the entries it trained, whatever the generator draws elsewhere.
-        self.register_buffer("weight_index", (row * in_f + col)[in_weight].to(device))
-        self.register_buffer("bias_index", row[~in_weight].to(device))
+        self.register_buffer("weight_index", weight_index.to(device))
+        self.register_buffer("bias_index", bias_index.to(device))
         self.weight_values = nn.Parameter(base.weight.detach().flatten()[self.weight_index].clone())
         self.bias_values = (nn.Parameter(base.bias.detach()[self.bias_index].clone())
                             if base.bias is not None else None)
@@ -97,6 +92,26 @@ class MaskedLinear(LayerWrapper):
         if bias is not None:
             bias = bias.scatter(0, self.bias_index, self.bias_values.to(bias.dtype))
         return F.linear(x, weight, bias)
+
+
+class MaskedLinear(SparseLinear):
+    """A frozen linear layer of which ``count`` randomly chosen entries of weight and bias train."""
+
+    def __init__(self, base: nn.Linear, count: int, generator: torch.Generator):
+        out_f, in_f = base.weight.shape
+        cols = in_f + (base.bias is not None)
+        if base.weight.is_meta:
+            # Shapes only (parameter counts, models/counts.py): the count is exact, but which of
+            # the entries are biases is not drawn, so all of them sit in the weight here.
+            super().__init__(base, torch.zeros(count, dtype=torch.long, device="meta"),
+                             torch.zeros(0, dtype=torch.long, device="meta"))
+            return
+        # The reference's rule: a full permutation, its first ``count`` entries (6 s in all
+        # for ViT-B/16's 48 layers on 2 CPU cores).
+        picked = torch.randperm(out_f * cols, generator=generator)[:count].sort().values
+        row, col = picked // cols, picked % cols
+        in_weight = col < in_f
+        super().__init__(base, (row * in_f + col)[in_weight], row[~in_weight])
 
 
 @PEFT_METHODS.register("masked", options=MaskedOptions)
