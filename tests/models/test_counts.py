@@ -112,7 +112,10 @@ def test_every_image_side_method_is_counted(b16):
     rows = peft_counts(b16, classes=(100,))
     assert [r.method for r in rows] == methods_for("vit") == [m for m in PEFT_METHODS.names()
                                                              if "vit" in PEFT_METHODS.get(m).kinds]
-    assert all(r.head == 100 * D for r in rows) and next(r for r in rows if r.method == "none").backbone == 0
+    joint = {"proj_tuning": 512}  # the classifier reads CLIP's joint-space embeddings
+    assert all(r.head == 100 * joint.get(r.method, D) for r in rows)
+    assert next(r for r in rows if r.method == "none").backbone == 0
+    assert "Heads of another width: proj_tuning (head 512 wide)." in counts_table(classes=(100,))
 
 
 def test_the_table_shows_each_count(b16):

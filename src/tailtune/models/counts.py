@@ -109,4 +109,8 @@ def counts_table(model: ModelConfig = VIT_B16, classes=tuple(BENCHMARK_CLASSES))
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     lines += ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))).rstrip()
               for row in cells]
+    other = [f"{m} (head {by[m, classes[0]].head // classes[0]} wide)" for m in methods
+             if by[m, classes[0]].head != heads[classes[0]]]
+    if other:  # e.g. proj_tuning: the classifier reads the joint-space embeddings
+        lines += ["", f"Heads of another width: {', '.join(other)}."]
     return "\n".join(lines) + "\n"
