@@ -182,6 +182,9 @@ def test_fit_checkpoint_and_export_round_trip(tmp_path):
     metrics = tailtune.fit(cfg)
     assert metrics["params"]["trainable_text"] > 0
     run = tmp_path / "r"
+    text = f"text side (coop+lora): {metrics['params']['trainable_text']:,} trainable parameters"
+    assert text in (run / "report.html").read_text()
+    assert f", text side {metrics['params']['trainable_text']:,}, head 0" in (run / "log.txt").read_text()
     exp = load_run(run)
     saved = exp.model.trainable_state_dict()
     assert any(k.endswith("token_embedding.ctx") for k in saved)

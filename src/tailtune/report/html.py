@@ -170,7 +170,9 @@ def _results_section(page: Page, r: RunRecord) -> None:
         ["backbone", " ".join(str(v) for v in r.metrics.get("backbone", {}).values())],
         ["fine-tuning", f"{r.metrics.get('peft', '–')}: {p.get('trainable_backbone', 0):,} trainable backbone "
                         f"parameters ({100 * p.get('trainable_backbone_share', 0):.3f}% of "
-                        f"{p.get('backbone_total', 0):,})"],
+                        f"{p.get('backbone_total', 0):,})"
+                        + (f"; text side ({config_value(r.config, 'peft.text.method')}): "
+                           f"{p['trainable_text']:,} trainable parameters" if p.get("trainable_text") else "")],
         ["classifier", f"{config_value(r.config, 'head.type')} head, {p.get('trainable_head', 0):,} parameters, "
                        f"initialised by {r.metrics.get('head_init', '–')}"],
         ["training", f"loss {config_value(r.config, 'loss.name')}, {_epochs(r.config)}, "

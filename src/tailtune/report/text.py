@@ -27,7 +27,8 @@ def format_results(metrics: dict) -> str:
     if "params" in metrics:
         p = metrics["params"]
         lines.append(f"trainable: {p['trainable_backbone']:,} backbone ({100 * p['trainable_backbone_share']:.3f}%) "
-                     f"+ {p['trainable_head']:,} head parameters")
+                     + (f"+ {p['trainable_text']:,} text side " if p.get("trainable_text") else "")
+                     + f"+ {p['trainable_head']:,} head parameters")
     selection = describe_selection(metrics)
     if selection:
         lines.append(selection)

@@ -357,7 +357,8 @@ def _describe(exp: Experiment, log) -> dict:
     log(f"model: {exp.backbone.info['provider']} {exp.backbone.info['name']} ({exp.backbone.info['pretrained']}), "
         f"peft {cfg.peft.method}: {params['trainable_backbone']:,} trainable backbone parameters "
         f"({100 * params['trainable_backbone_share']:.3f}% of {params['backbone_total']:,}), "
-        f"head {params['trainable_head']:,}")
+        + (f", text side {params['trainable_text']:,}" if params.get("trainable_text") else "")
+        + f", head {params['trainable_head']:,}")
     return params
 
 
