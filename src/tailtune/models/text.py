@@ -53,7 +53,7 @@ from tailtune.config import (
 )
 from tailtune.errors import ConfigError
 from tailtune.models.heads import HEADS
-from tailtune.models.peft.base import PEFT_METHODS, PeftMethod, PeftModule, get_method
+from tailtune.models.peft.base import PEFT_METHODS, PeftMethod, PeftModule, check_names, get_method
 from tailtune.models.peft.vpt import VptOptions
 from tailtune.models.prompts import ENCODE_CHUNK, class_prompts, clean_classname
 from tailtune.registry import Registry
@@ -107,11 +107,7 @@ class TextPeftOptions:
 
     def check_section(self, section) -> None:
         names = text_method_names(self)
-        for name in names:
-            TEXT_METHODS.get(name)
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ConfigError(f"peft.text.method={self.method!r} names {', '.join(repeated)} more than once.")
+        check_names(names, TEXT_METHODS, "peft.text.method", self.method)
         if "vpt_shallow" in names and "vpt_deep" in names:
             raise ConfigError(f"peft.text.method={self.method!r} combines vpt_shallow and vpt_deep, which both set "
                               "the prompt tokens; choose one.")

@@ -140,14 +140,19 @@ def method_names(cfg: PeftConfig) -> list[str]:
     return [m.strip() for m in cfg.method.split("+") if m.strip()] or ["none"]
 
 
+def check_names(names: list[str], registry, key: str, value: str) -> None:
+    """Every name of a '+' list is registered (the registry's error names the choices) and none repeats."""
+    for name in names:
+        registry.get(name)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError(f"{key}={value!r} names {', '.join(repeated)} more than once; name each method once.")
+
+
 def check_peft(backbone, cfg: PeftConfig) -> None:
     """Start-up check: every named method exists, fits the backbone and its companions."""
     names = method_names(cfg)
-    for name in names:
-        PEFT_METHODS.get(name)
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ConfigError(f"peft.method={cfg.method!r} names {', '.join(repeated)} more than once; name each method once.")
+    check_names(names, PEFT_METHODS, "peft.method", cfg.method)
     families: dict[str, str] = {}
     for name in names:
         family = PEFT_METHODS.get(name).family
