@@ -8,6 +8,7 @@ import sys
 
 from tailtune import config as C
 from tailtune.cli.data import add_data_parser
+from tailtune.cli.posthoc import POSTHOC_HELP, TAU_HELP
 from tailtune.cli.results import add_results_parsers
 from tailtune.cli.sweep import add_sweep_parser
 from tailtune.errors import ConfigError, TailtuneError
@@ -80,6 +81,12 @@ def cmd_eval(args) -> int:
     from tailtune.runs.run import evaluate
     from tailtune.runtime.rundir import read_metrics
 
+    if args.posthoc is not None:  # a new measurement (before / after), not a reproduction check
+        from tailtune.cli.posthoc import cmd_posthoc
+
+        return cmd_posthoc(args)
+    if args.tau is not None:
+        raise ConfigError("--tau goes with --posthoc la|taunorm (e.g. tailtune eval RUN --posthoc la --tau auto).")
     saved = read_metrics(args.run_dir)
     if args.precision not in (None, "train") or args.device is not None:
         from tailtune.cli.results import check_options
@@ -244,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto | cpu | cuda | cuda:N for this evaluation (default: the run's train.device)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--posthoc", default=None, metavar="la|taunorm", help=POSTHOC_HELP)
+    p.add_argument("--tau", default=None, help=TAU_HELP)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("zeroshot", help="CLIP zero-shot evaluation with class-name prompts")

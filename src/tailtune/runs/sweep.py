@@ -127,6 +127,10 @@ def parse_arguments(args: list[str] | tuple[str, ...]) -> tuple[list[Axis], list
         if not sep or not key:
             raise ConfigError(f"sweep argument {arg!r} is not of the form key=value or key=v1,v2,... "
                               "(e.g. peft.r=4,8,16).")
+        if key.split(".")[0] == "posthoc":
+            raise ConfigError(f"sweep argument {arg!r}: tailtune sweep trains one run per point, and post-hoc "
+                              "adjustment needs no training. Sweep it over a finished run's logits with "
+                              "`tailtune eval RUN --posthoc la,taunorm --tau 0,0.5,1,auto` (one table).")
         values = split_values(value)
         if any(v == "" for v in values):
             raise ConfigError(f"sweep argument {arg!r} has an empty value; separate values by single commas.")

@@ -1,0 +1,219 @@
+"""Post-hoc adjustment without retraining: logit adjustment and tau-normalisation (issue 17, point 1)."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import tailtune
+from conftest import TINY_CLIP
+from tailtune.cli import app as cli
+from tailtune.config import load_config
+from tailtune.errors import ConfigError
+from tailtune.evaluation import posthoc as P
+from tailtune.experiment import load_run
+
+COUNTS = [100, 10, 1]  # many, medium, few (3 classes)
+
+
+def test_logit_adjustment_moves_the_argmax_to_the_tail_class_by_hand():
+    z = torch.tensor([[3.0, 1.5, 1.0]])
+    lp = P.log_prior(COUNTS)
+    assert lp == pytest.approx([math.log(100 / 111), math.log(10 / 111), math.log(1 / 111)])
+    # z - tau log p: class 2 gains tau ln 111, class 0 only tau ln 1.11; class 2 passes class 0 at
+    # tau = 2 / ln 100 = 0.434 (and class 1 at 0.5 / ln 10 = 0.217, before class 1 passes class 0 at 0.651).
+    at4 = P.adjust_logits(z, lp, 0.4)[0]
+    at5 = P.adjust_logits(z, lp, 0.5)[0]
+    assert at4.tolist() == pytest.approx([3 + 0.4 * math.log(1.11), 1.5 + 0.4 * math.log(11.1), 1 + 0.4 * math.log(111)])
+    assert at5.tolist() == pytest.approx([3.05218, 2.70346, 3.35477], abs=1e-4)
+    assert int(z.argmax()) == 0 and int(at4.argmax()) == 0 and int(at5.argmax()) == 2
+    assert torch.equal(P.adjust_logits(z, lp, 0.0), z)
+
+
+def test_tau_normalisation_moves_the_argmax_to_the_small_norm_class_by_hand():
+    w = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.3, 0.4]])  # norms 2, 1, 0.5
+    x = torch.tensor([[1.0, 1.8]])
+    assert P.taunorm_logits(x, w, None, 0.0)[0].tolist() == pytest.approx([2.0, 1.8, 1.02])
+    assert P.taunorm_logits(x, w, None, 0.5)[0].tolist() == pytest.approx([2 / 2 ** 0.5, 1.8, 1.02 / 0.5 ** 0.5])
+    assert P.taunorm_logits(x, w, None, 1.0)[0].tolist() == pytest.approx([1.0, 1.8, 2.04])
+    assert [int(P.taunorm_logits(x, w, None, t).argmax()) for t in (0.0, 0.5, 1.0)] == [0, 1, 2]
+    b = torch.tensor([0.5, 0.0, -0.5])  # the bias is kept as trained
+    assert P.taunorm_logits(x, w, b, 1.0)[0].tolist() == pytest.approx([1.5, 1.8, 1.54])
+    assert P.tau_normalise(torch.zeros(1, 2), 1.0).tolist() == [[0.0, 0.0]]  # a zero row stays zero
+
+
+def test_summary_agrees_with_scikit_learn():
+    from sklearn.metrics import log_loss, top_k_accuracy_score
+
+    rng = np.random.default_rng(0)
+    logits = torch.tensor(rng.normal(size=(40, 7)) * 2)
+    labels = rng.integers(0, 7, 40)
+    groups, names = [0, 0, 1, 1, 2, 2, 2], ["many", "medium", "few"]
+    s = P.summary(logits, labels, groups, names, 7)
+    probs = torch.softmax(logits, 1).numpy()
+    assert s["top5"] == pytest.approx(100 * top_k_accuracy_score(labels, probs, k=5, labels=range(7)))
+    assert s["nll"] == pytest.approx(log_loss(labels, probs, labels=range(7)))
+    assert s["overall"] == pytest.approx(100 * np.mean(probs.argmax(1) == labels))
+    assert set(s) == {"overall", "balanced", "many", "medium", "few", "top5", "ece", "nll"}
+
+
+def test_ece_by_hand():
+    # 15 bins: confidences 0.9 (bin 14 of (13/15, 1]) twice, one right; 0.5 (bin 7) once, right.
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.5, 0.5]])
+    labels = np.array([0, 1, 0])
+    assert P.ece(probs, labels) == pytest.approx(100 * (2 / 3 * abs(0.5 - 0.9) + 1 / 3 * abs(1 - 0.5)))
+
+
+def _fake_exp(val_labels, test_labels):
+    data = SimpleNamespace(val=object(), train_counts=np.array(COUNTS), groups=[0, 1, 2],
+                           group_names=["many", "medium", "few"], num_classes=3)
+    cfg = SimpleNamespace(head=SimpleNamespace(type="cosine"), eval=SimpleNamespace(tte="none"))
+    return SimpleNamespace(cfg=cfg, data=data, model=SimpleNamespace(head=None)), {"val": val_labels,
+                                                                                  "test": test_labels}
+
+
+def test_auto_tau_is_chosen_on_val_not_on_test(monkeypatch):
+    # The same logits on both splits; val's images are of the tail class (best from tau 0.5 up,
+    # where class 2 wins), test's of the head class (best below tau 0.434): auto follows val.
+    exp, labels = _fake_exp(np.array([2, 2]), np.array([0, 0]))
+    asked = []
+
+    def outputs(exp_, split, tte, features, quiet=True):
+        asked.append(split)
+        return torch.tensor([[3.0, 1.5, 1.0]] * 2), None, labels[split]
+
+    monkeypatch.setattr(P, "split_outputs", outputs)
+    r = P.posthoc_results(exp, "la", ["auto", 0.0])
+    assert asked == ["val", "test"]
+    assert r["rows"][0] == {"tau": 0.5, "tau_from": "val", "after": r["rows"][0]["after"]}
+    assert r["rows"][0]["after"]["overall"] == 0.0 and r["rows"][1]["after"]["overall"] == 100.0  # test preferred 0
+    assert dict(r["val"])[0.4] == 0.0 and dict(r["val"])[0.5] == 100.0 and r["grid"] == list(P.GRIDS["la"])
+    # Given taus never read the validation split.
+    asked.clear()
+    P.posthoc_results(exp, "la", [1.0])
+    assert asked == ["test"]
+
+
+def test_choose_tau_takes_the_smallest_on_a_tie():
+    assert P.choose_tau([1.0, 0.0, 0.5], lambda t: 50.0 if t else 40.0) == (0.5, [(0.0, 40.0), (0.5, 50.0), (1.0, 50.0)])
+
+
+def test_taunorm_is_refused_for_heads_that_normalise_their_weights():
+    for head in ("cosine", "l2", "layernorm", "text", "text_features"):
+        with pytest.raises(ConfigError, match=rf"head.type={head}, which normalises them.*--posthoc la"):
+            P.check_taunorm(head)
+    P.check_taunorm("linear")
+
+
+# ---------------------------------------------------------------- on trained runs
+
+# Cross-entropy on a long-tailed set (127 ... 3 images), a randomly initialised linear head trained
+# briefly at a high rate: the head classes are favoured, as CE does; a held-out val split.
+CE_RUN = [*TINY_CLIP, "loss.name=ce", "head.type=linear", "head.init=random", "peft.method=none", "train.lr=0.3",
+          "train.epochs=2", "data.val=holdout", "data.synthetic.train_per_class=128", "data.imb_ratio=32"]
+
+
+@pytest.fixture(scope="module")
+def ce_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("posthoc")
+    tailtune.fit(load_config("lift", overrides=[*CE_RUN, f"output_dir={out}", "name=ce", "eval.report=false"]))
+    return out / "ce"
+
+
+@pytest.fixture(scope="module")
+def cosine_run(tmp_path_factory):
+    """The default cosine head, no validation split."""
+    out = tmp_path_factory.mktemp("posthoc_cos")
+    tailtune.fit(load_config("lift", overrides=[*TINY_CLIP, "eval.tte=none", f"output_dir={out}", "name=cos",
+                                                "eval.report=false"]))
+    return out / "cos"
+
+
+def test_logit_adjustment_of_a_ce_run_moves_predictions_to_the_tail(ce_run):
+    exp = load_run(ce_run)
+    logits, _, labels = P.split_outputs(exp, "test", exp.cfg.eval.tte, False)
+    lp = torch.as_tensor(P.log_prior(exp.data.train_counts))
+    before = logits.argmax(1)
+    after = P.adjust_logits(logits, lp.numpy(), 1.0).argmax(1)
+    # An image's prediction only moves to a class of smaller prior, and some do.
+    assert (lp[after] <= lp[before]).all() and (after != before).any()
+    r = P.posthoc_results(exp, "la", [1.0])
+    assert r["before"]["few"] < r["rows"][0]["after"]["few"]
+
+
+def test_taunorm_from_features_equals_the_model_with_rescaled_weights(ce_run):
+    exp = load_run(ce_run)
+    logits, feats, labels = P.split_outputs(exp, "test", exp.cfg.eval.tte, True)
+    head = exp.model.head
+    assert torch.allclose(P.taunorm_logits(feats, head.weight, head.bias, 0.0), logits, atol=1e-4)
+    with torch.no_grad():
+        head.weight.copy_(P.tau_normalise(head.weight, 0.7))
+    again, _, _ = P.split_outputs(exp, "test", exp.cfg.eval.tte, False)
+    assert torch.allclose(P.taunorm_logits(feats, exp.model.head.weight, head.bias, 0.0), again, atol=1e-4)
+    fresh = load_run(ce_run).model.head
+    assert torch.allclose(P.taunorm_logits(feats, fresh.weight, fresh.bias, 0.7), again, atol=1e-4)
+
+
+def test_eval_posthoc_prints_and_records_then_the_plain_eval_still_reproduces(ce_run, capsys):
+    saved = json.loads((ce_run / "metrics.json").read_text())
+    capsys.readouterr()
+    assert cli.main(["eval", str(ce_run), "--posthoc", "la", "--tau", "1", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "post-hoc logit adjustment (la) on the test split" in out and "before" in out and "change" in out
+    assert f"recorded in {ce_run / 'metrics.json'}" in out
+    entries = json.loads((ce_run / "metrics.json").read_text())["posthoc"]
+    assert [(e["method"], e["tau"], e["tau_from"], e["split"]) for e in entries] == [("la", 1.0, "given", "test")]
+    for k in ("overall", "balanced", "many", "medium", "few"):
+        assert entries[0]["before"][k] == pytest.approx(saved["test"][k])  # the run's own test numbers
+    assert set(entries[0]["after"]) == {"overall", "balanced", "many", "medium", "few", "top5", "ece", "nll"}
+    # auto replaces la's entry; taunorm adds its own
+    assert cli.main(["eval", str(ce_run), "--posthoc", "la,taunorm", "--tau", "auto", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "chosen on the validation split" in out
+    entries = json.loads((ce_run / "metrics.json").read_text())["posthoc"]
+    assert [(e["method"], e["tau_from"]) for e in entries] == [("la", "val"), ("taunorm", "val")]
+    assert not (ce_run / "run.lock").exists()
+    # several taus: a table, nothing recorded
+    assert cli.main(["eval", str(ce_run), "--posthoc", "la", "--tau", "0,0.5,1,auto", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "not recorded in metrics.json (several taus" in out and out.count("after") == 4
+    assert json.loads((ce_run / "metrics.json").read_text())["posthoc"] == entries
+    # the plain eval's reproduction check ignores the posthoc entries
+    assert cli.main(["eval", str(ce_run), "-q"]) == 0
+    assert "matches metrics.json" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--posthoc", "la", "--tau", "auto"], r"--tau auto chooses tau on the validation split.*has none.*data.val=holdout"),
+    (["--posthoc", "la"], r"--tau auto chooses tau on the validation split"),  # auto is the default
+    (["--posthoc", "taunorm", "--tau", "1"], r"head.type=cosine, which normalises them"),
+    (["--posthoc", "lws"], r"--posthoc 'lws': choose la or taunorm"),
+    (["--posthoc", "la", "--tau", "-1"], r"--tau '-1': give auto, a number >= 0"),
+    (["--posthoc", "la", "--tau", "1", "--split", "val"], r"--posthoc reports on the test split"),
+    (["--tau", "1"], r"--tau goes with --posthoc"),
+], ids=["auto-no-val", "default-auto", "taunorm-cosine", "method", "tau", "split", "tau-alone"])
+def test_posthoc_refusals(cosine_run, capsys, args, match):
+    before = (cosine_run / "metrics.json").read_text()
+    assert cli.main(["eval", str(cosine_run), "-q", *args]) == 2
+    import re
+
+    assert re.search(match, capsys.readouterr().err)
+    assert (cosine_run / "metrics.json").read_text() == before
+
+
+def test_la_on_the_cosine_run_with_a_given_tau(cosine_run, capsys):
+    assert cli.main(["eval", str(cosine_run), "--posthoc", "la", "--tau", "0", "-q", "--json"]) == 0
+    (r,) = json.loads(capsys.readouterr().out)
+    assert r["rows"][0]["after"] == r["before"]  # tau 0 is no adjustment
+
+
+def test_sweep_refuses_posthoc_axes_and_names_the_eval_form():
+    from tailtune.runs.sweep import parse_arguments
+
+    with pytest.raises(ConfigError, match=r"--posthoc la,taunorm --tau 0,0.5,1,auto"):
+        parse_arguments(["posthoc=la,taunorm"])
+    with pytest.raises(ConfigError, match=r"post-hoc adjustment needs no training"):
+        parse_arguments(["posthoc.tau=0,1"])
