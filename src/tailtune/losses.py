@@ -13,7 +13,8 @@ distributions q (mixup / CutMix / Remix, training/mixing.py) and applies ``loss.
 eps (q -> (1 - eps) q + eps / C, hard labels being one-hot q). With soft targets each loss is
 the linear extension of its hard-label form, sum_j q_ij L(z_i, j), which for two mixed labels is
 mixup's lam L(z, y_a) + (1 - lam) L(z, y_b) and for one-hot q the hard-label loss itself; a
-weighted loss keeps its weighted mean (the weight of sample i: sum_j q_ij w_j). LADE's
+weighted loss keeps its weighted mean, each (image i, class j) counting with weight q_ij w_j:
+sum_ij q_ij w_j L_ij / sum_ij q_ij w_j. LADE's
 regulariser estimates per-class batch statistics from hard labels: it takes none of them.
 Hard labels without smoothing run the hard-label code unchanged.
 """
