@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tailtune.config import LossConfig, section
 from tailtune.errors import ConfigError
@@ -172,3 +173,59 @@ def test_bad_loss_settings_are_refused():
         section("loss", name="ce", ldam=LdamOptions(drw_epoch=3))
     with pytest.raises(ConfigError, match=r"loss.cb.beta=1.0 must be in \(0, 1\)"):
         section("loss", name="cb", cb=CbOptions(beta=1.0))
+
+
+# ---------------------------------------------------------------- soft targets, label smoothing
+
+SOFT_LOSSES = [n for n in LOSSES.names() if n != "lade"]
+
+
+def test_soft_target_la_equals_the_hand_computed_loss():
+    """LA with q = (0.4, 0.6, 0) on z = (1, 2, 0), counts (6, 3, 1), tau 1: -sum_j q_j log softmax(z + log p)_j."""
+    z, q, counts = [1.0, 2.0, 0.0], [0.4, 0.6, 0.0], [6, 3, 1]
+    a = [zj + math.log(n / 10) for zj, n in zip(z, counts)]  # 1 + log .6, 2 + log .3, log .1
+    log_norm = math.log(sum(math.exp(v) for v in a))
+    want = -sum(qj * (aj - log_norm) for qj, aj in zip(q, a))
+    got = build_loss(LossConfig(name="la"), counts)(torch.tensor([z]), torch.tensor([q]))
+    assert float(got) == pytest.approx(want, abs=1e-6)
+    # label smoothing 0.1 on the hard label 1: q = (0.1/3, 0.9 + 0.1/3, 0.1/3)
+    eps = 0.1
+    qs = [eps / 3, 1 - eps + eps / 3, eps / 3]
+    want = -sum(qj * (aj - log_norm) for qj, aj in zip(qs, a))
+    got = build_loss(LossConfig(name="la", label_smoothing=eps), counts)(torch.tensor([z]), torch.tensor([1]))
+    assert float(got) == pytest.approx(want, abs=1e-6)
+
+
+def test_label_smoothing_ce_agrees_with_pytorch():
+    z, y = torch.randn(8, 5), torch.randint(0, 5, (8,))
+    got = build_loss(LossConfig(name="ce", label_smoothing=0.2), [3] * 5)(z, y)
+    assert float(got) == pytest.approx(float(F.cross_entropy(z, y, label_smoothing=0.2)), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", SOFT_LOSSES)
+def test_soft_targets_are_the_linear_extension_of_each_loss(name):
+    """One-hot q gives the hard-label loss; q mixing two labels per image gives lam L(y_a) + (1 - lam) L(y_b)
+    (each image's own loss, checked one image at a time); a weighted loss (cb, grw, ldam under DRW) counts
+    each (image, class) with weight q_j w_j: (lam w_a L_a + (1 - lam) w_b L_b) / (lam w_a + (1 - lam) w_b)."""
+    counts = [40, 10, 5, 2]
+    cfg = section("loss", name=name, ldam=LdamOptions(drw_epoch=0 if name == "ldam" else None))
+    loss_fn = build_loss(cfg, counts)
+    torch.manual_seed(0)
+    z, ya, yb = torch.randn(6, 4) * 3, torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([3, 2, 1, 0, 0, 2])
+    assert float(loss_fn(z, F.one_hot(ya, 4).float())) == pytest.approx(float(loss_fn(z, ya)), abs=1e-5)
+    lam = 0.3
+    for i in range(len(z)):
+        q = lam * F.one_hot(ya[i:i + 1], 4).float() + (1 - lam) * F.one_hot(yb[i:i + 1], 4).float()
+        la, lb = loss_fn(z[i:i + 1], ya[i:i + 1]), loss_fn(z[i:i + 1], yb[i:i + 1])
+        w = getattr(loss_fn, "weight", getattr(loss_fn, "drw_weight", None))
+        wa, wb = (1.0, 1.0) if w is None else (float(w[ya[i]]), float(w[yb[i]]))
+        want = (lam * wa * la + (1 - lam) * wb * lb) / (lam * wa + (1 - lam) * wb)
+        assert float(loss_fn(z[i:i + 1], q)) == pytest.approx(float(want), abs=1e-5), (name, i)
+
+
+def test_hard_label_losses_refuse_label_smoothing():
+    with pytest.raises(ConfigError, match=r"loss.name=lade needs hard labels .* loss.label_smoothing=0.1 cannot be "
+                                          r"used with it; drop loss.label_smoothing=0.1 or choose .*ce"):
+        build_loss(LossConfig(name="lade", label_smoothing=0.1), COUNTS)
+    with pytest.raises(ConfigError, match=r"loss.label_smoothing=1.0 must be in \[0, 1\)"):
+        LossConfig(name="ce", label_smoothing=1.0)

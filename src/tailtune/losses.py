@@ -7,6 +7,16 @@ epoch through ``set_epoch``; the trainer calls it before each epoch.
 Weighted losses (cb, grw, ldam with DRW) use PyTorch's weighted mean: sum_i w_{y_i} l_i /
 sum_i w_{y_i}, the convention of the LDAM-DRW and LIFT code; the weights are also
 normalised to mean 1 over classes so that they read the same in logs and configs.
+
+Soft targets: a loss whose class says ``soft_targets = True`` also takes (N, C) class
+distributions q (mixup / CutMix / Remix, training/mixing.py) and applies ``loss.label_smoothing``
+eps (q -> (1 - eps) q + eps / C, hard labels being one-hot q). With soft targets each loss is
+the linear extension of its hard-label form, sum_j q_ij L(z_i, j), which for two mixed labels is
+mixup's lam L(z, y_a) + (1 - lam) L(z, y_b) and for one-hot q the hard-label loss itself; a
+weighted loss keeps its weighted mean, each (image i, class j) counting with weight q_ij w_j:
+sum_ij q_ij w_j L_ij / sum_ij q_ij w_j. LADE's
+regulariser estimates per-class batch statistics from hard labels: it takes none of them.
+Hard labels without smoothing run the hard-label code unchanged.
 """
 
 from __future__ import annotations
@@ -107,6 +117,28 @@ class LadeOptions:
         _check_positive("loss.lade", "remine_lambda", self.remine_lambda, allow_zero=True)
 
 
+def smoothed(targets: torch.Tensor, num_classes: int, eps: float) -> torch.Tensor | None:
+    """``targets`` (hard labels (N,) or distributions (N, C)) as (N, C) float distributions with
+    label smoothing ``eps``: (1 - eps) q + eps / C (timm's ``mixup_target`` convention); None for
+    hard labels without smoothing (the hard-label code then runs as before)."""
+    if targets.dim() == 1:
+        if not eps:
+            return None
+        targets = F.one_hot(targets, num_classes).to(torch.float32)
+    q = targets.float()
+    return q * (1.0 - eps) + eps / num_classes if eps else q
+
+
+def soft_cross_entropy(logits: torch.Tensor, q: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_i sum_j q_ij w_j (-log softmax(z_i)_j) / sum_i sum_j q_ij w_j (w = 1: the batch mean).
+
+    For one-hot q this is ``F.cross_entropy(logits, y, weight=weight)`` (PyTorch's weighted mean)."""
+    per_class = -F.log_softmax(logits.float(), dim=1) * q
+    if weight is None:
+        return per_class.sum(1).mean()
+    return (per_class * weight).sum() / (q * weight).sum()
+
+
 def _counts(class_counts) -> torch.Tensor:
     counts = torch.as_tensor(np.asarray(class_counts, dtype=np.float64), dtype=torch.float64)
     if counts.dim() != 1 or len(counts) == 0:
@@ -136,34 +168,57 @@ def inverse_prior_weights(class_counts) -> torch.Tensor:
     return (w / w.mean()).float()
 
 
-class _PriorLoss(nn.Module):
+class _SoftTargets(nn.Module):
+    """Base of the losses that take soft targets: keeps ``loss.label_smoothing``."""
+
+    soft_targets: ClassVar[bool] = True
+
+    def __init__(self, cfg: LossConfig):
+        super().__init__()
+        self.smoothing = float(getattr(cfg, "label_smoothing", 0.0) or 0.0)
+
+    def soft(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        """The (smoothed) target distributions, or None for hard labels without smoothing."""
+        return smoothed(targets, logits.shape[1], self.smoothing)
+
+
+class _PriorLoss(_SoftTargets):
     """Base: keeps the class counts' log prior as a (device-following) buffer."""
 
     def __init__(self, cfg: LossConfig, class_counts):
-        super().__init__()
+        super().__init__(cfg)
         self.register_buffer("log_prior", log_prior(class_counts), persistent=False)
 
 
 @LOSSES.register("ce", help="cross-entropy")
-class CrossEntropy(nn.Module):
+class CrossEntropy(_SoftTargets):
     """Plain cross-entropy."""
 
     def __init__(self, cfg: LossConfig, class_counts):
-        super().__init__()
+        super().__init__(cfg)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        q = self.soft(logits, targets)
+        if q is not None:
+            return soft_cross_entropy(logits, q)
         return F.cross_entropy(logits.float(), targets)
 
 
 @LOSSES.register("focal", help="focal loss (1 - p_y)^gamma * CE, gamma = loss.focal.gamma (2)", options=FocalOptions)
-class Focal(nn.Module):
-    """Focal loss (Lin et al., 2017): mean over the batch of (1 - p_y)^gamma * -log p_y."""
+class Focal(_SoftTargets):
+    """Focal loss (Lin et al., 2017): mean over the batch of (1 - p_y)^gamma * -log p_y.
+
+    Soft targets q: mean over the batch of sum_j q_j (1 - p_j)^gamma * -log p_j."""
 
     def __init__(self, cfg: LossConfig, class_counts):
-        super().__init__()
+        super().__init__(cfg)
         self.gamma = options_of(cfg, "focal", FocalOptions).gamma
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        q = self.soft(logits, targets)
+        if q is not None:
+            logp = F.log_softmax(logits.float(), dim=1)
+            return (-(q * (1.0 - logp.exp()) ** self.gamma * logp).sum(1)).mean()
         logp = F.log_softmax(logits.float(), dim=1).gather(1, targets[:, None]).squeeze(1)
         return (-(1.0 - logp.exp()) ** self.gamma * logp).mean()
 
@@ -177,6 +232,9 @@ class LogitAdjusted(_PriorLoss):
         self.tau = options_of(cfg, "la", LaOptions).tau
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        q = self.soft(logits, targets)
+        if q is not None:
+            return soft_cross_entropy(logits.float() + self.tau * self.log_prior, q)
         return F.cross_entropy(logits.float() + self.tau * self.log_prior, targets)
 
 
@@ -185,17 +243,23 @@ class BalancedSoftmax(_PriorLoss):
     """Balanced softmax (Ren et al., 2020): CE(z + log prior)."""
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        q = self.soft(logits, targets)
+        if q is not None:
+            return soft_cross_entropy(logits.float() + self.log_prior, q)
         return F.cross_entropy(logits.float() + self.log_prior, targets)
 
 
-class _Weighted(nn.Module):
+class _Weighted(_SoftTargets):
     """Cross-entropy with fixed per-class weights (PyTorch's weighted mean)."""
 
-    def __init__(self, weights: torch.Tensor):
-        super().__init__()
+    def __init__(self, cfg: LossConfig, weights: torch.Tensor):
+        super().__init__(cfg)
         self.register_buffer("weight", weights, persistent=False)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        q = self.soft(logits, targets)
+        if q is not None:
+            return soft_cross_entropy(logits, q, self.weight)
         return F.cross_entropy(logits.float(), targets, weight=self.weight)
 
 
@@ -205,7 +269,7 @@ class ClassBalanced(_Weighted):
     """Class-balanced cross-entropy (Cui et al., 2019) with effective-number weights."""
 
     def __init__(self, cfg: LossConfig, class_counts):
-        super().__init__(class_balanced_weights(class_counts, options_of(cfg, "cb", CbOptions).beta))
+        super().__init__(cfg, class_balanced_weights(class_counts, options_of(cfg, "cb", CbOptions).beta))
 
 
 @LOSSES.register("grw", help="re-weighted CE, w_j proportional to 1 / prior_j")
@@ -213,12 +277,12 @@ class InversePriorWeighted(_Weighted):
     """Generalised re-weighting (Zhang et al., 2021) with exponent 1: w_j proportional to 1 / prior_j."""
 
     def __init__(self, cfg: LossConfig, class_counts):
-        super().__init__(inverse_prior_weights(class_counts))
+        super().__init__(cfg, inverse_prior_weights(class_counts))
 
 
 @LOSSES.register("ldam", help="LDAM margins s * m_j, m_j ~ n_j^(-1/4), max loss.ldam.max_margin; DRW from "
                  "loss.ldam.drw_epoch", options=LdamOptions)
-class LDAM(nn.Module):
+class LDAM(_SoftTargets):
     """Label-distribution-aware margin loss (Cao et al., 2019), optional deferred re-weighting.
 
     Margins m_j = C / n_j^(1/4), C chosen so that max_j m_j = ``loss.ldam.max_margin``. The paper
@@ -229,10 +293,13 @@ class LDAM(nn.Module):
 
     DRW: from epoch ``loss.ldam.drw_epoch`` (0-based) on, the CE is weighted with class-balanced
     weights (``beta``); before it, unweighted.
+
+    Soft targets q: sum_j q_ij CE(z_i - s m_j 1_j, j) (each class's own margin), in the weighted
+    mean under DRW; computed in float64 from sum_k exp z_ik without a (C, C) table.
     """
 
     def __init__(self, cfg: LossConfig, class_counts):
-        super().__init__()
+        super().__init__(cfg)
         counts = _counts(class_counts).clamp(min=1)
         margins = counts ** -0.25
         opts = options_of(cfg, "ldam", LdamOptions)
@@ -250,10 +317,26 @@ class LDAM(nn.Module):
         return self.drw_epoch is not None and self.epoch >= self.drw_epoch
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        weight = self.drw_weight if self.reweighting else None
+        q = self.soft(logits, targets)
+        if q is not None:
+            return self._soft(logits, q, weight)
         # one_hot * margin[y] keeps everything on the logits' device (CPU or GPU alike).
         shift = F.one_hot(targets, logits.shape[1]).to(torch.float32) * self.margin[targets][:, None]
-        weight = self.drw_weight if self.reweighting else None
         return F.cross_entropy(logits.float() - shift, targets, weight=weight)
+
+    def _soft(self, logits: torch.Tensor, q: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        z = logits.double()
+        m = self.margin.double()
+        top = z.max(1, keepdim=True).values
+        e = (z - top).exp()
+        # sum_k exp(z_k) with z_j lowered by its margin: S - e_j (1 - exp(-m_j)), for every j at once
+        lse = (e.sum(1, keepdim=True) - e * (1.0 - torch.exp(-m))).log() + top
+        per_class = (lse - (z - m)) * q.double()  # CE(z - m_j 1_j, j), weighted by q_ij
+        if weight is None:
+            return per_class.sum(1).mean().float()
+        w = weight.double()
+        return ((per_class * w).sum() / (q.double() * w).sum()).float()
 
 
 @LOSSES.register("lade", help="LADE: CE(z + log prior) + loss.lade.alpha (0.1) * LADE regulariser", options=LadeOptions)
@@ -270,7 +353,12 @@ class LADE(_PriorLoss):
         L_LADER  = -sum_y p_s(y) * (first_y - second_y - lambda * second_y^2)
 
     alpha = ``loss.lade.alpha`` (0.1), lambda = ``loss.lade.remine_lambda`` (0.1), as in the LIFT code.
+
+    Hard labels only: the regulariser's per-class batch means need each image's one class.
     """
+
+    soft_targets: ClassVar[bool] = False
+    hard_reason: ClassVar[str] = "its regulariser estimates per-class batch statistics from each image's one label"
 
     def __init__(self, cfg: LossConfig, class_counts):
         super().__init__(cfg, class_counts)
@@ -293,11 +381,30 @@ class LADE(_PriorLoss):
         return -(self.prior * torch.where(present, bound, torch.zeros_like(bound))).sum()
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.dim() != 1 or self.smoothing:
+            refuse_hard_only("lade", "soft targets (train.mixup.*, loss.label_smoothing)")
         logits = logits.float()
         ce = F.cross_entropy(logits + self.log_prior, targets)
         return ce + self.alpha * self.regulariser(logits, targets)
 
 
+def takes_soft_targets(name: str) -> bool:
+    """Whether loss ``name`` takes soft targets (its class says ``soft_targets = True``)."""
+    return bool(getattr(LOSSES.get(name), "soft_targets", False))
+
+
+def refuse_hard_only(name: str, option: str) -> None:
+    """ConfigError naming loss ``name`` and ``option`` when the loss takes hard labels only."""
+    if takes_soft_targets(name):
+        return
+    why = getattr(LOSSES.get(name), "hard_reason", "it is written for hard labels")
+    soft = ", ".join(n for n in LOSSES.in_order() if takes_soft_targets(n))
+    raise ConfigError(f"loss.name={name} needs hard labels ({why}), so {option} cannot be used with it; "
+                      f"drop {option} or choose a loss that takes soft targets: {soft}.")
+
+
 def build_loss(cfg: LossConfig, class_counts) -> nn.Module:
     """The configured loss for training class counts ``class_counts``."""
+    if getattr(cfg, "label_smoothing", 0.0):
+        refuse_hard_only(cfg.name, f"loss.label_smoothing={cfg.label_smoothing}")
     return LOSSES.get(cfg.name)(cfg, class_counts)

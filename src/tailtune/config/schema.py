@@ -201,6 +201,11 @@ class LossConfig:
     """The training loss."""
 
     name: str = setting("la", "`tailtune list losses`")
+    label_smoothing: float = setting(0.0, "label smoothing eps: targets (1 - eps) q + eps / C, also of mixed targets (train.mixup.*); every loss that takes soft targets (not lade); 0 = off")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"loss.label_smoothing={self.label_smoothing!r} must be in [0, 1) (0.1 is usual).")
 
 
 @dataclass

@@ -66,6 +66,7 @@ from tailtune.runtime.rundir import (
     run_path,
 )
 from tailtune.training.feature_cache import cached_training
+from tailtune.training.mixing import check_mixing
 from tailtune.training.selection import VAL_TTE, Selector
 from tailtune.training.signals import SignalStop, StopNow
 from tailtune.training.state import load_state, save_state, saved_config, set_rng_state
@@ -391,6 +392,7 @@ def _training_inputs(exp: Experiment, log) -> _TrainingInputs:
     # Augmentation seeded per (seed, epoch, image): the same views whatever the workers,
     # ranks or resume point.
     train_set = SeededTransformed(exp.data.train, augment, cfg.train.seed)
+    check_mixing(cfg.train, cfg.loss.name)  # before the cache: a hard-label loss refuses train.mixup.*
     loss_fn = build_loss(cfg.loss, exp.data.train_counts).to(exp.device)
     # With a frozen front (classifier only, PEFT in the last blocks) train on its cached outputs.
     cached = cached_training(exp, cfg.quiet, log)

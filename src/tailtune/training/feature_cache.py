@@ -50,6 +50,7 @@ from tailtune.runtime.hardware import available_memory
 from tailtune.runtime.loader import make_loader
 from tailtune.runtime.precision import autocast
 from tailtune.runtime.progress import ImageProgress
+from tailtune.training.mixing import mixup_options
 
 SPLITS: Registry = Registry("backbone split")
 _log = logging.getLogger(__name__)
@@ -498,6 +499,15 @@ def plan_cache(exp, log: Callable[[str], None] = _log.info) -> CachePlan | None:
     cfg = exp.cfg.train
     mode = getattr(cfg, "cache_features", "never")
     if mode == "never":
+        return None
+    mixing = mixup_options(cfg)
+    if mixing.enabled:  # images are mixed before the frozen front: its cached outputs cannot be
+        why = ("train.mixup mixes the training images (mixup / CutMix), which the feature cache's stored "
+               "features of unmixed images cannot give (mixing features would be manifold mixup, another method)")
+        if mode == "always":
+            raise ConfigError(f"train.cache_features=always: {why}. Use train.cache_features=auto or never, or "
+                              "drop train.mixup.alpha / train.mixup.cutmix_alpha.")
+        log(f"feature cache: not used ({why})")
         return None
     point = cache_point(exp.model, getattr(cfg, "grad_checkpointing", False))
     if point.split is None:

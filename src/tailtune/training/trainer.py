@@ -26,6 +26,7 @@ from tailtune.runtime.loader import make_loader, to_device
 from tailtune.runtime.precision import autocast
 from tailtune.runtime.progress import ImageProgress
 from tailtune.training.loader import EpochKeyed, EpochKeys
+from tailtune.training.mixing import MixedTargets, build_mixer, mixup_options
 
 _log = logging.getLogger(__name__)
 
@@ -158,6 +159,17 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
         self._sums = _zero_sums()
+        self.mixer = self._mixer()
+
+    def _mixer(self):
+        """train.mixup's batch mixer (None when off); the loss must take soft targets (runs check it first)."""
+        if not mixup_options(self.cfg).enabled:
+            return None
+        if not getattr(self.loss_fn, "soft_targets", False):
+            raise ConfigError(f"train.mixup mixes the targets, which the loss {type(self.loss_fn).__name__} does "
+                              "not take (hard labels only); drop train.mixup.* or use another loss.name.")
+        counts = torch.bincount(torch.as_tensor(self.train_set.targets).long()).numpy()
+        return build_mixer(self.cfg, counts, self.dist.rank)
 
     # ------------------------------------------------------------------ state
 
@@ -251,7 +263,8 @@ class Trainer:
         for images, y in bar:
             step_images = min(self.rank_batch, len(remaining) - done)  # the epoch's last step may be short
             last_micro = in_step + len(y) >= step_images  # micro-batches never straddle steps
-            loss, finite = self._forward_backward(images, y, step_images, last_micro)
+            loss, finite = self._forward_backward(images, y, step_images, last_micro,
+                                                  at=self.epoch_step * self.rank_batch + in_step)
             in_step += len(y)
             step_finite &= finite
             if not last_micro:
@@ -278,19 +291,26 @@ class Trainer:
                 obj.set_epoch(self.epoch)
         return self._epoch_batches()
 
-    def _forward_backward(self, images, y, step_images: int, last_micro: bool) -> tuple[torch.Tensor, bool]:
+    def _forward_backward(self, images, y, step_images: int, last_micro: bool,
+                          at: int = 0) -> tuple[torch.Tensor, bool]:
         """One micro-batch: forward under autocast, loss in fp32, backward through the scaler.
 
+        ``at``: the micro-batch's first image in the epoch's share (it seeds train.mixup's draws).
         Returns the loss and whether it is finite; only finite losses count in the epoch's sums.
         """
         images = to_device(images, self.device, self.cfg.channels_last)
         y = y.to(self.device, non_blocking=True)
+        targets = y
+        if self.mixer is not None:
+            images, targets = self.mixer(images, y, self.epoch, at)
         # DDP all-reduces gradients at every backward; no_sync leaves that to the step's last micro-batch.
         sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else self.net.no_sync()
         with sync:
             with autocast(self.device, self.dtype):
                 logits = self.net(images)
-            loss = self.loss_fn(logits.float(), y)
+            if isinstance(targets, MixedTargets):
+                targets = targets.dense(logits.shape[1])
+            loss = self.loss_fn(logits.float(), targets)
             finite = bool(torch.isfinite(loss))
             # Weight by size so that the step's gradient is the mean over its images.
             self.scaler.scale(loss * (len(y) / step_images)).backward()
