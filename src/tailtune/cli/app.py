@@ -176,10 +176,11 @@ def cmd_list(args) -> int:
     from tailtune.models.peft.base import PEFT_METHODS
     from tailtune.models.prompts import PROMPT_MODES
     from tailtune.models.text import TEXT_METHODS
+    from tailtune.runtime.trackers import TRACKERS
 
     registries = {"peft": PEFT_METHODS, "losses": LOSSES, "heads": HEADS, "inits": HEAD_INITS,
                   "prompts": PROMPT_MODES, "samplers": SAMPLERS, "augmentations": AUGMENTATIONS, "tte": TTE_MODES,
-                  "datasets": SOURCES, "models": PROVIDERS, "text": TEXT_METHODS}
+                  "datasets": SOURCES, "models": PROVIDERS, "text": TEXT_METHODS, "trackers": TRACKERS}
     if args.what == "recipes":  # with the published accuracy each should reach
         from tailtune.config.recipes import recipe_listing, recipe_table
 
@@ -268,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list registered components and presets")
     p.add_argument("what", choices=["models", "peft", "text", "losses", "heads", "inits", "prompts", "samplers",
-                                    "augmentations", "tte", "datasets", "recipes", "data"])
+                                    "augmentations", "tte", "datasets", "trackers", "recipes", "data"])
     p.add_argument("--markdown", action="store_true", help="recipes: the README's table (Markdown)")
     p.add_argument("--counts", action="store_true",
                    help="peft: each method's trainable parameters on CLIP ViT-B/16 (built without weights) for "

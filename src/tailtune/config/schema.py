@@ -1,6 +1,6 @@
 """Dataclass configs: the schema of every run, with the value checks of each section.
 
-Each section (data, model, peft, head, loss, train, eval) is a dataclass whose
+Each section (data, model, peft, head, loss, train, eval, log) is a dataclass whose
 ``__post_init__`` checks its values; every field's help text (and its allowed values, where
 fixed) is in its metadata (:func:`setting`); OmegaConf reads the annotations for typing and merging
 (config/load.py composes the layers). The resolved config is saved next to every run.
@@ -294,6 +294,17 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    """Where a run's scalars go besides its TensorBoard folder: an experiment tracker."""
+
+    tracker: str = setting("none", "experiment tracker beside TensorBoard (`tailtune list trackers`): none | mlflow (`pip install tailtune[mlflow]`) | wandb (`pip install tailtune[wandb]`); it gets the TensorBoard scalars, the config as parameters, the final metrics and the run's files (report, checkpoint); only rank 0 logs, and a resumed run continues its tracker run (tracker.json in the run folder)", registry="log.tracker")
+    checkpoint: bool = setting(True, "also give the tracker checkpoint.safetensors (the trainable weights: with peft.method=full, the whole model's size)")
+
+    def __post_init__(self) -> None:
+        _check_registered("log", "tracker", self.tracker)
+
+
+@dataclass
 class Config:
     """A whole run."""
 
@@ -304,6 +315,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     output_dir: str = setting("runs", "parent folder of run folders")
     name: Optional[str] = setting(None, "run folder name; default: <data>_<model>_<peft>_<time>")
     overwrite: bool = setting(False, "allow reusing a run folder that holds another run")

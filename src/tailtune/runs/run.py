@@ -53,10 +53,12 @@ from tailtune.runtime.rng import kept_rng
 from tailtune.runtime.rundir import (
     CHECKPOINT,
     CONFIG,
+    FIGURES,
     LOCK,
     LOG,
     METRICS,
     PREDICTIONS,
+    REPORT,
     SPLITS,
     STATE,
     NullRun,
@@ -335,6 +337,7 @@ def _record_extension(run: RunDir, cfg: C.Config) -> None:
 def _build_run(cfg: C.Config, run: RunDir | NullRun, resume: bool) -> tuple[Experiment, Selector]:
     """The experiment (data, backbone with PEFT, head) and the selector of the epoch to keep."""
     try:
+        run.track(cfg, resume)  # log.tracker (rank 0 only), first: a missing package fails before the build
         exp = _build(cfg, None, keep_rng=False)  # seeds the global streams training continues
         selector = Selector(exp.model, exp.data, cfg.train.select_by_val,
                             lambda: evaluate_model(exp, VAL_TTE, "val", cfg.quiet), run.log)
@@ -529,16 +532,18 @@ def _write_outputs(exp: Experiment, run: RunDir, metrics: dict, result: _Evaluat
     """Rank 0: predictions, metrics, the results in the log, the report; the resume state goes.
     (``stage[0]``: what is being done, for the message of a signal.)"""
     save_predictions(run.path / PREDICTIONS, result.labels, result.predictions)
-    run.write_metrics(metrics)
+    run.write_metrics(metrics, step=step)
     run.scalars(step, {"test/overall": result.test["overall"]})
     run.log(format_results(metrics))
-    run.close()  # flushes the TensorBoard scalars the report reads
+    run.close(tracker=False)  # flushes the TensorBoard scalars the report reads
     (run.path / STATE).unlink(missing_ok=True)  # finished: the checkpoint holds the result
     if exp.cfg.eval.report:
         stage[0] = "writing the report"
         report = write_report(run.path)
         if not exp.cfg.quiet:
             _log.info(f"report: {report}")
+    stage[0] = "giving the tracker the run's files"
+    run.track_files([CONFIG, METRICS, REPORT, FIGURES, *([CHECKPOINT] if exp.cfg.log.checkpoint else [])])
 
 
 def evaluate(run_dir: str | Path, tte: str | None = None, split: str = "test", quiet: bool = False,

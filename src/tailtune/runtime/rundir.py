@@ -1,4 +1,4 @@
-"""A run's folder: resolved config, log, TensorBoard scalars, checkpoint and metrics.
+"""A run's folder: resolved config, log, TensorBoard scalars (and an experiment tracker's), checkpoint and metrics.
 
 This module owns the names of every file and folder in a run folder (and in the folders
 that gather runs: a comparison, a sweep); the rest of the library joins paths with these
@@ -20,6 +20,8 @@ from pathlib import Path
 from tailtune import config as C
 from tailtune.errors import ConfigError, FolderInUse
 from tailtune.runtime.files import write_error, write_text, writing
+from tailtune.runtime.trackers import NoTracker, Tracker, open_tracker
+from tailtune.runtime.trackers.base import numbers_of
 
 _log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ _log = logging.getLogger(__name__)
 CONFIG = "config.yaml"  # the resolved config, written first: a folder without it is no run folder
 LOG = "log.txt"  # every line the run logged
 TB = "tb"  # folder of TensorBoard scalars (training curves)
+TRACKER = "tracker.json"  # log.tracker's run (its id): a resumed run continues it
 STATE = "train_state.safetensors"  # resumable training state; removed when the run finishes
 SPLITS = "splits.json"  # which images went to train / val / test
 CHECKPOINT = "checkpoint.safetensors"  # the trained weights (trainable part) with config and checksums
@@ -100,6 +103,7 @@ class RunDir:
             raise write_error(path / LOG, e, "Nothing in the folder was changed; make it writable (or make "
                               "room), then run the command again.") from e
         self._tb = None
+        self._tracker: Tracker = NoTracker()
 
     @classmethod
     def create(cls, cfg: C.Config, path: str | Path | None = None) -> RunDir:
@@ -175,7 +179,19 @@ class RunDir:
         except OSError:
             pass  # the console shows it (the disk is full, or the folder read-only)
 
+    def track(self, cfg: C.Config, resume: bool) -> None:
+        """Open ``cfg.log.tracker`` (none: nothing) for the run, its config logged as parameters;
+        a resumed run continues the tracker run named in tracker.json."""
+        self._tracker = open_tracker(cfg, self.path, self.path / TRACKER, resume, self.log)
+
+    def track_files(self, names: list[str]) -> None:
+        """Give the tracker the run's files (those of ``names`` that exist) and end its run, finished."""
+        tracker, self._tracker = self._tracker, NoTracker()
+        tracker.files([self.path / n for n in names if (self.path / n).exists()])
+        tracker.end(ok=True)
+
     def scalars(self, step: int, values: dict) -> None:
+        self._tracker.scalars(step, values)
         if self._tb is None:
             # Here, at the first scalar: tensorboard's writer is slow to import.
             from torch.utils.tensorboard import SummaryWriter
@@ -186,20 +202,35 @@ class RunDir:
             for k, v in values.items():
                 self._tb.add_scalar(k, v, step)
 
-    def write_metrics(self, metrics: dict, name: str = METRICS) -> None:
+    def write_metrics(self, metrics: dict, name: str = METRICS, step: int = 0) -> None:
+        """``metrics`` into ``name``; metrics.json's numbers go to the tracker too (at ``step``)."""
         write_text(self.path / name, json.dumps(metrics, indent=2))
+        if name == METRICS:
+            self._tracker.metrics(numbers_of(metrics), step)
 
     def discard(self) -> None:
-        """Remove the folder of a run that failed before training started."""
-        self.close()
-        shutil.rmtree(self.path, ignore_errors=True)
-
-    def close(self) -> None:
-        tb, self._tb = self._tb, None
+        """Remove the folder of a run that failed before training started (and its tracker run)."""
+        tracker, self._tracker = self._tracker, NoTracker()
         try:
-            if tb is not None:
-                with writing(self.path / TB):
-                    tb.close()
+            tracker.discard()
+        finally:
+            self.close()
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def close(self, tracker: bool = True) -> None:
+        """Close the TensorBoard writer and log.txt; with ``tracker``, end the tracker's run if still
+        open (as stopped: a finished run ends it with :meth:`track_files`)."""
+        tb, self._tb = self._tb, None
+        active = NoTracker()
+        if tracker:
+            active, self._tracker = self._tracker, NoTracker()
+        try:
+            try:
+                active.end(ok=False)
+            finally:
+                if tb is not None:
+                    with writing(self.path / TB):
+                        tb.close()
         finally:
             if not self._log.closed:
                 try:
@@ -220,16 +251,22 @@ class NullRun:
     def log_error(self, msg: str) -> None:
         pass
 
+    def track(self, cfg: C.Config, resume: bool) -> None:
+        pass  # rank 0 alone logs to the tracker
+
+    def track_files(self, names: list[str]) -> None:
+        pass
+
     def scalars(self, step: int, values: dict) -> None:
         pass
 
-    def write_metrics(self, metrics: dict, name: str = METRICS) -> None:
+    def write_metrics(self, metrics: dict, name: str = METRICS, step: int = 0) -> None:
         pass
 
     def discard(self) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, tracker: bool = True) -> None:
         pass
 
 
