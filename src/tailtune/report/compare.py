@@ -16,8 +16,18 @@ import numpy as np
 
 from tailtune.errors import ConfigError
 from tailtune.report import plots
-from tailtune.report.html import Page, escape, html_table, minutes, pct, signed
-from tailtune.report.record import RunRecord, balanced, config_value, read_run
+from tailtune.report.html import (
+    BEYOND_LEAD,
+    Page,
+    beyond_top1_columns,
+    beyond_top1_table,
+    escape,
+    html_table,
+    minutes,
+    pct,
+    signed,
+)
+from tailtune.report.record import RunRecord, balanced, beyond_top1, config_value, read_run
 from tailtune.report.spread import aggregate, format_mean_std
 from tailtune.runtime.files import write_text, writing
 from tailtune.runtime.rundir import COMPARISON
@@ -119,8 +129,24 @@ def comparison_rows(records: list[RunRecord], labels: list[str]) -> tuple[list[s
                      "balanced": balanced(t), **{g: t.get(g) for g in groups}, "overall_no_tte": no_tte["overall"] if no_tte else None,
                      "macro_f1": t.get("macro_f1"), "trainable_params": p.get("trainable_total"),
                      "trainable_backbone_share": p.get("trainable_backbone_share"),
-                     "train_s": r.metrics.get("time", {}).get("train_s"), **_gap_columns(r, groups)})
+                     "train_s": r.metrics.get("time", {}).get("train_s"), **_gap_columns(r, groups),
+                     **beyond_top1(t, groups)})
     return groups, rows
+
+
+def best_cells(rows: list[dict], test_set: list[int], columns: list[str], first: int,
+               lower: set[str] = frozenset()) -> dict:
+    """``{(row, first + j): is best}`` for ``columns[j]``: the highest value (the lowest for a column
+    in ``lower``) among the runs of the same test set, and only where that set has two runs or more."""
+    best = {}
+    for j, col in enumerate(columns):
+        for g in set(test_set):
+            members = [i for i, t in enumerate(test_set) if t == g]
+            vals = {i: rows[i][col] for i in members if rows[i].get(col) is not None}
+            top = (min if col in lower else max)(vals.values(), default=None)
+            for i, v in vals.items():
+                best[(i, first + j)] = len(members) > 1 and v == top
+    return best
 
 
 def _gap_columns(r: RunRecord, groups: list[str]) -> dict:
@@ -170,22 +196,22 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None,
     gap_cols = [f"gap_{g}" for g in ["overall", *groups]]
     header = ["run", "PEFT", "loss", "TTE", "overall", "balanced", *groups, "overall, no TTE", "macro-F1",
               *[f"gap: {g}" for g in ["overall", *groups]], "trainable params", "train time"]
-    best = {}
-    for j, col in enumerate(metric_cols):  # the best among the runs of the same test set, if two or more
-        for g in set(test_set):
-            members = [i for i, t in enumerate(test_set) if t == g]
-            vals = {i: rows[i][col] for i in members if rows[i][col] is not None}
-            top = max(vals.values(), default=None)
-            for i, v in vals.items():
-                best[(i, 4 + j)] = len(members) > 1 and v == top
+    best = best_cells(rows, test_set, metric_cols, 4)
     table_rows = [[row["run"], row["peft"], row["loss"], row["tte"], *[pct(row[c]) for c in metric_cols],
                    *[signed(row[c]) for c in gap_cols],
                    "–" if row["trainable_params"] is None else
                    f"{row['trainable_params']:,} ({100 * (row['trainable_backbone_share'] or 0):.2f}%)",
                    minutes(row["train_s"])] for row in rows]
     numeric = set(range(4, len(header)))
+    beyond_cols = beyond_top1_columns(rows, groups)
+    beyond_keys = [k for _, _, _, keys in beyond_cols for k in keys]
+    beyond = beyond_top1_table(["run"], [[row["run"]] for row in rows], rows, groups,
+                               bold=best_cells(rows, test_set, beyond_keys, 1,
+                                               lower={k for key, _, low, keys in beyond_cols if low for k in keys}))
+    if beyond:
+        beyond = f'<p class="lead">{escape(BEYOND_LEAD)} Bold: the best of each column, as above.</p>' + beyond
     page.section("results", "Results side by side",
-                 html_table(header, table_rows, numeric, bold=best),
+                 html_table(header, table_rows, numeric, bold=best) + beyond,
                  ("Test accuracy (%); the best value of each column is bold. " if not warning else
                   "Test accuracy (%); the runs were tested on different test sets (see the warning above): a value "
                   "is bold only where it is the best of the runs on the same test set. ")
@@ -197,7 +223,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None,
     summary: dict = {"groups": groups, "runs": rows,
                      "test_sets": {"same": not warning, "differences": test_diffs, "warning": warning}}
     if settings is not None:
-        summary["settings"] = _spread_section(page, rows, settings, [*metric_cols, *gap_cols], groups)
+        summary["settings"] = _spread_section(page, rows, settings, [*metric_cols, *gap_cols, *beyond_keys], groups)
 
     series = {row["run"]: {c: row[c] for c in ["overall", *groups]} for row in rows}
     png = plots.group_accuracy_bars(series, ["overall", *groups], "Test accuracy overall and per group")
@@ -212,6 +238,7 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None,
             if skipped else "")
     page.section("per-class", "Per-class accuracy", page.figure("per_class_overlay", png, "per-class accuracy")
                  + note, f"Classes sorted by the training-image count of {labels[0]}.")
+    _reliability_section(page, records, labels, groups)
 
     diffs = config_differences([r.config for r in records])
     body = (html_table(["config key", *labels], [[k, *[json.dumps(v, default=str) for v in vals]]
@@ -223,6 +250,24 @@ def compare_runs(run_dirs: list[str | Path], out_dir: str | Path | None = None,
         summary.update(extra(page, rows, groups))
     write_text(out / COMPARISON, json.dumps(summary, indent=2))
     return page.write()
+
+
+def _reliability_section(page: Page, records: list[RunRecord], labels: list[str], groups: list[str]) -> None:
+    """Reliability diagrams of the runs that recorded them, one line per run, a panel per group."""
+    with_rel = [(label, r.metrics["test"]) for label, r in zip(labels, records) if r.metrics["test"].get("reliability")]
+    if not with_rel:
+        return
+    series = {label: t["reliability"] for label, t in with_rel}
+    ece = {label: {"overall": t.get("ece"), **{g: ((t.get("group_calibration") or {}).get(g) or {}).get("ece")
+                                               for g in groups}} for label, t in with_rel}
+    png = plots.reliability_diagrams(series, ["overall", *groups], ece)
+    left_out = [label for label, r in zip(labels, records) if not r.metrics["test"].get("reliability")]
+    note = (f'<p class="note">Left out (no reliability recorded: runs from before tailtune measured it): '
+            f"{escape(', '.join(left_out))}.</p>" if left_out else "")
+    page.section("calibration", "Reliability", page.figure("reliability", png, "reliability diagrams") + note,
+                 "Each run's test images binned by their top-1 confidence (15 equal-width bins): the bin's accuracy "
+                 "against its mean confidence, overall and per group; the diagonal is perfect calibration, a line "
+                 "below it over-confidence. ECE (%) in each panel.")
 
 
 def _spread_section(page: Page, rows: list[dict], settings: list[str], columns: list[str],

@@ -18,11 +18,23 @@ import numpy as np
 
 from tailtune.data.longtail import count_order
 from tailtune.report import plots
-from tailtune.report.record import RunRecord, balanced, config_value, read_run
+from tailtune.report.plots import share
+from tailtune.report.record import (
+    BEYOND_TOP1,
+    RunRecord,
+    balanced,
+    beyond_top1,
+    config_value,
+    has_beyond_top1,
+    read_run,
+)
 from tailtune.runtime.files import write_bytes, write_text, writing
 from tailtune.runtime.rundir import CONFIG, FIGURES, METRICS, PREDICTIONS, REPORT, TB
 
 TOP_CONFUSIONS = 12
+BEYOND_LEAD = ("Beyond top-1: top-5 accuracy (%, the label among the 5 highest scores), expected calibration "
+               "error (%, 15 equal-width bins of the top-1 confidence; lower is better) and negative "
+               "log-likelihood (nats per image; lower is better), over all test images and over each group's.")
 
 
 # ---------------------------------------------------------------- confusions
@@ -58,15 +70,17 @@ def error_destinations(labels, preds, groups, group: int, num_groups: int) -> tu
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,Helvetica,Arial,sans-serif;margin:0;color:#1d2330;
 background:#f4f5f7;line-height:1.45}
-main{max-width:1180px;margin:0 auto;padding:24px 28px 48px}
+main{max-width:1320px;margin:0 auto;padding:24px 28px 48px}
 header{background:#1d2330;color:#fff;padding:22px 28px}header h1{margin:0 0 4px;font-size:1.6em}
 header p{margin:0;color:#c9cede}
-nav{max-width:1180px;margin:0 auto;padding:10px 28px 0;font-size:.92em}nav a{margin-right:16px;color:#0b5cad}
+nav{max-width:1320px;margin:0 auto;padding:10px 28px 0;font-size:.92em}nav a{margin-right:16px;color:#0b5cad}
 section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.08);padding:18px 22px;margin:18px 0;
-overflow-x:auto}
+min-width:0}
+.scroll{overflow-x:auto;max-width:100%;margin:8px 0 14px}.scroll table{margin:0}
 h2{margin:0 0 10px;font-size:1.25em}p.lead{margin:0 0 12px;color:#4a5163}
-table{border-collapse:collapse;margin:8px 0 14px;font-size:.93em}
-th,td{padding:5px 11px;border-bottom:1px solid #e3e6ec;text-align:left}th{background:#f0f2f6}
+table{border-collapse:collapse;margin:8px 0 14px;font-size:.9em}
+th,td{padding:5px 8px;border-bottom:1px solid #e3e6ec;text-align:left}th{background:#f0f2f6}
+th.span{text-align:center;border-left:2px solid #fff}td.num{white-space:nowrap}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}tr.best td.num{font-weight:600}
 td b{color:#0b5cad}img{max-width:100%;height:auto;display:block;margin:6px 0}
 pre{background:#f6f8fa;padding:10px;overflow:auto;font-size:.85em;border-radius:6px}
@@ -82,6 +96,10 @@ def pct(v) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
+def nats(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
 def signed(v) -> str:
     return "–" if v is None else f"{v:+.2f}"
 
@@ -93,12 +111,15 @@ def minutes(seconds: float | None) -> str:
 
 
 def html_table(header: list[str] | None, rows: list[list], numeric: set[int] = frozenset(),
-               bold: dict | None = None, cls: str = "") -> str:
+               bold: dict | None = None, cls: str = "", spans: list[tuple[str, int]] | None = None) -> str:
     """An HTML table (no header row if ``header`` is None); ``bold[(row, col)]`` marks best values;
-    cells are escaped."""
+    ``spans`` [(title, number of columns)] adds a header row above ``header`` that names groups of
+    columns; cells are escaped. The table scrolls sideways inside its section when it is wider."""
     head = "".join(f'<th class="num">{escape(h)}</th>' if i in numeric else f"<th>{escape(h)}</th>"
                    for i, h in enumerate(header or []))
-    thead = f"<thead><tr>{head}</tr></thead>" if header else ""
+    over = "".join(f'<th colspan="{n}" class="span">{escape(t)}</th>' if n > 1 else f"<th>{escape(t)}</th>"
+                   for t, n in spans or [])
+    thead = (f"<thead>{f'<tr>{over}</tr>' if spans else ''}<tr>{head}</tr></thead>" if header else "")
     body = []
     for r, row in enumerate(rows):
         cells = []
@@ -107,7 +128,7 @@ def html_table(header: list[str] | None, rows: list[list], numeric: set[int] = f
             cells.append(f'<td class="num">{text}</td>' if i in numeric else f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     attr = f' class="{cls}"' if cls else ""
-    return f"<table{attr}>{thead}<tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="scroll"><table{attr}>{thead}<tbody>{"".join(body)}</tbody></table></div>'
 
 
 class Page:
@@ -147,6 +168,28 @@ class Page:
         return path
 
 
+def beyond_top1_columns(values: list[dict], groups: list[str]) -> list[tuple[str, str, bool, list[str]]]:
+    """(key, title, lower is better, [column keys: overall, then each group]) of each view beyond
+    top-1 that at least one of ``values`` (rows of :func:`~tailtune.report.record.beyond_top1`) has."""
+    return [(key, title, lower, [key, *[f"{key}_{g}" for g in groups]])
+            for key, title, lower in BEYOND_TOP1 if has_beyond_top1(values, key)]
+
+
+def beyond_top1_table(lead: list[str], lead_rows: list[list], values: list[dict], groups: list[str],
+                      bold: dict | None = None) -> str:
+    """Top-5, ECE and NLL, overall and per group, one row per evaluation or run ("" when no row
+    has any: runs from before these metrics). ``lead`` names the first columns, ``lead_rows``
+    fills them; ``bold[(row, col)]`` as in :func:`html_table`."""
+    cols = beyond_top1_columns(values, groups)
+    if not cols:
+        return ""
+    header = [*lead, *[c for _ in cols for c in ["overall", *groups]]]
+    rows = [[*lr, *[(nats if key == "nll" else pct)(v.get(k)) for key, _, _, keys in cols for k in keys]]
+            for lr, v in zip(lead_rows, values)]
+    spans = [("", len(lead)), *[(title, len(keys)) for _, title, _, keys in cols]]
+    return html_table(header, rows, numeric=set(range(len(lead), len(header))), bold=bold, spans=spans)
+
+
 def _group_label(name: str) -> str:
     return f"{name}-shot" if name in ("many", "medium", "few") else name
 
@@ -181,7 +224,11 @@ def _results_section(page: Page, r: RunRecord) -> None:
                  f"total {minutes(tm.get('total_s'))}"],
     ]
     notes = "".join(f'<p class="note">note: {escape(n)}</p>' for n in r.metrics.get("notes", []))
-    page.section("results", "Results", table + page.figure("metrics", png, "accuracy per group") +
+    beyond = beyond_top1_table(["evaluation"], [[label] for label, _ in r.evaluations()],
+                               [beyond_top1(t, groups) for _, t in r.evaluations()], groups)
+    if beyond:
+        beyond = (f'<p class="lead">{escape(BEYOND_LEAD)}</p>' + beyond)
+    page.section("results", "Results", table + beyond + page.figure("metrics", png, "accuracy per group") +
                  html_table(None, facts, cls="facts") + notes,
                  "Test accuracy (%): overall over the test images; balanced (the mean per-class accuracy) "
                  "and each group of classes by training-image count as means of their classes' accuracies.")
@@ -258,11 +305,56 @@ def _confusions_section(page: Page, r: RunRecord) -> None:
     png = plots.confusion_bars(rows, r.group_names, title)
     table = html_table(["true class", "predicted as", "predicted class's group", "images", "% of true class"],
                        [[x["true_name"], x["pred_name"], r.group_names[x["pred_group"]], x["count"],
-                         f"{x['share']:.1f}"] for x in rows], numeric={3, 4})
-    where = ", ".join(f"{100 * n / errors:.0f}% to {g}" for g, n in zip(r.group_names, dest)) if errors else ""
+                         "<0.1" if 0 < x["share"] < 0.1 else f"{x['share']:.1f}"] for x in rows], numeric={3, 4})
+    where = ", ".join(f"{share(100 * n / errors)} to {g}" for g, n in zip(r.group_names, dest)) if errors else ""
     lead = (f"{errors} of the test images of {name} classes were misclassified"
             + (f" ({where} classes)." if errors else ".") + f" Predictions with {tte}.")
     page.section("confusions", title, page.figure("confusions", png, title) + table, lead)
+
+
+def _calibration_section(page: Page, r: RunRecord) -> None:
+    """Reliability diagrams (overall and per group) and, where applied, temperature scaling's
+    and the post-hoc adjustments' before / after (runs that recorded them)."""
+    test = r.metrics["test"]
+    body = ""
+    panels = ["overall", *r.group_names]
+    if test.get("reliability"):
+        ece = {"run": {"overall": test.get("ece"),
+                       **{g: ((test.get("group_calibration") or {}).get(g) or {}).get("ece") for g in r.group_names}}}
+        png = plots.reliability_diagrams({"run": test["reliability"]}, panels, ece,
+                                         f"Reliability of the test predictions ({test['tte']})")
+        body += page.figure("reliability", png, "reliability diagrams overall and per group")
+    cal = r.metrics.get("calibration")
+    if cal:
+        after = cal.get("test") or {}
+        rows = [["as trained (temperature 1)", pct(test.get("ece")), nats(test.get("nll")), nats(test.get("brier"))],
+                [f"{cal.get('method', 'temperature')} scaling, T = {cal.get('temperature', 0):.3f} "
+                 f"(fitted on {cal.get('fitted_on', '–')})", pct(after.get("ece")), nats(after.get("nll")),
+                 nats(after.get("brier"))]]
+        body += ('<p class="lead">Calibration of the test predictions before and after scaling the logits by 1/T '
+                 "(the argmax, hence the accuracy, is unchanged).</p>"
+                 + html_table(["test predictions", "ECE (%)", "NLL (nats)", "Brier"], rows, {1, 2, 3}))
+    posthoc = r.metrics.get("posthoc") or []
+    if posthoc:
+        cols = ["overall", "balanced", *r.group_names, "top5", "ece", "nll"]
+        header = ["adjustment", "", "overall", "balanced", *r.group_names, "top-5", "ECE (%)", "NLL (nats)"]
+        rows = []
+        for e in posthoc:
+            tau = e.get("tau")
+            what = (f"{e.get('method', '–')}, τ = {'–' if tau is None else f'{tau:g}'} "
+                    f"({'chosen on ' + e['tau_from'] if e.get('tau_from') == 'val' else e.get('tau_from', '–')})")
+            for when in ("before", "after"):
+                vals = e.get(when) or {}
+                rows.append([what if when == "before" else "", when,
+                             *[(nats if c == "nll" else pct)(vals.get(c)) for c in cols]])
+        body += ('<p class="lead">Post-hoc adjustments of the trained model\'s test logits (no retraining; τ chosen '
+                 "on the validation split or given, never on the test set): test accuracy (%) before and after.</p>"
+                 + html_table(header, rows, set(range(2, len(header)))))
+    if body:
+        page.section("calibration", "Calibration and post-hoc adjustment", body,
+                     "Reliability: the test images binned by their top-1 confidence (15 equal-width bins); each "
+                     "bin's accuracy against its mean confidence. A calibrated model follows the diagonal; bars "
+                     "below it mean over-confidence." if test.get("reliability") else "")
 
 
 def _config_section(page: Page, r: RunRecord) -> None:
@@ -282,6 +374,7 @@ def write_report(run_dir: str | Path) -> Path:
     _results_section(page, r)
     _gap_section(page, r)
     _per_class_section(page, r)
+    _calibration_section(page, r)
     _counts_section(page, r)
     _curves_section(page, r)
     _confusions_section(page, r)

@@ -59,6 +59,23 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def share(percent: float | None) -> str:
+    """A share in percent for a label: whole percents, one decimal under 10% (a 0.5% share is
+    "0.5%", not "0%"), "<0.1%" for a share above 0 but under 0.1%; likewise ">99.9%" under 100%."""
+    if percent is None:
+        return "–"
+    p = float(percent)
+    if p == 0 or p == 100:
+        return f"{p:.0f}%"
+    if 0 < p < 0.1:
+        return "<0.1%"
+    if 99.9 < p < 100:
+        return ">99.9%"
+    if p < 9.95 or 99.5 <= p < 100:  # one decimal where a whole percent would hide the difference
+        return f"{p:.1f}%"
+    return f"{p:.0f}%"
+
+
 def group_runs(sorted_groups: Sequence[int]) -> list[tuple[int, int, int]]:
     """(group, first position, last position) of each run of equal groups along the sorted classes."""
     runs: list[tuple[int, int, int]] = []
@@ -156,23 +173,19 @@ def per_class_accuracy(per_class, counts, groups, group_names, classnames, group
     width = 0.8 if n <= 200 else 1.0
     ax.bar(np.arange(n), np.nan_to_num(acc), width=width, color=[_colour(g) for g in grp], alpha=0.85,
            label="per-class accuracy")
-    if n <= 40:  # few classes: the values, so that a 0% class is seen, not missed
-        for i, a in enumerate(acc):
-            ax.text(i, (0 if np.isnan(a) else a) + 1, "no test images" if np.isnan(a) else f"{a:.0f}",
-                    ha="center", va="bottom", fontsize=8)
     labels = {}
     for g, a, b in group_runs(grp):
         value = (group_acc or {}).get(group_names[g])
         k = int((np.asarray(groups) == g).sum())
         labels[g] = f"{group_names[g]} · {_classes(k)}" + (f" · {value:.1f}%" if value is not None else "")
         if value is not None:
-            ax.hlines(value, a - 0.5, b + 0.5, colors=_colour(g), linestyles="--", lw=1.6)
+            ax.hlines(value, a - 0.5, b + 0.5, colors=_colour(g), linestyles="--", lw=1.6, zorder=2.5)
     _bands(ax, grp, group_names, labels)
     window = smoothing_window(n)
     if window > 1:
         ax.plot(np.arange(n), _moving_average(acc, window), color="black", lw=1.4,
                 label=f"moving average ({window} classes)")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 110 if n <= 40 else 105)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, pad=22)
     _class_axis(ax, order, classnames)
@@ -180,6 +193,13 @@ def per_class_accuracy(per_class, counts, groups, group_names, classnames, group
     ax2.plot(np.arange(n), cnt, color=COUNT_COLOUR, lw=1.4, ls="--", marker="o" if n <= 60 else None, ms=3,
              label="training images (right axis)")
     _log_axis(ax2)
+    if n <= 40:  # few classes: the values, so that a 0% class is seen, not missed
+        # On the twin axes (drawn last) in the accuracy's coordinates, each on a white patch: the
+        # group lines and the count line pass behind a label with a gap rather than through it.
+        for i, a in enumerate(acc):
+            ax2.text(i, (0 if np.isnan(a) else a) + 1.2, "no test images" if np.isnan(a) else f"{a:.0f}",
+                     transform=ax.transData, ha="center", va="bottom", fontsize=8, zorder=5,
+                     bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.9})
     ax2.set_ylabel("training images (log scale)", color=COUNT_COLOUR)
     ax2.spines["right"].set_visible(True)
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
@@ -294,7 +314,7 @@ def confusion_bars(rows: Sequence[dict], group_names: Sequence[str], title: str)
     y = np.arange(len(rows))
     ax.barh(y, counts, color=colours, alpha=0.9)
     for yi, r in zip(y, rows[::-1]):
-        ax.text(r["count"], yi, f"  {r['count']} ({r['share']:.0f}% of its test images)", va="center", fontsize=8)
+        ax.text(r["count"], yi, f"  {r['count']} ({share(r['share'])} of its test images)", va="center", fontsize=8)
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=9)
     ax.set_xlim(0, max(counts) * 1.45)
@@ -302,7 +322,9 @@ def confusion_bars(rows: Sequence[dict], group_names: Sequence[str], title: str)
     ax.set_title(title)
     used = sorted({r["pred_group"] for r in rows})
     handles = [Rectangle((0, 0), 1, 1, color=_colour(g)) for g in used]
-    ax.legend(handles, [f"predicted class is {group_names[g]}" for g in used], fontsize=8, loc="lower right")
+    # Beside the axes: inside, it covered the label of the longest bar.
+    ax.legend(handles, [f"predicted class is {group_names[g]}" for g in used], fontsize=8, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _png(fig)
 
 
@@ -336,4 +358,93 @@ def per_class_overlay(per_class_by_run: dict[str, Sequence], counts, groups, gro
     ax2.spines["right"].set_visible(True)
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     _legend_below(ax, handles, n)
+    return _png(fig)
+
+
+def _reliability_points(curve: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(confidence %, accuracy %, count) per bin; NaN where a bin is empty or not recorded.
+
+    Confidence is a probability in metrics.json's ``reliability`` (0-1); a curve whose
+    confidences exceed 1 is taken as already in percent.
+    """
+    curve = curve or {}
+    conf = _as_float(curve.get("confidence") or [])
+    acc = _as_float(curve.get("accuracy") or [])
+    count = np.array([0 if c is None else int(c) for c in curve.get("count") or []], dtype=int)
+    if conf.size and np.nanmax(np.append(conf, 0.0)) <= 1.0 + 1e-9:
+        conf = 100.0 * conf
+    return conf, acc, count
+
+
+@styled
+def reliability_diagrams(series: dict[str, dict], panels: Sequence[str], ece: dict[str, dict] | None = None,
+                         title: str = "Reliability: accuracy against confidence") -> bytes:
+    """Small multiples, one panel per group (``panels``: overall, many, medium, few), of the
+    reliability diagram (equal-width bins of top-1 confidence; metrics.json's ``reliability``).
+
+    ``series`` maps a run's name to its ``reliability`` dict. One run: bars of each bin's
+    accuracy against the diagonal, the gap to the bin's mean confidence shaded, the bin's
+    number of images as a grey strip along the bottom (the fullest bin 12 points high).
+    Several runs: one line each.
+    ``ece[name][panel]`` (percent), where given, is written in the panel.
+    """
+    from matplotlib.patches import Patch
+
+    names = list(series)
+    single = len(names) == 1
+    fig = figure(figsize=(3.1 * len(panels) + 0.6, 3.7))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    handles: dict = {}
+    for ax, panel in zip(axes, panels):
+        ax.plot([0, 100], [0, 100], color=GREY, lw=1.0, ls=":", zorder=1)
+        drawn = False
+        for i, name in enumerate(names):
+            rel = series[name] or {}
+            bins = int(rel.get("bins") or len((rel.get("overall") or {}).get("count") or []) or 15)
+            conf, acc, count = _reliability_points(rel.get(panel))
+            if not count.size or count.sum() == 0:
+                continue
+            drawn = True
+            width = 100.0 / bins
+            centres = width * (np.arange(bins) + 0.5)[:len(acc)]
+            colour = _colour(0) if single else RUN_COLOURS[i % len(RUN_COLOURS)]
+            value = ((ece or {}).get(name) or {}).get(panel)
+            if single:
+                ax.bar(centres, np.nan_to_num(acc), width=width * 0.92, color=colour, alpha=0.85, zorder=2)
+                gap = np.where(np.isnan(conf), 0.0, conf - np.nan_to_num(acc))
+                ax.bar(centres, gap, bottom=np.nan_to_num(acc), width=width * 0.92, color=GROUP_COLOURS[2],
+                       alpha=0.25, hatch="//", edgecolor=GROUP_COLOURS[2], lw=0, zorder=2)
+                ax.bar(centres, 12.0 * count / count.max(), width=width * 0.92, color=GREY, alpha=0.45, zorder=3)
+                if value is not None:
+                    ax.text(0.04, 0.95, f"ECE {value:.2f}%", transform=ax.transAxes, ha="left", va="top",
+                            fontsize=9, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85})
+            else:
+                ok = ~np.isnan(acc) & ~np.isnan(conf)
+                line = ax.plot(conf[ok], acc[ok], color=colour, marker="osD^vP*X"[i % 8], ms=4, lw=1.5, zorder=3,
+                               ls=("-", "--", "-.", ":")[i % 4], label=name)[0]
+                handles.setdefault(name, line)
+                if value is not None:  # stacked top left, in the run's colour
+                    ax.text(0.04, 0.95 - 0.075 * i, f"ECE {value:.1f}", transform=ax.transAxes, ha="left",
+                            va="top", fontsize=7.5, color=colour)
+        if not drawn:
+            ax.text(50, 50, "no test images", ha="center", va="center", color=GREY,
+                    bbox={"facecolor": "white", "edgecolor": "none"})
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 100)
+        ax.set_aspect("equal")
+        ax.set_title(f"{panel}-shot" if panel in ("many", "medium", "few") else panel)
+        ax.set_xlabel("confidence (%)")
+        ax.grid(alpha=0.25)
+    axes[0].set_ylabel("accuracy (%)")
+    if single:
+        handles = [Patch(color=_colour(0), alpha=0.85, label="accuracy of the bin"),
+                   Patch(facecolor=GROUP_COLOURS[2], alpha=0.25, hatch="//", edgecolor=GROUP_COLOURS[2],
+                         label="gap to the bin's mean confidence"),
+                   Patch(color=GREY, alpha=0.45, label="images in the bin (bottom strip, fullest = 12)")]
+    else:
+        handles = list(handles.values())
+    fig.suptitle(title, fontweight="bold")
+    fig.tight_layout()
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 4),
+               fontsize=8, frameon=False)
     return _png(fig)

@@ -154,3 +154,25 @@ def config_value(config: dict, dotted: str, default="–"):
             return default
         node = node[part]
     return node
+
+
+# The views beyond top-1 accuracy (issue 17) that tables show per group: (key, column title,
+# whether lower is better). metrics.json of older runs has none of them.
+BEYOND_TOP1 = (("top5", "top-5 (%)", False), ("ece", "ECE (%)", True), ("nll", "NLL (nats)", True))
+
+
+def beyond_top1(test: dict, groups: list[str]) -> dict:
+    """``{"top5": v, "top5_<group>": v, "ece": ..., "nll": ...}`` of a test evaluation: overall from
+    the evaluation, per group from its ``group_calibration``; None where the run has no such number."""
+    per_group = test.get("group_calibration") or {}
+    out = {}
+    for key, _, _ in BEYOND_TOP1:
+        out[key] = test.get(key)
+        for g in groups:
+            out[f"{key}_{g}"] = (per_group.get(g) or {}).get(key)
+    return out
+
+
+def has_beyond_top1(values: list[dict], key: str) -> bool:
+    """Whether any of the rows (from :func:`beyond_top1`) has a number for ``key``, overall or per group."""
+    return any(v is not None for row in values for k, v in row.items() if k == key or k.startswith(f"{key}_"))
