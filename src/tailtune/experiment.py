@@ -32,6 +32,7 @@ from tailtune.models.backbones.base import PROVIDERS, Backbone, build_backbone
 from tailtune.models.heads import (
     HEAD_INITS,
     HEADS,
+    add_class_scale,
     build_head,
     check_head,
 )
@@ -88,6 +89,8 @@ class Experiment:
     model: TailModel
     device: torch.device
     notes: list[str] = field(default_factory=list)
+    # A decoupled run's (train.decoupled) source: method, run folder, checkpoint sha256 (runs/decoupled.py).
+    source: dict | None = None
 
     @property
     def dtype(self):
@@ -191,6 +194,8 @@ def _create(cfg: C.Config, data: LTData, loaded: bool, device: torch.device, tra
         head = build_text_head(cfg.head, backbone, list(data.classnames), train)
     else:
         head = build_head(cfg.head, backbone.feature_dim, data.num_classes)
+    if cfg.train.decoupled == "lws":  # the scales LWS learns, in every model of such a run (eval, export)
+        add_class_scale(head, data.num_classes)
     model = TailModel(backbone, head, bn_train=trains_bn_stats(cfg.peft))
     model.backbone_params = base_params
     model.to(device)

@@ -40,7 +40,8 @@ def cmd_train(args) -> int:
     if args.extend_epochs is not None and args.extend_epochs < 1:
         raise ConfigError(f"--extend-epochs {args.extend_epochs}: give the number of epochs to add, >= 1.")
     if args.resume:
-        if args.overrides or args.data or args.config or args.recipe != DEFAULT_RECIPE or args.dry_run:
+        if args.overrides or args.data or args.config or args.recipe != DEFAULT_RECIPE or args.dry_run \
+                or args.from_run:
             raise ConfigError("--resume continues a run with its own saved config; give only the run folder "
                               "(tailtune train --resume RUN_DIR; to train longer: --extend-epochs N).")
         metrics = resume(args.resume, args.extend_epochs or 0, break_lock=args.break_lock)
@@ -53,7 +54,12 @@ def cmd_train(args) -> int:
         from tailtune.cli.sweep import train_seeds
 
         return train_seeds(args)
-    cfg = _load(args)
+    if args.from_run:  # a decoupled run (cRT / LWS) of a finished run's trained backbone
+        from tailtune.runs.decoupled import decoupled_config
+
+        cfg = decoupled_config(args.recipe, args.from_run, args.data, args.config, args.overrides)
+    else:
+        cfg = _load(args)
     if args.dry_run:
         from tailtune.runs.estimate import dry_run
 
@@ -233,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extend-epochs", type=int, default=None, metavar="N",
                    help="with --resume: train N epochs more than planned, the learning-rate schedule restarted "
                         "from train.lr over them (recorded as train.extra_epochs)")
+    p.add_argument("--from", dest="from_run", metavar="RUN_DIR", default=None,
+                   help="with -r crt or -r lws: retrain the classifier on the frozen trained backbone of this "
+                        "finished run (Kang et al.'s decoupled baselines); its data, model, peft and head are taken")
     p.add_argument("--break-lock", action="store_true",
                    help="take over the run folder's lock (run.lock) of a process on another host that no longer "
                         "runs (a process of this host that runs is refused even then)")

@@ -59,6 +59,7 @@ def load_config(
     data: str | None = None,
     files: list[str] | tuple[str, ...] = (),
     overrides: list[str] | tuple[str, ...] = (),
+    run_layer: tuple[str, Any] | None = None,
 ) -> Config:
     """Compose and validate a config.
 
@@ -68,6 +69,8 @@ def load_config(
         data: packaged data preset name (e.g. ``cifar100_ir100``) or a YAML path.
         files: further YAML files, merged in order.
         overrides: ``key=value`` strings (OmegaConf dotlist syntax), e.g. ``train.epochs=5``.
+        run_layer: ``(where, sections)`` merged after the recipe and data preset, before the files
+            and overrides: a finished run's own sections (``train.from_run``: runs/decoupled.py).
     """
     layers: list[tuple[str, Any]] = []
     if recipe:
@@ -80,6 +83,8 @@ def load_config(
         # root, imbalance, groups, ...) must not leak into it; its protocol keys stay.
         layers = [(where, _without_dataset(layer)) for where, layer in layers]
         layers.append((f"data preset {data}", {"data": _load_yaml(_preset_path("data", data))}))
+    if run_layer is not None:
+        layers.append(run_layer)
     for f in files:
         path = Path(f)
         if not path.exists():

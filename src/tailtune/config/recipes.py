@@ -36,7 +36,7 @@ TABLE_ORDER = (
     "lift_plus_places_lt", "lift_plus_inat2018",
     "lift_rn50_imagenet_lt_ssf_attn", "lift_rn50_imagenet_lt_bias_tuning", "lift_rn50_imagenet_lt_bias_ssf_attn",
     "lift_rn50_places_lt_ssf_attn", "lift_rn50_places_lt_bias_tuning", "lift_rn50_places_lt_bias_ssf_attn",
-    "zeroshot_clip", "classifier_only",
+    "zeroshot_clip", "classifier_only", "crt", "lws",
     "full_finetune", "coop", "ablation_peft", "ablation_loss", "ablation_init", "ablation_tte", "ablation_epochs",
     "ablation_bottleneck", "ablation_backbones", "lift", "lift_plus", "demo",
 )

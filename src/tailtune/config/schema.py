@@ -25,6 +25,7 @@ BN_MODES = ("auto", "eval", "train")
 VAL_MODES = ("auto", "split", "holdout", "none")
 HOLDOUT_POLICIES = ("balanced", "proportional")  # data.holdout_policy (data/holdout.py)
 ON_NAN_MODES = ("stop", "skip")
+DECOUPLED_MODES = ("none", "crt", "lws")  # train.decoupled: Kang et al.'s decoupled classifier stage (runs/decoupled.py)
 CACHE_MODES = ("auto", "always", "never")  # = training.feature_cache.CACHE_MODES; not on/off: YAML reads those as booleans
 _BLOCKS_HELP = "all, 'first N', 'last N', 'S:E' or [S, E] (blocks S..E-1, counted from 0)"
 
@@ -235,6 +236,8 @@ class TrainConfig:
     cache_features: str = setting("auto", "frozen-prefix feature cache: auto (when it saves work) | always | never", choices=CACHE_MODES)
     cache_views: Optional[int] = setting(None, "augmented views cached per image; null = train.epochs; 0 = one un-augmented view")
     cache_dir: Optional[str] = setting(None, "keep the feature cache in a disk memmap here (reused by later runs); null = memory")
+    decoupled: str = setting("none", "decoupled classifier stage (Kang et al. 2020) on the trained backbone of train.from_run: none | crt (re-initialise and train the classifier alone) | lws (keep the run's classifier, learn one scale per class); the recipes crt and lws set it with class-balanced sampling: `tailtune train -r crt --from RUN`", choices=DECOUPLED_MODES)
+    from_run: Optional[str] = setting(None, "with train.decoupled: the finished run folder whose trained backbone (with its PEFT modules, loaded strictly from its checkpoint) is frozen; the new run keeps that run's data, model, peft and head sections and holds its backbone tensors in its own checkpoint")
     extra_epochs: list[int] = setting(help="epochs trained after train.epochs, in blocks; each block starts the learning-rate schedule again from train.lr (peft.lr) and runs it over the block's epochs (a warm restart); the augmentation and the feature cache keep their last epoch's settings. Added by `tailtune train --resume RUN --extend-epochs N`", factory=list)
 
     def __post_init__(self) -> None:
@@ -246,6 +249,7 @@ class TrainConfig:
         _check_positive("train", "save_every", self.save_every, allow_zero=True)
         _check_choice("train", "on_nan", self.on_nan, ON_NAN_MODES)
         _check_choice("train", "cache_features", self.cache_features, CACHE_MODES)
+        _check_choice("train", "decoupled", self.decoupled, DECOUPLED_MODES)
         _check_positive("train", "cache_views", self.cache_views, allow_zero=True)
         _check_positive("train", "batch_size", self.batch_size)
         _check_positive("train", "micro_batch_size", self.micro_batch_size)
@@ -325,7 +329,8 @@ class Config:
 # Settings that name files or folders; a run folder's config.yaml holds them absolute (and
 # data.csv.file, the csv source's file, see with_absolute_paths).
 PATH_KEYS = (("data", "root"), ("data", "store"), ("data", "splits_dir"), ("data", "classnames_file"),
-             ("head", "descriptors"), ("train", "cache_dir"), ("model", "cache_dir"))
+             ("head", "descriptors"), ("train", "cache_dir"), ("model", "cache_dir"),
+             ("train", "from_run"))
 
 
 def with_absolute_paths(cfg: Config) -> Config:

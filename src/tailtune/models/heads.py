@@ -92,6 +92,23 @@ def build_head(cfg: HeadConfig, dim: int, num_classes: int) -> nn.Module:
     return HEADS.get(cfg.type)(dim, num_classes, scale=cfg.scale)
 
 
+CLASS_SCALE = "lws_scale"  # the parameter name under the head: head.lws_scale
+
+
+def _scaled(head: nn.Module, inputs, logits: torch.Tensor) -> torch.Tensor:
+    return logits * getattr(head, CLASS_SCALE)
+
+
+def add_class_scale(head: nn.Module, num_classes: int) -> nn.Parameter:
+    """Learnable weight scaling (LWS, Kang et al. 2020): logits_c = s_c * head(x)_c, one scale per
+    class (``head.lws_scale``, ones to start), whatever the head computes. A forward hook rather
+    than a wrapper, so the head's own tensors keep their names (those of the run it came from)."""
+    scale = nn.Parameter(torch.ones(num_classes))
+    head.register_parameter(CLASS_SCALE, scale)
+    head.register_forward_hook(_scaled)
+    return scale
+
+
 def init_transform(p: Preprocess) -> T.Compose:
     """The view of the initialisers' training features: Resize(res) (short side) + CenterCrop(res).
 

@@ -18,6 +18,9 @@ class TailModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.bn_train = bn_train
+        # Frozen tensors saved all the same: a decoupled run's (train.decoupled) trained backbone,
+        # so that its checkpoint holds every tensor its source run trained (runs/decoupled.py).
+        self.kept_frozen: set[str] = set()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
@@ -38,7 +41,7 @@ class TailModel(nn.Module):
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         if self.bn_train:  # running statistics of BatchNorm layers that train
             names |= {n for n, _ in self.named_buffers() if "running_" in n or "num_batches" in n}
-        names |= self.saved_buffer_names()
+        names |= self.saved_buffer_names() | getattr(self, "kept_frozen", set())
         return {n: t.detach() for n, t in self.state_dict().items() if n in names}
 
     def saved_buffer_names(self) -> set[str]:

@@ -364,13 +364,19 @@ def _config_section(page: Page, r: RunRecord) -> None:
                  f"Run folder: {r.path.resolve()}")
 
 
+def _decoupled(metrics: dict) -> str:
+    """A cRT / LWS run's source (runs/decoupled.py), for the subtitle; other runs: nothing."""
+    d = metrics.get("decoupled")
+    return f" · {d.get('name', d['method'])} of run {d['from_run']}" if d else ""
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write ``report.html`` and ``report/*.png`` into a finished run's folder; returns the page."""
     r = read_run(run_dir)
     b = r.metrics.get("backbone", {})
     page = Page(r.path, f"tailtune report: {r.name}",
                  f"{r.metrics.get('dataset', '')} · {b.get('name', '')} ({b.get('pretrained', '')}) · "
-                 f"{r.metrics.get('peft', '')} · overall {r.metrics['test']['overall']:.2f}%")
+                 f"{r.metrics.get('peft', '')} · overall {r.metrics['test']['overall']:.2f}%" + _decoupled(r.metrics))
     _results_section(page, r)
     _gap_section(page, r)
     _per_class_section(page, r)

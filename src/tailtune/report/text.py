@@ -24,6 +24,12 @@ def format_results(metrics: dict) -> str:
     if "harmonic_mean" in test:  # metrics.json of older runs lacks the per-class summaries
         lines.append(f"per-class accuracy: worst {test['worst_class']:.2f}, harmonic {test['harmonic_mean']:.2f}, "
                      f"geometric {test['geometric_mean']:.2f} (balanced, groups: means over classes)")
+    decoupled = metrics.get("decoupled")  # a cRT / LWS run (runs/decoupled.py); older metrics.json: none
+    if decoupled:
+        was = decoupled.get("source_test_overall")
+        lines.append(f"{decoupled.get('name', decoupled['method'])} of run {decoupled['from_run']} (checkpoint sha256 "
+                     f"{decoupled['checkpoint_sha256'][:12]}...)"
+                     + (f"; the source run's test accuracy: {was:.2f}" if was is not None else ""))
     if "params" in metrics:
         p = metrics["params"]
         lines.append(f"trainable: {p['trainable_backbone']:,} backbone ({100 * p['trainable_backbone_share']:.3f}%) "

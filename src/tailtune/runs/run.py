@@ -38,6 +38,7 @@ from tailtune.models.heads import (
 from tailtune.report.html import write_report
 from tailtune.report.record import save_predictions
 from tailtune.report.text import format_results
+from tailtune.runs.decoupled import check_source, init_decoupled_head, load_source
 from tailtune.runtime.checkpoint import assign_trainable, save_checkpoint
 from tailtune.runtime.device import resolve_device, tune_cpu_allocator
 from tailtune.runtime.distributed import (
@@ -337,8 +338,11 @@ def _record_extension(run: RunDir, cfg: C.Config) -> None:
 def _build_run(cfg: C.Config, run: RunDir | NullRun, resume: bool) -> tuple[Experiment, Selector]:
     """The experiment (data, backbone with PEFT, head) and the selector of the epoch to keep."""
     try:
+        source = check_source(cfg)  # a decoupled run (train.decoupled): its source run, before the build
         run.track(cfg, resume)  # log.tracker (rank 0 only), first: a missing package fails before the build
         exp = _build(cfg, None, keep_rng=False)  # seeds the global streams training continues
+        if source is not None:
+            load_source(exp, source, run.log)
         selector = Selector(exp.model, exp.data, cfg.train.select_by_val,
                             lambda: evaluate_model(exp, VAL_TTE, "val", cfg.quiet), run.log)
     except TailtuneError:
@@ -373,7 +377,7 @@ def _restore_or_init_head(exp: Experiment, saved: dict | None, run: RunDir | Nul
         assign_trainable(exp.model, saved["model"], str(run.path / STATE))
         return saved["extra"]["head_init"]
     t0 = time.perf_counter()
-    head_init = init_head(exp, exp.cfg.quiet)
+    head_init = init_decoupled_head(exp) if exp.source else init_head(exp, exp.cfg.quiet)
     run.log(f"head: {exp.cfg.head.type}, initialised by {head_init} ({time.perf_counter() - t0:.1f}s)")
     return head_init
 
@@ -473,7 +477,8 @@ def _save_result(exp: Experiment, run: RunDir | NullRun, info: DistInfo) -> None
 
 def _origin(exp: Experiment, run: RunDir | NullRun) -> str:
     """Where a saved file's weights come from (kept in it, named when it is refused elsewhere)."""
-    return f"run {run.path} on dataset {exp.cfg.data.name}"
+    of = f", {exp.source['name']} of run {exp.source['from_run']}" if exp.source else ""
+    return f"run {run.path} on dataset {exp.cfg.data.name}{of}"
 
 
 def _whose(exp: Experiment, run: RunDir | NullRun) -> str:
@@ -521,6 +526,7 @@ def _metrics(exp: Experiment, params: dict, head_init: str, result: _Evaluation,
         "generalisation_gap": result.gap,
         **validation,
         "history": history,
+        **({"decoupled": exp.source} if exp.source else {}),
         "distributed": {"world_size": info.world_size},
         "time": {"train_s": sum(h["seconds"] for h in history),  # across interruptions too
                  "eval_s": result.seconds, "total_s": time.perf_counter() - start},

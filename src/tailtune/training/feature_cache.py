@@ -559,6 +559,9 @@ def cache_key(exp, plan: CachePlan) -> tuple[str, dict]:
             "split": type(plan.point.split).__name__, "depth": plan.point.split.depth, "views": plan.views.views,
             "epochs": plan.views.epochs, "augmented": plan.views.augmented, "augment": cfg["train"]["augment"],
             "seed": cfg["train"]["seed"], "precision": str(exp.dtype), "images": plan.images}
+    source = getattr(exp, "source", None)
+    if source:  # trained weights loaded into the backbone (train.from_run): the features are theirs
+        meta["source_checkpoint_sha256"] = source["checkpoint_sha256"]
     options = AUGMENTATIONS.options(cfg["train"]["augment"])
     if options is not None:
         # the augmentation's options (train.minimal.*); only such runs' cache names change (minimal's crops
