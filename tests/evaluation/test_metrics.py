@@ -263,3 +263,11 @@ def json_copy(d):
     import json
 
     return json.loads(json.dumps(d))
+
+
+def test_non_finite_logits_have_no_probability_metrics():
+    logits = np.array([[0.0, np.nan], [1.0, 0.0]])
+    m = compute_metrics(logits.argmax(1), [0, 0], [0, 0], ["all"], 2, logits=logits)
+    assert m["overall"] == 50.0  # the argmax is still measured
+    assert m["nll"] is None and m["ece"] is None and m["top5"] is None
+    assert m["group_calibration"]["all"]["nll"] is None and m["reliability"]["overall"]["count"] == [0] * 15

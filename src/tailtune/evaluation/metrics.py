@@ -199,6 +199,8 @@ def probability_metrics(targets, groups, group_names, num_classes: int, logits=N
       (None without images); reliability: {"bins", "overall", group: :func:`calibration_bins`}.
 
     Rows are taken ``_CHUNK`` at a time so that a few thousand classes need no (N, C) float64 copy.
+    Scores that are not all finite (a model whose weights diverged, train.on_nan=skip) have no
+    probabilities: every value is None (the accuracies, from the argmax, are still measured).
     """
     targets = np.asarray(targets, dtype=np.int64)
     groups = np.asarray(groups, dtype=np.int64)
@@ -206,6 +208,9 @@ def probability_metrics(targets, groups, group_names, num_classes: int, logits=N
     n = len(targets)
     if scores.shape != (n, num_classes):
         raise ValueError(f"scores of shape {scores.shape} for {n} targets and {num_classes} classes")
+    if not np.isfinite(scores).all():
+        n = 0  # the same keys, every value None
+        targets, scores = targets[:0], scores[:0]
     k = min(TOP_K, num_classes)
     conf, correct, nll, brier = (np.zeros(n) for _ in range(4))
     hits = np.zeros(len(group_names))  # top-k hits per group

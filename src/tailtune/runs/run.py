@@ -500,10 +500,13 @@ class _Evaluation:
 def _evaluate(exp: Experiment) -> _Evaluation:
     quiet = exp.cfg.quiet
     t0 = time.perf_counter()
-    test, logits, labels = evaluate_with_logits(exp, quiet=quiet)
-    preds = logits.argmax(1)
-    calibration = (calibrate_run(exp, logits, labels, test["tte"], quiet) if exp.cfg.eval.calibrate == "temperature"
-                   else None)
+    calibration = None
+    if exp.cfg.eval.calibrate == "temperature":  # needs the test logits
+        test, logits, labels = evaluate_with_logits(exp, quiet=quiet)
+        preds = logits.argmax(1)
+        calibration = calibrate_run(exp, logits, labels, test["tte"], quiet)
+    else:
+        test, preds, labels = evaluate_with_predictions(exp, quiet=quiet)
     seconds = time.perf_counter() - t0
     predictions, no_tte = {test["tte"]: preds}, None
     if test["tte"] != "none":  # the report shows what the test-time ensemble adds
