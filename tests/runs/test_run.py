@@ -273,3 +273,94 @@ def test_a_library_caller_sees_no_log_lines_until_it_asks(tiny_overrides, tmp_pa
                      "name=cli"]) == 0
     assert "run folder:" in capsys.readouterr().out  # the CLI attaches the console ...
     assert logger.handlers == handlers and logger.level == logging.NOTSET and logger.propagate  # ... for its command
+
+
+# --- issue 17 (2, 3): probability metrics in metrics.json, temperature scaling ---
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(tmp_path_factory):
+    from conftest import TINY_CLIP
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config("lift", overrides=[*TINY_CLIP, f"output_dir={out}", "name=cal", "eval.report=false",
+                                         "data.val=holdout", "data.holdout_per_class=2", "eval.calibrate=temperature"])
+    return out / "cal", tailtune.fit(cfg)
+
+
+def test_metrics_json_holds_the_probability_metrics_and_the_calibration(calibrated_run, capsys):
+    run, metrics = calibrated_run
+    saved = json.loads((run / "metrics.json").read_text())
+    for split in ("test", "val", "test_no_tte"):
+        m = saved[split]
+        assert {"top5", "nll", "brier", "ece", "classwise_ece", "precision_per_class", "recall_per_class",
+                "f1_per_class"} <= set(m), split
+        assert set(m["group_calibration"]) == {"many", "medium", "few"}
+        assert set(m["group_calibration"]["few"]) == {"ece", "nll", "brier", "top5"}
+        assert m["reliability"]["bins"] == 15 and set(m["reliability"]) == {"bins", "overall", "many", "medium", "few"}
+        assert sum(m["reliability"]["overall"]["count"]) == m["num_samples"]
+        assert len(m["f1_per_class"]) == 6 and m["group_confusion"]["groups"] == ["many", "medium", "few"]
+        assert 0 <= m["ece"] <= 100 and m["nll"] > 0 and 0 <= m["brier"] <= 2
+    cal = saved["calibration"]
+    assert cal["method"] == "temperature" and cal["fitted_on"] == "val" and cal["tte"] == saved["test"]["tte"]
+    assert cal["temperature"] > 0 and set(cal["test"]) == {"ece", "nll", "brier"}
+    # the test metrics stay those of the unscaled logits: a plain re-evaluation reproduces them
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "matches metrics.json" in out and f"top-5 {saved['test']['top5']:.2f}, ECE {saved['test']['ece']:.2f}%" in out
+    assert f"temperature scaling (T = {cal['temperature']:.3f}, fitted on val)" not in out  # eval shows its own
+    from tailtune.report.text import format_results
+
+    assert f"temperature scaling (T = {cal['temperature']:.3f}, fitted on val): ECE" in format_results(saved)
+
+
+def test_eval_calibrate_records_temperature_scaling(calibrated_run, capsys):
+    run, metrics = calibrated_run
+    saved = json.loads((run / "metrics.json").read_text())
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "-q", "--calibrate", "temperature", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["calibration"]["temperature"] == pytest.approx(saved["calibration"]["temperature"])
+    assert shown["overall"] == saved["test"]["overall"]  # scaling never changes a prediction
+    assert cli.main(["eval", str(run), "-q", "--calibrate", "temperature", "--tte", "none"]) == 0
+    assert "temperature scaling (T = " in capsys.readouterr().out
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["calibration"]["tte"] == "none" and again["test"] == saved["test"]
+    assert cli.main(["eval", str(run), "-q", "--calibrate", "temperature", "--split", "val"]) == 2
+    assert "drop --split val" in capsys.readouterr().err
+
+
+def test_eval_of_an_older_metrics_json_without_the_new_keys(calibrated_run, tmp_path, capsys):
+    import shutil
+
+    run, _ = calibrated_run
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    metrics = json.loads((old / "metrics.json").read_text())
+    new = ("top5", "nll", "brier", "ece", "classwise_ece", "group_calibration", "reliability", "precision_per_class",
+           "recall_per_class", "f1_per_class", "group_confusion")
+    metrics["test"] = {k: v for k, v in metrics["test"].items() if k not in new}
+    metrics.pop("calibration")
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    capsys.readouterr()
+    assert cli.main(["eval", str(old), "-q"]) == 0
+    assert "matches metrics.json" in capsys.readouterr().out
+    from tailtune.report.text import format_results
+
+    assert "top-5" not in format_results(metrics)
+
+
+def test_calibrate_without_a_validation_split_is_refused(finished_run, tmp_path, capsys):
+    from conftest import TINY_CLIP
+
+    run, _ = finished_run
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "-q", "--calibrate", "temperature"]) == 2
+    assert "--calibrate=temperature fits the temperature on the validation split" in capsys.readouterr().err
+    cfg = load_config("lift", overrides=[*TINY_CLIP, f"output_dir={tmp_path}", "name=nv", "eval.calibrate=temperature"])
+    with pytest.raises(ConfigError, match=r"eval.calibrate=temperature .* data.val=holdout"):
+        tailtune.fit(cfg)
+    assert not (tmp_path / "nv").exists()  # refused before training: no run folder left
+    with pytest.raises(ConfigError, match="eval.calibrate='platt' is not valid; choose one of none, temperature"):
+        load_config("lift", overrides=[*TINY_CLIP, "eval.calibrate=platt"])

@@ -100,7 +100,8 @@ def cmd_eval(args) -> int:
 
         check_options(args.device, args.precision, read_config(args.run_dir).train.device)
     test = evaluate(args.run_dir, args.tte, args.split, quiet=args.quiet, precision=args.precision,
-                    device=args.device)
+                    device=args.device, calibrate=args.calibrate)
+    calibration = test.pop("calibration", None)  # --calibrate: recorded at metrics.json's top level
     gap = None
     if args.split == "train":  # against the saved test accuracy with the same views: the generalisation gap
         from tailtune.evaluation.gap import gap_against
@@ -112,9 +113,10 @@ def cmd_eval(args) -> int:
                      and (was == test["precision"] if was else args.precision is None))
     differing = differing_metrics(saved["test"], test) if same_protocol else []
     if args.json:
-        print(json.dumps(test, indent=2))
+        print(json.dumps(dict(test, calibration=calibration) if calibration else test, indent=2))
     else:
-        shown = dict(saved, test=test, dataset=f"{saved['dataset']} ({args.split} split)", generalisation_gap=None)
+        shown = dict(saved, test=test, dataset=f"{saved['dataset']} ({args.split} split)", generalisation_gap=None,
+                     calibration=calibration)
         print(format_results(shown))
         if args.split == "train":
             from tailtune.report.text import format_gap
@@ -259,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eval.precision for this evaluation (default: the run's own)")
     p.add_argument("--device", default=None,
                    help="auto | cpu | cuda | cuda:N for this evaluation (default: the run's train.device)")
+    p.add_argument("--calibrate", choices=C.CALIBRATIONS, default="none",
+                   help="temperature: fit temperature scaling on the run's validation split and show the test "
+                        "ECE / NLL / Brier after it; recorded as metrics.json \"calibration\" (eval.calibrate "
+                        "does it at the end of training)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.add_argument("--posthoc", default=None, metavar="la|taunorm", help=POSTHOC_HELP)

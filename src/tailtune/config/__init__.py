@@ -24,6 +24,7 @@ from tailtune.config.schema import (  # noqa: F401  (the sections, their choices
     _BLOCKS_HELP,
     BN_MODES,
     CACHE_MODES,
+    CALIBRATIONS,
     DEFAULT_PROMPT,
     EVAL_PRECISIONS,
     HOLDOUT_POLICIES,

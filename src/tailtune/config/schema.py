@@ -22,6 +22,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 EVAL_PRECISIONS = ("train", *PRECISIONS)  # eval.precision: train = whatever train.precision resolves to
 DEFAULT_PROMPT = "a photo of a {}."
 BN_MODES = ("auto", "eval", "train")
+CALIBRATIONS = ("none", "temperature")  # eval.calibrate (evaluation/calibration.py)
 VAL_MODES = ("auto", "split", "holdout", "none")
 HOLDOUT_POLICIES = ("balanced", "proportional")  # data.holdout_policy (data/holdout.py)
 ON_NAN_MODES = ("stop", "skip")
@@ -287,6 +288,7 @@ class EvalConfig:
     precision: str = setting("train", "every evaluation of the run (test, val, train-vs-test gap, head-init features, `tailtune eval`, predict, zero-shot): train (as train.precision resolves) | auto (the rule of train.precision=auto) | bf16 | fp16 | fp32 (the reference code's)", choices=EVAL_PRECISIONS)
     gap_per_class: int = setting(100, "train-vs-test gap: train images per class evaluated (stratified, seeded); 0 = skip")
     report: bool = setting(True, "write report.html (+ PNGs) at the end of the run; later: `tailtune report RUN_DIR`")
+    calibrate: str = setting("none", "after training: none | temperature (temperature scaling: T fitted on the validation split's logits by NLL, needs a validation split, e.g. data.val=holdout; metrics.json \"calibration\" holds T and the test ECE / NLL / Brier after it; the test metrics themselves stay unscaled, accuracy is unchanged); later: `tailtune eval RUN --calibrate temperature`", choices=CALIBRATIONS)
 
     def __post_init__(self) -> None:
         _check_registered("eval", "tte", self.tte)
@@ -295,6 +297,7 @@ class EvalConfig:
         _check_positive("eval", "batch_size", self.batch_size)
         _check_choice("eval", "precision", self.precision, EVAL_PRECISIONS)
         _check_positive("eval", "gap_per_class", self.gap_per_class, allow_zero=True)
+        _check_choice("eval", "calibrate", self.calibrate, CALIBRATIONS)
 
 
 @dataclass

@@ -58,6 +58,27 @@ def evaluate_model(exp: Experiment, tte: str | None = None, split: str = "test",
 def evaluate_with_predictions(exp: Experiment, tte: str | None = None, split: str = "test",
                               quiet: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
     """:func:`evaluate_model`'s metrics, the predicted classes and the labels (for the report)."""
+    out, logits, labels = evaluate_with_logits(exp, tte, split, quiet)
+    return out, logits.argmax(1), labels
+
+
+def evaluate_with_logits(exp: Experiment, tte: str | None = None, split: str = "test",
+                         quiet: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
+    """:func:`evaluate_model`'s metrics, the (N, C) logits (float32; the mean over the views of a
+    test-time ensemble, whose softmax the probability metrics take) and the labels."""
+    logits, labels, views, tte = split_logits(exp, tte, split, quiet)
+    out = compute_metrics(logits.argmax(1), labels, exp.data.groups, exp.data.group_names, exp.data.num_classes,
+                          logits=logits)
+    out["tte"] = tte
+    out["views_per_image"] = views
+    out["precision"] = precision_name(exp.eval_dtype)
+    return out, logits, labels
+
+
+def split_logits(exp: Experiment, tte: str | None = None, split: str = "test",
+                 quiet: bool = True) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """(logits, labels, views per image, tte) of the model on a split ('test', 'val' or 'train');
+    the logits are the mean over the test-time ensemble's views."""
     tte = tte or exp.cfg.eval.tte
     if split not in ("test", "train", "val") or getattr(exp.data, split) is None:
         raise ConfigError(f"split {split!r} is not available; choose "
@@ -66,9 +87,4 @@ def evaluate_with_predictions(exp: Experiment, tte: str | None = None, split: st
     view = eval_transform(exp.backbone.preprocess, tte, tte_options(exp.cfg))
     exp.model.eval()
     logits, labels = predict_split(exp, exp.model, Transformed(dataset, view), quiet, f"eval ({tte})")
-    preds, labels = logits.argmax(1).numpy(), labels.numpy()
-    out = compute_metrics(preds, labels, exp.data.groups, exp.data.group_names, exp.data.num_classes)
-    out["tte"] = tte
-    out["views_per_image"] = view.views
-    out["precision"] = precision_name(exp.eval_dtype)
-    return out, preds, labels
+    return logits.numpy(), labels.numpy(), view.views, tte

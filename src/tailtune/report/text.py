@@ -30,6 +30,8 @@ def format_results(metrics: dict) -> str:
         lines.append(f"{decoupled.get('name', decoupled['method'])} of run {decoupled['from_run']} (checkpoint sha256 "
                      f"{decoupled['checkpoint_sha256'][:12]}...)"
                      + (f"; the source run's test accuracy: {was:.2f}" if was is not None else ""))
+    if test.get("top5") is not None:  # metrics.json of older runs lacks the probability metrics
+        lines.append(format_calibration(test, metrics.get("calibration"), groups))
     if "params" in metrics:
         p = metrics["params"]
         lines.append(f"trainable: {p['trainable_backbone']:,} backbone ({100 * p['trainable_backbone_share']:.3f}%) "
@@ -41,6 +43,29 @@ def format_results(metrics: dict) -> str:
     if metrics.get("generalisation_gap"):
         lines.append(format_gap(metrics["generalisation_gap"], groups))
     return "\n".join(lines)
+
+
+def format_calibration(test: dict, calibration: dict | None, group_names: Sequence[str]) -> str:
+    """top-5, ECE, NLL and Brier (overall, ECE per group), and temperature scaling's effect if applied."""
+    def num(v, fmt=".2f"):
+        return "-" if v is None else format(v, fmt)
+
+    per_group = test.get("group_calibration") or {}
+    ece_groups = ", ".join(f"{g} {num((per_group.get(g) or {}).get('ece'))}" for g in group_names if g in per_group)
+    line = (f"top-5 {num(test['top5'])}, ECE {num(test.get('ece'))}%"
+            + (f" ({ece_groups})" if ece_groups else "")
+            + f", NLL {num(test.get('nll'), '.4f')}, Brier {num(test.get('brier'), '.4f')}")
+    if calibration and calibration.get("method") == "temperature":
+        after = calibration.get("test") or {}
+        how = f"T = {calibration['temperature']:.3f}, fitted on {calibration.get('fitted_on', 'val')}"
+        if calibration.get("tte", test.get("tte")) == test.get("tte"):
+            line += (f"\ntemperature scaling ({how}): ECE {num(test.get('ece'))} -> {num(after.get('ece'))}%, "
+                     f"NLL {num(test.get('nll'), '.4f')} -> {num(after.get('nll'), '.4f')}, "
+                     f"Brier {num(test.get('brier'), '.4f')} -> {num(after.get('brier'), '.4f')} (accuracy unchanged)")
+        else:  # measured with other views (tailtune eval --tte X --calibrate temperature)
+            line += (f"\ntemperature scaling ({how}, tte {calibration['tte']}): ECE {num(after.get('ece'))}%, "
+                     f"NLL {num(after.get('nll'), '.4f')}, Brier {num(after.get('brier'), '.4f')}")
+    return line
 
 
 def format_gap(gap: dict, group_names: Sequence[str]) -> str:

@@ -27,7 +27,14 @@ from tailtune.data.transforms import (
     train_transform,
 )
 from tailtune.errors import ConfigError, DataError, TailtuneError, WriteError
-from tailtune.evaluation.evaluate import evaluate_model, evaluate_with_predictions, train_features
+from tailtune.evaluation.calibration import check_calibration, temperature_record
+from tailtune.evaluation.evaluate import (
+    evaluate_model,
+    evaluate_with_logits,
+    evaluate_with_predictions,
+    split_logits,
+    train_features,
+)
 from tailtune.evaluation.gap import measure_gap
 from tailtune.experiment import Experiment, _build, data_summary, load_run, param_summary, validate
 from tailtune.losses import build_loss
@@ -49,6 +56,7 @@ from tailtune.runtime.distributed import (
     on_main,
 )
 from tailtune.runtime.distributed import setup as dist_setup
+from tailtune.runtime.files import write_text
 from tailtune.runtime.precision import precision_name
 from tailtune.runtime.rng import kept_rng
 from tailtune.runtime.rundir import (
@@ -66,6 +74,7 @@ from tailtune.runtime.rundir import (
     RunDir,
     RunLock,
     read_config,
+    read_metrics,
     run_path,
 )
 from tailtune.training.feature_cache import cached_training
@@ -341,6 +350,7 @@ def _build_run(cfg: C.Config, run: RunDir | NullRun, resume: bool) -> tuple[Expe
         source = check_source(cfg)  # a decoupled run (train.decoupled): its source run, before the build
         run.track(cfg, resume)  # log.tracker (rank 0 only), first: a missing package fails before the build
         exp = _build(cfg, None, keep_rng=False)  # seeds the global streams training continues
+        check_calibration(cfg.eval.calibrate, exp.data.val is not None)
         if source is not None:
             load_source(exp, source, run.log)
         selector = Selector(exp.model, exp.data, cfg.train.select_by_val,
@@ -494,12 +504,19 @@ class _Evaluation:
     labels: object
     predictions: dict  # tte name -> predictions on the test set
     seconds: float  # of the test evaluations (not the gap's)
+    calibration: dict | None = None  # eval.calibrate=temperature: metrics.json "calibration"
 
 
 def _evaluate(exp: Experiment) -> _Evaluation:
     quiet = exp.cfg.quiet
     t0 = time.perf_counter()
-    test, preds, labels = evaluate_with_predictions(exp, quiet=quiet)
+    calibration = None
+    if exp.cfg.eval.calibrate == "temperature":  # needs the test logits
+        test, logits, labels = evaluate_with_logits(exp, quiet=quiet)
+        preds = logits.argmax(1)
+        calibration = calibrate_run(exp, logits, labels, test["tte"], quiet)
+    else:
+        test, preds, labels = evaluate_with_predictions(exp, quiet=quiet)
     seconds = time.perf_counter() - t0
     predictions, no_tte = {test["tte"]: preds}, None
     if test["tte"] != "none":  # the report shows what the test-time ensemble adds
@@ -507,7 +524,16 @@ def _evaluate(exp: Experiment) -> _Evaluation:
 
     # Train vs test accuracy per group, one view each (cheap): does the tuning overfit the tail?
     gap = measure_gap(exp, no_tte or test, quiet)
-    return _Evaluation(test, no_tte, gap, labels, predictions, seconds)
+    return _Evaluation(test, no_tte, gap, labels, predictions, seconds, calibration)
+
+
+def calibrate_run(exp: Experiment, test_logits, test_labels, tte: str, quiet: bool = True) -> dict:
+    """metrics.json's "calibration": temperature scaling fitted on the validation split's logits
+    (with the test's test-time ensemble ``tte``, so the scale fitted is the scale applied)."""
+    check_calibration("temperature", exp.data.val is not None)
+    val_logits, val_labels, _, _ = split_logits(exp, tte, "val", quiet)
+    return temperature_record(val_logits, val_labels, test_logits, test_labels, exp.data.groups,
+                              exp.data.group_names, exp.data.num_classes, tte)
 
 
 def _metrics(exp: Experiment, params: dict, head_init: str, result: _Evaluation, validation: dict,
@@ -523,6 +549,7 @@ def _metrics(exp: Experiment, params: dict, head_init: str, result: _Evaluation,
         "head_init": head_init,
         "test": result.test,
         "test_no_tte": result.no_tte,
+        **({"calibration": result.calibration} if result.calibration else {}),
         "generalisation_gap": result.gap,
         **validation,
         "history": history,
@@ -553,9 +580,25 @@ def _write_outputs(exp: Experiment, run: RunDir, metrics: dict, result: _Evaluat
 
 
 def evaluate(run_dir: str | Path, tte: str | None = None, split: str = "test", quiet: bool = False,
-             precision: str | None = None, device: str | None = None) -> dict:
+             precision: str | None = None, device: str | None = None, calibrate: str = "none") -> dict:
     """Evaluate a finished run (rebuilds it from its folder); ``precision``: an ``eval.precision``
-    value in place of the run's own; ``device``: in place of the run's ``train.device``."""
-    return evaluate_model(load_run(run_dir, precision=precision, device=device), tte, split, quiet)
+    value in place of the run's own; ``device``: in place of the run's ``train.device``.
 
-
+    ``calibrate="temperature"`` (test split only): also temperature scaling fitted on the run's
+    validation split, returned under "calibration" and recorded in its metrics.json (replacing
+    an earlier one); the test metrics themselves stay unscaled."""
+    check_calibration(calibrate, True, "--calibrate")
+    if calibrate == "none":
+        return evaluate_model(load_run(run_dir, precision=precision, device=device), tte, split, quiet)
+    if split != "test":
+        raise ConfigError(f"--calibrate {calibrate} fits on the validation split and measures the test split; "
+                          f"drop --split {split}.")
+    exp = load_run(run_dir, precision=precision, device=device)
+    check_calibration(calibrate, exp.data.val is not None, "--calibrate")
+    out, logits, labels = evaluate_with_logits(exp, tte, split, quiet)
+    record = calibrate_run(exp, logits, labels, out["tte"], quiet)
+    if env_info().is_main:
+        metrics = read_metrics(run_dir)
+        metrics["calibration"] = record
+        write_text(Path(run_dir) / METRICS, json.dumps(metrics, indent=2))  # atomically
+    return dict(out, calibration=record)

@@ -41,7 +41,8 @@ def zeroshot(cfg: C.Config) -> dict:
     dtype = resolve_eval_precision(cfg.eval.precision, cfg.train.precision, device, backbone.kind)
     logits, labels = predict_logits(lambda x: backbone.zeroshot_logits(x, text), loader, device, dtype, cfg.quiet,
                                     "zero-shot")
-    out = compute_metrics(logits.argmax(1).numpy(), labels.numpy(), data.groups, data.group_names, data.num_classes)
+    out = compute_metrics(logits.argmax(1).numpy(), labels.numpy(), data.groups, data.group_names, data.num_classes,
+                          logits=logits.numpy())
     out["tte"] = cfg.eval.tte
     out["views_per_image"] = view.views
     out["precision"] = precision_name(dtype)
