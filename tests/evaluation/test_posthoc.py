@@ -14,6 +14,7 @@ from tailtune.cli import app as cli
 from tailtune.config import load_config
 from tailtune.errors import ConfigError
 from tailtune.evaluation import posthoc as P
+from tailtune.evaluation.metrics import probability_metrics
 from tailtune.experiment import load_run
 
 COUNTS = [100, 10, 1]  # many, medium, few (3 classes)
@@ -64,7 +65,8 @@ def test_ece_by_hand():
     # 15 bins: confidences 0.9 (bin 14 of (13/15, 1]) twice, one right; 0.5 (bin 7) once, right.
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.5, 0.5]])
     labels = np.array([0, 1, 0])
-    assert P.ece(probs, labels) == pytest.approx(100 * (2 / 3 * abs(0.5 - 0.9) + 1 / 3 * abs(1 - 0.5)))
+    got = probability_metrics(labels, [0, 0], ["many", "medium", "few"], 2, probs=probs)["ece"]
+    assert got == pytest.approx(100 * (2 / 3 * abs(0.5 - 0.9) + 1 / 3 * abs(1 - 0.5)))
 
 
 def _fake_exp(val_labels, test_labels):

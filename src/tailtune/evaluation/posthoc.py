@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tailtune.data.base import Transformed
 from tailtune.data.transforms import eval_transform
@@ -78,33 +77,14 @@ def taunorm_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     return out.float()
 
 
-def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Expected calibration error in percent: equal-width bins (lo, hi] of the top-1 confidence."""
-    conf = probs.max(1)
-    correct = probs.argmax(1) == labels
-    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            total += m.sum() * abs(correct[m].mean() - conf[m].mean())
-    return float(100.0 * total / max(len(labels), 1))
-
-
 def summary(logits: torch.Tensor, labels: np.ndarray, groups, group_names, num_classes: int) -> dict:
-    """What a post-hoc entry records of one set of logits: overall, balanced and per-group accuracy
-    (:func:`compute_metrics`), top-5 (top min(5, C)), ECE (percent, 15 bins) and NLL (nats/image)."""
+    """What a post-hoc entry records of one set of logits: overall, balanced and per-group accuracy,
+    top-5, ECE (percent, 15 bins) and NLL (nats/image), all from :func:`compute_metrics`."""
     labels = np.asarray(labels, dtype=np.int64)
     logits = logits.double()
-    m = compute_metrics(logits.argmax(1).numpy(), labels, groups, group_names, num_classes)
-    out = {k: m[k] for k in ("overall", "balanced", *group_names)}
-    k = min(5, num_classes)
-    top = logits.topk(k, dim=1).indices.numpy()
-    out["top5"] = float(100.0 * (top == labels[:, None]).any(1).mean()) if len(labels) else None
-    logp = F.log_softmax(logits, dim=1)
-    out["nll"] = float(-logp[torch.arange(len(labels)), torch.as_tensor(labels)].mean()) if len(labels) else None
-    out["ece"] = ece(logp.exp().numpy(), labels) if len(labels) else None
-    return out
+    m = compute_metrics(logits.argmax(1).numpy(), labels, groups, group_names, num_classes,
+                        logits=logits.numpy() if len(labels) else None)
+    return {k: m.get(k) for k in ("overall", "balanced", *group_names, "top5", "ece", "nll")}
 
 
 def choose_tau(grid: Sequence[float], score: Callable[[float], float]) -> tuple[float, list[tuple[float, float]]]:
