@@ -598,7 +598,9 @@ def evaluate(run_dir: str | Path, tte: str | None = None, split: str = "test", q
     out, logits, labels = evaluate_with_logits(exp, tte, split, quiet)
     record = calibrate_run(exp, logits, labels, out["tte"], quiet)
     if env_info().is_main:
-        metrics = read_metrics(run_dir)
-        metrics["calibration"] = record
-        write_text(Path(run_dir) / METRICS, json.dumps(metrics, indent=2))  # atomically
+        folder = Path(run_dir)
+        with RunLock.take(folder, way_out=f"delete {folder / LOCK}"):  # not while another process writes it
+            metrics = read_metrics(folder)
+            metrics["calibration"] = record
+            write_text(folder / METRICS, json.dumps(metrics, indent=2))  # atomically
     return dict(out, calibration=record)
