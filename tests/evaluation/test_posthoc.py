@@ -212,10 +212,14 @@ def test_la_on_the_cosine_run_with_a_given_tau(cosine_run, capsys):
     assert r["rows"][0]["after"] == r["before"]  # tau 0 is no adjustment
 
 
-def test_sweep_refuses_posthoc_axes_and_names_the_eval_form():
+def test_sweep_takes_posthoc_axes_as_evaluation_only_axes():
+    # Issue 17 point 6: tailtune sweep sweeps posthoc and tau (it used to refuse them and point to
+    # `tailtune eval RUN --posthoc la,taunorm --tau 0,0.5,1,auto`); tests/runs/test_sweep.py runs one.
     from tailtune.runs.sweep import parse_arguments
 
-    with pytest.raises(ConfigError, match=r"--posthoc la,taunorm --tau 0,0.5,1,auto"):
-        parse_arguments(["posthoc=la,taunorm"])
-    with pytest.raises(ConfigError, match=r"post-hoc adjustment needs no training"):
-        parse_arguments(["posthoc.tau=0,1"])
+    axes, fixed = parse_arguments(["posthoc=la,taunorm", "posthoc.tau=0,1", "posthoc=la"])
+    assert [(a.key, a.values, a.posthoc) for a in axes] == [
+        ("posthoc", ("la", "taunorm"), True), ("posthoc.tau", ("0", "1"), True), ("posthoc", ("la",), True)]
+    assert fixed == []
+    with pytest.raises(ConfigError, match=r"posthoc.tau"):
+        parse_arguments(["posthoc.tau=0,x"])

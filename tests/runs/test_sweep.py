@@ -160,3 +160,92 @@ def test_train_with_seeds_reports_mean_and_spread(tmp_path, capsys):
     assert '<section id="spread">' in page and format_mean_std(spread[0]["overall"]) in page
     assert (f"lift (2 seeds): overall {format_mean_std(spread[0]['overall'])}  "
             f"balanced {format_mean_std(spread[0]['balanced'])}") in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- post-hoc axes (evaluation only)
+
+POSTHOC = ["posthoc=none,la", "posthoc.tau=0,1"]
+
+
+@pytest.fixture(scope="module")
+def posthoc_swept(tmp_path_factory):
+    """A finished sweep of two tiny runs, each adjusted post hoc: none, la tau 0 and la tau 1."""
+    out = tmp_path_factory.mktemp("sweep") / "posthoc"
+    lines = []
+    result = plan("lift", args=[*FAST, "train.lr=0.01,0.1", *POSTHOC], out=out).run(log=lines.append)
+    return out, result, lines
+
+
+def test_posthoc_axes_are_not_training_axes():
+    sweep = plan("lift", args=[*FAST, "train.lr=0.01,0.1", *POSTHOC], out="unused")
+    plain = plan("lift", args=[*FAST, "train.lr=0.01,0.1"], out="unused")
+    # The same points, folders and configs as without the post-hoc axes.
+    assert [(p.name, p.overrides, p.cfg) for p in sweep.points] == [(p.name, p.overrides, p.cfg) for p in plain.points]
+    assert [a.key for a in sweep.axes] == ["train.lr"] and "posthoc" not in plain.describe()
+    assert (sweep.posthoc.methods, sweep.posthoc.taus) == (("none", "la"), ("0", "1"))
+    # Without posthoc.tau, tau is chosen on the validation split, as for `tailtune eval --posthoc`.
+    assert plan("lift", args=[*FAST, "train.lr=0.01,0.1", "posthoc=la"], out="unused").posthoc.taus == ("auto",)
+
+
+def test_a_posthoc_sweep_has_a_row_per_point_method_and_tau(posthoc_swept):
+    out, result, lines = posthoc_swept
+    points = ["train.lr=0.01", "train.lr=0.1"]
+    assert result["ran"] == points and result["failed"] == {}
+    rows = json.loads((out / "sweep.json").read_text())["posthoc"]["rows"]
+    assert [(r["point"], r["train.lr"], r["posthoc"], r["posthoc.tau"], r["tau"]) for r in rows] == [
+        (p, lr, m, t, None if t is None else float(t)) for p, lr in zip(points, ["0.01", "0.1"])
+        for m, t in [("none", None), ("la", "0"), ("la", "1")]]
+    assert json.loads((out / "comparison.json").read_text())["sweep"]["posthoc"]["rows"] == rows
+    keys = ["overall", "balanced", "many", "medium", "few", "top5"]
+    for p in points:
+        none, la0, la1 = [r for r in rows if r["point"] == p]
+        metrics = json.loads((out / p / "metrics.json").read_text())["test"]
+        # none is the run as trained; la with tau 0 subtracts nothing: the same numbers.
+        assert [none[k] for k in keys] == [metrics.get(k) for k in keys]
+        assert [la0[k] for k in keys] == [none[k] for k in keys]
+        assert la0["ece"] == pytest.approx(none["ece"], abs=1e-6) and la0["nll"] == pytest.approx(none["nll"], abs=1e-6)
+        assert la1["tau_from"] == "given" and la1["nll"] != pytest.approx(none["nll"], abs=1e-9)
+        # The cached results are posthoc_eval's: one evaluation per run for both taus.
+        cached = json.loads((out / "posthoc" / f"{p}.json").read_text())["results"]
+        assert [r["method"] for r in cached] == ["la"] and [r["tau"] for r in cached[0]["rows"]] == [0.0, 1.0]
+        assert cached[0]["rows"][1]["after"]["overall"] == la1["overall"]
+    page = (out / "report.html").read_text()
+    assert '<section id="posthoc">' in page and "Post-hoc adjustment" in page
+    assert sum(1 for line in lines if line.startswith("post-hoc la")) == 2
+
+
+def test_a_posthoc_sweep_run_again_evaluates_nothing_and_prints_rows(posthoc_swept, capsys):
+    out, _, _ = posthoc_swept
+    lines = []
+    again = plan("lift", args=[*FAST, "train.lr=0.01,0.1", *POSTHOC], out=out).run(log=lines.append)
+    assert again["ran"] == [] and not any(line.startswith("post-hoc") for line in lines)
+    assert cli.main(["sweep", "lift", *FAST, "train.lr=0.01,0.1", *POSTHOC, "--out", str(out), "--report-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "  posthoc=none tau –: overall" in printed and "  posthoc=la tau 1: overall" in printed
+
+
+def test_auto_tau_rows_show_the_tau_chosen_on_val():
+    from tailtune.report.sweep import tau_cell
+
+    assert tau_cell({"tau": 0.7, "tau_from": "val"}) == "auto → 0.7"
+    assert tau_cell({"tau": 1.0, "tau_from": "given"}) == "1" and tau_cell({"tau": None}) == "–"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["posthoc=taunorm"], "sweep point train.lr=0.01: posthoc=taunorm: .*head.type=cosine"),
+    (["posthoc=none,la", "data.val=none"], "sweep point train.lr=0.01: .*validation split"),
+    (["posthoc=la,bs"], "list post-hoc methods among none, la, taunorm"),
+    (["posthoc=la", "posthoc.tau=0,-1"], "posthoc.tau"),
+    (["posthoc.tau=0,1"], "give the methods too"),
+    (["posthoc=none", "posthoc.tau=0,1"], "applies to posthoc=la or taunorm"),
+    (["posthoc.bins=3"], "the post-hoc axes are"),
+])
+def test_bad_posthoc_axes_fail_before_anything_trains(tmp_path, args, message):
+    with pytest.raises(ConfigError, match=message):
+        plan("lift", args=[*FAST, "train.lr=0.01,0.1", *args], out=tmp_path / "s")
+    assert not (tmp_path / "s").exists()
+
+
+def test_posthoc_without_a_training_axis_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="no training axis"):
+        plan("lift", args=[*FAST, "posthoc=la"], out=tmp_path / "s")

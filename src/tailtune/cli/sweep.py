@@ -15,15 +15,21 @@ SWEEP_HELP = """examples:
   tailtune sweep lift peft.method=adaptformer,lora,full loss=ce,la seeds=0,1,2
   tailtune sweep ablation_bottleneck data.root=DIR          # the recipe's own grid
   tailtune sweep lift peft.r=4,8 --print-commands            # hand the points to a cluster launcher
+  tailtune sweep lift loss=ce,la posthoc=none,la posthoc.tau=0,1,auto   # each run adjusted post hoc
 
 key=v1,v2,... is an axis (commas inside [..] or quotes do not split), key=value a fixed override,
 seeds=0,1,2 the seeds whose mean and spread the report shows; loss= and peft= stand for loss.name
-and peft.method. Finished points are skipped: the same command continues an interrupted sweep."""
+and peft.method. posthoc=none,la,taunorm and posthoc.tau=0,0.5,1,auto (default auto) need no
+training: each finished run is adjusted on its logits, one row per (point, method, tau).
+Finished points are skipped: the same command continues an interrupted sweep."""
 
 
 def summary_lines(sweep) -> list[str]:
     """One line per point: its state and, when finished, overall and per-group test accuracy."""
+    from tailtune.report.sweep import tau_cell
+
     lines = []
+    posthoc = sweep.posthoc_rows([p for p in sweep.points if p.finished]) if sweep.posthoc else []
     for p in sweep.points:
         if not p.finished:
             lines.append(f"{p.name}: {'interrupted' if p.interrupted else 'not run'}")
@@ -36,6 +42,10 @@ def summary_lines(sweep) -> list[str]:
         balanced = t.get("balanced", t.get("mean_class"))
         bal = "" if balanced is None else f"  balanced {balanced:.2f}"
         lines.append(f"{p.name}: overall {t['overall']:.2f}{bal}  {accs}" + (f"  | gap {gaps}" if gaps else ""))
+        for r in (r for r in posthoc if r["point"] == p.name):
+            accs = "  ".join(f"{g} {r[g]:.2f}" for g in groups if r.get(g) is not None)
+            lines.append(f"  posthoc={r['posthoc']} tau {tau_cell(r)}: overall {r['overall']:.2f}  "
+                         f"balanced {r['balanced']:.2f}  {accs}")
     return lines
 
 
@@ -58,8 +68,8 @@ def _run(sweep, args) -> int:
             print(shlex.join(sweep.command(p, args.launcher, args.nproc_per_node)))
         return 0
     if args.report_only:
+        report = sweep.report()  # adjusts the finished points post hoc first (posthoc=...)
         sweep.write_plan()
-        report = sweep.report()
         print(f"comparison: {report}" if report else "comparison: needs two finished points")
         print("\n".join(summary_lines(sweep) + spread_lines(sweep)))
         return 0
@@ -121,5 +131,6 @@ def add_sweep_parser(sub) -> None:
     p.add_argument("--print-commands", action="store_true",
                    help="print the command line of every unfinished point (for a cluster launcher) and exit")
     p.add_argument("--report-only", action="store_true",
-                   help="run nothing: write the comparison of the finished points")
+                   help="train nothing: write the comparison of the finished points (adjusting them first "
+                        "where posthoc=... is swept)")
     p.set_defaults(func=cmd_sweep)

@@ -3,7 +3,8 @@
 For each swept key, one figure with a panel per metric (overall, balanced, then each
 group): the key's values along x in the order they were given, one line per combination of
 the other keys' values, each point the mean over seeds with the standard deviation as an
-error bar.
+error bar. A sweep with post-hoc axes (``posthoc=none,la``, ``posthoc.tau=0,1,auto``) adds a
+table with one row per (point, method, tau).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tailtune.report.html import escape, html_table, pct
 from tailtune.report.plots import RUN_COLOURS, _png, figure, styled
 from tailtune.report.spread import mean_std
 
@@ -66,8 +68,37 @@ def axis_figure(key: str, values: Sequence[str], curves: dict, metrics: Sequence
     return _png(fig)
 
 
-def sweep_sections(sweep, points, page, rows: Sequence[dict], groups: Sequence[str]) -> dict:
-    """Add one section per swept key to a comparison page; returns the curves for comparison.json."""
+def tau_cell(row: dict) -> str:
+    """A post-hoc row's tau as shown: "–" without adjustment, "auto → 0.7" where chosen on val."""
+    if row.get("tau") is None:
+        return "–"
+    return f"auto → {row['tau']:g}" if row.get("tau_from") == "val" else f"{row['tau']:g}"
+
+
+def posthoc_section(sweep, page, rows: Sequence[dict], groups: Sequence[str]) -> None:
+    """The table of a sweep's post-hoc rows: the point's axis values, method, tau, test numbers."""
+    keys = [a.key for a in sweep.axes]
+    metrics = ["overall", "balanced", *groups, "top5", "ece", "nll"]
+    header = [*keys, "posthoc", "tau", "overall", "balanced", *groups, "top-5", "ECE", "NLL"]
+    body = [[*[row.get(k, "–") for k in keys], row["posthoc"], tau_cell(row),
+             *[("–" if row.get(m) is None else f"{row[m]:.4f}") if m == "nll" else pct(row.get(m)) for m in metrics]]
+            for row in rows]
+    adjusted = [m for m in sweep.posthoc.methods if m != "none"]
+    evaluated = {(r["point"], r["posthoc"]) for r in rows}
+    missing = sorted({p for p in {r["point"] for r in rows} for m in adjusted if (p, m) not in evaluated})
+    note = (f'<p class="note">Not adjusted yet (or failed): {escape(", ".join(missing))}.</p>' if missing else "")
+    page.section("posthoc", "Post-hoc adjustment",
+                 html_table(header, body, set(range(len(keys) + 2, len(header)))) + note,
+                 "Each point's run adjusted on its test logits, no retraining: none is the run as trained, la "
+                 "subtracts tau log(training prior) from the logits, taunorm rescales the linear head's class "
+                 "vectors to w / ||w||^tau; tau auto is chosen on the validation split (best balanced accuracy), "
+                 "never the test set. Accuracies and ECE in %, NLL in nats/image.")
+
+
+def sweep_sections(sweep, points, page, rows: Sequence[dict], groups: Sequence[str],
+                   posthoc: Sequence[dict] | None = None) -> dict:
+    """Add one section per swept key to a comparison page (and the post-hoc table of ``posthoc``
+    rows); returns the curves (and the post-hoc rows) for comparison.json."""
     metrics = ["overall", "balanced", *groups]
     out = {}
     grid = sweep.grid_axes
@@ -81,5 +112,10 @@ def sweep_sections(sweep, points, page, rows: Sequence[dict], groups: Sequence[s
         page.section(f"sweep-{i}", f"Accuracy against {axis.key}",
                      page.figure(f"sweep_{i}", png, f"accuracy against {axis.key}"), lead)
         out[axis.key] = {"values": list(axis.values), "curves": curves}
+    extra = {}
+    if posthoc is not None:
+        posthoc_section(sweep, page, posthoc, groups)
+        extra = {"posthoc": {"methods": list(sweep.posthoc.methods), "taus": list(sweep.posthoc.taus),
+                             "rows": list(posthoc)}}
     return {"sweep": {"base": sweep.base, "fixed": sweep.fixed, "axes": out,
-                      "points": [{"run": p.name, **p.values} for p in points]}}
+                      "points": [{"run": p.name, **p.values} for p in points], **extra}}

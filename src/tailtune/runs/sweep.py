@@ -20,10 +20,20 @@ launcher (``torchrun``) each point is a ``python -m tailtune.cli train`` subproc
 Clusters keep their own scheduler: :meth:`Sweep.command` is each pending point's command
 line, to hand to an existing launcher (submitit, a SLURM array), and :meth:`Sweep.report`
 writes the comparison once they are done.
+
+Post-hoc axes need no training: ``posthoc=none,la,taunorm`` and ``posthoc.tau=0,0.5,1,auto``
+(default ``auto``) are evaluation-only. The points are the product of the other axes; each
+finished point's run is adjusted on its test logits by :func:`tailtune.runs.posthoc.posthoc_eval`
+(one test forward per method, every tau from it; tau ``auto`` chosen on the validation split),
+cached in ``<sweep folder>/posthoc/<point>.json``, and the sweep's results get one row per
+(point, method, tau): ``sweep.json`` ``"posthoc"`` and a table on the page. ``none`` is the run's
+own test evaluation. The posthoc keys are not part of the folder names, so adding them to a
+finished sweep evaluates its runs without training any again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -39,18 +49,33 @@ from pathlib import Path
 from tailtune import config as C
 from tailtune.config.recipes import recipe_info
 from tailtune.errors import ConfigError, TailtuneError
+from tailtune.evaluation.posthoc import AUTO, METHODS, check_taunorm, no_val_error
 from tailtune.experiment import validate
 from tailtune.report.compare import compare_runs
+from tailtune.report.record import balanced
 from tailtune.report.sweep import sweep_sections
+from tailtune.runs.posthoc import parse_taus, posthoc_eval
 from tailtune.runs.run import fit, resume
 from tailtune.runtime.files import write_text
-from tailtune.runtime.rundir import CONFIG, METRICS, STATE, SWEEP, SWEEP_LOGS, comparable_config
+from tailtune.runtime.rundir import (
+    CONFIG,
+    METRICS,
+    PREDICTIONS,
+    STATE,
+    SWEEP,
+    SWEEP_LOGS,
+    comparable_config,
+    read_metrics,
+)
 from tailtune.training.trainer import TrainingInterrupted
 
 _log = logging.getLogger(__name__)
 SEEDS = "seeds"
 # Short forms for the keys swept most often (the issue's `loss=ce,la`).
 ALIASES = {"loss": "loss.name", "peft": "peft.method"}
+# Evaluation-only axes: post-hoc adjustment of each point's finished run (no config key).
+POSTHOC, POSTHOC_TAU, NONE = "posthoc", "posthoc.tau", "none"
+POSTHOC_DIR = "posthoc"  # folder of the sweep's cached post-hoc results, one file per point
 
 
 def _torchrun(nproc: int) -> list[str]:
@@ -74,6 +99,26 @@ class Axis:
     @property
     def seeds(self) -> bool:
         return self.key == SEEDS
+
+    @property
+    def posthoc(self) -> bool:
+        return self.key in (POSTHOC, POSTHOC_TAU)
+
+
+@dataclass(frozen=True)
+class Posthoc:
+    """The post-hoc axes of a sweep: methods (``none`` = no adjustment) and taus, as given."""
+
+    methods: tuple[str, ...]
+    taus: tuple[str, ...]  # for la / taunorm; "auto" or a number
+
+    @property
+    def adjusted(self) -> list[str]:
+        return [m for m in self.methods if m != NONE]
+
+    @property
+    def tau_values(self) -> list:
+        return parse_taus(",".join(self.taus))
 
 
 @dataclass
@@ -127,10 +172,9 @@ def parse_arguments(args: list[str] | tuple[str, ...]) -> tuple[list[Axis], list
         if not sep or not key:
             raise ConfigError(f"sweep argument {arg!r} is not of the form key=value or key=v1,v2,... "
                               "(e.g. peft.r=4,8,16).")
-        if key.split(".")[0] == "posthoc":
-            raise ConfigError(f"sweep argument {arg!r}: tailtune sweep trains one run per point, and post-hoc "
-                              "adjustment needs no training. Sweep it over a finished run's logits with "
-                              "`tailtune eval RUN --posthoc la,taunorm --tau 0,0.5,1,auto` (one table).")
+        if key.split(".")[0] == POSTHOC:
+            axes.append(_posthoc_axis(arg, key, value))
+            continue
         values = split_values(value)
         if any(v == "" for v in values):
             raise ConfigError(f"sweep argument {arg!r} has an empty value; separate values by single commas.")
@@ -143,6 +187,52 @@ def parse_arguments(args: list[str] | tuple[str, ...]) -> tuple[list[Axis], list
         else:
             fixed.append(f"{ALIASES.get(key, key)}={value}")
     return axes, fixed
+
+
+def _posthoc_axis(arg: str, key: str, value: str) -> Axis:
+    """``posthoc=none,la,taunorm`` or ``posthoc.tau=0,0.5,auto``: an axis even with one value."""
+    values = [v.strip() for v in value.split(",")]
+    if key == POSTHOC:
+        choices = (NONE, *METHODS)
+        if any(v not in choices for v in values) or len(set(values)) != len(values):
+            raise ConfigError(f"sweep argument {arg!r}: list post-hoc methods among {', '.join(choices)}, each "
+                              "once (none: the run as trained), e.g. posthoc=none,la.")
+    elif key == POSTHOC_TAU:
+        try:
+            parse_taus(value)
+        except ConfigError as e:
+            raise ConfigError(f"sweep argument {arg!r}: {e}".replace("--tau", "posthoc.tau")) from None
+    else:
+        raise ConfigError(f"sweep argument {arg!r}: the post-hoc axes are posthoc=none,la,taunorm and "
+                          "posthoc.tau=0,0.5,1,auto (evaluation only, no training).")
+    return Axis(key, key, tuple(values))
+
+
+def _posthoc_spec(axes: list[Axis]) -> Posthoc | None:
+    """The sweep's post-hoc methods and taus (tau auto when only methods are given), or None."""
+    given = {a.key: a.values for a in axes if a.posthoc}
+    if not given:
+        return None
+    methods = given.get(POSTHOC)
+    if methods is None:
+        raise ConfigError("posthoc.tau=... sets the tau of post-hoc adjustment; give the methods too, e.g. "
+                          "posthoc=none,la posthoc.tau=0,1.")
+    if POSTHOC_TAU in given and all(m == NONE for m in methods):
+        raise ConfigError("posthoc.tau=... applies to posthoc=la or taunorm, and posthoc lists only none; add a "
+                          "method (posthoc=none,la) or drop posthoc.tau.")
+    return Posthoc(tuple(methods), tuple(given.get(POSTHOC_TAU, (AUTO,))))
+
+
+def _fingerprint(run_dir: Path) -> str:
+    """What identifies a finished run's test outputs: a hash of predictions.npz (else of metrics.json)."""
+    path = run_dir / PREDICTIONS if (run_dir / PREDICTIONS).exists() else run_dir / METRICS
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _measures(test: dict, groups: list[str]) -> dict:
+    """The numbers of a post-hoc row from a run's own test evaluation (posthoc=none)."""
+    return {"overall": test.get("overall"), "balanced": balanced(test), **{g: test.get(g) for g in groups},
+            **{k: test.get(k) for k in ("top5", "ece", "nll")}}
 
 
 def merge_axes(recipe_axes: list[Axis], axes: list[Axis], fixed: list[str]) -> list[Axis]:
@@ -183,6 +273,7 @@ class Sweep:
     axes: list[Axis]
     dir: Path
     points: list[Point] = field(default_factory=list)
+    posthoc: Posthoc | None = None  # evaluation-only axes (not in axes, not in folder names)
 
     @property
     def grid_axes(self) -> list[Axis]:
@@ -214,7 +305,62 @@ class Sweep:
         return {"base": self.base, "data": self.data, "files": list(self.files), "fixed": self.fixed,
                 "axes": [{"key": a.key, "target": a.target, "values": list(a.values)} for a in self.axes],
                 "points": [{"name": p.name, "values": p.values, "setting": p.setting, "run_dir": str(p.run_dir),
-                            "overrides": p.overrides, "finished": p.finished} for p in self.points]}
+                            "overrides": p.overrides, "finished": p.finished} for p in self.points],
+                **({"posthoc": {"methods": list(self.posthoc.methods), "taus": list(self.posthoc.taus),
+                                "rows": self.posthoc_rows([p for p in self.points if p.finished])}}
+                   if self.posthoc else {})}
+
+    def posthoc_file(self, point: Point) -> Path:
+        return self.dir / POSTHOC_DIR / f"{point.name}.json"
+
+    def _posthoc_key(self, point: Point) -> dict:
+        return {"methods": self.posthoc.adjusted, "taus": list(self.posthoc.taus), "run": _fingerprint(point.run_dir)}
+
+    def posthoc_results(self, point: Point) -> list[dict] | None:
+        """The cached posthoc_eval results of a finished point for this sweep's methods and taus, if any."""
+        path = self.posthoc_file(point)
+        if not path.exists():
+            return None
+        saved = json.loads(path.read_text())
+        return saved["results"] if saved.get("key") == self._posthoc_key(point) else None
+
+    def evaluate_posthoc(self, log: Callable[[str], None] = _log.info) -> dict[str, str]:
+        """Adjust every finished point not evaluated yet (one posthoc_eval per point: each method's test
+        forward once, all taus from it); returns the points that failed and why."""
+        failed: dict[str, str] = {}
+        if self.posthoc is None or not self.posthoc.adjusted:
+            return failed
+        for p in self.points:
+            if not p.finished or self.posthoc_results(p) is not None:
+                continue
+            log(f"post-hoc {','.join(self.posthoc.adjusted)} (tau {','.join(self.posthoc.taus)}): {p.name}")
+            try:
+                results = posthoc_eval(p.run_dir, self.posthoc.adjusted, self.posthoc.tau_values)
+            except TailtuneError as e:  # e.g. tau auto and the run has no validation split
+                failed[f"{p.name} (posthoc)"] = str(e)
+                log(f"post-hoc {p.name} failed: {e}")
+                continue
+            self.posthoc_file(p).parent.mkdir(parents=True, exist_ok=True)
+            write_text(self.posthoc_file(p), json.dumps({"key": self._posthoc_key(p), "results": results}, indent=2))
+        return failed
+
+    def posthoc_rows(self, points: list[Point]) -> list[dict]:
+        """One row per (finished point, method, tau): the point's axis values, ``posthoc``,
+        ``posthoc.tau`` (as given; None for none), ``tau`` (the value used: the chosen one for
+        auto), ``tau_from`` and the test numbers. Points not evaluated yet have only their none row."""
+        rows: list[dict] = []
+        for p in points:
+            metrics = read_metrics(p.run_dir)
+            groups = list(metrics["data"]["group_names"])
+            results = {r["method"]: r for r in self.posthoc_results(p) or []}
+            for method in self.posthoc.methods:
+                base = {"point": p.name, **p.values, POSTHOC: method}
+                if method == NONE:
+                    rows.append({**base, POSTHOC_TAU: None, "tau": None, "tau_from": None,
+                                 **_measures(metrics["test"], groups)})
+                for given, r in zip(self.posthoc.taus, results[method]["rows"] if method in results else []):
+                    rows.append({**base, POSTHOC_TAU: given, "tau": r["tau"], "tau_from": r["tau_from"], **r["after"]})
+        return rows
 
     def write_plan(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -235,8 +381,9 @@ class Sweep:
             failed = self._run_here(pending, log)
         else:
             failed = self._run_processes(pending, parallel, launcher, nproc, log)
+        failed.update(self.evaluate_posthoc(log))
         self.write_plan()
-        report = self.report()
+        report = self.report(evaluate=False)
         if report is not None:
             log(f"comparison: {report}")
         else:
@@ -279,15 +426,19 @@ class Sweep:
             results = list(pool.map(launch, pending))
         return {name: f"exit status {rc}, see {logs / (name + '.log')}" for name, rc in results if rc != 0}
 
-    def report(self) -> Path | None:
-        """Write the comparison of the finished points into the sweep folder (None if under two)."""
+    def report(self, evaluate: bool = True) -> Path | None:
+        """Write the comparison of the finished points into the sweep folder (None if under two);
+        first (``evaluate``) adjusts the finished points post hoc that are not evaluated yet."""
+        if evaluate:
+            self.evaluate_posthoc()
         done = [p for p in self.points if p.finished]
         if len(done) < 2:
             return None
-        keys = ", ".join(a.key for a in self.axes)
+        keys = ", ".join(a.key for a in self.axes) + (f", {POSTHOC}" if self.posthoc else "")
+        posthoc = self.posthoc_rows(done) if self.posthoc else None
         return compare_runs([p.run_dir for p in done], self.dir,
                             settings=[p.setting for p in done] if self.has_seeds else None,
-                            extra=lambda page, rows, groups: sweep_sections(self, done, page, rows, groups),
+                            extra=lambda page, rows, groups: sweep_sections(self, done, page, rows, groups, posthoc),
                             title=f"tailtune sweep of {Path(self.base).stem} over {keys}")
 
 
@@ -316,12 +467,18 @@ def plan(base: str, data: str | None = None, files: tuple[str, ...] | list[str] 
     axes, fixed = parse_arguments(args)
     recipe_axes, _ = parse_arguments(recipe_info(base).sweep)
     axes = merge_axes(recipe_axes, axes, fixed)
+    posthoc = _posthoc_spec(axes)
+    axes = [a for a in axes if not a.posthoc]
+    if not axes and posthoc:
+        raise ConfigError("posthoc=... adjusts the runs of a sweep's training points, and this sweep has no "
+                          "training axis; add one (e.g. seeds=0,1 or loss=ce,la), or adjust one run with "
+                          "`tailtune eval RUN --posthoc la,taunorm --tau 0,0.5,1,auto`.")
     if not axes:
         raise ConfigError("a sweep needs at least one axis: key=v1,v2,... (e.g. peft.r=4,8,16) or seeds=0,1,2; "
                           "one setting is `tailtune train`.")
     first = C.load_config(base, data, files, fixed)
     folder = Path(out) if out else default_dir(first, base, axes)
-    sweep = Sweep(base, data, tuple(files), fixed, axes, folder)
+    sweep = Sweep(base, data, tuple(files), fixed, axes, folder, posthoc=posthoc)
     names: set[str] = set()
     for combo in itertools.product(*[a.values for a in axes]):
         values = {a.key: v for a, v in zip(axes, combo)}
@@ -339,11 +496,26 @@ def plan(base: str, data: str | None = None, files: tuple[str, ...] | list[str] 
         try:
             cfg = C.load_config(base, data, files, overrides)
             validate(cfg)
+            _check_posthoc(posthoc, cfg)
         except ConfigError as e:
             raise ConfigError(f"sweep point {name}: {e}") from None
         _check_folder(run_dir, cfg)
         sweep.points.append(Point(name, values, "__".join(grid) or Path(base).stem, overrides, run_dir, cfg))
     return sweep
+
+
+def _check_posthoc(posthoc: Posthoc | None, cfg: C.Config) -> None:
+    """Refuse, before anything trains, a post-hoc method that cannot apply to a point's run."""
+    if posthoc is None:
+        return
+    if "taunorm" in posthoc.methods:
+        try:
+            check_taunorm(cfg.head.type, "this point")
+        except ConfigError as e:
+            raise ConfigError(f"posthoc=taunorm: {e}".replace("--posthoc ", "posthoc=")) from None
+    if AUTO in posthoc.taus and posthoc.adjusted and cfg.data.val == "none":
+        e = no_val_error("this point (data.val=none)", posthoc.adjusted[0])
+        raise ConfigError(str(e).replace("--posthoc ", "posthoc=").replace("--tau", "posthoc.tau")) from None
 
 
 def _check_folder(run_dir: Path, cfg: C.Config) -> None:
