@@ -77,6 +77,23 @@ def add_keys17(run: Path, offset: float = 0.0, posthoc: bool = False, calibratio
     return m
 
 
+SPLIT_KEYS = ("top5", "nll", "brier", "ece", "classwise_ece", "group_calibration", "reliability",
+              "precision_per_class", "recall_per_class", "f1_per_class", "group_confusion")
+
+
+def strip_keys17(run: Path) -> None:
+    """Make ``run`` an old run: its metrics.json without any of the keys (as written before issue 17)."""
+    path = Path(run) / "metrics.json"
+    m = json.loads(path.read_text())
+    for split in m.values():
+        if isinstance(split, dict):
+            for k in SPLIT_KEYS:
+                split.pop(k, None)
+    m.pop("calibration", None)
+    m.pop("posthoc", None)
+    path.write_text(json.dumps(m, indent=2))
+
+
 def copy_run(run: Path, dst: Path) -> Path:
     """A copy of a run folder (its report files left behind)."""
     shutil.copytree(run, dst, ignore=shutil.ignore_patterns("report", "report.html"))

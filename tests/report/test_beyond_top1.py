@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from keys17 import add_keys17, copy_run
+from keys17 import add_keys17, copy_run, strip_keys17
 from PIL import Image
 
 import tailtune
@@ -32,6 +32,9 @@ def base(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs")
     tailtune.fit(load_config("lift", overrides=[*TINY_CLIP, "eval.report=false", f"output_dir={out}", "name=base"]))
+    assert json.loads((out / "base" / "metrics.json").read_text())["test"]["top5"] is not None  # a new run has them
+    copy_run(out / "base", out / "fresh")  # as the evaluation wrote it
+    strip_keys17(out / "base")  # the base is a run written before the keys: the tests add hand-made ones
     return out / "base"
 
 
@@ -79,6 +82,15 @@ def test_report_shows_top5_ece_nll_per_group_and_the_reliability_diagram(base, t
     assert Image.open(run / "report" / "reliability.png").size == img.size
     # neither post hoc nor temperature scaling recorded: no before / after tables
     assert "temperature scaling" not in part and "Post-hoc" not in part
+
+
+def test_a_new_runs_own_metrics_fill_the_columns_and_the_diagram(base):
+    run = base.parent / "fresh"
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    results = _section(write_report(run).read_text(), "results")
+    cells = _cells(results.split("Beyond top-1")[1], f"with TTE ({test['tte']})")
+    assert cells[0] == f"{test['top5']:.2f}" and cells[4] == f"{test['ece']:.2f}" and cells[8] == f"{test['nll']:.3f}"
+    assert (run / "report" / "reliability.png").is_file()
 
 
 def test_report_of_an_old_run_has_no_new_columns_nor_diagram(base, tmp_path):
