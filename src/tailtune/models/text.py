@@ -123,8 +123,9 @@ def text_options(peft: PeftConfig) -> TextPeftOptions:
 
 TEXT_METHODS.register("none", help="nothing on the text side trains", options=TextPeftOptions)("none")
 for _name in SHARED_METHODS:
-    TEXT_METHODS.register(_name, help=f"the image side's {_name} on the text transformer's blocks "
-                                      f"({PEFT_METHODS.help(_name)})", options=TextPeftOptions)(_name)
+    _help = PEFT_METHODS.help(_name).replace("peft.vpt.length", "peft.text.prompt_length")  # the text side's key
+    TEXT_METHODS.register(_name, help=f"the image side's {_name} on the text transformer's blocks ({_help})",
+                          options=TextPeftOptions)(_name)
 TEXT_METHODS.register("coop", help="CoOp: learned context tokens around the class name, shared by all classes "
                                    "(peft.text.context_*)", options=TextPeftOptions)("coop")
 TEXT_METHODS.register("proj_tuning", help="CLIP's text projection trains (the text half of LIFT+'s proj_tuning: "
