@@ -32,6 +32,7 @@ from tailtune.data.sources.base import LTData
 from tailtune.data.transforms import Preprocess, preprocessing_spec
 from tailtune.errors import CheckpointError, ConfigError, WriteError
 from tailtune.experiment import build, inference_config, tte_options
+from tailtune.models.attention import FastAttention
 from tailtune.models.peft.base import PEFT_METHODS, mergeable, method_names
 from tailtune.models.peft.targets import SelfAttention, set_part
 from tailtune.models.text import TextClassifier, fixed_text_head, text_named_parameters
@@ -88,8 +89,8 @@ def _implicit_attention(sa) -> nn.MultiheadAttention:
     """An ``nn.MultiheadAttention`` holding the parameters of a :class:`SelfAttention` (the
     inverse of ``targets.explicit_attention``), once nothing wraps its layers any more."""
     dim = sa.qkv.in_features
-    mha = nn.MultiheadAttention(dim, sa.num_heads, dropout=sa.dropout, bias=sa.qkv.bias is not None,
-                                batch_first=sa.batch_first, device="meta")
+    mha = FastAttention(dim, sa.num_heads, dropout=sa.dropout, bias=sa.qkv.bias is not None,
+                        batch_first=sa.batch_first, device="meta")
     mha.in_proj_weight = sa.qkv.weight
     if sa.qkv.bias is not None:
         mha.in_proj_bias = sa.qkv.bias

@@ -18,6 +18,8 @@ from torch import nn
 from tailtune.config import ModelConfig
 from tailtune.data.transforms import Preprocess
 from tailtune.errors import ConfigError
+from tailtune.models.attention import fast_attention
+from tailtune.models.casts import cast_frozen_once
 from tailtune.registry import Registry
 
 PROVIDERS: Registry = Registry("model provider")
@@ -79,8 +81,16 @@ class Backbone(nn.Module):
 
 
 def build_backbone(cfg: ModelConfig) -> Backbone:
-    """Create the backbone described by ``cfg`` with every parameter frozen."""
+    """Create the backbone described by ``cfg`` with every parameter frozen.
+
+    Two changes that leave every result and state-dict key as it was make the frozen path
+    fast in low precision: self-attention that never hands a strided view to a matmul
+    (models/attention.py) and frozen weights cast to the autocast dtype once per change
+    rather than on every call (models/casts.py).
+    """
     backbone = PROVIDERS.get(cfg.provider)(cfg)
+    fast_attention(backbone)
+    cast_frozen_once(backbone)
     backbone.requires_grad_(False)
     backbone.eval()
     return backbone

@@ -13,11 +13,10 @@ hold the very same parameter objects, so both families then look like timm's ``A
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tailtune.errors import ConfigError
+from tailtune.models.attention import attend
 from tailtune.models.peft.base import PeftModule
 
 PART_PATHS: dict[str, tuple[str, ...]] = {
@@ -59,17 +58,8 @@ class SelfAttention(nn.Module):
             raise ValueError("SelfAttention computes self-attention only: key and value must be the query.")
         if need_weights or key_padding_mask is not None or is_causal:
             raise ValueError("SelfAttention supports neither attention weights, padding masks nor is_causal.")
-        x = query if self.batch_first else query.transpose(0, 1)
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        if attn_mask is not None:
-            if attn_mask.dtype == torch.bool:
-                attn_mask = ~attn_mask  # MHA masks out True; scaled_dot_product_attention keeps True
-            if attn_mask.dim() == 3:  # MHA's (batch * heads, L, S)
-                attn_mask = attn_mask.view(b, self.num_heads, n, n)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                             dropout_p=self.dropout if self.training else 0.0)
-        out = self.proj(out.transpose(1, 2).reshape(b, n, d))
+        x = (query if self.batch_first else query.transpose(0, 1)).contiguous()
+        out = self.proj(attend(self.qkv(x), self.num_heads, attn_mask, self.dropout if self.training else 0.0))
         return (out if self.batch_first else out.transpose(0, 1)), None
 
 
