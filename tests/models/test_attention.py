@@ -113,3 +113,27 @@ def test_open_clip_backbone_gets_fast_attention_in_both_towers():
     attns = [m for m in backbone.modules() if isinstance(m, nn.MultiheadAttention)]
     assert attns and all(type(m) is FastAttention for m in attns)
     assert any(n.startswith("clip.visual.") and n.endswith(".attn.in_proj_weight") for n, _ in backbone.named_parameters())
+
+
+def test_timm_attention_kernel_is_chosen_per_call():
+    """timm's Attention keeps its layout; the pre-hook picks its matmul path for a bf16 CPU
+    backward and the fused kernel otherwise (and never fuses a layer timm was told not to)."""
+    from timm.layers import Attention
+
+    torch.manual_seed(0)
+    attn, unfused = Attention(32, num_heads=4), Attention(32, num_heads=4)
+    unfused.fused_attn = False
+    model = nn.ModuleList([attn, unfused])
+    assert fast_attention(model) == 2 and fast_attention(model) == 0
+    x = torch.randn(2, 5, 32, requires_grad=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        attn(x)
+        assert attn.fused_attn is False
+        with torch.no_grad():
+            attn(x)
+            assert attn.fused_attn is True
+    attn(x)
+    assert attn.fused_attn is True  # fp32
+    with torch.autocast("cpu", torch.bfloat16):
+        unfused(x.detach())
+    assert unfused.fused_attn is False
