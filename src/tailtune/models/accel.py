@@ -1,8 +1,9 @@
 """Model-path options of a run: torch.compile, activation checkpointing, precision warnings.
 
-Fused attention needs nothing here: open_clip's blocks call ``nn.MultiheadAttention`` with
-``need_weights=False`` and timm's call ``F.scaled_dot_product_attention``, both of which run
-PyTorch's fused SDPA kernel (tests/runtime/test_speed.py checks it with the profiler).
+The attention kernels need nothing here: every backbone is built with them
+(models/attention.py: open_clip's attention without the strided bf16 slow path, PyTorch's
+fused SDPA kernel where it is the faster one; tests/runtime/test_speed.py checks it with the
+profiler), and so are the frozen weights' casts (models/casts.py).
 """
 
 from __future__ import annotations

@@ -311,12 +311,17 @@ class Trainer:
             if isinstance(targets, MixedTargets):
                 targets = targets.dense(logits.shape[1])
             loss = self.loss_fn(logits.float(), targets)
-            finite = bool(torch.isfinite(loss))
+            # What the epoch counts, read after the backward is queued in one transfer: on a GPU
+            # one wait per micro-batch instead of three before its backward could start.
+            counts = torch.stack([torch.isfinite(loss).float(), loss.detach() * len(y),
+                                  (logits.detach().argmax(1) == y).sum().float()])
             # Weight by size so that the step's gradient is the mean over its images.
             self.scaler.scale(loss * (len(y) / step_images)).backward()
+        finite_flag, loss_sum, correct = counts.tolist()
+        finite = bool(finite_flag)
         if finite:
-            self._sums["loss"] += loss.item() * len(y)
-            self._sums["correct"] += (logits.argmax(1) == y).sum().item()
+            self._sums["loss"] += loss_sum
+            self._sums["correct"] += int(correct)
             self._sums["seen"] += len(y)
         return loss, finite
 
