@@ -27,6 +27,7 @@ from tailtune.runtime.precision import autocast
 from tailtune.runtime.progress import ImageProgress
 from tailtune.training.loader import EpochKeyed, EpochKeys
 from tailtune.training.mixing import MixedTargets, build_mixer, mixup_options
+from tailtune.training.optim import keep_flags, make_sgd
 
 _log = logging.getLogger(__name__)
 
@@ -140,8 +141,8 @@ class Trainer:
         groups = [{"params": head, "lr": self.cfg.lr}]
         if body:
             groups.append({"params": body, "lr": self.backbone_lr or self.cfg.lr})
-        self.optimizer = torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum,
-                                         weight_decay=self.cfg.weight_decay)
+        self.optimizer = make_sgd(groups, self.device, lr=self.cfg.lr, momentum=self.cfg.momentum,
+                                  weight_decay=self.cfg.weight_decay)
         # The sampler's epoch plan is a pure function of (seed, epoch); each rank iterates
         # its disjoint share of it (data/samplers.py).
         self.sampler = build_sampler(self.cfg.sampler, self.train_set.targets, self.cfg.seed,
@@ -198,6 +199,7 @@ class Trainer:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.optimizer.load_state_dict(optimizer_state)
+        keep_flags(self.optimizer, self.device)
 
     # ------------------------------------------------------------------ loop
 
