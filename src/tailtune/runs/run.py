@@ -433,7 +433,7 @@ def _make_trainer(exp: Experiment, inputs: _TrainingInputs, run: RunDir | NullRu
 
     return Trainer(inputs.model, inputs.loss_fn, inputs.dataset, cfg.train, exp.device, exp.dtype, inputs.workers,
                    backbone_lr=cfg.peft.lr, quiet=cfg.quiet or not info.is_main, log=run.log,
-                   dist=info, save=save,
+                   dist=info, save=save, channels_last=exp.channels_last,
                    on_step=lambda step, s: run.scalars(step, {f"train/{k}": v for k, v in s.items()}))
 
 

@@ -114,6 +114,9 @@ class Trainer:
     # re-weighting) is always told, the training set through the loader's keys (EpochKeyed).
     epoch_aware: tuple = ()
     dist: DistInfo = field(default_factory=DistInfo)
+    # Batches in channels_last: the experiment's rule (train.channels_last, CNN backbones only);
+    # None = train.channels_last as it is.
+    channels_last: bool | None = None
     save: Callable[[Trainer], None] | None = None  # stores the training state (rank 0 writes)
     epoch: int = 0
     step: int = 0
@@ -300,7 +303,8 @@ class Trainer:
         ``at``: the micro-batch's first image in the epoch's share (it seeds train.mixup's draws).
         Returns the loss and whether it is finite; only finite losses count in the epoch's sums.
         """
-        images = to_device(images, self.device, self.cfg.channels_last)
+        images = to_device(images, self.device,
+                           self.cfg.channels_last if self.channels_last is None else self.channels_last)
         y = y.to(self.device, non_blocking=True)
         targets = y
         if self.mixer is not None:
