@@ -15,7 +15,17 @@ import json
 import time
 
 import torch
-from _common import cuda_sync, default_threads, header, median_time, rate_basis, report, run_isolated, save_json, table
+from _common import (
+    cuda_sync,
+    default_threads,
+    header,
+    median_time,
+    rate_basis,
+    report,
+    run_isolated,
+    save_json,
+    table,
+)
 from torch import nn
 
 from tailtune.config import HeadConfig, ModelConfig, PeftConfig

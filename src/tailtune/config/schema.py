@@ -26,6 +26,7 @@ CALIBRATIONS = ("none", "temperature")  # eval.calibrate (evaluation/calibration
 VAL_MODES = ("auto", "split", "holdout", "none")
 HOLDOUT_POLICIES = ("balanced", "proportional")  # data.holdout_policy (data/holdout.py)
 ON_NAN_MODES = ("stop", "skip")
+DECODERS = ("cpu", "gpu")  # data.decode (data/gpu_decode.py)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # train.compile_mode: torch.compile's modes
 DECOUPLED_MODES = ("none", "crt", "lws")  # train.decoupled: Kang et al.'s decoupled classifier stage (runs/decoupled.py)
 CACHE_MODES = ("auto", "always", "never")  # = training.feature_cache.CACHE_MODES; not on/off: YAML reads those as booleans
@@ -98,11 +99,16 @@ class DataConfig:
     skip_corrupt: bool = setting(False, "drop images that cannot be read (corrupt, a refused mode or size; the notes name them) instead of stopping")
     store: Optional[str] = setting(None, "folder written by `tailtune data cache`: decoded, resized pixels (no JPEG decoding)")
     interpolation: str = setting("auto", "resize filter of every view (training crops, test view, five/ten crops, head init)", registry="data.interpolation")
+    decode: str = setting("cpu", "where training JPEGs are decoded: cpu (PIL, in the loader's workers) | gpu (the loader reads the bytes and draws the same crops; the batch is decoded on train.device with torchvision's decode_jpeg, nvJPEG on CUDA, libjpeg on a CPU device; JPEG files with the standard augmentation only; evaluation decodes on the CPU)", choices=DECODERS)
 
     def __post_init__(self) -> None:
         _check_choice("data", "val", self.val, VAL_MODES)
         _check_choice("data", "holdout_policy", self.holdout_policy, HOLDOUT_POLICIES)
         _check_registered("data", "interpolation", self.interpolation)
+        _check_choice("data", "decode", self.decode, DECODERS)
+        if self.decode == "gpu" and self.store:
+            raise ConfigError("data.decode=gpu decodes JPEG files, but data.store reads decoded pixels from the "
+                              "store (no decoding left); drop one of them.")
         _check_positive("data", "holdout_per_class", self.holdout_per_class)
         if self.imb_ratio < 1:
             raise ConfigError(f"data.imb_ratio={self.imb_ratio} must be >= 1 (n_max / n_min).")

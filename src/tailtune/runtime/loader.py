@@ -9,13 +9,12 @@ import torch
 from tailtune.runtime.precision import autocast
 from tailtune.runtime.progress import ImageProgress
 
-
 IN_FLIGHT = 8  # batches a training loader's workers keep ready between them (at least 2 each)
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, device: torch.device,
                 generator: torch.Generator | None = None, sampler=None,
-                persistent: bool = False) -> torch.utils.data.DataLoader:
+                persistent: bool = False, collate_fn=None) -> torch.utils.data.DataLoader:
     """Every loader the library feeds a model from: pinned batches for a CUDA device (so that
     :func:`to_device` copies them asynchronously). ``persistent``: a training loader, whose
     workers live across epochs and keep at least ``IN_FLIGHT`` batches ready between them, so a
@@ -25,7 +24,7 @@ def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, device: t
         extra = {"persistent_workers": True, "prefetch_factor": max(2, -(-IN_FLIGHT // workers))}
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
-        sampler=sampler, pin_memory=device.type == "cuda", drop_last=False, **extra,
+        sampler=sampler, pin_memory=device.type == "cuda", drop_last=False, collate_fn=collate_fn, **extra,
     )
 
 

@@ -117,6 +117,9 @@ class Trainer:
     # Batches in channels_last: the experiment's rule (train.channels_last, CNN backbones only);
     # None = train.channels_last as it is.
     channels_last: bool | None = None
+    # data.decode=gpu: the loader's batches are JPEG bytes and crop plans, which this callable
+    # (data.gpu_decode.DeviceViews) decodes into the model's input on the device.
+    device_views: Callable | None = None
     save: Callable[[Trainer], None] | None = None  # stores the training state (rank 0 writes)
     epoch: int = 0
     step: int = 0
@@ -241,7 +244,8 @@ class Trainer:
             # The images' augmentation is seeded per item (SeededTransformed), not by the workers.
             self._loader = make_loader(EpochKeyed(self.train_set), self.micro, False, self.workers, self.device,
                                        generator=torch.Generator().manual_seed(self.cfg.seed),
-                                       sampler=self._keys, persistent=True)
+                                       sampler=self._keys, persistent=True,
+                                       collate_fn=getattr(self.device_views, "collate", None))
         self._keys.keys = [(self.epoch, int(i)) for i in share[start:]]
         return share[start:], self._loader
 
@@ -303,8 +307,11 @@ class Trainer:
         ``at``: the micro-batch's first image in the epoch's share (it seeds train.mixup's draws).
         Returns the loss and whether it is finite; only finite losses count in the epoch's sums.
         """
-        images = to_device(images, self.device,
-                           self.cfg.channels_last if self.channels_last is None else self.channels_last)
+        channels_last = self.cfg.channels_last if self.channels_last is None else self.channels_last
+        if self.device_views is not None:
+            images = self.device_views(images, self.device, channels_last)
+        else:
+            images = to_device(images, self.device, channels_last)
         y = y.to(self.device, non_blocking=True)
         targets = y
         if self.mixer is not None:
