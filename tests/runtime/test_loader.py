@@ -107,3 +107,24 @@ def test_the_trainer_copies_batches_asynchronously_in_the_experiments_layout(mon
     trainer._forward_backward(images, y, 1, True)
     assert seen == [False]  # a ViT: train.channels_last (true by default) is for CNNs only
     assert moved[:2] == [True, True]  # images and labels
+
+
+def test_a_cnn_run_trains_and_evaluates_in_channels_last(monkeypatch, tmp_path):
+    """train.channels_last reaches every batch of a CNN, in training and in evaluation (the same
+    calls on CUDA: the layout is chosen by the model's kind, not by the device)."""
+    from conftest import TINY_CLIP
+    from tailtune.config import load_config
+    from tailtune.runs.run import fit
+    from tailtune.runtime import loader as loader_module
+    from tailtune.training import trainer as trainer_module
+
+    flags = {"train": set(), "eval": set()}
+    for module, kind in ((trainer_module, "train"), (loader_module, "eval")):
+        real = module.to_device
+        monkeypatch.setattr(module, "to_device", lambda x, d, cl, _r=real, _k=kind: flags[_k].add(cl) or _r(x, d, cl))
+    over = [o for o in TINY_CLIP if not o.startswith("model.")] + [
+        "model.provider=timm", "model.name=resnet10t", "model.pretrained=none", "model.resolution=32",
+        "peft.method=none", "head.init=class_mean", "train.cache_features=never", "train.precision=fp32",
+        f"output_dir={tmp_path}"]
+    fit(load_config("lift", overrides=over), run_dir=tmp_path / "run")
+    assert flags == {"train": {True}, "eval": {True}}

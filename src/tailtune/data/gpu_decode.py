@@ -115,10 +115,7 @@ class DeviceViews:
 def encoded(ds):
     """``ds`` (a FileDataset, or a Subset of one) reading bytes instead of pixels; anything else refused."""
     if isinstance(ds, Subset):
-        inner = encoded(ds.base)
-        out = Subset.__new__(Subset)
-        out.base, out.indices, out.targets = inner, ds.indices, ds.targets
-        return out
+        return Subset(encoded(ds.base), ds.indices)
     if isinstance(ds, FileDataset):
         return JpegFiles(ds)
     raise ConfigError(f"data.decode=gpu decodes JPEG files, but this training set is {type(ds).__name__} "
