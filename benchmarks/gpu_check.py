@@ -4,8 +4,9 @@
     python benchmarks/gpu_check.py --out gpu-figures --only agree,data
 
 Installs nothing and downloads nothing (random weights; synthetic JPEGs). Refuses at once, with
-exit code 3, where no CUDA device is present. Steps, each bounded by what is left of ``--budget``
-(a step past it is killed and recorded as timed out; the rest still run if time remains):
+exit code 3, where no CUDA device is present. Steps, each bounded by its share of ``--budget``
+(CAPS: 45, 150, 90, 75 and 120 s of the default 480; a step past it is killed and recorded as
+timed out, and the next steps still run):
 
   agree       logits of a random ViT-B/16 AdaptFormer on CUDA (precision auto: bf16, or fp16
               without bf16) against the CPU in fp32, within bf16 tolerance (benchmarks/model_rate.py)
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +36,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 STEPS = ("agree", "train_step", "eval", "data", "run")
+# Each step's share of the default 480 s budget: one slow step cannot starve the others.
+CAPS = {"agree": 45, "train_step": 150, "eval": 90, "data": 75, "run": 120}
 NO_CUDA = 3
 
 
@@ -41,6 +45,21 @@ def cuda_present() -> bool:
     import torch
 
     return torch.cuda.is_available() and torch.cuda.device_count() > 0
+
+
+def cuda_machine() -> dict:
+    """The machine and its first GPU (name, capability, memory, bf16), for the figures' record."""
+    sys.path.insert(0, str(SRC))
+    import torch
+
+    from tailtune.runtime.device import default_workers
+    from tailtune.runtime.hardware import describe_machine
+
+    props = torch.cuda.get_device_properties(0)
+    return dict(describe_machine(), gpu_capability=f"{props.major}.{props.minor}",
+                gpu_memory_gib=round(props.total_memory / 2**30, 1), bf16=torch.cuda.is_bf16_supported(),
+                loader_workers=default_workers(torch.device("cuda")),
+                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
 
 
 def synthetic_folder(root: Path, classes: int = 10, per_class: int = 64, test_per_class: int = 8,
@@ -89,9 +108,9 @@ def _env() -> dict:
 
 def _call(name: str, argv: list[str], out: Path, deadline: float, records: list) -> bool:
     """Run ``argv`` within what is left before ``deadline``; its output goes to out/<name>.log."""
-    left = deadline - time.monotonic()
+    left = max(0.0, deadline - time.monotonic())
     rec = {"step": name, "argv": argv}
-    if left < 5:
+    if left < 1:
         rec.update(rc=None, status="skipped: no time left")
         records.append(rec)
         print(f"-- {name}: skipped (no time left)", flush=True)
@@ -99,11 +118,15 @@ def _call(name: str, argv: list[str], out: Path, deadline: float, records: list)
     print(f"-- {name} (at most {left:.0f} s): {' '.join(argv)}", flush=True)
     t0 = time.monotonic()
     with open(out / f"{name}.log", "w") as log:
+        # Its own process group: the benchmarks measure in child processes, which a timeout must end too.
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=HERE,
+                                start_new_session=True)
         try:
-            rc = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=HERE,
-                                timeout=left, check=False).returncode
+            rc = proc.wait(timeout=left)
             status = "ok" if rc == 0 else f"failed (exit code {rc})"
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             rc, status = None, "timed out"
     rec.update(rc=rc, status=status, seconds=round(time.monotonic() - t0, 1))
     records.append(rec)
@@ -140,33 +163,26 @@ def main(argv: list[str] | None = None) -> int:
               "GPU path only; run it on a machine with a CUDA GPU (the CPU figures come from "
               "benchmarks/train_step.py and benchmarks/eval.py).", file=sys.stderr)
         return NO_CUDA
-    sys.path.insert(0, str(SRC))
-    import torch
-
-    from tailtune.runtime.device import default_workers
-    from tailtune.runtime.hardware import describe_machine
-
     deadline = time.monotonic() + args.budget
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    props = torch.cuda.get_device_properties(0)
-    machine = dict(describe_machine(), gpu_capability=f"{props.major}.{props.minor}",
-                   gpu_memory_gib=round(props.total_memory / 2**30, 1), bf16=torch.cuda.is_bf16_supported(),
-                   date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
-    workers = args.workers if args.workers is not None else default_workers(torch.device("cuda"))
+    machine = cuda_machine()
+    workers = args.workers if args.workers is not None else machine["loader_workers"]
     print(f"gpu_check on {machine['gpu']} (capability {machine['gpu_capability']}), {machine['cores']} cores; "
           f"figures in {out}", flush=True)
     records: list[dict] = []
     planned = steps(out, workers)
+    scale = min(1.0, args.budget / sum(CAPS[s] for s in chosen))  # a smaller --budget shrinks every share
     for step in chosen:
+        until = min(deadline, time.monotonic() + CAPS[step] * scale)
         if step == "run":
             root = synthetic_folder(out / "jpegs")
             for name, cmd in run_commands(root, out).items():
-                if not _call(f"run_{name}", cmd, out, deadline, records) and name == "cache":
+                if not _call(f"run_{name}", cmd, out, until, records) and name == "cache":
                     break  # no store: nothing to train from
         else:
             for name, cmd in planned[step]:
-                _call(name, cmd, out, deadline, records)
+                _call(name, cmd, out, until, records)
     summary = {"machine": machine, "steps": records}
     agreement = out / "agreement.json"
     if agreement.exists():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 from pathlib import Path
 
@@ -82,3 +83,21 @@ def test_the_real_run_step_on_a_cpu_device(tmp_path):
     assert (tmp_path / "store").is_dir()
     assert (tmp_path / "run_store" / "metrics.json").exists() and (tmp_path / "run_gpu_decode" / "metrics.json").exists()
     assert "decoded in batches on cpu" in (tmp_path / "run_gpu_decode" / "log.txt").read_text()
+
+
+def test_steps_are_bounded_and_summarised(monkeypatch, tmp_path):
+    """With CUDA mocked and the steps replaced by stand-ins: one finishes, one outlives its share of
+    the budget and is killed; summary.json records both, the exit code says not every step ran."""
+    monkeypatch.setattr(gpu_check, "cuda_present", lambda: True)
+    monkeypatch.setattr(gpu_check, "cuda_machine", lambda: {"gpu": "mock", "gpu_capability": "9.0", "cores": 2,
+                                                            "loader_workers": 1})
+    py = sys.executable
+    monkeypatch.setattr(gpu_check, "steps", lambda out, workers: {
+        "agree": [("agree", [py, "-c", f"open({str(out / 'agreement.json')!r}, 'w').write('{{\"ok\": true}}')"])],
+        "eval": [("eval", [py, "-c", "import time; time.sleep(30)"])]})
+    monkeypatch.setattr(gpu_check, "CAPS", dict(gpu_check.CAPS, agree=20, eval=3))
+    rc = gpu_check.main(["--out", str(tmp_path), "--only", "agree,eval", "--budget", "23"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert rc == 1 and summary["agreement"] == {"ok": True}
+    assert [(r["step"], r["status"]) for r in summary["steps"]] == [("agree", "ok"), ("eval", "timed out")]
+    assert summary["steps"][1]["seconds"] < 10
