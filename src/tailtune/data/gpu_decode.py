@@ -56,7 +56,7 @@ class JpegFiles(torch.utils.data.Dataset):
             fmt, mode, size = img.format, img.mode, img.size
         if fmt != "JPEG" or mode != "RGB":
             kind = f"a {fmt or 'non-JPEG'} file" if fmt != "JPEG" else f"a {mode} JPEG (not 3-channel YCbCr)"
-            raise ImageFileError(path, f"is {kind}, which data.decode=gpu does not decode", FIX, "format")
+            raise ImageFileError(path, f"is {kind}, which data.decode=gpu does not decode", FIX, "mode")
         return EncodedImage(path, read_file(path), size), self.targets[i]
 
 
