@@ -11,11 +11,26 @@ without PIL. A third path, the store's pixels handed to the transforms as PIL im
 the gain between skipping the decode and the uint8 tensor path. All feed the same DataLoader
 and the backbone's transforms at 224 pixels: the training view (random-resized crop + flip)
 and the test view (resize + center crop). The store's one-time build is timed too.
+
+A fourth training path, ``data.decode=gpu``: the loader reads the JPEG bytes and draws the crops,
+and the batch is decoded on ``--device`` with torchvision's batched ``decode_jpeg`` (nvJPEG on
+CUDA; on a CPU device libjpeg, the fallback), then cropped, resized and normalised there.
+
+Next to the loader rates it prints the model's training-step images/s on the same machine
+(``--model-method`` on ``--model-name`` at ``--batch``, random weights, built by tailtune; or
+``--model-rate N`` taken from benchmarks/train_step.py's output) and names, for each training
+path, the bottleneck: ``loader`` if the pipeline delivers fewer images/s than the model trains
+on, else ``model``. On a CPU device loader and model share the cores, so there a real run is
+slower than either rate alone.
+
+    python benchmarks/data.py --device cuda --workers 16 --batch 128 --json data.json
+    python benchmarks/data.py --model-rate 3.9                 # the model's rate from train_step.py
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +41,8 @@ from _common import header, peak_mb, reset_peak, save_json, table
 from PIL import Image
 
 from tailtune.config import DataConfig
-from tailtune.data.base import FileDataset, Transformed
+from tailtune.data.base import FileDataset, SeededTransformed, Transformed
+from tailtune.data.gpu_decode import DeviceViews, JpegFiles, PlannedView
 from tailtune.data.sources.base import LTData
 from tailtune.data.store import DEFAULT_SHORT_SIDE, StoreSplit, write_store
 from tailtune.data.transforms import Preprocess, test_transform, train_transform
@@ -81,6 +97,47 @@ def images_per_s(dataset, batch: int, workers: int) -> tuple[float, float]:
     return seen / seconds, seconds
 
 
+def device_decode_rate(files: FileDataset, batch: int, workers: int, device: torch.device) -> float:
+    """Images/s of ``data.decode=gpu``'s pipeline: the loader's bytes and crop plans, decoded and
+    cropped on ``device`` batch by batch (first batch untimed); in CPU seconds as the other paths
+    when all of it runs in this process (a CPU device, no workers), else wall clock."""
+    views = DeviceViews(CLIP)
+    loader = torch.utils.data.DataLoader(SeededTransformed(JpegFiles(files), PlannedView()), batch_size=batch,
+                                         num_workers=workers, collate_fn=views.collate,
+                                         pin_memory=device.type == "cuda")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    it = iter(loader)
+    views(next(it)[0], device)
+    sync()
+    clock = time.process_time if workers == 0 and device.type == "cpu" else time.perf_counter
+    t0, seen = clock(), 0
+    for images, _ in it:
+        seen += len(views(images, device))
+    sync()
+    return seen / (clock() - t0)
+
+
+def bottleneck(loader_rate: float, model_rate: float | None) -> str | None:
+    """``loader`` if the pipeline feeds fewer images/s than the model trains on, else ``model``."""
+    if model_rate is None:
+        return None
+    return "loader" if loader_rate < model_rate else "model"
+
+
+def model_rate(args, device: torch.device) -> float | None:
+    """The model's training-step images/s: ``--model-rate``, or measured here (``--model-method``)."""
+    if args.model_rate is not None:
+        return args.model_rate
+    if args.model_method == "none-measured":
+        return None
+    from model_rate import build, train_rate
+
+    model = build(args.model_provider, args.model_name, args.model_method, device)
+    rate = train_rate(model, args.batch, device, "auto", steps=args.model_steps)
+    del model
+    return rate
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=256)
@@ -91,7 +148,23 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1, as in a DataLoader worker; more only adds contention to these small ops)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where data.decode=gpu decodes, and where the model step is timed")
+    p.add_argument("--model-rate", type=float, default=None,
+                   help="the model's training images/s (e.g. from benchmarks/train_step.py); skips measuring it")
+    p.add_argument("--model-provider", default="open_clip")
+    p.add_argument("--model-name", default="ViT-B-16")
+    p.add_argument("--model-method", default="adaptformer",
+                   help="PEFT method of the timed model step; none-measured: no model rate, no bottleneck")
+    p.add_argument("--model-steps", type=int, default=2)
+    p.add_argument("--model-threads", type=int, default=None, help="torch threads of the model step (default: all cores)")
     args = p.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(args.model_threads or os.cpu_count() or 1)
+    rate_of_model = model_rate(args, device)
+    if rate_of_model is not None:
+        print(f"   model: {args.model_method} training step, batch {args.batch}, on {device}: "
+              f"{rate_of_model:.1f} img/s", flush=True)
     torch.set_num_threads(args.threads)
     header("data: images per second of the input pipeline (CPU time without workers), "
            "JPEG decoding vs the preprocessed store", args)
@@ -119,13 +192,22 @@ def main() -> None:
                     reset_peak()
                     rates[path].append(images_per_s(Transformed(base, tf), args.batch, args.workers)[0])
                     peaks[path] = max(peaks.get(path, 0), peak_mb()["peak_rss_mb"])
+            if view == "train view":
+                rates[f"decode on {device.type}"] = [device_decode_rate(raw, args.batch, args.workers, device)
+                                                     for _ in range(args.repeats)]
+                peaks[f"decode on {device.type}"] = peak_mb()["peak_rss_mb"]
             for path, r in rates.items():
                 results.append({"view": view, "path": path, "img/s": float(np.median(r)),
-                                "runs": " ".join(f"{v:.0f}" for v in r), "peak_rss_mb": peaks[path]})
+                                "runs": " ".join(f"{v:.0f}" for v in r), "peak_rss_mb": peaks[path],
+                                "model img/s": rate_of_model if view == "train view" else None,
+                                "bottleneck": bottleneck(float(np.median(r)), rate_of_model)
+                                if view == "train view" else None})
                 print(f"   {view:<10} {path:<12} {results[-1]['img/s']:8.1f} img/s (runs: {results[-1]['runs']})",
                       flush=True)
     print()
-    print(table(results, ["view", "path", "img/s", "runs", "peak_rss_mb"]))
+    print(table(results, ["view", "path", "img/s", "runs", "peak_rss_mb", "model img/s", "bottleneck"]))
+    if device.type == "cpu" and rate_of_model is not None:
+        print("   (a CPU device: the loader and the model share the cores, so training runs slower than both)")
     print("\n   ratios vs JPEG decoding (same process, same images): store as PIL, uint8 store")
     ratios, pil_ratios = {}, {}
     for view in ("train view", "test view"):
@@ -136,7 +218,7 @@ def main() -> None:
     print(f"   target: training pipeline >= 3x: {ratios['train view']:.2f}x "
           f"({'met' if ratios['train view'] >= 3 else 'not met'})")
     save_json(args.json, {"results": results, "ratios": ratios, "store_as_pil_ratios": pil_ratios,
-                          "store_build_s": build})
+                          "store_build_s": build, "model_rate": rate_of_model, "device": str(device)})
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ CALIBRATIONS = ("none", "temperature")  # eval.calibrate (evaluation/calibration
 VAL_MODES = ("auto", "split", "holdout", "none")
 HOLDOUT_POLICIES = ("balanced", "proportional")  # data.holdout_policy (data/holdout.py)
 ON_NAN_MODES = ("stop", "skip")
+DECODERS = ("cpu", "gpu")  # data.decode (data/gpu_decode.py)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # train.compile_mode: torch.compile's modes
 DECOUPLED_MODES = ("none", "crt", "lws")  # train.decoupled: Kang et al.'s decoupled classifier stage (runs/decoupled.py)
 CACHE_MODES = ("auto", "always", "never")  # = training.feature_cache.CACHE_MODES; not on/off: YAML reads those as booleans
 _BLOCKS_HELP = "all, 'first N', 'last N', 'S:E' or [S, E] (blocks S..E-1, counted from 0)"
@@ -97,11 +99,16 @@ class DataConfig:
     skip_corrupt: bool = setting(False, "drop images that cannot be read (corrupt, a refused mode or size; the notes name them) instead of stopping")
     store: Optional[str] = setting(None, "folder written by `tailtune data cache`: decoded, resized pixels (no JPEG decoding)")
     interpolation: str = setting("auto", "resize filter of every view (training crops, test view, five/ten crops, head init)", registry="data.interpolation")
+    decode: str = setting("cpu", "where training JPEGs are decoded: cpu (PIL, in the loader's workers) | gpu (the loader reads the bytes and draws the same crops; the batch is decoded on train.device with torchvision's decode_jpeg, nvJPEG on CUDA, libjpeg on a CPU device; JPEG files with the standard augmentation only; evaluation decodes on the CPU)", choices=DECODERS)
 
     def __post_init__(self) -> None:
         _check_choice("data", "val", self.val, VAL_MODES)
         _check_choice("data", "holdout_policy", self.holdout_policy, HOLDOUT_POLICIES)
         _check_registered("data", "interpolation", self.interpolation)
+        _check_choice("data", "decode", self.decode, DECODERS)
+        if self.decode == "gpu" and self.store:
+            raise ConfigError("data.decode=gpu decodes JPEG files, but data.store reads decoded pixels from the "
+                              "store (no decoding left); drop one of them.")
         _check_positive("data", "holdout_per_class", self.holdout_per_class)
         if self.imb_ratio < 1:
             raise ConfigError(f"data.imb_ratio={self.imb_ratio} must be >= 1 (n_max / n_min).")
@@ -233,6 +240,7 @@ class TrainConfig:
     save_every: int = setting(0, "also save the resumable training state every N optimizer steps (0: epoch ends only)")
     on_nan: str = setting("stop", "a NaN/inf loss: stop (keeping the last good state) | skip the step (counted in the log)", choices=ON_NAN_MODES)
     compile: bool = setting(False, "torch.compile the model (the first steps compile it: minutes on CPU)")
+    compile_mode: str = setting("default", "with train.compile: torch.compile's mode: default | reduce-overhead (CUDA graphs: less per-step launch overhead) | max-autotune (also searches kernels: a longer compile)", choices=COMPILE_MODES)
     grad_checkpointing: bool = setting(False, "recompute block activations in the backward pass: less memory, one more forward of the blocks")
     cache_features: str = setting("auto", "frozen-prefix feature cache: auto (when it saves work) | always | never", choices=CACHE_MODES)
     cache_views: Optional[int] = setting(None, "augmented views cached per image; null = train.epochs; 0 = one un-augmented view")
@@ -249,6 +257,7 @@ class TrainConfig:
                                   "(epochs per block after train.epochs).")
         _check_positive("train", "save_every", self.save_every, allow_zero=True)
         _check_choice("train", "on_nan", self.on_nan, ON_NAN_MODES)
+        _check_choice("train", "compile_mode", self.compile_mode, COMPILE_MODES)
         _check_choice("train", "cache_features", self.cache_features, CACHE_MODES)
         _check_choice("train", "decoupled", self.decoupled, DECOUPLED_MODES)
         _check_positive("train", "cache_views", self.cache_views, allow_zero=True)

@@ -25,11 +25,15 @@ def set_grad_checkpointing(backbone, enable: bool = True) -> None:
     setter(enable)
 
 
-def compile_model(model: nn.Module) -> None:
-    """``torch.compile`` in place: parameter names, and so optimizer groups and checkpoints, stay as they are."""
+def compile_model(model: nn.Module, mode: str = "default") -> None:
+    """``torch.compile`` in place: parameter names, and so optimizer groups and checkpoints, stay as they are.
+
+    ``mode`` is ``train.compile_mode`` (default | reduce-overhead | max-autotune: PyTorch's modes;
+    reduce-overhead records CUDA graphs, max-autotune also searches kernels, both GPU options).
+    """
     if not hasattr(model, "compile"):
         raise ConfigError(f"train.compile=true needs PyTorch >= 2.2 (this is {torch.__version__}); set it to false.")
-    model.compile()
+    model.compile(mode=mode)
 
 
 def apply_model_options(model: nn.Module, backbone, cfg: TrainConfig, device: torch.device,
@@ -39,8 +43,8 @@ def apply_model_options(model: nn.Module, backbone, cfg: TrainConfig, device: to
     if cfg.grad_checkpointing:
         set_grad_checkpointing(backbone)
     if cfg.compile:
-        compile_model(model)
-        notes.append("train.compile: the first steps of training and evaluation compile the model "
+        compile_model(model, cfg.compile_mode)
+        notes.append(f"train.compile (mode {cfg.compile_mode}): the first steps of training and evaluation compile the model "
                      "(minutes on CPU) before running faster.")
     note = precision_note(dtype, device)
     if note:

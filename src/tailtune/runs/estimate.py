@@ -53,7 +53,7 @@ def _timed_trainer(model, loss_fn, dataset, exp, images: int) -> float:
     subset = Subset(dataset, range(min(images, len(dataset))))
     workers = 0 if isinstance(dataset, CachedViews) else exp.workers  # cached items are in memory
     trainer = Trainer(model, loss_fn, subset, step_cfg, exp.device, exp.dtype, workers, quiet=True,
-                      log=lambda _: None)
+                      log=lambda _: None, channels_last=exp.channels_last)
     stats = trainer.train_epoch()
     return stats.seconds / max(stats.images, 1)
 
@@ -67,7 +67,7 @@ def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
     train_set = Transformed(exp.data.train, augment)
     loss_fn = build_loss(cfg.loss, exp.data.train_counts).to(exp.device)
     full = Trainer(exp.model, loss_fn, train_set, cfg.train, exp.device, exp.dtype, exp.workers,
-                   quiet=True, log=lambda _: None)
+                   quiet=True, log=lambda _: None, channels_last=exp.channels_last)
     steps, epoch_images = full.steps_per_epoch, len(full.sampler)
     micro = full.micro
     timed_images = min(len(train_set), micro * timed_steps)

@@ -23,6 +23,7 @@ from tailtune.config.changes import (
     config_changes,
 )
 from tailtune.data.base import SeededTransformed
+from tailtune.data.gpu_decode import DeviceViews, PlannedView, check_decode, encoded
 from tailtune.data.transforms import (
     train_transform,
 )
@@ -401,6 +402,7 @@ class _TrainingInputs:
     dataset: object
     loss_fn: torch.nn.Module
     workers: int
+    device_views: object = None  # data.decode=gpu: decodes the loader's JPEG bytes on the device
 
 
 def _training_inputs(exp: Experiment, log) -> _TrainingInputs:
@@ -409,12 +411,21 @@ def _training_inputs(exp: Experiment, log) -> _TrainingInputs:
     # Augmentation seeded per (seed, epoch, image): the same views whatever the workers,
     # ranks or resume point.
     train_set = SeededTransformed(exp.data.train, augment, cfg.train.seed)
+    check_decode(cfg.data.decode, cfg.train.augment)
     check_mixing(cfg.train, cfg.loss.name)  # before the cache: a hard-label loss refuses train.mixup.*
     loss_fn = build_loss(cfg.loss, exp.data.train_counts).to(exp.device)
     # With a frozen front (classifier only, PEFT in the last blocks) train on its cached outputs.
     cached = cached_training(exp, cfg.quiet, log)
     if cached:
+        if cfg.data.decode == "gpu":
+            log("data.decode=gpu: unused, training reads the feature cache (its images were decoded on the CPU)")
         return _TrainingInputs(cached.model, cached.dataset, loss_fn, 0)
+    if cfg.data.decode == "gpu":
+        log(f"data.decode=gpu: training JPEGs are decoded in batches on {exp.device}"
+            + (" (a CPU device: libjpeg, on the CPU)" if exp.device.type == "cpu" else " (nvJPEG)")
+            + "; evaluation decodes on the CPU")
+        train_set = SeededTransformed(encoded(exp.data.train), PlannedView(), cfg.train.seed)
+        return _TrainingInputs(exp.model, train_set, loss_fn, exp.workers, DeviceViews(exp.backbone.preprocess))
     return _TrainingInputs(exp.model, train_set, loss_fn, exp.workers)
 
 
@@ -433,7 +444,7 @@ def _make_trainer(exp: Experiment, inputs: _TrainingInputs, run: RunDir | NullRu
 
     return Trainer(inputs.model, inputs.loss_fn, inputs.dataset, cfg.train, exp.device, exp.dtype, inputs.workers,
                    backbone_lr=cfg.peft.lr, quiet=cfg.quiet or not info.is_main, log=run.log,
-                   dist=info, save=save,
+                   dist=info, save=save, channels_last=exp.channels_last, device_views=inputs.device_views,
                    on_step=lambda step, s: run.scalars(step, {f"train/{k}": v for k, v in s.items()}))
 
 

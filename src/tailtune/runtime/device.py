@@ -64,9 +64,28 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
     return torch.device(name)
 
 
+MAX_CUDA_WORKERS = 16  # beyond this, more processes mostly add start-up time and pinned memory
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a cluster's scheduler or
+    taskset narrows), or the machine's count where the system cannot say."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_workers(device: torch.device) -> int:
-    """DataLoader workers: on CPU the model's threads need the cores (0 workers was faster on 2)."""
-    cores = os.cpu_count() or 1
+    """DataLoader workers for ``data.num_workers=-1``, by the cores this process may use.
+
+    CUDA: the GPU waits on the loader, so decoding gets the cores: this process's share of
+    them (torchrun's ``LOCAL_WORLD_SIZE`` processes share the machine), less one for the process
+    that drives the GPU, at most 16. CPU: the model's threads need the cores (0 workers was
+    faster on 2).
+    """
+    cores = usable_cores()
     if device.type == "cuda":
-        return min(8, cores)
+        share = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        return max(0, min(share - 1, MAX_CUDA_WORKERS))
     return 0 if cores <= 4 else min(4, cores // 4)

@@ -9,18 +9,27 @@ import torch
 from tailtune.runtime.precision import autocast
 from tailtune.runtime.progress import ImageProgress
 
+IN_FLIGHT = 8  # batches a training loader's workers keep ready between them (at least 2 each)
+
 
 def make_loader(dataset, batch_size: int, shuffle: bool, workers: int, device: torch.device,
                 generator: torch.Generator | None = None, sampler=None,
-                persistent: bool = False) -> torch.utils.data.DataLoader:
+                persistent: bool = False, collate_fn=None) -> torch.utils.data.DataLoader:
+    """Every loader the library feeds a model from: pinned batches for a CUDA device (so that
+    :func:`to_device` copies them asynchronously). ``persistent``: a training loader, whose
+    workers live across epochs and keep at least ``IN_FLIGHT`` batches ready between them, so a
+    slow image does not stall the device."""
+    extra = {}
+    if workers > 0 and persistent:
+        extra = {"persistent_workers": True, "prefetch_factor": max(2, -(-IN_FLIGHT // workers))}
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=generator,
-        sampler=sampler, pin_memory=device.type == "cuda", persistent_workers=persistent and workers > 0,
-        drop_last=False,
+        sampler=sampler, pin_memory=device.type == "cuda", drop_last=False, collate_fn=collate_fn, **extra,
     )
 
 
 def to_device(images, device: torch.device, channels_last: bool):
+    """A batch on ``device``: asynchronous from pinned memory; channels_last for CNNs (4-D batches)."""
     images = images.to(device, non_blocking=True)
     if channels_last and images.dim() == 4:
         images = images.contiguous(memory_format=torch.channels_last)

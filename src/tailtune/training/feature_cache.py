@@ -47,7 +47,7 @@ from tailtune.models.text import is_text_parameter
 from tailtune.registry import Registry
 from tailtune.runtime.files import write_error, write_text
 from tailtune.runtime.hardware import available_memory
-from tailtune.runtime.loader import make_loader
+from tailtune.runtime.loader import make_loader, to_device
 from tailtune.runtime.precision import autocast
 from tailtune.runtime.progress import ImageProgress
 from tailtune.training.mixing import mixup_options
@@ -443,9 +443,7 @@ def fill(store: FeatureStore, prefix: Callable[[torch.Tensor], torch.Tensor], da
         loader = make_loader(ds, batch_size, False, workers, device)
         i = 0
         for images, _ in ImageProgress(loader, f"feature cache, view {v + 1}/{len(datasets)}", quiet):
-            images = images.to(device, non_blocking=True)
-            if channels_last and images.dim() == 4:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = to_device(images, device, channels_last)
             with autocast(device, dtype):
                 out = prefix(images)
             store.tensor[v, i:i + len(out)] = out.to("cpu", CACHE_DTYPE)

@@ -27,6 +27,7 @@ from tailtune.runtime.precision import autocast
 from tailtune.runtime.progress import ImageProgress
 from tailtune.training.loader import EpochKeyed, EpochKeys
 from tailtune.training.mixing import MixedTargets, build_mixer, mixup_options
+from tailtune.training.optim import keep_flags, make_sgd
 
 _log = logging.getLogger(__name__)
 
@@ -113,6 +114,12 @@ class Trainer:
     # re-weighting) is always told, the training set through the loader's keys (EpochKeyed).
     epoch_aware: tuple = ()
     dist: DistInfo = field(default_factory=DistInfo)
+    # Batches in channels_last: the experiment's rule (train.channels_last, CNN backbones only);
+    # None = train.channels_last as it is.
+    channels_last: bool | None = None
+    # data.decode=gpu: the loader's batches are JPEG bytes and crop plans, which this callable
+    # (data.gpu_decode.DeviceViews) decodes into the model's input on the device.
+    device_views: Callable | None = None
     save: Callable[[Trainer], None] | None = None  # stores the training state (rank 0 writes)
     epoch: int = 0
     step: int = 0
@@ -140,8 +147,8 @@ class Trainer:
         groups = [{"params": head, "lr": self.cfg.lr}]
         if body:
             groups.append({"params": body, "lr": self.backbone_lr or self.cfg.lr})
-        self.optimizer = torch.optim.SGD(groups, lr=self.cfg.lr, momentum=self.cfg.momentum,
-                                         weight_decay=self.cfg.weight_decay)
+        self.optimizer = make_sgd(groups, self.device, lr=self.cfg.lr, momentum=self.cfg.momentum,
+                                  weight_decay=self.cfg.weight_decay)
         # The sampler's epoch plan is a pure function of (seed, epoch); each rank iterates
         # its disjoint share of it (data/samplers.py).
         self.sampler = build_sampler(self.cfg.sampler, self.train_set.targets, self.cfg.seed,
@@ -198,6 +205,7 @@ class Trainer:
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.optimizer.load_state_dict(optimizer_state)
+        keep_flags(self.optimizer, self.device)
 
     # ------------------------------------------------------------------ loop
 
@@ -236,7 +244,8 @@ class Trainer:
             # The images' augmentation is seeded per item (SeededTransformed), not by the workers.
             self._loader = make_loader(EpochKeyed(self.train_set), self.micro, False, self.workers, self.device,
                                        generator=torch.Generator().manual_seed(self.cfg.seed),
-                                       sampler=self._keys, persistent=True)
+                                       sampler=self._keys, persistent=True,
+                                       collate_fn=getattr(self.device_views, "collate", None))
         self._keys.keys = [(self.epoch, int(i)) for i in share[start:]]
         return share[start:], self._loader
 
@@ -298,7 +307,11 @@ class Trainer:
         ``at``: the micro-batch's first image in the epoch's share (it seeds train.mixup's draws).
         Returns the loss and whether it is finite; only finite losses count in the epoch's sums.
         """
-        images = to_device(images, self.device, self.cfg.channels_last)
+        channels_last = self.cfg.channels_last if self.channels_last is None else self.channels_last
+        if self.device_views is not None:
+            images = self.device_views(images, self.device, channels_last)
+        else:
+            images = to_device(images, self.device, channels_last)
         y = y.to(self.device, non_blocking=True)
         targets = y
         if self.mixer is not None:

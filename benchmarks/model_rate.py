@@ -1,0 +1,134 @@
+"""The model's side of the input-pipeline question: training-step images/s of one tailtune model,
+and the CUDA-vs-CPU logit agreement check of benchmarks/gpu_check.sh.
+
+    python benchmarks/model_rate.py --method adaptformer --batch 32        # one rate, printed
+    python benchmarks/model_rate.py --agree cuda --json agree.json         # logits on cuda vs CPU fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from _common import cuda_sync
+from torch import nn
+
+from tailtune.config import HeadConfig, ModelConfig, PeftConfig
+from tailtune.models.backbones.base import build_backbone
+from tailtune.models.heads import build_head
+from tailtune.models.model import TailModel
+from tailtune.models.peft.base import apply_peft, trains_bn_stats
+from tailtune.runtime.precision import autocast, precision_name, resolve_precision
+from tailtune.training.optim import make_sgd
+
+CLASSES = 100
+# bf16 keeps 8 bits of mantissa (relative error 2^-8 per rounding); over a ViT's blocks the logits of
+# a random model drift by a few percent of their spread. Agreement: max |cuda - cpu| within this
+# fraction of the CPU logits' standard deviation, and the same top-1 class for most images.
+BF16_TOLERANCE = 0.1
+MIN_TOP1_AGREEMENT = 0.9
+
+
+def build(provider: str, name: str, method: str, device: torch.device, resolution: int | None = None,
+          seed: int = 0) -> TailModel:
+    """A random-weight backbone with PEFT and a cosine head, as tailtune builds them."""
+    torch.manual_seed(seed)
+    backbone = build_backbone(ModelConfig(provider=provider, name=name, pretrained="none", resolution=resolution))
+    peft = PeftConfig(method=method)
+    apply_peft(backbone, peft, CLASSES)
+    head = build_head(HeadConfig(), backbone.feature_dim, CLASSES)
+    return TailModel(backbone, head, bn_train=trains_bn_stats(peft)).to(device)
+
+
+def train_rate(model: TailModel, batch: int, device: torch.device, precision: str = "auto",
+               steps: int = 3, warmup: int = 1) -> float:
+    """Images/s (wall clock) of full training steps (autocast forward, loss, backward, SGD) on a random batch."""
+    dtype = resolve_precision(precision, device, model.backbone.kind)
+    res = model.backbone.preprocess.resolution
+    opt = make_sgd([{"params": [p for p in model.parameters() if p.requires_grad]}], device, lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, res, res, generator=g).to(device)
+    y = torch.randint(0, CLASSES, (batch,), generator=g).to(device)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    sync = cuda_sync() if device.type == "cuda" else None
+
+    def step():
+        with autocast(device, dtype):
+            logits = model(x)
+        scaler.scale(loss_fn(logits.float(), y)).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    if sync:
+        sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if sync:
+        sync()
+    return batch * steps / (time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def agreement(device: torch.device, precision: str = "auto", provider: str = "open_clip", name: str = "ViT-B-16",
+              method: str = "adaptformer", batch: int = 8, resolution: int | None = None,
+              reference: torch.device | None = None) -> dict:
+    """Logits of one random model and batch on ``device`` (under ``precision``) against the CPU in fp32.
+
+    Returns the figures and ``ok``: max abs difference within ``BF16_TOLERANCE`` of the reference
+    logits' standard deviation and top-1 agreement >= ``MIN_TOP1_AGREEMENT``.
+    """
+    reference = reference or torch.device("cpu")
+    model = build(provider, name, method, reference, resolution).eval()
+    res = model.backbone.preprocess.resolution
+    x = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(1))
+    ref = model(x).float()
+    dtype = resolve_precision(precision, device, model.backbone.kind)
+    model.to(device)
+    with autocast(device, dtype):
+        out = model(x.to(device)).float().cpu()
+    diff = (out - ref).abs().max().item()
+    scale = ref.std().item()
+    top1 = (out.argmax(1) == ref.argmax(1)).float().mean().item()
+    ok = diff <= BF16_TOLERANCE * scale and top1 >= MIN_TOP1_AGREEMENT
+    return {"device": str(device), "precision": precision_name(dtype), "model": f"{provider} {name} {method}",
+            "batch": batch, "max_abs_diff": diff, "ref_logit_std": scale, "relative": diff / max(scale, 1e-12),
+            "tolerance": BF16_TOLERANCE, "top1_agreement": top1, "ok": bool(ok)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--provider", default="open_clip")
+    p.add_argument("--model", default="ViT-B-16")
+    p.add_argument("--method", default="adaptformer")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--agree", default=None, metavar="DEVICE", help="check logits on DEVICE against CPU fp32 instead")
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    if args.agree:
+        out = agreement(torch.device(args.agree), args.precision, args.provider, args.model, args.method)
+    else:
+        device = torch.device(args.device)
+        model = build(args.provider, args.model, args.method, device)
+        out = {"model": f"{args.provider} {args.model} {args.method}", "device": str(device), "batch": args.batch,
+               "img/s": train_rate(model, args.batch, device, args.precision, args.steps)}
+    print(json.dumps(out))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    if args.agree and not out["ok"]:
+        raise SystemExit(f"logits on {args.agree} disagree with CPU fp32 beyond the bf16 tolerance: {out}")
+
+
+if __name__ == "__main__":
+    main()
