@@ -295,3 +295,25 @@ def target(label: str, lines: list[dict], row: str, goal: float) -> dict | None:
           f"{ratio:.2f}x ({'met' if ratio >= goal else 'not met'}); against tailtune fp32: {own:.2f}x")
     return {"target": label, "goal": goal, "ratio_to_stock": ratio, "ratio_to_tailtune_fp32": own,
             "met": ratio >= goal}
+
+
+def profile_ops(fn, record_shapes: bool = False) -> list[dict]:
+    """Run ``fn`` once under torch.profiler (CPU); one dict per op: self CPU ms, calls, FLOPs (profiler's count).
+
+    Self times add up to the profiled time, so they say where it went without double counting.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=record_shapes, with_flops=record_shapes) as prof:
+        fn()
+    ops = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count, "flops": e.flops or 0}
+           for e in prof.key_averages()]
+    return sorted(ops, key=lambda o: -o["self_ms"])
+
+
+def top_ops_table(ops: list[dict], n: int = 8, total: float | None = None) -> str:
+    """The ``n`` ops with the most self CPU time, with their share of ``total`` (default: all of ``ops``)."""
+    total = total or sum(o["self_ms"] for o in ops) or 1.0
+    rows = [{"op": o["op"], "self ms": o["self_ms"], "share": f"{100 * o['self_ms'] / total:.0f}%",
+             "calls": o["calls"]} for o in ops[:n]]
+    return table(rows, ["op", "self ms", "share", "calls"]) + f"\n   (all ops: {total:.0f} ms self CPU time)"
