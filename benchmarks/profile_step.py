@@ -109,13 +109,13 @@ def main() -> None:
     ops = profile_ops(step, record_shapes=True)
     profiled_cpu = time.process_time() - t0
     total_ms = sum(o["self_ms"] for o in ops)
-    print(f"\n   profile of one step ({profiled_cpu:.2f} CPU-s under the profiler, {total_ms / 1e3:.2f} s of op "
-          f"self time on the main thread); top {args.top} ops by self time:")
+    print(f"\n   profile of one step ({profiled_cpu:.2f} CPU-s under the profiler; the ops' self times, "
+          f"which the profiler takes by the clock, add up to {total_ms / 1e3:.2f} s); top {args.top} ops by self time:")
     print(top_ops_table(ops, args.top, total=total_ms))
 
-    tokens = model.backbone.encoder.visual.positional_embedding.shape[0] if hasattr(
-        model.backbone.encoder, "visual") else 197
-    limit, per_shape = matmul_limit(model.backbone, args.batch * tokens, dtype, 3)
+    visual = getattr(model.backbone.encoder, "visual", model.backbone.encoder)  # not CLIP's text tower
+    tokens = visual.positional_embedding.shape[0]
+    limit, per_shape = matmul_limit(visual, args.batch * tokens, dtype, 3)
     print(f"\n   matmul limit ({args.precision}, the step's linear-layer shapes at {args.batch} x {tokens} rows, "
           f"alone): {limit:.0f} GFLOP/CPU-s")
     print(table(per_shape, ["matmul", "pass", "GFLOP/CPU-s"]))
@@ -141,8 +141,8 @@ def main() -> None:
     lines.append({"op group": "step", "CPU-s in step": cpu, "share": "100%", "GFLOP": mm_gflop,
                   "GFLOP/CPU-s": mm_gflop / cpu, "CPU-s at bound": bound, "remains": cpu - bound})
     print(f"\n   what remains between the measured step and the bound (bound = {mm_gflop:.0f} GFLOP of matmuls / "
-          f"{limit:.0f} GFLOP/CPU-s = {bound:.2f} CPU-s; the step: {cpu:.2f} CPU-s, at {100 * bound / cpu:.0f}% "
-          f"of the bound):")
+          f"{limit:.0f} GFLOP/CPU-s = {bound:.2f} CPU-s; the step: {cpu:.2f} CPU-s, so it runs at {100 * bound / cpu:.0f}% "
+          f"of the bound's speed):")
     print(table(lines, ["op group", "CPU-s in step", "share", "GFLOP", "GFLOP/CPU-s", "CPU-s at bound", "remains"]))
     save_json(args.json, {"step_cpu_s": cpu, "step_wall_s": wall, "img_per_cpu_s": args.batch / cpu,
                           "matmul_limit_gflop_per_cpu_s": limit, "matmul_gflop": mm_gflop, "bound_cpu_s": bound,
