@@ -1,6 +1,16 @@
-"""Shared pieces of the benchmarks: timing, peak memory per row, models, tables.
+"""Shared pieces of the benchmarks: timing, peak memory per row, models, the paths compared, tables.
 
 Benchmarks print; they never fail on timing and are not part of the test run.
+
+The model benchmarks (train_step.py, eval.py) compare the same paths (:data:`PATHS`):
+
+- ``stock fp32``: the baseline, the model exactly as open_clip / timm build it
+  (:func:`stock_model` undoes tailtune's attention and cast-once layers), fp32, eager,
+  glibc's default allocator;
+- ``tailtune fp32`` and ``tailtune bf16``: tailtune's model path (``build_backbone``) with
+  ``tune_cpu_allocator()``, in each precision;
+- ``precision=auto`` is not measured apart: it resolves to one of the two tailtune paths
+  (:func:`auto_path`), whose figures it shares; the summary says which.
 """
 
 from __future__ import annotations
@@ -16,9 +26,88 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from torch import nn  # noqa: E402
+
+from tailtune.config import HeadConfig, ModelConfig, PeftConfig  # noqa: E402
+from tailtune.models.attention import FastAttention  # noqa: E402
+from tailtune.models.backbones.base import build_backbone  # noqa: E402
+from tailtune.models.casts import CastOnceLinear  # noqa: E402
+from tailtune.models.heads import build_head  # noqa: E402
+from tailtune.models.model import TailModel  # noqa: E402
+from tailtune.models.peft.base import apply_peft, trains_bn_stats  # noqa: E402
+from tailtune.runtime.device import tune_cpu_allocator  # noqa: E402
 from tailtune.runtime.hardware import describe_machine  # noqa: E402
+from tailtune.runtime.precision import precision_name, resolve_precision  # noqa: E402
 
 NUM_CLASSES = 100  # CIFAR-100-sized head and bottleneck
+DTYPES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+# The paths every model benchmark compares (see the module docstring); BASELINE is the reference.
+PATHS = {
+    "stock fp32": {"precision": "fp32", "stock": True, "tune": False},
+    "tailtune fp32": {"precision": "fp32", "stock": False, "tune": True},
+    "tailtune bf16": {"precision": "bf16", "stock": False, "tune": True},
+    "tailtune fp16": {"precision": "fp16", "stock": False, "tune": True},  # only where auto picks it (old GPUs)
+}
+BASELINE = "stock fp32"
+
+
+def auto_path(device: torch.device, kind: str = "vit") -> str:
+    """The measured path that ``precision=auto`` resolves to on this machine, e.g. 'tailtune bf16'."""
+    return f"tailtune {precision_name(resolve_precision('auto', device, kind))}"
+
+
+def compared_paths(device: torch.device, kind: str = "vit") -> list[str]:
+    """The paths to measure: the baseline, tailtune fp32 and bf16, and auto's if it is neither."""
+    names = [BASELINE, "tailtune fp32"] + ([] if device.type == "cpu" and kind == "cnn" else ["tailtune bf16"])
+    auto = auto_path(device, kind)
+    return names + ([auto] if auto not in names else [])
+
+
+def stock_model(model: nn.Module, attention: bool = True, casts: bool = True) -> dict:
+    """Undo tailtune's model changes in place: the model as open_clip / timm build it.
+
+    ``attention``: every :class:`FastAttention` back to ``nn.MultiheadAttention`` (a subclass
+    holding the same parameters, so a class swap restores it exactly); ``casts``: every
+    :class:`CastOnceLinear` back to ``nn.Linear`` (attention output projections to their own
+    ``NonDynamicallyQuantizableLinear``). PEFT surgery stays: an open_clip LoRA keeps its
+    ``SelfAttention`` (``peft/targets.py``), which has no stock form. Returns the counts.
+    """
+    from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
+
+    counts = {"attention": 0, "linear": 0}
+    for module in model.modules():
+        if attention and type(module) is FastAttention:
+            module.__class__ = nn.MultiheadAttention
+            counts["attention"] += 1
+        if casts:
+            for name, child in module.named_children():
+                if type(child) is CastOnceLinear:
+                    in_mha = isinstance(module, nn.MultiheadAttention) and name == "out_proj"
+                    child.__class__ = NonDynamicallyQuantizableLinear if in_mha else nn.Linear
+                    counts["linear"] += 1
+    return counts
+
+
+def build_model(provider: str, name: str, method: str, device: torch.device, stock: bool = False) -> TailModel:
+    """Backbone (random weights) + PEFT + cosine head, as api.build makes them (without its side
+    effects); ``stock``: with tailtune's attention and cast-once layers undone (:func:`stock_model`)."""
+    torch.manual_seed(0)
+    backbone = build_backbone(ModelConfig(provider=provider, name=name, pretrained="none"))
+    peft = PeftConfig(method=method)
+    apply_peft(backbone, peft, NUM_CLASSES)
+    head = build_head(HeadConfig(), backbone.feature_dim, NUM_CLASSES)
+    model = TailModel(backbone, head, bn_train=trains_bn_stats(peft)).to(device)
+    if stock:
+        stock_model(model)
+    return model
+
+
+def enter_path(path: str, device: torch.device, kind: str = "vit") -> tuple[torch.dtype | None, bool]:
+    """In a child process: set up ``path`` (the allocator, process-wide); returns (autocast dtype, allocator tuned)."""
+    spec = PATHS[path]
+    tuned = bool(spec["tune"] and device.type == "cpu" and tune_cpu_allocator())
+    return resolve_precision(spec["precision"], device, kind), tuned
 
 
 def header(title: str, args) -> None:
@@ -116,7 +205,7 @@ def add_run_args(p, measured: str) -> None:
     import argparse
 
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--compile", action="store_true", help="also time the default path with train.compile")
+    p.add_argument("--compile", action="store_true", help="torch.compile the tailtune paths (train.compile)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS or all cores)")
     p.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # one {measured}, in a child process
@@ -157,3 +246,74 @@ def interleaved(rows: list, paths: list) -> list[tuple]:
     """(row, path) pairs with the path order reversed on every other row (ABBA): a drift in
     machine load over the run then weighs on both paths alike."""
     return [(row, path) for i, row in enumerate(rows) for path in (paths if i % 2 == 0 else paths[::-1])]
+
+
+def rows_in_order(results: list[dict]) -> list[str]:
+    """The row labels of ``results`` in the order they were first measured."""
+    return list(dict.fromkeys(r["row"] for r in results))
+
+
+def compare(results: list[dict], paths: list[str], auto: str, key: str) -> list[dict]:
+    """One line per row: ``key`` for each path, and the ratios to the baseline and to tailtune fp32.
+
+    Prints the table and returns its rows (for the checks and the JSON file).
+    """
+    by = {(r["row"], r["path"]): r[key] for r in results}
+    out = []
+    for row in rows_in_order(results):
+        line = {"row": row, **{p: by.get((row, p)) for p in paths}}
+        base, fp32, a = by.get((row, BASELINE)), by.get((row, "tailtune fp32")), by.get((row, auto))
+        for p in paths:
+            if p != BASELINE and by.get((row, p)) and base:
+                line[f"{p.split()[-1]} / stock"] = by[(row, p)] / base
+        line["auto / stock"] = a / base if a and base else None
+        line["auto / tt fp32"] = a / fp32 if a and fp32 else None
+        out.append(line)
+    ratio_cols = [c for c in out[0] if c not in ("row", *paths)] if out else []
+    print(f"\n   {key} per path, and ratios (same run, interleaved fresh processes; auto = {auto}):")
+    print(table(out, ["row", *paths, *ratio_cols]))
+    return out
+
+
+def auto_check(lines: list[dict]) -> bool:
+    """Print whether ``precision=auto`` was at least as fast as tailtune fp32 on every row."""
+    slower = [f"{x['row']} ({x['auto / tt fp32']:.2f}x)" for x in lines
+              if x["auto / tt fp32"] is not None and x["auto / tt fp32"] < 1.0]
+    print(f"   auto never slower than fp32: {'no' if slower else 'yes'}"
+          + (f" (rows where not: {', '.join(slower)})" if slower else ""))
+    return not slower
+
+
+def target(label: str, lines: list[dict], row: str, goal: float) -> dict | None:
+    """Print a target "auto >= goal x the stock fp32 baseline" for ``row``: met / not met, with the figures."""
+    line = next((x for x in lines if x["row"] == row), None)
+    if line is None or line["auto / stock"] is None:
+        print(f"   target: {label} >= {goal}x the stock fp32 baseline: not measured in this run")
+        return None
+    ratio, own = line["auto / stock"], line["auto / tt fp32"]
+    print(f"   target: {label} >= {goal}x the stock fp32 baseline (open_clip as built, fp32, eager): "
+          f"{ratio:.2f}x ({'met' if ratio >= goal else 'not met'}); against tailtune fp32: {own:.2f}x")
+    return {"target": label, "goal": goal, "ratio_to_stock": ratio, "ratio_to_tailtune_fp32": own,
+            "met": ratio >= goal}
+
+
+def profile_ops(fn, record_shapes: bool = False) -> list[dict]:
+    """Run ``fn`` once under torch.profiler (CPU); one dict per op: self CPU ms, calls, FLOPs (profiler's count).
+
+    Self times add up to the profiled time, so they say where it went without double counting.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=record_shapes, with_flops=record_shapes) as prof:
+        fn()
+    ops = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "calls": e.count, "flops": e.flops or 0}
+           for e in prof.key_averages()]
+    return sorted(ops, key=lambda o: -o["self_ms"])
+
+
+def top_ops_table(ops: list[dict], n: int = 8, total: float | None = None) -> str:
+    """The ``n`` ops with the most self CPU time, with their share of ``total`` (default: all of ``ops``)."""
+    total = total or sum(o["self_ms"] for o in ops) or 1.0
+    rows = [{"op": o["op"], "self ms": o["self_ms"], "share": f"{100 * o['self_ms'] / total:.0f}%",
+             "calls": o["calls"]} for o in ops[:n]]
+    return table(rows, ["op", "self ms", "share", "calls"]) + f"\n   (all ops: {total:.0f} ms self CPU time)"

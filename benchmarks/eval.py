@@ -1,16 +1,23 @@
-"""Evaluation throughput without and with five-crop TTE: fp32 eager vs tailtune's default path.
+"""Evaluation throughput of every model path, single view and five-crop: stock fp32 vs tailtune fp32 / bf16 / auto.
 
-    python benchmarks/eval.py                          # ViT-B/16 (random weights), 32 test images
-    python benchmarks/eval.py --images 128 --compile   # more images, plus a torch.compile column
-    python benchmarks/eval.py --device cuda --batch 128
+    python benchmarks/eval.py                           # the full table (about 15 min on 2 cores)
+    python benchmarks/eval.py --batches 32 --methods none --fivecrop-methods none --timm ''
+    python benchmarks/eval.py --device cuda --batches 128 --images 512
     python benchmarks/eval.py --precisions --images 16  # eval.precision: fp32 vs bf16 autocast, one process
 
-The whole evaluation path runs: synthetic 500x375 test images -> the backbone's test view
-(or five crops) -> ``predict_logits`` (views averaged) with the classifier-only model.
-Images/s counts test images (a five-crop image costs five forwards). Paths: the baseline
-(fp32, glibc's default allocator) and the default path (train.precision=auto,
-tune_cpu_allocator(), train.compile with --compile), each (TTE, path) in a fresh process
-started by this one, in ABBA order (see train_step.py).
+The whole evaluation path runs: ``--images`` synthetic 500x375 test images -> the
+backbone's test view (or five crops) -> ``predict_logits`` (views averaged), the model in
+eval mode. Images/s counts test images (a five-crop image costs five forwards).
+
+Rows: open_clip ViT-B/16 (random weights) with classifier-only (``none``), adaptformer, lora,
+vpt_deep and full at the largest of ``--batches`` (loader batch); to keep a run's time sane
+the smaller batches (8 by default) run ``--small-methods``, five-crop runs
+``--fivecrop-methods`` at every batch, and the timm ViT-B/16 runs ``--timm-methods``
+(defaults: none and adaptformer; five-crop: none). Paths, fresh processes, ABBA order and
+CPU-second ratios as in train_step.py (``_common.PATHS``): stock fp32 (open_clip as built,
+fp32, eager, glibc's allocator), tailtune fp32, tailtune bf16; precision=auto shares the
+figures of the one it resolves to. The end of the run: "auto never slower than fp32" and the
+issue's targets (evaluation and five-crop >= 3.5x the stock fp32 baseline).
 
 ``--precisions`` answers what ``eval.precision`` costs: one process, one model, one batch of
 already transformed images (the transform is the same for both, so it is left out), and
@@ -27,11 +34,20 @@ import time
 import numpy as np
 import torch
 from _common import (
+    BASELINE,
+    DTYPES,
     add_run_args,
+    auto_check,
+    auto_path,
+    build_model,
+    compare,
+    compared_paths,
     cuda_sync,
     default_threads,
+    enter_path,
     header,
     interleaved,
+    median_time,
     peak_mb,
     rate_basis,
     report,
@@ -39,15 +55,14 @@ from _common import (
     run_isolated,
     save_json,
     table,
+    target,
 )
-from train_step import DTYPES, build_model
 
 from tailtune.data.base import ArrayDataset, Transformed
 from tailtune.data.transforms import eval_transform
 from tailtune.models.accel import compile_model
-from tailtune.runtime.device import tune_cpu_allocator
+from tailtune.models.peft.base import PEFT_METHODS
 from tailtune.runtime.loader import make_loader, predict_logits
-from tailtune.runtime.precision import resolve_precision
 
 
 def test_images(n: int, seed: int = 0) -> ArrayDataset:
@@ -56,22 +71,54 @@ def test_images(n: int, seed: int = 0) -> ArrayDataset:
     return ArrayDataset(rng.integers(0, 255, (n, 375, 500, 3), dtype=np.uint8), rng.integers(0, 100, n).tolist())
 
 
-def measure(model, images, preprocess, tte: str, args, device, dtype, path: str) -> dict:
-    ds = Transformed(images, eval_transform(preprocess, tte))
-    loader = make_loader(ds, args.batch, False, args.workers, device)
-    warm = make_loader(Transformed(test_images(2, seed=1), eval_transform(preprocess, tte)), 2, False, 0, device)
+def measure(row: dict, path: str, args, device) -> dict:
+    """In a child process: ``predict_logits`` over ``--images`` test images of ``row`` on ``path``."""
+    dtype, tuned = enter_path(path, device)
+    stock = path == BASELINE
+    model = build_model(row["provider"], row["model"], row["method"], device, stock=stock).eval()
+    if args.compile and not stock:
+        compile_model(model)
+    view = eval_transform(model.backbone.preprocess, row["tte"])
+    loader = make_loader(Transformed(test_images(args.images), view), row["batch"], False, args.workers, device)
+    warm = make_loader(Transformed(test_images(2, seed=1), view), 2, False, 0, device)
     predict_logits(model, warm, device, dtype)  # kernels and buffers, not timed
     reset_peak()
-    sync = cuda_sync()
-    if sync:
-        sync()
-    t0, c0 = time.perf_counter(), time.process_time()
-    predict_logits(model, loader, device, dtype)
-    if sync:
-        sync()
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    out = {"tte": tte, "path": path, "precision": DTYPES[dtype], "img/s": len(images) / seconds,
-           "s": seconds, "img/cpu-s": len(images) / cpu, "cpu-s": cpu, **peak_mb()}
+    wall, cpu = median_time(lambda: predict_logits(model, loader, device, dtype), 1, cuda_sync())
+    return {"row": row["label"], "path": path, "precision": DTYPES[dtype], "allocator_tuned": tuned,
+            "img/s": args.images / wall, "s": wall, "img/cpu-s": args.images / cpu, "cpu-s": cpu, **peak_mb()}
+
+
+def plan_rows(args) -> list[dict]:
+    """The rows of this run (see the module docstring)."""
+    batches = sorted((int(b) for b in args.batches.split(",") if b), reverse=True)
+    split = lambda s: [m for m in s.split(",") if m]  # noqa: E731
+    rows = []
+
+    def add(provider, model, methods, tte, batch, tag):
+        for m in methods:
+            if m not in PEFT_METHODS:
+                print(f"   {m}: not a registered PEFT method here, skipped")
+                continue
+            rows.append({"label": f"{tag} {m}{' fivecrop' if tte == 'fivecrop' else ''} b{batch}", "method": m,
+                         "provider": provider, "model": model, "tte": tte, "batch": batch})
+
+    for b in batches:
+        add("open_clip", args.model, split(args.methods if b == batches[0] else args.small_methods), "none", b,
+            args.model)
+        add("open_clip", args.model, split(args.fivecrop_methods), "fivecrop", b, args.model)
+        if args.timm:
+            add("timm", args.timm, split(args.timm_methods), "none", b, f"timm {args.timm}")
+    return rows
+
+
+def checks(lines: list[dict], rows: list[dict]) -> dict:
+    """The end-of-run checks: auto never slower than fp32, and the evaluation targets."""
+    print()
+    out = {"auto_never_slower_than_fp32": auto_check(lines), "targets": []}
+    for r in rows:
+        if r["provider"] == "open_clip" and r["method"] in ("none", "adaptformer"):
+            what = "five-crop" if r["tte"] == "fivecrop" else "eval"
+            out["targets"].append(target(f"{what} {r['method']}, batch {r['batch']}", lines, r["label"], 3.5))
     return out
 
 
@@ -118,7 +165,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="ViT-B-16", help="open_clip model (random weights)")
     p.add_argument("--images", type=int, default=32, help="test images per measurement")
-    p.add_argument("--batch", type=int, default=32, help="test images per loader batch")
+    p.add_argument("--batches", default="32,8", help="loader batches; the smaller ones run --small-methods only")
+    p.add_argument("--methods", default="none,adaptformer,lora,vpt_deep,full", help="methods at the largest batch")
+    p.add_argument("--small-methods", default="none,adaptformer", help="methods of the smaller batches")
+    p.add_argument("--fivecrop-methods", default="none", help="methods evaluated with five crops (every batch)")
+    p.add_argument("--timm", default="vit_base_patch16_224", help="timm ViT of the timm rows ('' to skip)")
+    p.add_argument("--timm-methods", default="none,adaptformer", help="methods of the timm rows")
+    p.add_argument("--batch", type=int, default=32, help="--precisions: test images per loader batch")
     p.add_argument("--workers", type=int, default=0, help="loader workers (tailtune uses 0 on <= 4 CPU cores)")
     p.add_argument("--precisions", action="store_true", help="eval.precision: fp32 vs bf16 autocast in one process")
     p.add_argument("--tte", default="none", help="--precisions: the test view (none) or crops (fivecrop)")
@@ -132,42 +185,26 @@ def main() -> None:
         return
     if args.measure:
         spec = json.loads(args.measure)
-        tuned = spec["tune"] and device.type == "cpu" and tune_cpu_allocator()
-        dtype = resolve_precision(spec["precision"], device, "vit")
-        model = build_model("open_clip", args.model, "none", device).eval()
-        if spec["compile"]:
-            compile_model(model)
-        out = measure(model, test_images(args.images), model.backbone.preprocess, spec["tte"], args, device, dtype,
-                      spec["path"])
-        report(dict(out, allocator_tuned=tuned))
+        report(measure(spec["row"], spec["path"], args, device))
         return
-    header("eval: test images/s without and with five-crop TTE, fp32 eager vs tailtune's default path", args)
-    paths = [{"path": "fp32 eager", "precision": "fp32", "tune": False, "compile": False},
-             {"path": "default", "precision": "auto", "tune": True, "compile": False}]
-    if args.compile:
-        paths.append({"path": "default + compile", "precision": "auto", "tune": True, "compile": True})
+    header("eval: test images/s, single view and five-crop, stock fp32 vs tailtune fp32 / bf16 / auto", args)
+    rows = plan_rows(args)
+    paths = compared_paths(device)
+    auto = auto_path(device)
+    print(f"   precision=auto resolves to bf16 or fp32 per machine: here {auto} (its figures are auto's)")
     results = []
-    for tte, path in interleaved(["none", "fivecrop"], paths):
-        results.append(run_isolated({"tte": tte, **path}))
+    for row, path in interleaved(rows, paths):
+        results.append(run_isolated({"row": row, "path": path}))
         r = results[-1]
-        print(f"   {tte:<9} {r['path']:<20} {r['precision']:<5} {r['img/s']:8.2f} img/s  ({r['s']:.1f} s wall, "
-              f"{r['cpu-s']:.1f} CPU-s, peak RSS {r['peak_rss_mb']} MiB)", flush=True)
+        print(f"   {r['row']:<34} {r['path']:<14} {r['img/cpu-s']:6.2f} img/CPU-s  {r['img/s']:6.2f} img/s "
+              f"({r['s']:.1f} s wall, {r['cpu-s']:.1f} CPU-s, peak RSS {r['peak_rss_mb']} MiB)", flush=True)
     print()
-    print(table(results, ["tte", "path", "precision", "allocator_tuned", "img/s", "s", "img/cpu-s", "cpu-s",
+    print(table(results, ["row", "path", "precision", "allocator_tuned", "img/s", "s", "img/cpu-s", "cpu-s",
                           "peak_rss_mb", "cuda_max_alloc_mb"]))
     key = "img/cpu-s" if rate_basis(device) == "cpu" else "img/s"
-    print(f"\n   ratios below compare {key} (CPU seconds of the measuring process on CPU, wall-clock on GPU)")
-    base = {r["tte"]: r[key] for r in results if r["path"] == "fp32 eager"}
-    print("\n   ratios to the fp32 eager baseline (same run, same images, interleaved fresh processes):")
-    best = 0.0
-    for r in results:
-        if r["path"] != "fp32 eager":
-            ratio = r[key] / base[r["tte"]]
-            best = max(best, ratio)
-            print(f"   {r['tte']:<9} {r['path']:<26} {ratio:.2f}x")
-    print(f"   five-crop costs {base['none'] / base['fivecrop']:.2f}x the single view (fp32 eager)")
-    print(f"   target: >= 2.5x the fp32 eager baseline: {best:.2f}x ({'met' if best >= 2.5 else 'not met'})")
-    save_json(args.json, {"results": results})
+    lines = compare(results, paths, auto, key)
+    found = checks(lines, rows)
+    save_json(args.json, {"auto": auto, "basis": key, "results": results, "ratios": lines, **found})
 
 
 if __name__ == "__main__":

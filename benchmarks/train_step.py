@@ -1,18 +1,30 @@
-"""Training-step throughput: fp32 eager baseline vs tailtune's default path, side by side.
+"""Training-step throughput of every model path the recipes use: stock fp32 vs tailtune fp32 / bf16 / auto.
 
-    python benchmarks/train_step.py                      # ViT-B/16 (random weights), batch 32, 5 methods
-    python benchmarks/train_step.py --steps 3 --compile  # median of 3 steps, plus a torch.compile column
-    python benchmarks/train_step.py --device cuda --batch 128
+    python benchmarks/train_step.py                          # the full table (about 25 min on 2 cores)
+    python benchmarks/train_step.py --steps 1 --batches 32 --methods none,adaptformer --timm ''
+    python benchmarks/train_step.py --device cuda --batches 128 --small-methods ''
 
-Rows: classifier-only, adaptformer, lora, vpt_deep, full (each if registered) on CLIP
-ViT-B/16, and EfficientNet-Lite0 BN tuning (the CNN row: channels_last and the glibc
-allocator tuning). Paths: the baseline (fp32, eager, glibc's default allocator) and
-tailtune's default path (train.precision=auto, channels_last for CNNs,
-tune_cpu_allocator(), and train.compile with --compile). Every (row, path) is measured in
-a fresh process started by this one (the allocator setting is process-wide and cannot be
-undone), the two paths of a row one after the other, in ABBA order over the rows, so a
-drift in machine load weighs on both alike. Each measurement: one untimed step at batch
-``--warmup-batch``, ``--warmup`` untimed full steps, then the median of ``--steps``.
+Rows: open_clip ViT-B/16 (random weights) with classifier-only (``none``), adaptformer,
+lora, vpt_deep and full fine-tuning at every batch of ``--batches``; to keep a run's time
+sane the smaller batches (batch 8 by default) and the timm ViT-B/16
+(``vit_base_patch16_224``, random weights) run only ``--small-methods`` / ``--timm-methods``
+(none and adaptformer by default). (The CNN row of earlier versions, EfficientNet-Lite0 BN
+tuning, is gone: precision=auto keeps CNNs in fp32 on CPU, so it had nothing to compare here.)
+
+Paths (``_common.PATHS``): ``stock fp32`` (the model as open_clip / timm build it: tailtune's
+attention and cast-once layers undone, fp32, eager, glibc's default allocator), ``tailtune
+fp32`` and ``tailtune bf16`` (build_backbone's model, tune_cpu_allocator()); ``precision=auto``
+resolves to one of them (printed) and shares its figures. Every (row, path) is measured in a
+fresh process started by this one (the allocator setting is process-wide and cannot be
+undone), the paths of a row one after the other, in ABBA order over the rows, so a drift in
+machine load weighs on all alike. Each measurement: one untimed step at batch
+``--warmup-batch``, ``--warmup`` untimed full steps, then the median of ``--steps``. Ratios
+compare images per CPU-second of the measuring process on CPU (robust on a shared machine),
+wall-clock on GPU.
+
+The end of the run: "auto never slower than fp32" over every row, and the issue's targets
+(adaptformer at the largest batch >= 3.5x the stock fp32 baseline, also against tailtune fp32;
+a frozen-backbone step faster than full fine-tuning).
 
 A precision probe opens the run: a 1024^3 matmul and a ViT-B/16 forward in fp32 and bf16,
 which shows whether this CPU computes bf16 natively (where auto picks bf16) or emulates it.
@@ -25,10 +37,18 @@ import json
 
 import torch
 from _common import (
+    BASELINE,
+    DTYPES,
     NUM_CLASSES,
     add_run_args,
+    auto_check,
+    auto_path,
+    build_model,
+    compare,
+    compared_paths,
     cuda_sync,
     default_threads,
+    enter_path,
     header,
     interleaved,
     median_time,
@@ -39,33 +59,21 @@ from _common import (
     run_isolated,
     save_json,
     table,
+    target,
 )
 from torch import nn
 
-from tailtune.config import HeadConfig, ModelConfig, PeftConfig
 from tailtune.models.accel import compile_model
-from tailtune.models.backbones.base import build_backbone
-from tailtune.models.heads import build_head
-from tailtune.models.model import TailModel
-from tailtune.models.peft.base import PEFT_METHODS, apply_peft, trains_bn_stats
-from tailtune.runtime.device import tune_cpu_allocator
-from tailtune.runtime.precision import autocast, resolve_precision
+from tailtune.models.peft.base import PEFT_METHODS
+from tailtune.runtime.precision import autocast
+
+__all__ = ["DTYPES", "build_model", "make_step"]  # cache.py and eval.py import these from here
 
 VIT_METHODS = ("none", "adaptformer", "lora", "vpt_deep", "full")
-DTYPES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+FROZEN = ("none", "adaptformer", "lora", "vpt_deep")  # the frozen-backbone methods of "faster than full"
 
 
-def build_model(provider: str, name: str, method: str, device: torch.device) -> TailModel:
-    """Backbone (random weights) + PEFT + cosine head, as api.build makes them (without its side effects)."""
-    torch.manual_seed(0)
-    backbone = build_backbone(ModelConfig(provider=provider, name=name, pretrained="none"))
-    peft = PeftConfig(method=method)
-    apply_peft(backbone, peft, NUM_CLASSES)
-    head = build_head(HeadConfig(), backbone.feature_dim, NUM_CLASSES)
-    return TailModel(backbone, head, bn_train=trains_bn_stats(peft)).to(device)
-
-
-def make_step(model: TailModel, batch: int, res: int, device, dtype, channels_last: bool):
+def make_step(model: nn.Module, batch: int, res: int, device, dtype, channels_last: bool = False):
     """One SGD step (forward under autocast, loss, backward, update) on a fixed random batch."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
@@ -89,21 +97,22 @@ def make_step(model: TailModel, batch: int, res: int, device, dtype, channels_la
     return step
 
 
-def measure(row: dict, path: str, args, device, dtype, channels_last: bool, compiled: bool) -> dict:
-    model = build_model(row["provider"], row["model"], row["method"], device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if compiled:
+def measure(row: dict, path: str, args, device) -> dict:
+    """In a child process: the median step of ``row`` on ``path``."""
+    dtype, tuned = enter_path(path, device, row["kind"])
+    stock = path == BASELINE
+    model = build_model(row["provider"], row["model"], row["method"], device, stock=stock)
+    if args.compile and not stock:
         compile_model(model)
     reset_peak()
-    make_step(model, args.warmup_batch, row["res"], device, dtype, channels_last)()  # kernels, buffers
+    make_step(model, args.warmup_batch, row["res"], device, dtype)()  # kernels, buffers
     for _ in range(args.warmup):
-        make_step(model, args.batch, row["res"], device, dtype, channels_last)()
-    step = make_step(model, args.batch, row["res"], device, dtype, channels_last)
+        make_step(model, row["batch"], row["res"], device, dtype)()
+    step = make_step(model, row["batch"], row["res"], device, dtype)
     wall, cpu = median_time(step, args.steps, cuda_sync())
-    out = {"row": row["label"], "path": path, "precision": DTYPES[dtype], "img/s": args.batch / wall,
-           "s/step": wall, "img/cpu-s": args.batch / cpu, "cpu-s/step": cpu, **peak_mb()}
-    return out
+    return {"row": row["label"], "path": path, "precision": DTYPES[dtype], "allocator_tuned": tuned,
+            "img/s": row["batch"] / wall, "s/step": wall, "img/cpu-s": row["batch"] / cpu, "cpu-s/step": cpu,
+            **peak_mb()}
 
 
 def precision_probe(device) -> list[dict]:
@@ -122,18 +131,66 @@ def precision_probe(device) -> list[dict]:
         with torch.no_grad(), autocast(device, dtype):
             model(x)
             s = median_time(lambda: model(x), 2, cuda_sync())[0]
-        rows.append({"probe": "ViT-B/16 forward, batch 2", "precision": DTYPES[dtype], "rate": f"{2 / s:.2f} img/s"})
+        rows.append({"probe": "ViT-B/16 forward (tailtune), batch 2", "precision": DTYPES[dtype],
+                     "rate": f"{2 / s:.2f} img/s"})
     return rows
+
+
+def plan_rows(args) -> list[dict]:
+    """The rows of this run (see the module docstring)."""
+    batches = [int(b) for b in args.batches.split(",") if b]
+    largest = max(batches)
+    rows = []
+
+    def add(provider, model, methods, batch, res, tag=""):
+        for m in methods:
+            if m not in PEFT_METHODS:
+                print(f"   {m}: not a registered PEFT method here, skipped")
+                continue
+            rows.append({"label": f"{tag or model} {m} b{batch}", "tag": tag or model, "provider": provider,
+                         "model": model,
+                         "method": m, "batch": batch, "res": res, "kind": "vit"})
+
+    split = lambda s: [m for m in s.split(",") if m]  # noqa: E731
+    for b in sorted(batches, reverse=True):
+        add("open_clip", args.model, split(args.methods) if b == largest else split(args.small_methods), b, args.res)
+        if args.timm:
+            add("timm", args.timm, split(args.timm_methods), b, args.res, tag=f"timm {args.timm}")
+    return rows
+
+
+def checks(lines: list[dict], rows: list[dict], auto: str) -> dict:
+    """The end-of-run checks: auto never slower than fp32, the adaptformer target, frozen faster than full."""
+    print()
+    out = {"auto_never_slower_than_fp32": auto_check(lines)}
+    largest = max(r["batch"] for r in rows)
+    adapt = next((r["label"] for r in rows if r["method"] == "adaptformer" and r["batch"] == largest
+                  and r["provider"] == "open_clip"), None)
+    out["targets"] = [target(f"train adaptformer, batch {largest}", lines, adapt, 3.5)] if adapt else []
+    by = {x["row"]: x for x in lines}
+    for r in rows:
+        if r["method"] != "full":
+            continue
+        full = by[r["label"]].get(auto)
+        frozen = {x["method"]: by[x["label"]].get(auto) for x in rows
+                  if x["method"] in FROZEN and x["batch"] == r["batch"] and x["model"] == r["model"]}
+        slower = [f"{m} {v:.2f}" for m, v in frozen.items() if v is not None and full and v <= full]
+        print(f"   frozen step faster than full fine-tuning ({r['tag']}, batch {r['batch']}, "
+              f"{auto}, full {full:.2f}; " + ", ".join(f"{m} {v:.2f}" for m, v in frozen.items() if v)
+              + f"): {'no (' + ', '.join(slower) + ')' if slower else 'yes'}")
+        out.setdefault("frozen_faster_than_full", {})[r["label"]] = not slower
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="ViT-B-16", help="open_clip model (random weights)")
     p.add_argument("--res", type=int, default=224)
-    p.add_argument("--methods", default=",".join(VIT_METHODS), help="PEFT methods of the ViT rows")
-    p.add_argument("--cnn", default="efficientnet_lite0", help="packaged CNN of the allocator row ('' to skip)")
-    p.add_argument("--cnn-res", type=int, default=224)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--methods", default=",".join(VIT_METHODS), help="PEFT methods of the open_clip rows")
+    p.add_argument("--batches", default="32,8", help="batch sizes; the smaller ones run --small-methods only")
+    p.add_argument("--small-methods", default="none,adaptformer", help="methods of the smaller batches")
+    p.add_argument("--timm", default="vit_base_patch16_224", help="timm ViT of the timm rows ('' to skip)")
+    p.add_argument("--timm-methods", default="none,adaptformer", help="methods of the timm rows")
     p.add_argument("--steps", type=int, default=2, help="timed steps per row (median)")
     p.add_argument("--warmup", type=int, default=0, help="untimed full-batch steps per row")
     p.add_argument("--warmup-batch", type=int, default=2, help="one untimed step at this batch first")
@@ -144,59 +201,31 @@ def main() -> None:
     device = torch.device(args.device)
     if args.measure:
         spec = json.loads(args.measure)
-        row = spec["row"]
-        tuned = spec["tune"] and device.type == "cpu" and tune_cpu_allocator()
-        dtype = resolve_precision(spec["precision"], device, row["kind"])
-        result = measure(row, spec["path"], args, device, dtype, spec["optimised"] and row["kind"] == "cnn",
-                         spec["compile"])
-        report(dict(result, allocator_tuned=tuned))
+        report(measure(spec["row"], spec["path"], args, device))
         return
-    header("train_step: images/s of one training step, fp32 eager vs tailtune's default path", args)
+    header("train_step: images/s of one training step, stock fp32 vs tailtune fp32 / bf16 / auto", args)
 
     probe = [] if args.no_probe else precision_probe(device)
     if probe:
         print(table(probe, ["probe", "precision", "rate"]))
-
-    rows = []
-    for m in args.methods.split(","):
-        if m not in PEFT_METHODS:
-            print(f"   {m}: not a registered PEFT method here, skipped")
-            continue
-        rows.append({"label": f"{args.model} {m}", "provider": "open_clip", "model": args.model, "method": m,
-                     "res": args.res, "kind": "vit"})
-    if args.cnn:
-        rows.append({"label": f"{args.cnn} bn_tuning (CNN)", "provider": "packaged", "model": args.cnn,
-                     "method": "bn_tuning", "res": args.cnn_res, "kind": "cnn"})
-
-    paths = [{"path": "fp32 eager", "precision": "fp32", "tune": False, "optimised": False, "compile": False},
-             {"path": "default", "precision": "auto", "tune": True, "optimised": True, "compile": False}]
-    if args.compile:
-        paths.append({"path": "default + compile", "precision": "auto", "tune": True, "optimised": True,
-                      "compile": True})
+    rows = plan_rows(args)
+    paths = compared_paths(device)
+    auto = auto_path(device)
+    print(f"   precision=auto resolves to bf16 or fp32 per machine: here {auto} (its figures are auto's)")
     results = []
     for row, path in interleaved(rows, paths):
-        results.append(run_isolated({"row": row, **path}))
+        results.append(run_isolated({"row": row, "path": path}))
         r = results[-1]
-        print(f"   {r['row']:<28} {r['path']:<20} {r['precision']:<5} {r['img/s']:8.2f} img/s  "
+        print(f"   {r['row']:<34} {r['path']:<14} {r['img/cpu-s']:6.2f} img/CPU-s  {r['img/s']:6.2f} img/s "
               f"({r['s/step']:.1f} s/step wall, {r['cpu-s/step']:.1f} CPU-s/step, peak RSS {r['peak_rss_mb']} MiB)",
               flush=True)
-    results.sort(key=lambda r: ([p["path"] for p in paths].index(r["path"]), [x["label"] for x in rows].index(r["row"])))
     print()
     print(table(results, ["row", "path", "precision", "allocator_tuned", "img/s", "s/step", "img/cpu-s",
                           "cpu-s/step", "peak_rss_mb", "cuda_max_alloc_mb"]))
     key = "img/cpu-s" if rate_basis(device) == "cpu" else "img/s"
-    print(f"\n   ratios below compare {key} (CPU seconds of the measuring process on CPU, wall-clock on GPU)")
-    base = {r["row"]: r[key] for r in results if r["path"] == "fp32 eager"}
-    print("\n   ratios to the fp32 eager baseline (same run, same batch, interleaved fresh processes):")
-    for r in results:
-        if r["path"] != "fp32 eager":
-            print(f"   {r['row']:<28} {r['path']:<26} {r[key] / base[r['row']]:.2f}x")
-    adapt = [r for r in results if r["row"].endswith(" adaptformer") and r["path"] != "fp32 eager"]
-    if adapt:
-        best = max(r[key] for r in adapt) / base[adapt[0]["row"]]
-        print(f"   target: adaptformer >= 3x the fp32 eager baseline: {best:.2f}x "
-              f"({'met' if best >= 3 else 'not met'})")
-    save_json(args.json, {"probe": probe, "results": results})
+    lines = compare(results, paths, auto, key)
+    found = checks(lines, rows, auto)
+    save_json(args.json, {"probe": probe, "auto": auto, "basis": key, "results": results, "ratios": lines, **found})
 
 
 if __name__ == "__main__":

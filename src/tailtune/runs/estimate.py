@@ -5,6 +5,11 @@ on real images (after one warm-up step that is not timed) and the time per image
 to an epoch. When the run would train from a feature cache, the frozen prefix is timed
 on the same images (the cache's build cost) and the steps run on their cached outputs.
 Nothing is written: no run folder, no checkpoint; the head keeps its random init.
+
+The estimate names the path it timed (precision, which attention kernel the training step
+runs, how many frozen layers are cast once), the same names ``benchmarks/train_step.py``
+prints for its ``tailtune fp32`` / ``tailtune bf16`` paths, so an estimate can be read against
+the benchmark rows of the same path.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from tailtune.data.base import Subset, Transformed
 from tailtune.data.transforms import train_transform
 from tailtune.experiment import build, param_summary
 from tailtune.losses import build_loss
+from tailtune.models.attention import FastAttention, unfused_backward
+from tailtune.models.casts import CastOnceLinear
+from tailtune.models.peft.targets import SelfAttention
 from tailtune.models.text import text_step_cost, time_text_pass
 from tailtune.training.feature_cache import (
     CachedInputModel,
@@ -56,6 +64,26 @@ def _timed_trainer(model, loss_fn, dataset, exp, images: int) -> float:
                       log=lambda _: None, channels_last=exp.channels_last)
     stats = trainer.train_epoch()
     return stats.seconds / max(stats.images, 1)
+
+
+def timed_path(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> dict:
+    """What the timed training step runs: precision, attention kernel, frozen layers cast once.
+
+    The attention kernel is asked of ``attend``'s own rule (models/attention.py) for a
+    tensor like the step's, so the answer follows that rule wherever it changes.
+    """
+    ours = sum(isinstance(m, (FastAttention, SelfAttention)) for m in model.modules())
+    if ours:
+        probe = torch.empty(0, device=device, dtype=dtype or torch.float32, requires_grad=True)
+        with torch.enable_grad():
+            kernel = "matmul + softmax" if unfused_backward(probe) else "fused SDPA"
+        attention = f"tailtune's, {kernel} in training ({ours} layers)"
+    else:
+        attention = "the backbone's own (timm: fused SDPA)"
+    cast_once = sum(isinstance(m, CastOnceLinear) and not m.weight.requires_grad for m in model.modules())
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    return {"precision": precision, "attention": attention, "frozen_linear_cast_once": cast_once,
+            "benchmark_path": f"tailtune {precision}"}
 
 
 def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
@@ -97,7 +125,8 @@ def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
         notes.append(plan.describe())
     epoch_s = per_image * epoch_images
     total_s = epoch_s * total_epochs(cfg.train) + cache_s
-    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[exp.dtype]
+    path = timed_path(exp.model, exp.device, exp.dtype)
+    precision = path["precision"]
     text = text_step_cost(exp.model.head)
     if text is not None:
         exp.model.eval()
@@ -111,7 +140,7 @@ def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
         "precision": precision, "device": str(exp.device), "feature_cache": plan is not None,
         "timed_images": timed_images, "seconds_per_image": per_image, "epoch_s": epoch_s,
         "cache_build_s": cache_s, "train_s": total_s, "trainable_text": params.get("trainable_text", 0),
-        "text_encoder": text,
+        "text_encoder": text, "timed_path": path,
     }
     lines = [
         f"dry run: {cfg.data.name}, {exp.backbone.info['provider']} {exp.backbone.info['name']}, peft {cfg.peft.method}",
@@ -123,6 +152,7 @@ def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
         f"{params['trainable_head']:,} head" + (f" + {params['trainable_text']:,} text side"
                                                 if params.get("trainable_text") else ""),
         f"  precision {precision} on {exp.device}, {exp.workers} loader workers",
+        f"  timed path: {_describe_path(path)}",
         *(f"  note: {n}" for n in notes),
         f"  timed: {timed_images} images after a warm-up step: {per_image * 1000:.1f} ms per image",
         f"  estimated time per epoch: {_hms(epoch_s)}; training ({total_epochs(cfg.train)} epochs"
@@ -131,6 +161,13 @@ def dry_run(cfg, timed_steps: int = DEFAULT_TIMED_STEPS) -> DryRun:
         "  (head initialisation and evaluation come on top; nothing was written)",
     ]
     return DryRun(summary, lines)
+
+
+def _describe_path(path: dict) -> str:
+    casts = ("no casts" if path["precision"] == "fp32"
+             else f"{path['frozen_linear_cast_once']} frozen linear layers cast to {path['precision']} once")
+    return (f"{path['precision']}{' autocast' if path['precision'] != 'fp32' else ''}; attention "
+            f"{path['attention']}; {casts} (benchmarks/train_step.py's '{path['benchmark_path']}' path)")
 
 
 def _text_note(text: dict) -> str:
