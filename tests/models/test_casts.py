@@ -78,3 +78,17 @@ def test_backbone_linears_cast_once_and_no_weight_cast_on_the_second_batch():
     casts = [e for e in prof.key_averages(group_by_input_shape=True)
              if e.key == "aten::_to_copy" and e.input_shapes and tuple(e.input_shapes[0]) in shapes]
     assert not casts, [(e.input_shapes, e.count) for e in casts]
+
+
+def test_lora_keeps_the_frozen_qkv_cast_once():
+    """The explicit attention PEFT methods on qkv/out introduce (peft/targets.py) is made after
+    the backbone's build: its qkv layer must read through the cast as well."""
+    from tailtune.config import PeftConfig
+    from tailtune.models.peft.base import apply_peft
+    from tailtune.models.peft.targets import innermost
+
+    backbone = build_backbone(ModelConfig(provider="open_clip", name="TT-Tiny-ViT", pretrained="none"))
+    apply_peft(backbone, PeftConfig(method="lora"), 10)
+    blocks = backbone.clip.visual.transformer.resblocks
+    assert all(type(innermost(b.attn.qkv)) is CastOnceLinear for b in blocks)
+    assert all(type(innermost(b.attn.proj)) is CastOnceLinear for b in blocks)

@@ -17,6 +17,7 @@ from torch import nn
 
 from tailtune.errors import ConfigError
 from tailtune.models.attention import attend
+from tailtune.models.casts import CastOnceLinear
 from tailtune.models.peft.base import PeftModule
 
 PART_PATHS: dict[str, tuple[str, ...]] = {
@@ -46,7 +47,8 @@ class SelfAttention(nn.Module):
         self.num_heads = mha.num_heads
         self.batch_first = mha.batch_first
         self.dropout = mha.dropout
-        self.qkv = nn.Linear(dim, 3 * dim, bias=mha.in_proj_bias is not None, device="meta")
+        # CastOnceLinear, as every frozen linear of a backbone (models/casts.py): made after the build.
+        self.qkv = CastOnceLinear(dim, 3 * dim, bias=mha.in_proj_bias is not None, device="meta")
         self.qkv.weight = mha.in_proj_weight
         if mha.in_proj_bias is not None:
             self.qkv.bias = mha.in_proj_bias
