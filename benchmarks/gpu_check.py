@@ -10,9 +10,9 @@ timed out, and the next steps still run):
 
   agree       logits of a random ViT-B/16 AdaptFormer on CUDA (precision auto: bf16, or fp16
               without bf16) against the CPU in fp32, within bf16 tolerance (benchmarks/model_rate.py)
-  train_step  benchmarks/train_step.py --device cuda --batch 128 --json (classifier-only,
+  train_step  benchmarks/train_step.py --device cuda --batches 128 --json (classifier-only,
               AdaptFormer, LoRA, full, ... as that script's rows)
-  eval        benchmarks/eval.py --device cuda --batch 128 --json
+  eval        benchmarks/eval.py --device cuda --batches 128 --json
   data        benchmarks/data.py --device cuda --batch 128: loader images/s (JPEG decode on the
               CPU, data.decode=gpu, the uint8 store) next to the model's, and the bottleneck
   run         a short real training run on synthetic JPEGs: `tailtune data cache` of a folder
@@ -138,9 +138,9 @@ def steps(out: Path, workers: int) -> dict[str, list[tuple[str, list[str]]]]:
     py = sys.executable
     return {
         "agree": [("agree", [py, "model_rate.py", "--agree", "cuda", "--json", str(out / "agreement.json")])],
-        "train_step": [("train_step", [py, "train_step.py", "--device", "cuda", "--batch", "128",
+        "train_step": [("train_step", [py, "train_step.py", "--device", "cuda", "--batches", "128",
                                        "--json", str(out / "train_step.json")])],
-        "eval": [("eval", [py, "eval.py", "--device", "cuda", "--batch", "128", "--json", str(out / "eval.json")])],
+        "eval": [("eval", [py, "eval.py", "--device", "cuda", "--batches", "128", "--json", str(out / "eval.json")])],
         "data": [("data", [py, "data.py", "--device", "cuda", "--batch", "128", "--images", "1024",
                            "--repeats", "2", "--workers", str(workers), "--json", str(out / "data.json")])],
     }

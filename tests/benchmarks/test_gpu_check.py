@@ -39,11 +39,21 @@ def test_help_and_unknown_steps(capsys):
 
 
 def test_benchmark_calls_carry_cuda_batch_128_and_json(tmp_path):
+    """Each call's options are the scripts' own (their --help lists them): eval.py's --batch is
+    its --precisions batch, the rows' batch sizes are --batches."""
+    import subprocess
+    import sys
+
     planned = gpu_check.steps(tmp_path, 4)
-    for name in ("train_step", "eval"):
+    for name, flag in (("train_step", "--batches"), ("eval", "--batches"), ("data", "--batch")):
         argv = planned[name][0][1]
-        assert argv[argv.index("--device") + 1] == "cuda" and argv[argv.index("--batch") + 1] == "128"
+        assert argv[argv.index("--device") + 1] == "cuda" and argv[argv.index(flag) + 1] == "128"
         assert "--json" in argv
+        script = gpu_check.HERE / argv[1]
+        usage = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
+                               check=True).stdout
+        for option in (a for a in argv[2:] if a.startswith("--")):
+            assert f"{option} " in usage or f"{option}\n" in usage or f"[{option}" in usage, (name, option)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
