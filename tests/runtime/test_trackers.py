@@ -111,6 +111,26 @@ def _wandb_records(path: Path):
     return out
 
 
+def _finished_wandb_records(path: Path, timeout: float = 60.0):
+    """The log's records once wandb's writer process has written its exit record: the writer
+    runs beside the test and may still be appending when the run's finish returns."""
+    import time
+
+    from google.protobuf.message import DecodeError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = _wandb_records(path)
+            if any(r.WhichOneof("record_type") == "exit" for r in records):
+                return records
+        except DecodeError:  # a record cut short by the write in progress
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} has no complete exit record after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 def test_wandb_offline_writes_config_history_summary_and_files(tiny_overrides, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
@@ -128,12 +148,14 @@ def test_wandb_offline_writes_config_history_summary_and_files(tiny_overrides, t
     assert record["mode"] == "offline"
     folder = Path(record["dir"]).parent
     assert folder.parent == tmp_path / "run" / "wandb" and folder.name.endswith(record["run_id"])
-    records = _wandb_records(folder / f"run-{record['run_id']}.wandb")
+    records = _finished_wandb_records(folder / f"run-{record['run_id']}.wandb")
     kinds = [r.WhichOneof("record_type") for r in records]
     def items(entries) -> dict:
         return {i.key or ".".join(i.nested_key): json.loads(i.value_json) for i in entries}
 
+    # The config travels in the run record or in later config records, as wandb's timing has it.
     config = {k: v for r in records if r.HasField("config") for k, v in items(r.config.update).items()}
+    config.update({k: v for r in records if r.HasField("run") for k, v in items(r.run.config.update).items()})
     assert config["log.tracker"] == "wandb" and config["train.epochs"] == 1 and config["data.root"] is None
     history = [items(r.history.item) for r in records if r.HasField("history")]
     assert [(h["_step"], h["train/loss"]) for h in history] == [(1, 0.5), (2, 0.25)]
