@@ -48,8 +48,10 @@ def auto_precision(device: torch.device, kind: str) -> torch.dtype | None:
     train 1.59/1.16 (batch 8) and 1.24/0.98 (batch 32), eval 0.90/1.00 (batch 8) and
     1.15/1.04 (batch 32); CLIP RN50 (bitfit, ssf_pool, bitfit+ssf_pool) won at batch 32
     (train 1.33-2.24, eval 1.43-2.01) but not at batch 8 (train 0.97-3.09, eval 0.91-1.60;
-    bitfit eval 0.99/0.97). A CNN rule picking bf16 would lose on some of these paths, so it
-    stays fp32; train.precision=bf16 asks for bf16 explicitly.
+    bitfit eval 0.99/0.97). The offline demo (EfficientNet-Lite0, 64 px) there took 1156
+    CPU-seconds in bf16 against 1223 in fp32 (5% less) at 84.12 against 83.63 overall accuracy.
+    A CNN rule picking bf16 would lose on some of these paths, so it stays fp32;
+    train.precision=bf16 asks for bf16 explicitly.
     """
     if device.type == "cuda":
         return torch.bfloat16 if cuda_bf16_native(device) else torch.float16
