@@ -65,6 +65,49 @@ def test_bf16_training_keeps_parameters_and_optimizer_state_fp32(tmp_path):
     assert len(bufs) == len(trained) and all(b.dtype == torch.float32 for b in bufs)
 
 
+TINY_CNN = [o for o in TINY_CLIP if not o.startswith("model.")] + [
+    "model.provider=timm", "model.name=test_resnet", "model.pretrained=none", "model.resolution=32",
+    "head.init=class_mean"]
+
+
+def test_bf16_bn_tuning_keeps_the_batchnorm_affine_fp32_and_its_statistics_frozen(tmp_path):
+    """A CNN under CPU bf16 autocast with bn_tuning: the convolutions run in bf16, the trained BatchNorm
+    weights and biases, their gradients and the optimizer state stay fp32, the running statistics stay."""
+    from tailtune.data.base import Transformed
+    from tailtune.data.transforms import train_transform
+
+    exp = _exp(tmp_path, "peft.method=bn_tuning", "train.precision=bf16", "train.batch_size=32", base=TINY_CNN)
+    assert exp.dtype == torch.bfloat16 and exp.backbone.kind == "cnn"
+    bns = [m for m in exp.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    trained = [p for p in exp.model.parameters() if p.requires_grad]
+    affine = {id(p) for m in bns for p in (m.weight, m.bias)}
+    assert bns and affine <= {id(p) for p in trained}
+    stats = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
+
+    seen: list[torch.dtype] = []
+    hook = bns[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+    exp.model.train()
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", torch.bfloat16):
+        logits = exp.model(x)
+    logits.float().sum().backward()
+    hook.remove()
+    assert seen == [torch.bfloat16]  # the convolution before it ran in bf16
+    assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32 for p in trained)
+    assert any(p.grad.abs().sum() > 0 for p in trained if id(p) in affine)
+
+    loss = build_loss(exp.cfg.loss, exp.data.train_counts)
+    ds = Transformed(exp.data.train, train_transform(exp.backbone.preprocess))
+    trainer = Trainer(exp.model, loss, ds, exp.cfg.train, CPU, exp.dtype, 0, quiet=True, log=lambda _: None)
+    trainer.train_epoch()
+    assert all(p.dtype == torch.float32 for p in trained)
+    bufs = [s["momentum_buffer"] for s in trainer.optimizer.state.values()]
+    assert len(bufs) == len(trained) and all(b.dtype == torch.float32 for b in bufs)
+    for m, (mean, var) in zip(bns, stats):
+        assert m.running_mean.dtype == torch.float32 and torch.equal(m.running_mean, mean)
+        assert torch.equal(m.running_var, var)
+
+
 def _ops(fn) -> dict[str, int]:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()

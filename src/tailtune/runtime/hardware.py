@@ -39,8 +39,19 @@ def auto_precision(device: torch.device, kind: str) -> torch.dtype | None:
     """The autocast dtype of ``train.precision=auto`` (None = fp32).
 
     CUDA: bf16 where the GPU has it (no loss scaling needed), else fp16 with a grad scaler.
-    CPU: bf16 for transformers where the CPU has native bf16, otherwise fp32; CNNs stay in
-    fp32 on CPU (bf16 depthwise convolutions ran about 10x slower than fp32).
+    CPU: bf16 for transformers where the CPU has native bf16, otherwise fp32. CNNs stay in
+    fp32 on every CPU. Without native bf16 (AVX2 only) bf16 depthwise convolutions ran about
+    10x slower than fp32. With it, bf16 is not a win on every CNN path either:
+    benchmarks/cnn_precision.py on a 2-core Intel Xeon with AMX-BF16 and AVX-512 BF16
+    (torch 2.14.1, 224 px, channels_last, images per CPU-second, bf16/fp32 in two ABBA
+    rounds, on a machine loaded by other work) measured EfficientNet-Lite0 bn_tuning at
+    train 1.59/1.16 (batch 8) and 1.24/0.98 (batch 32), eval 0.90/1.00 (batch 8) and
+    1.15/1.04 (batch 32); CLIP RN50 (bitfit, ssf_pool, bitfit+ssf_pool) won at batch 32
+    (train 1.33-2.24, eval 1.43-2.01) but not at batch 8 (train 0.97-3.09, eval 0.91-1.60;
+    bitfit eval 0.99/0.97). The offline demo (EfficientNet-Lite0, 64 px) there took 1156
+    CPU-seconds in bf16 against 1223 in fp32 (5% less) at 84.12 against 83.63 overall accuracy.
+    A CNN rule picking bf16 would lose on some of these paths, so it stays fp32;
+    train.precision=bf16 asks for bf16 explicitly.
     """
     if device.type == "cuda":
         return torch.bfloat16 if cuda_bf16_native(device) else torch.float16
