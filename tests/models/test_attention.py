@@ -9,7 +9,13 @@ from torch import nn
 
 from tailtune.config import ModelConfig
 from tailtune.models import attention as A
-from tailtune.models.attention import FastAttention, attend, fast_attention, unfused_backward
+from tailtune.models.attention import (
+    FastAttention,
+    attend,
+    chosen_layers,
+    fast_attention,
+    unfused_backward,
+)
 from tailtune.models.backbones.base import build_backbone
 
 
@@ -112,6 +118,7 @@ def test_open_clip_backbone_gets_fast_attention_in_both_towers():
     backbone = build_backbone(ModelConfig(provider="open_clip", name="TT-Tiny-ViT", pretrained="none"))
     attns = [m for m in backbone.modules() if isinstance(m, nn.MultiheadAttention)]
     assert attns and all(type(m) is FastAttention for m in attns)
+    assert chosen_layers(backbone) == len(attns) == 4  # two blocks in each tower of TT-Tiny-ViT
     assert any(n.startswith("clip.visual.") and n.endswith(".attn.in_proj_weight") for n, _ in backbone.named_parameters())
 
 
@@ -125,6 +132,7 @@ def test_timm_attention_kernel_is_chosen_per_call():
     unfused.fused_attn = False
     model = nn.ModuleList([attn, unfused])
     assert fast_attention(model) == 2 and fast_attention(model) == 0
+    assert chosen_layers(model) == 2
     x = torch.randn(2, 5, 32, requires_grad=True)
     with torch.autocast("cpu", torch.bfloat16):
         attn(x)

@@ -93,6 +93,8 @@ def _math_attention(q, k, v, mask, dropout_p: float) -> torch.Tensor:
 class FastAttention(nn.MultiheadAttention):
     """``nn.MultiheadAttention`` whose self-attention never hands a strided 3-D view to a matmul."""
 
+    calls_attend = True  # its kernel is attend's choice (chosen_layers)
+
     @classmethod
     def supports(cls, mha: nn.Module) -> bool:
         """Packed q/k/v of one width, no key/value biases or zero attention (open_clip's ViTs and text towers)."""
@@ -147,6 +149,13 @@ def fast_attention(model: nn.Module) -> int:
 
 
 _FUSED = "_tailtune_fused_attn"  # the layer's own fused_attn setting
+
+
+def chosen_layers(model: nn.Module) -> int:
+    """How many attention layers of ``model`` run the kernel :func:`unfused_backward` picks
+    (layers that call :func:`attend`, marked ``calls_attend``: FastAttention and the explicit
+    form of peft/targets.py; timm attention with the pre-hook)."""
+    return sum(getattr(m, "calls_attend", False) or hasattr(m, _FUSED) for m in model.modules())
 
 
 def _choose_timm_kernel(module: nn.Module, args: tuple) -> None:

@@ -25,9 +25,8 @@ from tailtune.data.base import Subset, Transformed
 from tailtune.data.transforms import train_transform
 from tailtune.experiment import build, param_summary
 from tailtune.losses import build_loss
-from tailtune.models.attention import FastAttention, unfused_backward
+from tailtune.models.attention import chosen_layers, unfused_backward
 from tailtune.models.casts import CastOnceLinear
-from tailtune.models.peft.targets import SelfAttention
 from tailtune.models.text import text_step_cost, time_text_pass
 from tailtune.training.feature_cache import (
     CachedInputModel,
@@ -72,14 +71,14 @@ def timed_path(model: torch.nn.Module, device: torch.device, dtype: torch.dtype 
     The attention kernel is asked of ``attend``'s own rule (models/attention.py) for a
     tensor like the step's, so the answer follows that rule wherever it changes.
     """
-    ours = sum(isinstance(m, (FastAttention, SelfAttention)) for m in model.modules())
+    ours = chosen_layers(model)
     if ours:
         probe = torch.empty(0, device=device, dtype=dtype or torch.float32, requires_grad=True)
         with torch.enable_grad():
             kernel = "matmul + softmax" if unfused_backward(probe) else "fused SDPA"
         attention = f"tailtune's, {kernel} in training ({ours} layers)"
     else:
-        attention = "the backbone's own (timm: fused SDPA)"
+        attention = "the backbone's own"
     cast_once = sum(isinstance(m, CastOnceLinear) and not m.weight.requires_grad for m in model.modules())
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     return {"precision": precision, "attention": attention, "frozen_linear_cast_once": cast_once,

@@ -38,6 +38,8 @@ class SelfAttention(nn.Module):
     untouched. Built from an MHA by sharing its parameters, not copying them.
     """
 
+    calls_attend = True  # models/attention.py:chosen_layers
+
     def __init__(self, mha: nn.MultiheadAttention):
         super().__init__()
         if mha.in_proj_weight is None or mha.bias_k is not None or mha.add_zero_attn:
