@@ -317,3 +317,38 @@ def top_ops_table(ops: list[dict], n: int = 8, total: float | None = None) -> st
     rows = [{"op": o["op"], "self ms": o["self_ms"], "share": f"{100 * o['self_ms'] / total:.0f}%",
              "calls": o["calls"]} for o in ops[:n]]
     return table(rows, ["op", "self ms", "share", "calls"]) + f"\n   (all ops: {total:.0f} ms self CPU time)"
+
+
+def make_step(model, batch: int, res: int, device, dtype, channels_last: bool = False, stock: bool = False,
+              classes: int = NUM_CLASSES):
+    """One SGD step (forward under autocast, loss, backward, update) on a fixed random batch.
+
+    The optimizer is tailtune's (``training/optim.py``: fused on CUDA, the plain loop on CPU),
+    or with ``stock`` PyTorch's default SGD, as the baseline path trains.
+    """
+    from torch import nn
+
+    from tailtune.runtime.precision import autocast
+    from tailtune.training.optim import make_sgd
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = (torch.optim.SGD(params, lr=0.01, momentum=0.9) if stock
+           else make_sgd([{"params": params}], torch.device(device), lr=0.01, momentum=0.9))
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=dtype == torch.float16)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, res, res, generator=g).to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (batch,), generator=g).to(device)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+
+    def step():
+        with autocast(torch.device(device), dtype):
+            logits = model(x)
+        scaler.scale(loss_fn(logits.float(), y)).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+
+    return step

@@ -12,8 +12,7 @@ import json
 import time
 
 import torch
-from _common import cuda_sync
-from torch import nn
+from _common import cuda_sync, make_step
 
 from tailtune.config import HeadConfig, ModelConfig, PeftConfig
 from tailtune.models.backbones.base import build_backbone
@@ -21,7 +20,6 @@ from tailtune.models.heads import build_head
 from tailtune.models.model import TailModel
 from tailtune.models.peft.base import apply_peft, trains_bn_stats
 from tailtune.runtime.precision import autocast, precision_name, resolve_precision
-from tailtune.training.optim import make_sgd
 
 CLASSES = 100
 # bf16 keeps 8 bits of mantissa (relative error 2^-8 per rounding); over a ViT's blocks the logits of
@@ -47,23 +45,8 @@ def train_rate(model: TailModel, batch: int, device: torch.device, precision: st
     """Images/s (wall clock) of full training steps (autocast forward, loss, backward, SGD) on a random batch."""
     dtype = resolve_precision(precision, device, model.backbone.kind)
     res = model.backbone.preprocess.resolution
-    opt = make_sgd([{"params": [p for p in model.parameters() if p.requires_grad]}], device, lr=0.01, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, res, res, generator=g).to(device)
-    y = torch.randint(0, CLASSES, (batch,), generator=g).to(device)
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
+    step = make_step(model, batch, res, device, dtype, classes=CLASSES)
     sync = cuda_sync() if device.type == "cuda" else None
-
-    def step():
-        with autocast(device, dtype):
-            logits = model(x)
-        scaler.scale(loss_fn(logits.float(), y)).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-
     for _ in range(warmup):
         step()
     if sync:

@@ -39,7 +39,6 @@ import torch
 from _common import (
     BASELINE,
     DTYPES,
-    NUM_CLASSES,
     add_run_args,
     auto_check,
     auto_path,
@@ -51,6 +50,7 @@ from _common import (
     enter_path,
     header,
     interleaved,
+    make_step,
     median_time,
     peak_mb,
     rate_basis,
@@ -61,7 +61,6 @@ from _common import (
     table,
     target,
 )
-from torch import nn
 
 from tailtune.models.accel import compile_model
 from tailtune.models.peft.base import PEFT_METHODS
@@ -73,30 +72,6 @@ VIT_METHODS = ("none", "adaptformer", "lora", "vpt_deep", "full")
 FROZEN = ("none", "adaptformer", "lora", "vpt_deep")  # the frozen-backbone methods of "faster than full"
 
 
-def make_step(model: nn.Module, batch: int, res: int, device, dtype, channels_last: bool = False):
-    """One SGD step (forward under autocast, loss, backward, update) on a fixed random batch."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, res, res, generator=g).to(device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(device)
-    loss_fn = nn.CrossEntropyLoss()
-    model.train()
-
-    def step():
-        with autocast(device, dtype):
-            logits = model(x)
-        scaler.scale(loss_fn(logits.float(), y)).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-
-    return step
-
-
 def measure(row: dict, path: str, args, device) -> dict:
     """In a child process: the median step of ``row`` on ``path``."""
     dtype, tuned = enter_path(path, device, row["kind"])
@@ -105,10 +80,10 @@ def measure(row: dict, path: str, args, device) -> dict:
     if args.compile and not stock:
         compile_model(model)
     reset_peak()
-    make_step(model, args.warmup_batch, row["res"], device, dtype)()  # kernels, buffers
+    make_step(model, args.warmup_batch, row["res"], device, dtype, stock=stock)()  # kernels, buffers
     for _ in range(args.warmup):
-        make_step(model, row["batch"], row["res"], device, dtype)()
-    step = make_step(model, row["batch"], row["res"], device, dtype)
+        make_step(model, row["batch"], row["res"], device, dtype, stock=stock)()
+    step = make_step(model, row["batch"], row["res"], device, dtype, stock=stock)
     wall, cpu = median_time(step, args.steps, cuda_sync())
     return {"row": row["label"], "path": path, "precision": DTYPES[dtype], "allocator_tuned": tuned,
             "img/s": row["batch"] / wall, "s/step": wall, "img/cpu-s": row["batch"] / cpu, "cpu-s/step": cpu,
