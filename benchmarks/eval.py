@@ -80,8 +80,11 @@ def measure(row: dict, path: str, args, device) -> dict:
         compile_model(model)
     view = eval_transform(model.backbone.preprocess, row["tte"])
     loader = make_loader(Transformed(test_images(args.images), view), row["batch"], False, args.workers, device)
-    warm = make_loader(Transformed(test_images(2, seed=1), view), 2, False, 0, device)
-    predict_logits(model, warm, device, dtype)  # kernels and buffers, not timed
+    # One untimed batch of the timed size first: oneDNN builds its kernels per shape, the
+    # allocator maps the batch's buffers and the frozen weights are cast once; with one timed
+    # batch (32 images at batch 32) all of that would otherwise fall into the timing.
+    warm = make_loader(Transformed(test_images(row["batch"], seed=1), view), row["batch"], False, 0, device)
+    predict_logits(model, warm, device, dtype)
     reset_peak()
     wall, cpu = median_time(lambda: predict_logits(model, loader, device, dtype), 1, cuda_sync())
     return {"row": row["label"], "path": path, "precision": DTYPES[dtype], "allocator_tuned": tuned,
