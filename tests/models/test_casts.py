@@ -45,7 +45,7 @@ def test_cast_is_kept_and_renewed_after_an_in_place_change():
 def test_trainable_and_fp32_tensors_pass_through():
     w = torch.randn(4, 4, requires_grad=True)
     with torch.autocast("cpu", torch.bfloat16):
-        assert cast_once(w) is w  # autocast caches trainable leaves itself
+        assert cast_once(w) is w  # autocast caches trainable leaves itself within a step
         assert cast_once(None) is None
     frozen = torch.randn(4, 4)
     assert cast_once(frozen) is frozen  # no autocast: nothing to cast
@@ -92,3 +92,36 @@ def test_lora_keeps_the_frozen_qkv_cast_once():
     blocks = backbone.clip.visual.transformer.resblocks
     assert all(type(innermost(b.attn.qkv)) is CastOnceLinear for b in blocks)
     assert all(type(innermost(b.attn.proj)) is CastOnceLinear for b in blocks)
+
+
+def test_a_trained_weight_is_cast_once_per_evaluation_and_again_after_a_step():
+    """Gradients off (evaluation): a trainable weight is kept cast like a frozen one, and an
+    optimizer step (in place) makes the next evaluation cast it anew."""
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 8)
+    cast_frozen_once(layer)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x = torch.randn(4, 16)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        first = cast_once(layer.weight)
+        assert first is not layer.weight and cast_once(layer.weight) is first
+        before = layer(x)
+    with torch.autocast("cpu", torch.bfloat16):
+        assert cast_once(layer.weight) is layer.weight  # a training step: autocast's own cast
+        layer(x).float().sum().backward()
+    opt.step()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        after = layer(x)
+        assert torch.equal(cast_once(layer.weight), layer.weight.detach().to(torch.bfloat16))
+        assert torch.equal(after, torch.nn.functional.linear(x, layer.weight, layer.bias))
+    assert not torch.equal(before, after)
+
+
+def test_layers_a_peft_method_adds_read_through_the_cast():
+    from tailtune.config import PeftConfig
+    from tailtune.models.peft.base import apply_peft
+
+    backbone = build_backbone(ModelConfig(provider="open_clip", name="TT-Tiny-ViT", pretrained="none"))
+    apply_peft(backbone, PeftConfig(method="adaptformer"), 10)
+    added = [m for n, m in backbone.named_modules() if ".adapter." in n and isinstance(m, nn.Linear)]
+    assert added and all(type(m) is CastOnceLinear for m in added)

@@ -31,9 +31,13 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
 
 
 def cast_once(t: torch.Tensor | None) -> torch.Tensor | None:
-    """``t`` as autocast will use it: a cached cast for a frozen fp32 tensor under autocast,
-    ``t`` itself otherwise (trainable tensors are cached by autocast; fp32 runs need no cast)."""
-    if t is None or t.requires_grad or t.dtype != torch.float32 or torch.compiler.is_compiling():
+    """``t`` as autocast will use it: a cached cast for an fp32 tensor under autocast that no
+    gradient will reach (frozen, or any tensor while gradients are off: evaluation), ``t``
+    itself otherwise (a trainable tensor in a training step is cached by autocast for the
+    step; fp32 runs need no cast). An optimizer step changes a weight in place, so the next
+    evaluation makes a new copy."""
+    if (t is None or t.dtype != torch.float32 or (t.requires_grad and torch.is_grad_enabled())
+            or torch.compiler.is_compiling()):
         return t
     dtype = _autocast_dtype(t.device.type)
     if dtype is None or dtype == torch.float32:
@@ -50,7 +54,8 @@ def cast_once(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class CastOnceLinear(nn.Linear):
-    """``nn.Linear`` whose frozen weight and bias are cast once per change (see the module)."""
+    """``nn.Linear`` whose weight and bias are cast once per change where no gradient reaches
+    them (see the module and :func:`cast_once`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, cast_once(self.weight), cast_once(self.bias))

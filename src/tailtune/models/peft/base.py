@@ -10,6 +10,7 @@ from torch import nn
 
 from tailtune.config import PeftConfig, parse_blocks
 from tailtune.errors import ConfigError
+from tailtune.models.casts import cast_frozen_once
 from tailtune.registry import Registry
 
 PEFT_METHODS: Registry = Registry("PEFT method", section="peft")  # options: peft.<key>.*
@@ -176,6 +177,7 @@ def apply_peft(backbone, cfg: PeftConfig, num_classes: int) -> None:
     methods = sorted((get_method(n) for n in method_names(cfg)), key=lambda m: m.stage)
     for method in methods:
         method.apply(backbone, cfg, num_classes)
+    cast_frozen_once(backbone)  # the layers methods added too: cast once wherever no gradient reaches them
 
 
 def trains_bn_stats(cfg: PeftConfig) -> bool:
