@@ -89,11 +89,12 @@ def stock_model(model: nn.Module, attention: bool = True, casts: bool = True) ->
     return counts
 
 
-def build_model(provider: str, name: str, method: str, device: torch.device, stock: bool = False) -> TailModel:
+def build_model(provider: str, name: str, method: str, device: torch.device, stock: bool = False,
+                resolution: int | None = None) -> TailModel:
     """Backbone (random weights) + PEFT + cosine head, as api.build makes them (without its side
     effects); ``stock``: with tailtune's attention and cast-once layers undone (:func:`stock_model`)."""
     torch.manual_seed(0)
-    backbone = build_backbone(ModelConfig(provider=provider, name=name, pretrained="none"))
+    backbone = build_backbone(ModelConfig(provider=provider, name=name, pretrained="none", resolution=resolution))
     peft = PeftConfig(method=method)
     apply_peft(backbone, peft, NUM_CLASSES)
     head = build_head(HeadConfig(), backbone.feature_dim, NUM_CLASSES)

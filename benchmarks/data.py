@@ -130,9 +130,10 @@ def model_rate(args, device: torch.device) -> float | None:
         return args.model_rate
     if args.model_method == "none-measured":
         return None
-    from model_rate import build, train_rate
+    from _common import build_model
+    from model_rate import train_rate
 
-    model = build(args.model_provider, args.model_name, args.model_method, device)
+    model = build_model(args.model_provider, args.model_name, args.model_method, device)
     rate = train_rate(model, args.batch, device, "auto", steps=args.model_steps)
     del model
     return rate

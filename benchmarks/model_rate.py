@@ -12,16 +12,11 @@ import json
 import time
 
 import torch
-from _common import cuda_sync, make_step
+from _common import build_model, cuda_sync, make_step
 
-from tailtune.config import HeadConfig, ModelConfig, PeftConfig
-from tailtune.models.backbones.base import build_backbone
-from tailtune.models.heads import build_head
 from tailtune.models.model import TailModel
-from tailtune.models.peft.base import apply_peft, trains_bn_stats
 from tailtune.runtime.precision import autocast, precision_name, resolve_precision
 
-CLASSES = 100
 # bf16 keeps 8 bits of mantissa (relative error 2^-8 per rounding); over a ViT's blocks the logits of
 # a random model drift by a few percent of their spread. Agreement: max |cuda - cpu| within this
 # fraction of the CPU logits' standard deviation, and the same top-1 class for most images.
@@ -29,23 +24,12 @@ BF16_TOLERANCE = 0.1
 MIN_TOP1_AGREEMENT = 0.9
 
 
-def build(provider: str, name: str, method: str, device: torch.device, resolution: int | None = None,
-          seed: int = 0) -> TailModel:
-    """A random-weight backbone with PEFT and a cosine head, as tailtune builds them."""
-    torch.manual_seed(seed)
-    backbone = build_backbone(ModelConfig(provider=provider, name=name, pretrained="none", resolution=resolution))
-    peft = PeftConfig(method=method)
-    apply_peft(backbone, peft, CLASSES)
-    head = build_head(HeadConfig(), backbone.feature_dim, CLASSES)
-    return TailModel(backbone, head, bn_train=trains_bn_stats(peft)).to(device)
-
-
 def train_rate(model: TailModel, batch: int, device: torch.device, precision: str = "auto",
                steps: int = 3, warmup: int = 1) -> float:
     """Images/s (wall clock) of full training steps (autocast forward, loss, backward, SGD) on a random batch."""
     dtype = resolve_precision(precision, device, model.backbone.kind)
     res = model.backbone.preprocess.resolution
-    step = make_step(model, batch, res, device, dtype, classes=CLASSES)
+    step = make_step(model, batch, res, device, dtype)
     sync = cuda_sync() if device.type == "cuda" else None
     for _ in range(warmup):
         step()
@@ -69,7 +53,7 @@ def agreement(device: torch.device, precision: str = "auto", provider: str = "op
     logits' standard deviation and top-1 agreement >= ``MIN_TOP1_AGREEMENT``.
     """
     reference = reference or torch.device("cpu")
-    model = build(provider, name, method, reference, resolution).eval()
+    model = build_model(provider, name, method, reference, resolution=resolution).eval()
     res = model.backbone.preprocess.resolution
     x = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(1))
     ref = model(x).float()
@@ -102,7 +86,7 @@ def main() -> None:
         out = agreement(torch.device(args.agree), args.precision, args.provider, args.model, args.method)
     else:
         device = torch.device(args.device)
-        model = build(args.provider, args.model, args.method, device)
+        model = build_model(args.provider, args.model, args.method, device)
         out = {"model": f"{args.provider} {args.model} {args.method}", "device": str(device), "batch": args.batch,
                "img/s": train_rate(model, args.batch, device, args.precision, args.steps)}
     print(json.dumps(out))

@@ -68,8 +68,8 @@ def test_agreement_check_on_cpu_against_cpu(precision):
 def test_agreement_check_catches_a_disagreeing_device(monkeypatch):
     """The 'device' forward (the one under autocast) runs with other head weights: refused."""
     built = []
-    real = model_rate.build
-    monkeypatch.setattr(model_rate, "build", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    real = model_rate.build_model
+    monkeypatch.setattr(model_rate, "build_model", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
 
     @contextlib.contextmanager
     def other_head(device, dtype):
