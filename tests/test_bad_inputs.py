@@ -884,7 +884,7 @@ def test_fatal_errors_are_in_the_log(tiny_overrides, tmp_path, capsys, monkeypat
         def corrupt(*args, **kwargs):
             raise DataError("test image /data/c0/3.jpg is corrupt (cannot identify image file)")
 
-        monkeypatch.setattr(run_module, "evaluate_with_predictions", corrupt)
+        monkeypatch.setattr(run_module, "evaluate_with_logits", corrupt)
     d = tmp_path / "runs" / "w"
     err = _train_fails([*tiny_overrides, "eval.tte=none", "name=w"], capsys)
     assert err.startswith("error: the loss became nan at epoch 1, step 1." if fault == "nan" else
@@ -899,7 +899,7 @@ def test_unexpected_exception_one_line_on_the_console_traceback_in_the_log(tiny_
     def bug(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(run_module, "evaluate_with_predictions", bug)
+    monkeypatch.setattr(run_module, "evaluate_with_logits", bug)
     d = tmp_path / "runs" / "w"
     err = _train_fails([*tiny_overrides, "eval.tte=none", "name=w"], capsys, code=1)
     assert err == ("error: unexpected RuntimeError: boom. This is a bug in tailtune (please report it); the "
@@ -914,13 +914,13 @@ def test_sigterm_during_the_final_evaluation(run, tiny_overrides, tmp_path, caps
 
     import tailtune.runs.run as run_module
 
-    real = run_module.evaluate_with_predictions
+    real = run_module.evaluate_with_logits
 
     def killed(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(run_module, "evaluate_with_predictions", killed)
+    monkeypatch.setattr(run_module, "evaluate_with_logits", killed)
     d = tmp_path / "runs" / "w"
     err = _train_fails([*tiny_overrides, "eval.tte=none", "name=w"], capsys, code=143)
     assert err == ("stopped by signal 15 while in the final evaluation. Training finished: its state (epoch 1 of 1) "

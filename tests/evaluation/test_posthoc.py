@@ -14,6 +14,7 @@ from tailtune.cli import app as cli
 from tailtune.config import load_config
 from tailtune.errors import ConfigError
 from tailtune.evaluation import posthoc as P
+from tailtune.evaluation.evaluate import split_logits
 from tailtune.evaluation.metrics import probability_metrics
 from tailtune.experiment import load_run
 
@@ -37,12 +38,13 @@ def test_logit_adjustment_moves_the_argmax_to_the_tail_class_by_hand():
 def test_tau_normalisation_moves_the_argmax_to_the_small_norm_class_by_hand():
     w = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.3, 0.4]])  # norms 2, 1, 0.5
     x = torch.tensor([[1.0, 1.8]])
-    assert P.taunorm_logits(x, w, None, 0.0)[0].tolist() == pytest.approx([2.0, 1.8, 1.02])
-    assert P.taunorm_logits(x, w, None, 0.5)[0].tolist() == pytest.approx([2 / 2 ** 0.5, 1.8, 1.02 / 0.5 ** 0.5])
-    assert P.taunorm_logits(x, w, None, 1.0)[0].tolist() == pytest.approx([1.0, 1.8, 2.04])
-    assert [int(P.taunorm_logits(x, w, None, t).argmax()) for t in (0.0, 0.5, 1.0)] == [0, 1, 2]
+    z = x @ w.t()  # the trained head's logits [2, 1.8, 1.02]: taunorm works from them alone
+    assert P.taunorm_logits(z, w, None, 0.0)[0].tolist() == pytest.approx([2.0, 1.8, 1.02])
+    assert P.taunorm_logits(z, w, None, 0.5)[0].tolist() == pytest.approx([2 / 2 ** 0.5, 1.8, 1.02 / 0.5 ** 0.5])
+    assert P.taunorm_logits(z, w, None, 1.0)[0].tolist() == pytest.approx([1.0, 1.8, 2.04])
+    assert [int(P.taunorm_logits(z, w, None, t).argmax()) for t in (0.0, 0.5, 1.0)] == [0, 1, 2]
     b = torch.tensor([0.5, 0.0, -0.5])  # the bias is kept as trained
-    assert P.taunorm_logits(x, w, b, 1.0)[0].tolist() == pytest.approx([1.5, 1.8, 1.54])
+    assert P.taunorm_logits(z + b, w, b, 1.0)[0].tolist() == pytest.approx([1.5, 1.8, 1.54])
     assert P.tau_normalise(torch.zeros(1, 2), 1.0).tolist() == [[0.0, 0.0]]  # a zero row stays zero
 
 
@@ -83,19 +85,19 @@ def test_auto_tau_is_chosen_on_val_not_on_test(monkeypatch):
     exp, labels = _fake_exp(np.array([2, 2]), np.array([0, 0]))
     asked = []
 
-    def outputs(exp_, split, tte, features, quiet=True):
-        asked.append(split)
-        return torch.tensor([[3.0, 1.5, 1.0]] * 2), None, labels[split]
+    class Source:  # evaluation.logits.RunLogits' part posthoc_results uses
+        def get(self, split, tte):
+            asked.append(split)
+            return np.array([[3.0, 1.5, 1.0]] * 2, dtype=np.float32), labels[split], 1
 
-    monkeypatch.setattr(P, "split_outputs", outputs)
-    r = P.posthoc_results(exp, "la", ["auto", 0.0])
+    r = P.posthoc_results(exp, "la", ["auto", 0.0], logits=Source())
     assert asked == ["val", "test"]
     assert r["rows"][0] == {"tau": 0.5, "tau_from": "val", "after": r["rows"][0]["after"]}
     assert r["rows"][0]["after"]["overall"] == 0.0 and r["rows"][1]["after"]["overall"] == 100.0  # test preferred 0
     assert dict(r["val"])[0.4] == 0.0 and dict(r["val"])[0.5] == 100.0 and r["grid"] == list(P.GRIDS["la"])
     # Given taus never read the validation split.
     asked.clear()
-    P.posthoc_results(exp, "la", [1.0])
+    P.posthoc_results(exp, "la", [1.0], logits=Source())
     assert asked == ["test"]
 
 
@@ -136,7 +138,7 @@ def cosine_run(tmp_path_factory):
 
 def test_logit_adjustment_of_a_ce_run_moves_predictions_to_the_tail(ce_run):
     exp = load_run(ce_run)
-    logits, _, labels = P.split_outputs(exp, "test", exp.cfg.eval.tte, False)
+    logits = torch.from_numpy(split_logits(exp, exp.cfg.eval.tte, "test")[0])
     lp = torch.as_tensor(P.log_prior(exp.data.train_counts))
     before = logits.argmax(1)
     after = P.adjust_logits(logits, lp.numpy(), 1.0).argmax(1)
@@ -146,17 +148,18 @@ def test_logit_adjustment_of_a_ce_run_moves_predictions_to_the_tail(ce_run):
     assert r["before"]["few"] < r["rows"][0]["after"]["few"]
 
 
-def test_taunorm_from_features_equals_the_model_with_rescaled_weights(ce_run):
+def test_taunorm_from_logits_equals_the_model_with_rescaled_weights(ce_run):
     exp = load_run(ce_run)
-    logits, feats, labels = P.split_outputs(exp, "test", exp.cfg.eval.tte, True)
+    tte = exp.cfg.eval.tte  # fivecrop: the mean over the views commutes with the rescaling
+    logits = torch.from_numpy(split_logits(exp, tte, "test")[0])
     head = exp.model.head
-    assert torch.allclose(P.taunorm_logits(feats, head.weight, head.bias, 0.0), logits, atol=1e-4)
+    assert torch.equal(P.taunorm_logits(logits, head.weight, head.bias, 0.0), logits)
+    trained = head.weight.detach().clone()
     with torch.no_grad():
         head.weight.copy_(P.tau_normalise(head.weight, 0.7))
-    again, _, _ = P.split_outputs(exp, "test", exp.cfg.eval.tte, False)
-    assert torch.allclose(P.taunorm_logits(feats, exp.model.head.weight, head.bias, 0.0), again, atol=1e-4)
-    fresh = load_run(ce_run).model.head
-    assert torch.allclose(P.taunorm_logits(feats, fresh.weight, fresh.bias, 0.7), again, atol=1e-4)
+    again = torch.from_numpy(split_logits(exp, tte, "test")[0])
+    assert not torch.allclose(again, logits, atol=1e-2)
+    assert torch.allclose(P.taunorm_logits(logits, trained, head.bias, 0.7), again, atol=1e-4)
 
 
 def test_eval_posthoc_prints_and_records_then_the_plain_eval_still_reproduces(ce_run, capsys):

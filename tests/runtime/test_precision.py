@@ -71,6 +71,7 @@ def _record_forward_dtypes(monkeypatch) -> list[tuple[str, torch.dtype]]:
     """
     seen, phase = [], []
     real_build, real_eval, real_features = run_module._build, evaluate_with_predictions, train_features
+    real_test, real_split = run_module.evaluate_with_logits, run_module.split_logits
 
     def hook(module, args, out):
         seen.append((phase[-1] if phase else "fit" if torch.is_grad_enabled() else "?", out.dtype))
@@ -93,7 +94,10 @@ def _record_forward_dtypes(monkeypatch) -> list[tuple[str, torch.dtype]]:
 
     evaluating = during(lambda exp, tte=None, split="test", quiet=True: f"eval:{split}", real_eval)
     monkeypatch.setattr(run_module, "_build", build)
-    monkeypatch.setattr(run_module, "evaluate_with_predictions", evaluating)  # test
+    monkeypatch.setattr(run_module, "evaluate_with_logits",
+                        during(lambda exp, tte=None, split="test", quiet=True: f"eval:{split}", real_test))  # test
+    monkeypatch.setattr(run_module, "split_logits",  # val, stored for post-hoc (eval.save_logits)
+                        during(lambda exp, tte=None, split="test", quiet=True: f"eval:{split}", real_split))
     monkeypatch.setattr(evaluate_module, "evaluate_with_predictions", evaluating)  # val, gap
     monkeypatch.setattr(run_module, "train_features", during("init", real_features))
     return seen

@@ -93,6 +93,9 @@ def cmd_eval(args) -> int:
         return cmd_posthoc(args)
     if args.tau is not None:
         raise ConfigError("--tau goes with --posthoc la|taunorm (e.g. tailtune eval RUN --posthoc la --tau auto).")
+    if args.recompute_logits and args.calibrate == "none":
+        raise ConfigError("--recompute-logits goes with --posthoc or --calibrate (a plain `tailtune eval RUN` always "
+                          "runs the model: it is the check that the run reproduces).")
     saved = read_metrics(args.run_dir)
     if args.precision not in (None, "train") or args.device is not None:
         from tailtune.cli.results import check_options
@@ -100,8 +103,12 @@ def cmd_eval(args) -> int:
 
         check_options(args.device, args.precision, read_config(args.run_dir).train.device)
     test = evaluate(args.run_dir, args.tte, args.split, quiet=args.quiet, precision=args.precision,
-                    device=args.device, calibrate=args.calibrate)
+                    device=args.device, calibrate=args.calibrate, recompute=args.recompute_logits)
     calibration = test.pop("calibration", None)  # --calibrate: recorded at metrics.json's top level
+    logits_line = test.pop("logits", None)  # --calibrate: where its logits came from
+    stored = test.pop("test_logits", None) == "stored"  # then the test metrics are the stored logits': no check
+    if logits_line:
+        print(logits_line, file=sys.stderr if args.json else sys.stdout)
     gap = None
     if args.split == "train":  # against the saved test accuracy with the same views: the generalisation gap
         from tailtune.evaluation.gap import gap_against
@@ -109,7 +116,7 @@ def cmd_eval(args) -> int:
         gap = gap_against(saved, test)
         test = dict(test, generalisation_gap=gap)
     was = saved["test"].get("precision")  # runs saved before eval.precision existed lack it
-    same_protocol = (args.split == "test" and test["tte"] == saved["test"]["tte"]
+    same_protocol = (args.split == "test" and test["tte"] == saved["test"]["tte"] and not stored
                      and (was == test["precision"] if was else args.precision is None))
     differing = differing_metrics(saved["test"], test) if same_protocol else []
     if args.json:
@@ -123,7 +130,10 @@ def cmd_eval(args) -> int:
 
             print(format_gap(gap, saved["data"]["group_names"]) if gap else
                   f"(no gap: the run saved no test metrics with tte {test['tte']}; use --tte none or the run's own)")
-        if same_protocol and not differing:
+        if stored:
+            print(f"test metrics from the stored logits, not a reproduction check (`tailtune eval {args.run_dir}` "
+                  "runs the model)")
+        elif same_protocol and not differing:
             print("matches metrics.json")
         elif not same_protocol and args.split == "test" and test["tte"] == saved["test"]["tte"]:  # another precision
             same = abs(test["overall"] - saved["test"]["overall"]) < 1e-6
@@ -269,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.add_argument("--posthoc", default=None, metavar="la|taunorm", help=POSTHOC_HELP)
     p.add_argument("--tau", default=None, help=TAU_HELP)
+    p.add_argument("--recompute-logits", action="store_true",
+                   help="with --posthoc or --calibrate: run the model over test (and val) even when the run's "
+                        "logits.safetensors matches its checkpoint (by default they are read from it)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("zeroshot", help="CLIP zero-shot evaluation with class-name prompts")

@@ -64,7 +64,13 @@ def cmd_posthoc(args) -> int:
         from tailtune.runtime.rundir import read_config
 
         check_options(args.device, args.precision, read_config(args.run_dir).train.device)
-    results = posthoc_eval(args.run_dir, methods, taus, args.tte, args.precision, args.device, args.quiet)
+    import sys
+
+    lines = []
+    results = posthoc_eval(args.run_dir, methods, taus, args.tte, args.precision, args.device, args.quiet,
+                           recompute=args.recompute_logits, say=lines.append)
+    for line in lines:  # where the logits came from; stdout keeps the JSON alone
+        print(line, file=sys.stderr if args.json else sys.stdout)
     own = (args.tte in (None, saved["test"]["tte"]) and args.precision is None)
     record = own and len(taus) == 1
     if args.json:

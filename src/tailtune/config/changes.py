@@ -24,6 +24,7 @@ HARMLESS_ON_RESUME: dict[str, str] = {
     "train.log_every": "how often a step is logged and written to TensorBoard",
     "train.save_every": "how often the training state is saved",
     "eval.report": "whether report.html is written at the end",
+    "eval.save_logits": "whether logits.safetensors is written at the end after training (no number of the run changes)",
     "model.cache_dir": "where downloaded weights are kept (the weights themselves are checked by name)",
 }
 

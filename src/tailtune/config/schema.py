@@ -298,6 +298,7 @@ class EvalConfig:
     gap_per_class: int = setting(100, "train-vs-test gap: train images per class evaluated (stratified, seeded); 0 = skip")
     report: bool = setting(True, "write report.html (+ PNGs) at the end of the run; later: `tailtune report RUN_DIR`")
     calibrate: str = setting("none", "after training: none | temperature (temperature scaling: T fitted on the validation split's logits by NLL, needs a validation split, e.g. data.val=holdout; metrics.json \"calibration\" holds T and the test ECE / NLL / Brier after it; the test metrics themselves stay unscaled, accuracy is unchanged); later: `tailtune eval RUN --calibrate temperature`", choices=CALIBRATIONS)
+    save_logits: Union[bool, str] = setting("auto", "after training, the (N, C) float32 logits of the test split (each test-time-ensemble mode evaluated) and of the validation split (eval.tte) into logits.safetensors, tied to the checkpoint's sha256 and each split's labels: `tailtune eval RUN --posthoc` / `--calibrate` read them instead of running the model again; true | false | auto = when the file holds at most 512 MiB (about (test images x modes + val images) x classes x 4 bytes; ImageNet-LT at fivecrop: ~480 MB, written; iNaturalist 2018: ~1.6 GB, not written)")
 
     def __post_init__(self) -> None:
         _check_registered("eval", "tte", self.tte)
@@ -307,6 +308,8 @@ class EvalConfig:
         _check_choice("eval", "precision", self.precision, EVAL_PRECISIONS)
         _check_positive("eval", "gap_per_class", self.gap_per_class, allow_zero=True)
         _check_choice("eval", "calibrate", self.calibrate, CALIBRATIONS)
+        if self.save_logits not in (True, False, "auto"):
+            raise ConfigError(f"eval.save_logits={self.save_logits!r} is not valid; choose true, false or auto.")
 
 
 @dataclass

@@ -67,12 +67,17 @@ def evaluate_with_logits(exp: Experiment, tte: str | None = None, split: str = "
     """:func:`evaluate_model`'s metrics, the (N, C) logits (float32; the mean over the views of a
     test-time ensemble, whose softmax the probability metrics take) and the labels."""
     logits, labels, views, tte = split_logits(exp, tte, split, quiet)
+    return metrics_of(exp, logits, labels, views, tte), logits, labels
+
+
+def metrics_of(exp: Experiment, logits: np.ndarray, labels: np.ndarray, views: int, tte: str) -> dict:
+    """The evaluation's metrics of a split's (N, C) logits (taken with ``tte``, ``views`` per image)."""
     out = compute_metrics(logits.argmax(1), labels, exp.data.groups, exp.data.group_names, exp.data.num_classes,
                           logits=logits)
     out["tte"] = tte
     out["views_per_image"] = views
     out["precision"] = precision_name(exp.eval_dtype)
-    return out, logits, labels
+    return out
 
 
 def split_logits(exp: Experiment, tte: str | None = None, split: str = "test",

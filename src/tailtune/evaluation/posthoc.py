@@ -22,12 +22,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from tailtune.data.base import Transformed
-from tailtune.data.transforms import eval_transform
 from tailtune.errors import ConfigError
-from tailtune.evaluation.evaluate import predict_split
+from tailtune.evaluation.logits import RunLogits, run_logits
 from tailtune.evaluation.metrics import compute_metrics
-from tailtune.experiment import Experiment, tte_options
+from tailtune.experiment import Experiment
 
 METHODS = ("la", "taunorm")
 METHOD_NAMES = {"la": "logit adjustment", "taunorm": "tau-normalisation"}
@@ -68,13 +66,14 @@ def check_taunorm(head_type: str, where: str = "the run") -> None:
             "with every head), or train with head.type=linear to compare tau-normalisation.")
 
 
-def taunorm_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: float) -> torch.Tensor:
-    """Logits of a linear head whose class vectors are tau-normalised: ``x W_tau^T + b``."""
-    w = tau_normalise(weight.detach().double().cpu(), tau)
-    out = features.double() @ w.t()
-    if bias is not None:
-        out = out + bias.detach().double().cpu()
-    return out.float()
+def taunorm_logits(logits: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tau: float) -> torch.Tensor:
+    """Logits of a linear head whose class vectors are tau-normalised, from the trained head's
+    logits ``z = x W^T + b``: ``x W_tau^T + b = (z - b) / ||w_c||^tau + b`` column by column. The
+    same numbers as rescaling the weights and running the head (the mean over a test-time
+    ensemble's views commutes with both), and no features needed: the stored logits suffice."""
+    norms = weight.detach().double().cpu().norm(dim=1).clamp(min=1e-12)
+    b = bias.detach().double().cpu() if bias is not None else torch.zeros_like(norms)
+    return ((logits.double() - b) / norms ** tau + b).float()
 
 
 def summary(logits: torch.Tensor, labels: np.ndarray, groups, group_names, num_classes: int) -> dict:
@@ -100,31 +99,16 @@ def choose_tau(grid: Sequence[float], score: Callable[[float], float]) -> tuple[
 AUTO = "auto"
 
 
-def split_outputs(exp: Experiment, split: str, tte: str, features: bool, quiet: bool = True):
-    """(logits, features or None, labels) of the model on ``split`` with the test-time ensemble
-    ``tte`` (both averaged over the views, as the plain evaluation averages the logits; the
-    head of a linear classifier commutes with that mean). The logits are the model's own, so
-    the 'before' numbers of the test split are the plain evaluation's."""
-    dataset = getattr(exp.data, split)
-    view = eval_transform(exp.backbone.preprocess, tte, tte_options(exp.cfg))
-    exp.model.eval()
-    model = exp.model
-    if features:
-        def fn(images):
-            f = model.backbone(images)
-            return torch.cat([model.head(f).float(), f.float()], 1)
-    else:
-        fn = model
-    out, labels = predict_split(exp, fn, Transformed(dataset, view), quiet, f"posthoc {split} ({tte})")
-    c = exp.data.num_classes
-    return out[:, :c], (out[:, c:] if features else None), labels.numpy()
-
-
 def posthoc_results(exp: Experiment, method: str, taus: Sequence, tte: str | None = None, quiet: bool = True,
-                    where: str = "the run") -> dict:
+                    where: str = "the run", logits: RunLogits | None = None) -> dict:
     """Before / after of ``method`` (la | taunorm) on the test split, for each tau of ``taus`` (a
     number, given, or ``"auto"``: chosen on the validation split over ``GRIDS[method]`` by the
     best validation balanced accuracy). The validation split is only read for ``"auto"``.
+
+    ``logits``: where the test and validation logits come from (evaluation.logits.RunLogits: the
+    run's stored logits when they match, else the model's, computed once for every method);
+    None: the model's. They are the model's own, so the 'before' numbers of the test split are the
+    plain evaluation's.
 
     Returns {"method", "split", "tte", "before", "rows": [{"tau", "tau_from", "after"}], "val":
     [(tau, val balanced), ...] or None, "grid"}.
@@ -137,28 +121,32 @@ def posthoc_results(exp: Experiment, method: str, taus: Sequence, tte: str | Non
     if auto and exp.data.val is None:
         raise no_val_error(where, method)
     tte = tte or exp.cfg.eval.tte
+    logits = logits or run_logits(exp, None, None, quiet)
     d = exp.data
     prior = log_prior(d.train_counts)
     head = exp.model.head
 
-    def adjusted(logits, feats, tau):
+    def adjusted(z, tau):
         if method == "la":
-            return adjust_logits(logits, prior, tau)
-        return taunorm_logits(feats, head.weight, getattr(head, "bias", None), tau)
+            return adjust_logits(z, prior, tau)
+        return taunorm_logits(z, head.weight, getattr(head, "bias", None), tau)
 
-    def measure(logits, labels):
-        return summary(logits, labels, d.groups, d.group_names, d.num_classes)
+    def measure(z, labels):
+        return summary(z, labels, d.groups, d.group_names, d.num_classes)
 
-    need_feats = method == "taunorm"
+    def split(name):
+        z, labels, _ = logits.get(name, tte)
+        return torch.from_numpy(np.asarray(z, dtype=np.float32)), labels
+
     val_curve = chosen = None
     if auto:
-        vl, vf, vy = split_outputs(exp, "val", tte, need_feats, quiet)
-        chosen, val_curve = choose_tau(GRIDS[method], lambda t: measure(adjusted(vl, vf, t), vy)[CRITERION])
-    tl, tf, ty = split_outputs(exp, "test", tte, need_feats, quiet)
+        vl, vy = split("val")
+        chosen, val_curve = choose_tau(GRIDS[method], lambda t: measure(adjusted(vl, t), vy)[CRITERION])
+    tl, ty = split("test")
     rows = []
     for tau in taus:
         value, source = (chosen, "val") if tau == AUTO else (float(tau), "given")
-        rows.append({"tau": value, "tau_from": source, "after": measure(adjusted(tl, tf, value), ty)})
+        rows.append({"tau": value, "tau_from": source, "after": measure(adjusted(tl, value), ty)})
     return {"method": method, "split": "test", "tte": tte, "before": measure(tl, ty), "rows": rows,
             "val": val_curve, "grid": list(GRIDS[method]) if auto else None}
 

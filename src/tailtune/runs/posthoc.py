@@ -4,14 +4,28 @@ before / after on its test split, recorded in its metrics.json under ``"posthoc"
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tailtune.errors import ConfigError
+from tailtune.evaluation.logits import run_logits
 from tailtune.evaluation.posthoc import AUTO, METHODS, check_taunorm, no_val_error, posthoc_results
 from tailtune.experiment import load_run
+from tailtune.runtime.checkpoint import stored_sha256
 from tailtune.runtime.files import write_text
-from tailtune.runtime.rundir import LOCK, METRICS, RunLock, check_run, read_config, read_metrics
+from tailtune.runtime.rundir import (
+    CHECKPOINT,
+    LOCK,
+    LOGITS,
+    METRICS,
+    RunLock,
+    check_run,
+    read_config,
+    read_metrics,
+)
+
+_log = logging.getLogger(__name__)
 
 
 def parse_taus(text: str) -> list:
@@ -44,10 +58,16 @@ def parse_methods(text: str) -> list[str]:
 
 
 def posthoc_eval(run_dir: str | Path, methods: Sequence[str], taus: Sequence, tte: str | None = None,
-                 precision: str | None = None, device: str | None = None, quiet: bool = True) -> list[dict]:
+                 precision: str | None = None, device: str | None = None, quiet: bool = True,
+                 recompute: bool = False, say: Callable[[str], None] = _log.info) -> list[dict]:
     """Each method's before / after on the run's test split (evaluation.posthoc.posthoc_results).
     Refusals (taunorm on a head that normalises its class vectors, --tau auto without a
-    validation split) come before the model is loaded."""
+    validation split) come before the model is loaded.
+
+    The logits are the run's stored ones (logits.safetensors) when they match the checkpoint,
+    the split's labels, the tte and the precision; else the model's, one forward per split for
+    every method (``recompute``: the model's whatever is stored). ``say`` gets the one line
+    telling which (and why)."""
     folder = check_run(run_dir)
     where = f"run {run_dir}"
     cfg = read_config(folder)
@@ -57,7 +77,10 @@ def posthoc_eval(run_dir: str | Path, methods: Sequence[str], taus: Sequence, tt
     if AUTO in taus and not read_metrics(folder)["data"].get("val_images"):
         raise no_val_error(where, methods[0])
     exp = load_run(folder, precision=precision, device=device)
-    return [posthoc_results(exp, m, taus, tte, quiet, where) for m in methods]
+    logits = run_logits(exp, folder / LOGITS, stored_sha256(folder / CHECKPOINT, "checkpoint"), quiet, recompute)
+    results = [posthoc_results(exp, m, taus, tte, quiet, where, logits) for m in methods]
+    say(logits.line())
+    return results
 
 
 def entry(result: dict, row: dict) -> dict:

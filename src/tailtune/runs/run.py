@@ -32,11 +32,19 @@ from tailtune.evaluation.calibration import check_calibration, temperature_recor
 from tailtune.evaluation.evaluate import (
     evaluate_model,
     evaluate_with_logits,
-    evaluate_with_predictions,
+    metrics_of,
     split_logits,
     train_features,
 )
 from tailtune.evaluation.gap import measure_gap
+from tailtune.evaluation.logits import (
+    RunLogits,
+    SplitLogits,
+    logits_nbytes,
+    run_logits,
+    save_decision,
+    save_logits,
+)
 from tailtune.experiment import Experiment, _build, data_summary, load_run, param_summary, validate
 from tailtune.losses import build_loss
 from tailtune.models.heads import (
@@ -47,7 +55,7 @@ from tailtune.report.html import write_report
 from tailtune.report.record import save_predictions
 from tailtune.report.text import format_results
 from tailtune.runs.decoupled import check_source, init_decoupled_head, load_source
-from tailtune.runtime.checkpoint import assign_trainable, save_checkpoint
+from tailtune.runtime.checkpoint import assign_trainable, save_checkpoint, stored_sha256
 from tailtune.runtime.device import resolve_device, tune_cpu_allocator
 from tailtune.runtime.distributed import (
     DistInfo,
@@ -66,6 +74,7 @@ from tailtune.runtime.rundir import (
     FIGURES,
     LOCK,
     LOG,
+    LOGITS,
     METRICS,
     PREDICTIONS,
     REPORT,
@@ -516,33 +525,51 @@ class _Evaluation:
     predictions: dict  # tte name -> predictions on the test set
     seconds: float  # of the test evaluations (not the gap's)
     calibration: dict | None = None  # eval.calibrate=temperature: metrics.json "calibration"
+    logits: list[SplitLogits] | None = None  # what logits.safetensors holds (None: not written)
+    logits_note: str | None = None  # why eval.save_logits=auto writes none
 
 
 def _evaluate(exp: Experiment) -> _Evaluation:
-    quiet = exp.cfg.quiet
+    """The test split with the run's test-time ensemble (and without it), the calibration, the
+    train-vs-test gap; the logits post-hoc and calibration read later (eval.save_logits): the
+    test split's per mode, the validation split's with the run's tte."""
+    quiet, d = exp.cfg.quiet, exp.data
+    tte = exp.cfg.eval.tte
+    modes = [tte, *(["none"] if tte != "none" else [])]
+    rows = [len(d.test)] * len(modes) + ([len(d.val)] if d.val is not None else [])
+    keep, note = save_decision(exp.cfg.eval.save_logits, logits_nbytes(rows, d.num_classes))
+    stored: list[SplitLogits] = []
+    val = None
     t0 = time.perf_counter()
+    test, logits, labels = evaluate_with_logits(exp, quiet=quiet)
+    stored.append(SplitLogits("test", test["tte"], logits, labels, test["precision"], test["views_per_image"]))
     calibration = None
-    if exp.cfg.eval.calibrate == "temperature":  # needs the test logits
-        test, logits, labels = evaluate_with_logits(exp, quiet=quiet)
-        preds = logits.argmax(1)
-        calibration = calibrate_run(exp, logits, labels, test["tte"], quiet)
-    else:
-        test, preds, labels = evaluate_with_predictions(exp, quiet=quiet)
+    if exp.cfg.eval.calibrate == "temperature":  # fitted on the val logits of the test's views
+        check_calibration("temperature", d.val is not None)
+        val = split_logits(exp, test["tte"], "val", quiet)
+        calibration = temperature_record(val[0], val[1], logits, labels, d.groups, d.group_names, d.num_classes,
+                                         test["tte"])
     seconds = time.perf_counter() - t0
-    predictions, no_tte = {test["tte"]: preds}, None
+    predictions, no_tte = {test["tte"]: logits.argmax(1)}, None
     if test["tte"] != "none":  # the report shows what the test-time ensemble adds
-        no_tte, predictions["none"], _ = evaluate_with_predictions(exp, "none", quiet=quiet)
+        no_tte, plain, _ = evaluate_with_logits(exp, "none", quiet=quiet)
+        predictions["none"] = plain.argmax(1)
+        stored.append(SplitLogits("test", "none", plain, labels, no_tte["precision"], no_tte["views_per_image"]))
+    if keep and d.val is not None:
+        val = val or split_logits(exp, test["tte"], "val", quiet)
+        stored.append(SplitLogits("val", test["tte"], val[0], val[1], test["precision"], val[2]))
 
     # Train vs test accuracy per group, one view each (cheap): does the tuning overfit the tail?
     gap = measure_gap(exp, no_tte or test, quiet)
-    return _Evaluation(test, no_tte, gap, labels, predictions, seconds, calibration)
+    return _Evaluation(test, no_tte, gap, labels, predictions, seconds, calibration, stored if keep else None, note)
 
 
-def calibrate_run(exp: Experiment, test_logits, test_labels, tte: str, quiet: bool = True) -> dict:
+def calibrate_run(exp: Experiment, logits: RunLogits, tte: str) -> dict:
     """metrics.json's "calibration": temperature scaling fitted on the validation split's logits
     (with the test's test-time ensemble ``tte``, so the scale fitted is the scale applied)."""
     check_calibration("temperature", exp.data.val is not None)
-    val_logits, val_labels, _, _ = split_logits(exp, tte, "val", quiet)
+    val_logits, val_labels, _ = logits.get("val", tte)
+    test_logits, test_labels, _ = logits.get("test", tte)
     return temperature_record(val_logits, val_labels, test_logits, test_labels, exp.data.groups,
                               exp.data.group_names, exp.data.num_classes, tte)
 
@@ -576,6 +603,15 @@ def _write_outputs(exp: Experiment, run: RunDir, metrics: dict, result: _Evaluat
     """Rank 0: predictions, metrics, the results in the log, the report; the resume state goes.
     (``stage[0]``: what is being done, for the message of a signal.)"""
     save_predictions(run.path / PREDICTIONS, result.labels, result.predictions)
+    if result.logits is not None:
+        save_logits(run.path / LOGITS, result.logits, stored_sha256(run.path / CHECKPOINT, "checkpoint"))
+        run.log(f"logits: {LOGITS} ({', '.join(f'{e.split} {e.tte}' for e in result.logits)}; "
+                f"{logits_nbytes([len(e.labels) for e in result.logits], exp.data.num_classes) / 2 ** 20:.1f} MiB): "
+                "`tailtune eval --posthoc` / `--calibrate` read them", console=False)
+    else:
+        (run.path / LOGITS).unlink(missing_ok=True)  # none left from an earlier attempt of this run
+        if result.logits_note:
+            run.log(f"note: {result.logits_note}")
     run.write_metrics(metrics, step=step)
     run.scalars(step, {"test/overall": result.test["overall"]})
     run.log(format_results(metrics))
@@ -591,27 +627,36 @@ def _write_outputs(exp: Experiment, run: RunDir, metrics: dict, result: _Evaluat
 
 
 def evaluate(run_dir: str | Path, tte: str | None = None, split: str = "test", quiet: bool = False,
-             precision: str | None = None, device: str | None = None, calibrate: str = "none") -> dict:
+             precision: str | None = None, device: str | None = None, calibrate: str = "none",
+             recompute: bool = False) -> dict:
     """Evaluate a finished run (rebuilds it from its folder); ``precision``: an ``eval.precision``
-    value in place of the run's own; ``device``: in place of the run's ``train.device``.
+    value in place of the run's own; ``device``: in place of the run's ``train.device``. The
+    model is run: a plain evaluation is the check that the run reproduces.
 
     ``calibrate="temperature"`` (test split only): also temperature scaling fitted on the run's
     validation split, returned under "calibration" and recorded in its metrics.json (replacing
-    an earlier one); the test metrics themselves stay unscaled."""
+    an earlier one); the test metrics themselves stay unscaled. Its logits are the run's stored
+    ones when they match (logits.safetensors; ``recompute``: the model's whatever is stored), and
+    then so are the test metrics returned: "logits" says where they came from, "test_logits"
+    is "stored" or "model"."""
     check_calibration(calibrate, True, "--calibrate")
     if calibrate == "none":
         return evaluate_model(load_run(run_dir, precision=precision, device=device), tte, split, quiet)
     if split != "test":
         raise ConfigError(f"--calibrate {calibrate} fits on the validation split and measures the test split; "
                           f"drop --split {split}.")
-    exp = load_run(run_dir, precision=precision, device=device)
+    folder = Path(run_dir)
+    exp = load_run(folder, precision=precision, device=device)
     check_calibration(calibrate, exp.data.val is not None, "--calibrate")
-    out, logits, labels = evaluate_with_logits(exp, tte, split, quiet)
-    record = calibrate_run(exp, logits, labels, out["tte"], quiet)
+    tte = tte or exp.cfg.eval.tte
+    logits = run_logits(exp, folder / LOGITS, stored_sha256(folder / CHECKPOINT, "checkpoint"), quiet, recompute)
+    test_logits, test_labels, views = logits.get("test", tte)
+    out = metrics_of(exp, test_logits, test_labels, views, tte)
+    record = calibrate_run(exp, logits, tte)
     if env_info().is_main:
-        folder = Path(run_dir)
         with RunLock.take(folder, way_out=f"delete {folder / LOCK}"):  # not while another process writes it
             metrics = read_metrics(folder)
             metrics["calibration"] = record
             write_text(folder / METRICS, json.dumps(metrics, indent=2))  # atomically
-    return dict(out, calibration=record)
+    return dict(out, calibration=record, logits=logits.line(),
+                test_logits="model" if logits.sources[("test", tte)] else "stored")

@@ -144,6 +144,12 @@ def read_metadata(path: str | Path, what: str) -> dict[str, str]:
                               "re-run training or restore the file.") from None
 
 
+def stored_sha256(path: str | Path, what: str) -> str | None:
+    """The sha256 checksum a safetensors file carries in its metadata (None: written before
+    tailtune stored one); from the header alone. What ties a run's logits to its checkpoint."""
+    return read_metadata(path, what).get(CHECKSUM)
+
+
 def load_checkpoint(path: str | Path, model: torch.nn.Module, backbone_info: dict, classnames: Sequence[str],
                     expected: str = "the dataset", log: Callable[[str], None] = _log.warning) -> dict:
     """Load trainable tensors into ``model`` strictly; returns the checkpoint's metadata.

@@ -34,6 +34,7 @@ STATE = "train_state.safetensors"  # resumable training state; removed when the 
 SPLITS = "splits.json"  # which images went to train / val / test
 CHECKPOINT = "checkpoint.safetensors"  # the trained weights (trainable part) with config and checksums
 PREDICTIONS = "predictions.npz"  # test labels and predictions per test-time-ensemble mode
+LOGITS = "logits.safetensors"  # test (per tte mode) and val logits, for post-hoc and calibration (eval.save_logits)
 METRICS = "metrics.json"  # written last: a run folder with it holds a finished run
 REPORT = "report.html"  # the run's (or a comparison's) self-contained report page
 FIGURES = "report"  # folder of the report's PNGs
