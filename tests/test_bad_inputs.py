@@ -1079,7 +1079,8 @@ def test_every_config_key_is_classified_for_resume():
     keys = set(flat(tailtune.config.schema()()))
     assert set(HARMLESS_ON_RESUME) <= keys
     assert set(HARMLESS_ON_RESUME) == {"quiet", "overwrite", "output_dir", "name", "data.num_workers",
-                                       "train.log_every", "train.save_every", "eval.report", "model.cache_dir"}
+                                       "train.log_every", "train.save_every", "eval.report", "eval.save_logits",
+                                       "model.cache_dir"}
     for key in keys:
         assert changes_result(key) == (key not in HARMLESS_ON_RESUME)
     assert changes_result("train.some_key_added_later")

@@ -226,3 +226,112 @@ def test_sweep_takes_posthoc_axes_as_evaluation_only_axes():
     assert fixed == []
     with pytest.raises(ConfigError, match=r"posthoc.tau"):
         parse_arguments(["posthoc.tau=0,x"])
+
+
+# ---------------------------------------------------------------- from the run's stored logits
+
+
+def _copy(run, tmp_path):
+    import shutil
+
+    shutil.copytree(run, tmp_path / run.name)
+    return tmp_path / run.name
+
+
+@pytest.fixture
+def forwards(monkeypatch):
+    """Model forwards and the (split, tte) the model is run over for post-hoc, counted."""
+    from tailtune.evaluation import logits as L
+    from tailtune.models.model import TailModel
+
+    seen = {"forwards": 0, "splits": []}
+    forward, split_logits_ = TailModel.forward, L.split_logits
+
+    def counted(self, images):
+        seen["forwards"] += 1
+        return forward(self, images)
+
+    def splits(exp, tte=None, split="test", quiet=True):
+        seen["splits"].append((split, tte))
+        return split_logits_(exp, tte, split, quiet)
+
+    monkeypatch.setattr(TailModel, "forward", counted)
+    monkeypatch.setattr(L, "split_logits", splits)
+    return seen
+
+
+def _posthoc(run, capsys, *more):
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--posthoc", "la,taunorm", "--tau", "auto", "-q", *more]) == 0
+    out = capsys.readouterr().out
+    return json.loads((run / "metrics.json").read_text())["posthoc"], out
+
+
+def test_the_run_keeps_the_logits_posthoc_and_calibration_need(ce_run):
+    from tailtune.evaluation.logits import read_logits
+    from tailtune.report.record import load_predictions
+    from tailtune.runtime.checkpoint import stored_sha256
+
+    sha, entries = read_logits(ce_run / "logits.safetensors")
+    assert sha == stored_sha256(ce_run / "checkpoint.safetensors", "checkpoint")
+    saved = json.loads((ce_run / "metrics.json").read_text())
+    n_test, n_val = saved["data"]["test_images"], saved["data"]["val_images"]
+    assert {k: v.logits.shape for k, v in entries.items()} == {
+        ("test", "fivecrop"): (n_test, 6), ("test", "none"): (n_test, 6), ("val", "fivecrop"): (n_val, 6)}
+    assert [(entries[k].views, entries[k].precision) for k in sorted(entries)] == [(5, "fp32"), (1, "fp32"), (5, "fp32")]
+    labels, preds = load_predictions(ce_run / "predictions.npz")
+    for tte in ("fivecrop", "none"):
+        assert np.array_equal(entries[("test", tte)].labels, labels)
+        assert np.array_equal(entries[("test", tte)].logits.argmax(1), preds[tte])
+    # the very logits the run's metrics came from, and the model's now
+    z = entries[("test", "fivecrop")].logits
+    again = probability_metrics(labels, load_run(ce_run).data.groups, saved["data"]["group_names"], 6,
+                                logits=z.astype(np.float64))
+    assert (again["ece"], again["nll"]) == (saved["test"]["ece"], saved["test"]["nll"])
+    exp = load_run(ce_run)
+    assert np.array_equal(split_logits(exp, "fivecrop", "test")[0], z)
+    assert np.array_equal(split_logits(exp, "fivecrop", "val")[0], entries[("val", "fivecrop")].logits)
+
+
+def test_posthoc_from_stored_logits_runs_no_forward_and_equals_the_recomputed(ce_run, tmp_path, capsys, forwards):
+    run = _copy(ce_run, tmp_path)
+    stored, out = _posthoc(run, capsys)
+    assert forwards == {"forwards": 0, "splits": []}
+    assert f"logits: read from {run / 'logits.safetensors'} (val fivecrop, test fivecrop): no model forward" in out
+    recomputed, out = _posthoc(run, capsys, "--recompute-logits")
+    assert "logits: computed by the model (val fivecrop, test fivecrop): asked to recompute them" in out
+    assert forwards["splits"] == [("val", "fivecrop"), ("test", "fivecrop")]  # once each for both methods
+    assert forwards["forwards"] == 2  # one batch each
+    assert [e["method"] for e in stored] == ["la", "taunorm"]
+    assert recomputed == stored  # the same numbers in metrics.json's "posthoc"
+
+
+def test_a_stale_or_edited_logits_file_is_never_used(ce_run, tmp_path, capsys, forwards):
+    from tailtune.evaluation.logits import read_logits, save_logits
+
+    run = _copy(ce_run, tmp_path)
+    truth, _ = _posthoc(run, capsys, "--recompute-logits")
+    _, entries = read_logits(run / "logits.safetensors")
+    # another checkpoint's logits (zeros: they would give other numbers)
+    for e in entries.values():
+        e.logits = np.zeros_like(e.logits)
+    save_logits(run / "logits.safetensors", list(entries.values()), "0" * 64)
+    forwards["splits"].clear()
+    got, out = _posthoc(run, capsys)
+    assert "logits: computed by the model (val fivecrop, test fivecrop): " in out
+    assert "was written for another checkpoint (sha256 000000000000..." in out and "a stale file, not used" in out
+    assert forwards["splits"] == [("val", "fivecrop"), ("test", "fivecrop")] and got == truth
+    # edited after it was written: the checksum tells
+    original = (ce_run / "logits.safetensors").read_bytes()
+    data = bytearray(original)
+    data[-7] ^= 0x40
+    (run / "logits.safetensors").write_bytes(bytes(data))
+    forwards["splits"].clear()
+    got, out = _posthoc(run, capsys)
+    assert "damaged or edited: its contents do not match the sha256 checksum" in out
+    assert forwards["splits"] == [("val", "fivecrop"), ("test", "fivecrop")] and got == truth
+    # --json: the line goes to stderr, stdout keeps the JSON alone
+    (run / "logits.safetensors").write_bytes(original)
+    assert cli.main(["eval", str(run), "--posthoc", "la", "--tau", "1", "-q", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["method"] == "la" and "logits: read from" in captured.err

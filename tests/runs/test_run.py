@@ -364,3 +364,82 @@ def test_calibrate_without_a_validation_split_is_refused(finished_run, tmp_path,
     assert not (tmp_path / "nv").exists()  # refused before training: no run folder left
     with pytest.raises(ConfigError, match="eval.calibrate='platt' is not valid; choose one of none, temperature"):
         load_config("lift", overrides=[*TINY_CLIP, "eval.calibrate=platt"])
+
+
+# --- the logits post-hoc and calibration read (eval.save_logits) ---
+
+
+def _count_forwards(monkeypatch) -> list:
+    from tailtune.models.model import TailModel
+
+    calls, forward = [], TailModel.forward
+
+    def counted(self, images):
+        calls.append(len(images))
+        return forward(self, images)
+
+    monkeypatch.setattr(TailModel, "forward", counted)
+    return calls
+
+
+def test_eval_calibrate_reads_the_stored_logits(calibrated_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    run = tmp_path / "cal"
+    shutil.copytree(calibrated_run[0], run)
+    calls = _count_forwards(monkeypatch)
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "-q", "--calibrate", "temperature"]) == 0
+    out = capsys.readouterr().out
+    assert calls == []  # no model forward: test and val logits from logits.safetensors
+    assert f"logits: read from {run / 'logits.safetensors'} (test fivecrop, val fivecrop): no model forward" in out
+    assert "test metrics from the stored logits, not a reproduction check" in out and "matches" not in out
+    stored = json.loads((run / "metrics.json").read_text())["calibration"]
+    assert stored["tte"] == "fivecrop"
+    assert cli.main(["eval", str(run), "-q", "--calibrate", "temperature", "--recompute-logits"]) == 0
+    out = capsys.readouterr().out
+    assert calls and "logits: computed by the model (test fivecrop, val fivecrop): asked to recompute them" in out
+    assert "matches metrics.json" in out  # the model ran: the reproduction check again
+    assert json.loads((run / "metrics.json").read_text())["calibration"] == stored  # the same numbers
+    # a plain eval always runs the model (the reproduction check), and takes no --recompute-logits
+    calls.clear()
+    assert cli.main(["eval", str(run), "-q"]) == 0
+    assert calls and "matches metrics.json" in capsys.readouterr().out
+    assert cli.main(["eval", str(run), "-q", "--recompute-logits"]) == 2
+    assert "--recompute-logits goes with --posthoc or --calibrate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting", ["false", "auto"])
+def test_no_logits_file_with_save_logits_false_or_over_the_auto_limit(setting, tmp_path, capsys, monkeypatch):
+    from conftest import TINY_CLIP
+    from tailtune.evaluation import logits as L
+
+    if setting == "auto":  # the size rule: this run's file (24 test + 6 val images, 6 classes, 2 modes) is 1,800 bytes
+        monkeypatch.setattr(L, "AUTO_MAX_BYTES", L.logits_nbytes([24, 24, 6], 6) - 1)
+    cfg = load_config("lift", overrides=[*TINY_CLIP, f"output_dir={tmp_path}", "name=n", "eval.report=false",
+                                         "data.val=holdout", "data.holdout_per_class=1", f"eval.save_logits={setting}"])
+    assert cfg.eval.save_logits == (False if setting == "false" else "auto")
+    tailtune.fit(cfg)
+    run = tmp_path / "n"
+    saved = json.loads((run / "metrics.json").read_text())
+    assert (saved["data"]["test_images"], saved["data"]["val_images"]) == (24, 6)
+    assert not (run / "logits.safetensors").exists()
+    log = (run / "log.txt").read_text()
+    assert ("note: eval.save_logits=auto: the logits are not saved: the file would hold" in log) == (setting == "auto")
+    # post-hoc and calibration still work, from the model
+    calls = _count_forwards(monkeypatch)
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--posthoc", "la", "--tau", "auto", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "logits: computed by the model (val fivecrop, test fivecrop): no logits.safetensors in the run folder" in out
+    assert calls and f"recorded in {run / 'metrics.json'}" in out
+    assert cli.main(["eval", str(run), "--calibrate", "temperature", "-q"]) == 0
+    assert "matches metrics.json" in capsys.readouterr().out
+
+
+def test_save_logits_takes_true_false_auto_only():
+    from conftest import TINY_CLIP
+
+    assert load_config("lift", overrides=[*TINY_CLIP, "eval.save_logits=true"]).eval.save_logits is True
+    with pytest.raises(ConfigError, match=r"eval.save_logits='sometimes' is not valid; choose true, false or auto"):
+        load_config("lift", overrides=[*TINY_CLIP, "eval.save_logits=sometimes"])

@@ -249,3 +249,21 @@ def test_bad_posthoc_axes_fail_before_anything_trains(tmp_path, args, message):
 def test_posthoc_without_a_training_axis_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="no training axis"):
         plan("lift", args=[*FAST, "posthoc=la"], out=tmp_path / "s")
+
+
+def test_the_posthoc_cache_key_changes_with_the_checkpoint_not_only_the_predictions(tmp_path):
+    # Post-hoc adjusts the logits: two checkpoints that predict the same classes have other logits.
+    import torch
+
+    from tailtune.report.record import save_predictions
+    from tailtune.runs.sweep import _fingerprint
+    from tailtune.runtime.checkpoint import save_checkpoint
+
+    keys = []
+    for i, w in enumerate((1.0, 2.0, 2.0)):
+        run = tmp_path / f"r{i}"
+        run.mkdir()
+        save_predictions(run / "predictions.npz", [0, 1], {"none": [0, 1]})
+        save_checkpoint(run / "checkpoint.safetensors", {"head.weight": torch.full((2, 2), w)}, "", {}, ["a", "b"])
+        keys.append(_fingerprint(run))
+    assert keys[0] != keys[1] and keys[1] == keys[2]

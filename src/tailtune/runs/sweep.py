@@ -56,8 +56,10 @@ from tailtune.report.record import balanced
 from tailtune.report.sweep import sweep_sections
 from tailtune.runs.posthoc import parse_taus, posthoc_eval
 from tailtune.runs.run import fit, resume
+from tailtune.runtime.checkpoint import stored_sha256
 from tailtune.runtime.files import write_text
 from tailtune.runtime.rundir import (
+    CHECKPOINT,
     CONFIG,
     METRICS,
     PREDICTIONS,
@@ -224,9 +226,15 @@ def _posthoc_spec(axes: list[Axis]) -> Posthoc | None:
 
 
 def _fingerprint(run_dir: Path) -> str:
-    """What identifies a finished run's test outputs: a hash of predictions.npz (else of metrics.json)."""
+    """What identifies a finished run's test outputs: a hash of predictions.npz (else of metrics.json)
+    and of the checkpoint's sha256. Post-hoc adjusts the logits (stored in logits.safetensors or
+    computed), which come from the checkpoint: two checkpoints with the same predicted classes
+    have other logits."""
     path = run_dir / PREDICTIONS if (run_dir / PREDICTIONS).exists() else run_dir / METRICS
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    h = hashlib.sha256(path.read_bytes())
+    if (run_dir / CHECKPOINT).is_file():
+        h.update(str(stored_sha256(run_dir / CHECKPOINT, "checkpoint")).encode())
+    return h.hexdigest()[:16]
 
 
 def _measures(test: dict, groups: list[str]) -> dict:
