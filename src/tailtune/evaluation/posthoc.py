@@ -9,7 +9,8 @@
   them out undoes that. It applies to the ``linear`` head only: the ``cosine``, ``l2``,
   ``layernorm`` and text heads normalise their class vectors in the forward already, so
   rescaling them changes nothing (``check_taunorm`` refuses them). The linear head's bias
-  is kept as trained, so tau = 0 is the trained head exactly.
+  is kept as trained, so tau = 0 is the trained head exactly. It is computed from the head's
+  logits (:func:`taunorm_logits`), so a run's stored logits (evaluation/logits.py) suffice.
 
 tau is chosen on the validation split (:func:`choose_tau`: the grid value with the best
 validation balanced accuracy, the smallest such tau on a tie), never on the test set.
