@@ -193,3 +193,28 @@ def test_random_modules_in_the_frozen_part_prevent_caching(tmp_path):
     exp.backbone.blocks()[0][1].add_module("extra_drop", torch.nn.Dropout(0.1))  # in the frozen part
     point = cache_point(exp.model)
     assert point.split is None and "Dropout(p=0.1)" in point.reason
+
+
+def test_disk_cache_is_rebuilt_when_the_local_weights_file_is_replaced(tmp_path):
+    """The cache is named by model.pretrained=FILE; new weights saved at that path are other features."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "tiny.safetensors"
+
+    def write(seed: int) -> None:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            clip = open_clip.create_model("TT-Tiny-ViT", pretrained=None)
+        save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, weights)
+
+    over = [f"model.pretrained={weights}", "peft.method=none", "train.epochs=2",
+            f"train.cache_dir={tmp_path / 'cache'}"]
+    write(0)
+    first = cached_training(_exp(tmp_path, *over), log=lambda _: None)
+    assert not first.reused
+    assert cached_training(_exp(tmp_path, *over), log=lambda _: None).reused
+    write(1)
+    replaced = cached_training(_exp(tmp_path, *over), log=lambda _: None)
+    assert not replaced.reused
+    assert not torch.equal(first.dataset.store, replaced.dataset.store)

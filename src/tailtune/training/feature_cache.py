@@ -42,6 +42,7 @@ from tailtune.config import to_dict
 from tailtune.data.base import SeededTransformed, Transformed
 from tailtune.data.transforms import AUGMENTATIONS, test_transform, train_transform
 from tailtune.errors import ConfigError
+from tailtune.models.backbones.base import is_local_file
 from tailtune.models.model import TailModel
 from tailtune.models.text import is_text_parameter
 from tailtune.registry import Registry
@@ -549,6 +550,17 @@ def _item_shape(exp, split: Split) -> tuple[int, ...]:
         return tuple(split.prefix(img.unsqueeze(0).to(exp.device)).shape[1:])
 
 
+def _weights_file(pretrained) -> dict | None:
+    """Size and modification time of a local weights file (``model.pretrained=FILE``), else None.
+
+    The cache is named by the path of the weights in ``model``; a file replaced at that path
+    changes these. (A pretrained tag names weights that its download cache fixes.)"""
+    if not isinstance(pretrained, str) or not is_local_file(pretrained) or not Path(pretrained).is_file():
+        return None
+    stat = Path(pretrained).stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def cache_key(exp, plan: CachePlan) -> tuple[str, dict]:
     """Name and description of a disk cache: everything the cached values depend on."""
     cfg = to_dict(exp.cfg)
@@ -557,6 +569,9 @@ def cache_key(exp, plan: CachePlan) -> tuple[str, dict]:
             "split": type(plan.point.split).__name__, "depth": plan.point.split.depth, "views": plan.views.views,
             "epochs": plan.views.epochs, "augmented": plan.views.augmented, "augment": cfg["train"]["augment"],
             "seed": cfg["train"]["seed"], "precision": str(exp.dtype), "images": plan.images}
+    weights = _weights_file(cfg["model"].get("pretrained"))
+    if weights:  # a local file replaced at the same path holds other weights: its features are not these
+        meta["weights_file"] = weights
     source = getattr(exp, "source", None)
     if source:  # trained weights loaded into the backbone (train.from_run): the features are theirs
         meta["source_checkpoint_sha256"] = source["checkpoint_sha256"]
