@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tailtune.config import LossConfig, section
+from tailtune.config import LossConfig, load_config, section
 from tailtune.errors import ConfigError
 from tailtune.losses import (
     LOSSES,
@@ -169,8 +169,8 @@ def test_every_loss_is_finite_and_has_gradients(name, device):
 def test_bad_loss_settings_are_refused():
     with pytest.raises(ConfigError, match="unknown loss 'ladm'. Did you mean 'ldam'"):
         build_loss(LossConfig(name="ladm"), COUNTS)
-    with pytest.raises(ConfigError, match="loss.ldam.drw_epoch applies to loss.name=ldam only"):
-        section("loss", name="ce", ldam=LdamOptions(drw_epoch=3))
+    with pytest.raises(ConfigError, match="loss.ldam.drw_epoch=3 applies to loss.name=ldam only, not to loss.name=ce"):
+        load_config(overrides=["loss.name=ce", "loss.ldam.drw_epoch=3"])  # a user's (tests/config/test_unchosen.py)
     with pytest.raises(ConfigError, match=r"loss.cb.beta=1.0 must be in \(0, 1\)"):
         section("loss", name="cb", cb=CbOptions(beta=1.0))
 

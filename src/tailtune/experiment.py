@@ -74,7 +74,7 @@ def validate(cfg: C.Config) -> None:
     AUGMENTATIONS.get(cfg.train.augment)
     TTE_MODES.get(cfg.eval.tte)
     drw_epoch = C.options_of(cfg.loss, "ldam", LdamOptions).drw_epoch
-    if drw_epoch is not None and drw_epoch >= cfg.train.epochs:
+    if cfg.loss.name == "ldam" and drw_epoch is not None and drw_epoch >= cfg.train.epochs:
         raise ConfigError(f"loss.ldam.drw_epoch={drw_epoch} never starts in train.epochs={cfg.train.epochs}; "
                           "use an epoch below train.epochs (epochs count from 0).")
 

@@ -34,7 +34,7 @@ from tailtune.config import LossConfig, _check_positive, options_of, setting
 from tailtune.errors import ConfigError
 from tailtune.registry import Registry
 
-LOSSES: Registry = Registry("loss", section="loss")  # options: loss.<name>.*
+LOSSES: Registry = Registry("loss", section="loss", chosen_by="loss.name")  # options: loss.<name>.*
 
 
 def _check_beta(key: str, beta: float) -> None:
@@ -96,11 +96,6 @@ class LdamOptions:
         _check_positive("loss.ldam", "scale", self.scale)
         _check_positive("loss.ldam", "drw_epoch", self.drw_epoch, allow_zero=True)
         _check_beta("loss.ldam.beta", self.beta)
-
-    def check_section(self, loss: LossConfig) -> None:
-        if self.drw_epoch is not None and loss.name != "ldam":
-            raise ConfigError(f"loss.ldam.drw_epoch applies to loss.name=ldam only, not {loss.name!r}; "
-                              "drop loss.ldam.drw_epoch or use loss.name=ldam.")
 
 
 @dataclass

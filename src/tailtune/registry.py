@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from tailtune.errors import ConfigError
@@ -40,6 +41,28 @@ def filling(key: str) -> Registry:
                           "(`import tailtune` imports them all)") from None
 
 
+@dataclass(frozen=True)
+class Choice:
+    """How a config section chooses entries of a registry with options: config key ``key`` names
+    them (``peft.method``); ``names(section)`` gives the names the section chooses (default: the
+    key's value, one name). config/options.py refuses a user's value for the options of an entry
+    no choice names (see :func:`tailtune.config.options.unchosen_options`)."""
+
+    key: str
+    names: Callable[[Any], Any] | None = None
+    hint: Callable[[str], str] | None = None  # name -> more on how to choose it (" (its data preset: -d csv)")
+
+    def chosen(self, section: Any) -> set[str]:
+        if self.names is not None:
+            return set(self.names(section))
+        return {str(getattr(section, self.key.rpartition(".")[2]))}
+
+
+# chosen_by of a registry whose entries' options apply whatever the section holds (train.mixup.*:
+# on or off by its own values): no entry of it is ever "not chosen".
+EVERY = "every"
+
+
 class Registry(Generic[T]):
     """A validated mapping of lowercase names to objects, with helpful lookup errors.
 
@@ -51,12 +74,24 @@ class Registry(Generic[T]):
     With ``fills`` (a config key such as ``eval.tte``), the registry's names are that key's
     allowed values: the schema checks the key against the names registered at that time, and
     the configuration reference lists them, so a new entry is one registration.
+
+    ``chosen_by`` (with ``section``): what picks the entries whose options apply, a config key
+    (``"loss.name"``), a :class:`Choice`, or :data:`EVERY` (their options always apply); more
+    choices may add names later (:meth:`add_choice`: the text side's methods read the image
+    side's options). A user's value for the options of an entry no choice picks is refused
+    when the config is composed (config/options.py), so no option is set in vain.
     """
 
-    def __init__(self, kind: str, section: str | None = None, fills: str | None = None):
+    def __init__(self, kind: str, section: str | None = None, fills: str | None = None,
+                 chosen_by: str | Choice | None = None):
         self.kind = kind
         self.section = section
         self.fills = fills
+        if chosen_by is not None and section is None:
+            raise ValueError(f"{kind}: chosen_by needs a section (the entries' options are under it)")
+        self.every = chosen_by == EVERY
+        self.choices: list[Choice] = ([] if chosen_by is None or self.every else
+                                      [chosen_by if isinstance(chosen_by, Choice) else Choice(chosen_by)])
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
         self._options: dict[str, Any] = {}
@@ -88,6 +123,24 @@ class Registry(Generic[T]):
             return obj
 
         return deco
+
+    def add_choice(self, choice: Choice) -> None:
+        """One more config key that picks entries of this registry (their options then apply)."""
+        if self.every or not self.choices:
+            raise ValueError(f"{self.kind}: add_choice needs a first choice (chosen_by=KEY)")
+        self.choices.append(choice)
+
+    def chosen(self, section: Any) -> set[str] | None:
+        """The names ``section`` (this registry's config section) chooses; None when every entry's
+        options apply (chosen_by=EVERY) or nothing is declared (then nothing is refused)."""
+        if self.every or not self.choices:
+            return None
+        return set().union(*(c.chosen(section) for c in self.choices))
+
+    def options_key(self, name: str) -> str | None:
+        """The sub-section key of entry ``name``'s options (its class's ``KEY``, else the name), or None."""
+        cls = self._options.get(name)
+        return None if cls is None else getattr(cls, "KEY", name)
 
     def unregister(self, name: str) -> None:
         """Remove entry ``name`` (a plug-in's or a test's); an unknown name is a ConfigError."""

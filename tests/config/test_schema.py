@@ -64,7 +64,7 @@ def test_runs_save_their_files_and_folders_as_absolute_paths(tmp_path, monkeypat
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "list.csv").write_text("path,label\n")
     (tmp_path / "w.pt").write_bytes(b"")
-    cfg = load_config("lift", overrides=["data.root=photos", "data.store=store", "data.csv.file=list.csv",
+    cfg = load_config("lift", overrides=["data.name=csv", "data.root=photos", "data.store=store", "data.csv.file=list.csv",
                                          "model.pretrained=w.pt", "train.cache_dir=~/cache"])
     out = with_absolute_paths(cfg)
     assert out.data.root == str(tmp_path / "photos") and out.data.store == str(tmp_path / "store")

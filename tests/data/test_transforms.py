@@ -280,7 +280,8 @@ def test_mda_schedule_option_reaches_the_transform_and_is_checked():
     tf.set_epoch(2)
     assert tf.schedule == "concave" and tf.crop.scale[0] == pytest.approx(0.08 + 0.92 * math.sqrt(0.75))
     assert T.train_transform(P, "minimal", 5).schedule == "convex"  # LIFT+'s default
-    with pytest.raises(ConfigError, match=r"train.minimal.schedule=max applies to train.augment=minimal only"):
+    with pytest.raises(ConfigError, match=r"train.minimal.schedule='max' applies to train.augment=minimal only, not to "
+                                          r"train.augment=standard"):
         load_config(overrides=["train.minimal.schedule=max"])
     with pytest.raises(ConfigError, match=r"train.minimal.schedule='cubic' is not valid"):
         load_config(overrides=["train.augment=minimal", "train.minimal.schedule=cubic"])

@@ -293,8 +293,8 @@ def test_class_mean_options_are_checked():
     assert load_config(overrides=["head.init=class_mean"]).head.class_mean.max_per_class is None  # all images
     with pytest.raises(ConfigError, match=r"head.class_mean.max_per_class=0 must be > 0"):
         load_config(overrides=["head.init=class_mean", "head.class_mean.max_per_class=0"])
-    with pytest.raises(ConfigError, match=r"head.class_mean.max_per_class applies to head.init=class_mean only, "
-                                          r"not 'text'"):
+    with pytest.raises(ConfigError, match=r"head.class_mean.max_per_class=100 applies to head.init=class_mean only, "
+                                          r"not to head.init=text"):
         load_config(overrides=["head.init=text", "head.class_mean.max_per_class=100"])
 
 

@@ -350,7 +350,8 @@ def test_bad_peft_options_fail_at_config_time(override, match):
 
 
 def test_good_peft_options_parse():
-    cfg = load_config(overrides=["peft.blocks=[6,12]", "peft.ssf.parts=qkv+norm", "peft.masked.ratio=0.01"])
+    cfg = load_config(overrides=["peft.method=ssf+masked", "peft.blocks=[6,12]", "peft.ssf.parts=qkv+norm",
+                                 "peft.masked.ratio=0.01"])
     assert list(cfg.peft.blocks) == [6, 12] and cfg.peft.ssf.parts == "qkv+norm" and cfg.peft.masked.ratio == 0.01
 
 

@@ -267,3 +267,29 @@ def test_the_posthoc_cache_key_changes_with_the_checkpoint_not_only_the_predicti
         save_checkpoint(run / "checkpoint.safetensors", {"head.weight": torch.full((2, 2), w)}, "", {}, ["a", "b"])
         keys.append(_fingerprint(run))
     assert keys[0] != keys[1] and keys[1] == keys[2]
+
+
+def test_a_fixed_option_of_one_choice_of_a_swept_key_goes_only_to_its_points(tmp_path):
+    """loss=ce,ldam with loss.ldam.drw_epoch=0: the ce point is not refused for an option it would not read;
+    it gets no such override (its command trains as it is), the ldam point does."""
+    sweep = plan("lift", args=[*FAST, "loss=ce,ldam", "loss.ldam.drw_epoch=0"], out=tmp_path / "s")
+    by_loss = {p.values["loss"]: p for p in sweep.points}
+    assert by_loss["ldam"].cfg.loss.ldam.drw_epoch == 0 and "loss.ldam.drw_epoch=0" in by_loss["ldam"].overrides
+    assert by_loss["ce"].cfg.loss.ldam.drw_epoch is None and "loss.ldam.drw_epoch=0" not in by_loss["ce"].overrides
+    assert "loss.ldam.drw_epoch=0" not in sweep.command(by_loss["ce"])
+    load_config("lift", overrides=by_loss["ce"].overrides)  # what `tailtune train` of that command composes
+
+
+def test_a_fixed_option_no_point_of_the_sweep_uses_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"no point of this sweep uses loss.ldam.drw_epoch=0: .*applies to "
+                                          r"loss.name=ldam only, not to loss.name=ce"):
+        plan("lift", args=[*FAST, "loss=ce,la", "loss.ldam.drw_epoch=0"], out=tmp_path / "s")
+
+
+def test_an_option_of_one_choice_in_a_config_file_is_refused_where_it_does_not_apply(tmp_path):
+    """A -c file goes to every point whole: its option for ldam stops the ce point, naming the file."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("loss:\n  ldam:\n    drw_epoch: 0\n")
+    with pytest.raises(ConfigError, match=r"sweep point loss=ce: loss.ldam.drw_epoch=0 applies to loss.name=ldam "
+                                          r"only.*config file .*mine.yaml set it"):
+        plan("lift", files=[str(mine)], args=[*FAST, "loss=ce,ldam"], out=tmp_path / "s")

@@ -18,8 +18,9 @@ from tailtune.config.load import (  # noqa: F401
     read_recipe,
     to_dict,
     to_yaml,
+    unchosen_overrides,
 )
-from tailtune.config.options import options_of, schema, section  # noqa: F401
+from tailtune.config.options import options_of, schema, section, unchosen_options  # noqa: F401
 from tailtune.config.schema import (  # noqa: F401  (the sections, their choices and checks)
     _BLOCKS_HELP,
     BN_MODES,

@@ -19,7 +19,13 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tailtune.config.options import migrate_saved, refuse_moved_keys, schema
+from tailtune.config.options import (
+    migrate_saved,
+    refuse_moved_keys,
+    refuse_unchosen_options,
+    schema,
+    unchosen_options,
+)
 from tailtune.config.schema import Config
 from tailtune.errors import ConfigError
 
@@ -60,6 +66,7 @@ def load_config(
     files: list[str] | tuple[str, ...] = (),
     overrides: list[str] | tuple[str, ...] = (),
     run_layer: tuple[str, Any] | None = None,
+    check_options: bool = True,
 ) -> Config:
     """Compose and validate a config.
 
@@ -71,6 +78,9 @@ def load_config(
         overrides: ``key=value`` strings (OmegaConf dotlist syntax), e.g. ``train.epochs=5``.
         run_layer: ``(where, sections)`` merged after the recipe and data preset, before the files
             and overrides: a finished run's own sections (``train.from_run``: runs/decoupled.py).
+        check_options: refuse options the files or overrides set for an entry that is not chosen
+            (``peft.adaptformer.scale`` with ``peft.method=lora``: config/options.py); False only to
+            find which overrides apply (a sweep passes each point only the ones that do: runs/sweep.py).
     """
     layers: list[tuple[str, Any]] = []
     if recipe:
@@ -85,6 +95,7 @@ def load_config(
         layers.append((f"data preset {data}", {"data": _load_yaml(_preset_path("data", data))}))
     if run_layer is not None:
         layers.append(run_layer)
+    user_from = len(layers)  # the user's own layers from here: files and overrides
     for f in files:
         path = Path(f)
         if not path.exists():
@@ -100,7 +111,18 @@ def load_config(
         raise ConfigError(f"override {bad[0]!r} is not of the form key=value (e.g. train.epochs=5).")
     if overrides:
         layers.append(("command-line overrides", _dotlist(list(overrides))))
-    return merge_layers(layers)
+    return merge_layers(layers, user_from=user_from if check_options else None)
+
+
+def unchosen_overrides(cfg: Config, overrides: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """The ``key=value`` overrides among ``overrides`` that set an option of an entry ``cfg`` does
+    not choose, away from its default (each would be refused: config/options.py), with the reason."""
+    out = {}
+    for o in overrides:
+        found = unchosen_options(cfg, [("command-line overrides", _dotlist([o]))]) if "=" in o else []
+        if found:
+            out[o] = found[0][1]
+    return out
 
 
 # Data keys of the run's protocol rather than of the dataset: a data preset keeps a recipe's.
@@ -243,8 +265,14 @@ def _load_yaml(path: Path) -> Any:
     return loaded if loaded is not None else {}
 
 
-def merge_layers(layers: list[tuple[str, Any]]) -> Config:
-    """Merge config layers onto the schema, naming the layer at fault on error."""
+def merge_layers(layers: list[tuple[str, Any]], user_from: int | None = None) -> Config:
+    """Merge config layers onto the schema, naming the layer at fault on error.
+
+    ``user_from``: the index of the first of the user's own layers (files, overrides; the layers
+    before it are recipes, a data preset, a run's sections). Those may not set an option of an
+    entry that is not chosen (config/options.py). None (a saved config, read as one layer): no
+    such check, so the config of an older run reads back as it was written.
+    """
     cfg = OmegaConf.structured(schema())
     for where, layer in layers:
         refuse_moved_keys(layer, where)
@@ -253,9 +281,12 @@ def merge_layers(layers: list[tuple[str, Any]]) -> Config:
         except OmegaConfBaseException as e:
             raise ConfigError(_explain(e, where)) from None
     try:
-        return OmegaConf.to_object(cfg)
+        out = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(_explain(e, "config")) from None
+    if user_from is not None:
+        refuse_unchosen_options(out, layers[user_from:])
+    return out
 
 
 def _explain(e: OmegaConfBaseException, where: str) -> str:

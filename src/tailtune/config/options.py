@@ -17,8 +17,15 @@ An options dataclass may declare
   run folder's saved config.yaml written with the old keys is read under the new ones. An old key
   may have the options section's own name (the csv source's file ``data.csv`` -> ``data.csv.file``):
   there a value that is not a mapping is the old key, a mapping the section;
-- ``check_section(self, section)``: checks that need the section's other values (e.g. an option
-  that only applies when its entry is the one chosen).
+- ``APPLIES``: ``{field: (entry, ...)}`` for an options class several entries share whose field
+  only some of them read (``peft.text.context_length``: coop only);
+- ``check_section(self, section)``: checks that need the section's other values.
+
+Options of an entry not chosen (``peft.adaptformer.scale=0.5`` with ``peft.method=lora``) would do
+nothing: a user's file or override that sets one away from its default is refused when the config
+is composed (:func:`unchosen_options`; the registry's ``chosen_by`` says what picks its entries).
+A recipe's, data preset's or earlier run's value passes: it is that layer's protocol for when the
+entry is chosen. A saved config (eval, --resume) is read without layers, so never refused.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any
 
 from tailtune.config.schema import Config
 from tailtune.errors import ConfigError
-from tailtune.registry import option_registries
+from tailtune.registry import Registry, option_registries
 
 _BUILT: dict[tuple, type] = {}  # registered options -> the Config subclass gathering them
 _BY_NAME: dict[str, type] = {}  # class name -> class of the latest schema (pickle finds them here)
@@ -155,6 +162,69 @@ def migrate_saved(data: dict) -> dict:
                 key, leaf = path.split(".")
                 node.setdefault(key, {}).setdefault(leaf, value)
     return data
+
+
+def unchosen_options(cfg: Any, layers: list[tuple[str, Any]]) -> list[tuple[str, str]]:
+    """``(key, message)`` for each option the ``layers`` (a user's: files, overrides) set that the
+    composed config ``cfg`` does not use: an option of an entry no choice picks (or a field of a
+    shared options class that none of the chosen entries reads, ``APPLIES``), whose value in
+    ``cfg`` is not its default. Setting an option to its default is allowed (it changes nothing),
+    as data.* keys of a source that does not read them (data/sources/base.py)."""
+    out: dict[str, str] = {}
+    for where, layer in reversed(layers):  # the last layer setting a key gave its value: name that one
+        if not hasattr(layer, "get"):
+            continue
+        for section in sections():
+            node = layer.get(section)
+            if not hasattr(node, "keys"):
+                continue
+            for registry in option_registries(section):
+                for path, message in _unchosen_in(registry, section, getattr(cfg, section), node, where):
+                    out.setdefault(path, message)
+    return list(out.items())
+
+
+def _unchosen_in(registry: Registry, section: str, values: Any, node: Any, where: str):
+    chosen = registry.chosen(values)
+    if chosen is None or not chosen <= set(registry.names()):
+        return  # every entry's options apply, or an unknown name: its own error comes at start-up
+    for key, cls in registry.option_types().items():
+        sub = node.get(key) if key in node else None
+        if not hasattr(sub, "keys"):
+            continue
+        readers = [n for n in registry.in_order() if registry.options_key(n) == key]
+        used = [n for n in readers if n in chosen]
+        default, options = cls(), getattr(values, key, None)
+        for leaf in sub.keys():
+            value = getattr(options, str(leaf), None)
+            if value == getattr(default, str(leaf), None):
+                continue
+            applies = getattr(cls, "APPLIES", {}).get(leaf)
+            if used and (applies is None or set(applies) & chosen):
+                continue
+            names = list(applies) if used and applies is not None else readers
+            yield f"{section}.{key}.{leaf}", _message(registry, values, f"{section}.{key}.{leaf}", value, where, names)
+
+
+def _message(registry: Registry, values: Any, path: str, value: Any, where: str, names: list[str]) -> str:
+    first = registry.choices[0]
+    now = " and ".join(f"{c.key}={_value_at(values, c.key)}" for c in registry.choices)
+    hint = first.hint(names[0]) if first.hint is not None else ""
+    return (f"{path}={value!r} applies to {first.key}={' or '.join(names)} only, not to {now}: the run would "
+            f"ignore it ({where} set it). Drop it, or use {first.key}={names[0]}{hint}.")
+
+
+def _value_at(section: Any, key: str) -> Any:
+    for part in key.split(".")[1:]:
+        section = getattr(section, part, None)
+    return section
+
+
+def refuse_unchosen_options(cfg: Any, layers: list[tuple[str, Any]]) -> None:
+    """ConfigError naming the first option :func:`unchosen_options` finds in the user's ``layers``."""
+    found = unchosen_options(cfg, layers)
+    if found:
+        raise ConfigError(found[0][1])
 
 
 def __getattr__(name: str) -> type:  # the gathered classes, by name (for pickle)

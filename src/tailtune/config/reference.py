@@ -109,7 +109,9 @@ def config_reference() -> str:
     out = [HEADER.rstrip("\n"), "", *[" ".join(p.split()).replace("<-", "←") + "\n" for p in intro]]
     out += ["Set a key in a YAML file (`-c file.yaml`) or on the command line as `section.key=value`, e.g. "
             "`tailtune train -r lift train.epochs=5 peft.method=lora`. A method's own options are the "
-            "sub-section of its name, e.g. `peft.vpt.length=5`.\n",
+            "sub-section of its name, e.g. `peft.vpt.length=5`; a user's file or override that sets the options of "
+            "a method (loss, head, ...) that is not the one chosen, away from their defaults, is refused (the run "
+            "would ignore them; a recipe's or data preset's pass, saved run configs are read as written).\n",
             "## Top-level keys\n", *_section_table(schema, ""), ""]
     for f in filter(_is_section, dataclasses.fields(schema)):
         factory = f.default_factory

@@ -29,10 +29,10 @@ from torchvision.transforms.v2 import functional as TF2
 
 from tailtune.config import _check_choice, options_of, setting
 from tailtune.data.images import to_rgb
-from tailtune.errors import ConfigError, DataError
+from tailtune.errors import DataError
 from tailtune.registry import Registry
 
-AUGMENTATIONS: Registry = Registry("augmentation", section="train")  # options: train.<name>.*
+AUGMENTATIONS: Registry = Registry("augmentation", section="train", chosen_by="train.augment")  # options: train.<name>.*
 TTE_MODES: Registry = Registry("test-time ensemble", fills="eval.tte")
 
 # fivecrop/tencrop resize to resolution + expand, a value per backbone as the reference sets it:
@@ -256,11 +256,6 @@ class MinimalOptions:
 
     def __post_init__(self) -> None:
         _check_choice("train.minimal", "schedule", self.schedule, tuple(MDA_SCHEDULES))
-
-    def check_section(self, train) -> None:
-        if self.schedule != "convex" and train.augment != "minimal":
-            raise ConfigError(f"train.minimal.schedule={self.schedule} applies to train.augment=minimal only, not "
-                              f"{train.augment!r}; drop train.minimal.schedule or set train.augment=minimal.")
 
 
 @AUGMENTATIONS.register("minimal", help="LIFT+'s minimalist augmentation (MDA): square crops at a uniform position, "

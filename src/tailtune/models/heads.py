@@ -21,11 +21,14 @@ from tailtune.config import HeadConfig, _check_positive, options_of, setting
 from tailtune.data.transforms import Preprocess, Resize, ToInput
 from tailtune.errors import ConfigError
 from tailtune.models.prompts import PROMPT_MODES, class_prompts, class_text_features
-from tailtune.registry import Registry
+from tailtune.registry import Choice, Registry
 from tailtune.runtime.hardware import available_memory
 
-HEADS: Registry = Registry("classifier", section="head")  # options: head.<key>.* (models/text.py)
-HEAD_INITS: Registry = Registry("head initialisation", section="head")  # options: head.<name>.*
+HEADS: Registry = Registry("classifier", section="head", chosen_by="head.type")  # options: head.<key>.* (models/text.py)
+# head.init=auto is text or class_mean by the backbone (known at start-up): the options of both apply.
+HEAD_INITS: Registry = Registry("head initialisation", section="head",  # options: head.<name>.*
+                                chosen_by=Choice("head.init", lambda head: ("text", "class_mean") if head.init == "auto"
+                                                 else (head.init,)))
 
 
 class _Classifier(nn.Module):
@@ -186,11 +189,6 @@ class ClassMeanOptions:
 
     def __post_init__(self) -> None:
         _check_positive("head.class_mean", "max_per_class", self.max_per_class)
-
-    def check_section(self, head: HeadConfig) -> None:
-        if self.max_per_class is not None and head.init not in ("class_mean", "auto"):
-            raise ConfigError(f"head.class_mean.max_per_class applies to head.init=class_mean only, not "
-                              f"{head.init!r}; drop head.class_mean.max_per_class or set head.init=class_mean.")
 
 
 @HEAD_INITS.register("class_mean", help="normalised mean of the raw frozen features per class (training set; "

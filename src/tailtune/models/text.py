@@ -56,9 +56,12 @@ from tailtune.models.heads import HEADS
 from tailtune.models.peft.base import PEFT_METHODS, PeftMethod, PeftModule, check_names, get_method
 from tailtune.models.peft.vpt import VptOptions
 from tailtune.models.prompts import ENCODE_CHUNK, class_prompts, clean_classname
-from tailtune.registry import Registry
+from tailtune.registry import Choice, Registry
 
-TEXT_METHODS: Registry = Registry("text-side method", section="peft")  # options: peft.text.*
+# options: peft.text.* (every text-side method's; APPLIES says which of them reads which field)
+TEXT_METHODS: Registry = Registry("text-side method", section="peft",
+                                  chosen_by=Choice("peft.text.method",
+                                                   lambda peft: text_method_names(text_options(peft)) or ["none"]))
 # Image-side methods that apply to the text transformer's blocks as they are (LIFT+ l.*: fft,
 # bitfit, pt, lora, adapter, adaptformer, ssf, aft; aft is not in tailtune's main yet).
 SHARED_METHODS = ("full", "bitfit", "ln_tuning", "lora", "lora_mlp", "adapter", "adaptformer", "ssf",
@@ -76,6 +79,12 @@ class TextPeftOptions:
     """The text side: PEFT on CLIP's text encoder and CoOp's learned context (needs head.type=text)."""
 
     KEY: ClassVar[str] = "text"
+
+    # Fields only some text-side methods read (the others read every method's; peft.text.method picks).
+    APPLIES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "blocks": SHARED_METHODS, "r": ("lora", "lora_mlp", "adapter", "adaptformer"),
+        "prompt_length": ("vpt_shallow", "vpt_deep"),
+        "context_length": ("coop",), "context_init": ("coop",), "class_position": ("coop",)}
 
     method: str = setting("none", "text-side methods, '+' composes (`tailtune list text`): none | coop | proj_tuning "
                                   "(the text projection) | the image side's bitfit, full, ln_tuning, lora, lora_mlp, "
@@ -121,6 +130,10 @@ def text_options(peft: PeftConfig) -> TextPeftOptions:
     return options_of(peft, "text", TextPeftOptions)
 
 
+# The image side's methods on the text blocks read their peft.<method>.* options (text_peft_config),
+# but the VPTs: their prompt tokens are peft.text.prompt_length.
+PEFT_METHODS.add_choice(Choice("peft.text.method", lambda peft: [
+    n for n in text_method_names(text_options(peft)) if n in SHARED_METHODS and PEFT_METHODS.options(n) is not VptOptions]))
 TEXT_METHODS.register("none", help="nothing on the text side trains", options=TextPeftOptions)("none")
 for _name in SHARED_METHODS:
     _help = PEFT_METHODS.help(_name).replace("peft.vpt.length", "peft.text.prompt_length")  # the text side's key

@@ -35,7 +35,10 @@ def compare_recipes(recipe: str | None = "demo", data: str | None = None, files:
     for label, extra in modes:
         label = label.format(light=light)
         extra = [e.format(light=light) for e in extra]
-        cfg = C.load_config(recipe, data, files, [*overrides, *extra])
+        # The user's options of the lightweight method (peft.masked.ratio) do not go to the other modes.
+        loose = C.load_config(recipe, data, files, [*overrides, *extra], check_options=False)
+        unused = C.unchosen_overrides(loose, overrides)
+        cfg = C.load_config(recipe, data, files, [*[o for o in overrides if o not in unused], *extra])
         folder = out / cfg.peft.method.replace("+", "-")
         t0 = time.perf_counter()
         metrics = fit(cfg, folder)

@@ -484,10 +484,13 @@ def plan(base: str, data: str | None = None, files: tuple[str, ...] | list[str] 
     if not axes:
         raise ConfigError("a sweep needs at least one axis: key=v1,v2,... (e.g. peft.r=4,8,16) or seeds=0,1,2; "
                           "one setting is `tailtune train`.")
-    first = C.load_config(base, data, files, fixed)
+    # Options of one choice of a swept key (loss.ldam.drw_epoch with loss=ce,ldam) are checked per point.
+    first = C.load_config(base, data, files, fixed, check_options=False)
     folder = Path(out) if out else default_dir(first, base, axes)
     sweep = Sweep(base, data, tuple(files), fixed, axes, folder, posthoc=posthoc)
     names: set[str] = set()
+    applied: set[str] = set()  # fixed overrides taken by at least one point
+    unapplied: dict[str, str] = {}  # fixed overrides left out of a point -> why (the first such point's)
     for combo in itertools.product(*[a.values for a in axes]):
         values = {a.key: v for a, v in zip(axes, combo)}
         grid = [f"{a.key}={_safe(values[a.key])}" for a in axes if not a.seeds]
@@ -499,9 +502,18 @@ def plan(base: str, data: str | None = None, files: tuple[str, ...] | list[str] 
         names.add(name)
         run_dir = folder / name
         # The sweep places every point: a fixed output_dir only chose the sweep folder.
-        overrides = [*[f for f in fixed if not f.startswith("output_dir=")],
-                     *[f"{a.target}={values[a.key]}" for a in axes], f"output_dir={folder}", f"name={name}"]
+        point_fixed = [f for f in fixed if not f.startswith("output_dir=")]
+        axis_values = [f"{a.target}={values[a.key]}" for a in axes]
         try:
+            # A fixed option of an entry this point does not choose (loss.ldam.drw_epoch where
+            # loss=ce) is left out of it: it applies at the other points (checked below).
+            loose = C.load_config(base, data, files, [*point_fixed, *axis_values], check_options=False)
+            unused = C.unchosen_overrides(loose, point_fixed)
+            point_fixed = [f for f in point_fixed if f not in unused]
+            for f, why in unused.items():
+                unapplied.setdefault(f, why)
+            applied.update(point_fixed)
+            overrides = [*point_fixed, *axis_values, f"output_dir={folder}", f"name={name}"]
             cfg = C.load_config(base, data, files, overrides)
             validate(cfg)
             _check_posthoc(posthoc, cfg)
@@ -509,6 +521,9 @@ def plan(base: str, data: str | None = None, files: tuple[str, ...] | list[str] 
             raise ConfigError(f"sweep point {name}: {e}") from None
         _check_folder(run_dir, cfg)
         sweep.points.append(Point(name, values, "__".join(grid) or Path(base).stem, overrides, run_dir, cfg))
+    unused = [f for f in unapplied if f not in applied]
+    if unused:  # every point would ignore it
+        raise ConfigError(f"no point of this sweep uses {unused[0]}: {unapplied[unused[0]]}")
     return sweep
 
 

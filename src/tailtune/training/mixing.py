@@ -36,12 +36,12 @@ import torch.nn.functional as F
 from tailtune.config import _check_choice, _check_positive, options_of, setting
 from tailtune.errors import ConfigError
 from tailtune.losses import refuse_hard_only
-from tailtune.registry import Registry
+from tailtune.registry import EVERY, Registry
 from tailtune.runtime.rng import kept_rng
 
 # Batch mixings with their options under train.<key>.* (one today: mixup, which also holds CutMix
 # and Remix, as timm's Mixup does).
-BATCH_MIXING: Registry = Registry("batch mixing", section="train")
+BATCH_MIXING: Registry = Registry("batch mixing", section="train", chosen_by=EVERY)  # on by its own values
 MIX_MODES = ("batch", "pair", "elem")
 
 

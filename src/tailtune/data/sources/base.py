@@ -22,9 +22,10 @@ from tailtune.data.roots import reader_of, root_folder
 from tailtune.data.splits import read_classnames
 from tailtune.data.validate import check_image_files
 from tailtune.errors import ConfigError, DataError
-from tailtune.registry import Registry
+from tailtune.registry import Choice, Registry
 
-SOURCES: Registry = Registry("dataset", section="data")  # options: data.<name>.*
+SOURCES: Registry = Registry("dataset", section="data", chosen_by=Choice(
+    "data.name", hint=lambda name: f" (its data preset: -d {name})" if name in list_presets("data") else ""))  # options: data.<name>.*
 # Sources that read data.classnames_file themselves (their labels may come from it); for every
 # other source the file replaces the source's class names after it is built (build_data).
 NAMES_FROM_FILE = ("folder", "csv")

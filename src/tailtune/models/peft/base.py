@@ -11,9 +11,11 @@ from torch import nn
 from tailtune.config import PeftConfig, parse_blocks
 from tailtune.errors import ConfigError
 from tailtune.models.casts import cast_frozen_once
-from tailtune.registry import Registry
+from tailtune.registry import Choice, Registry
 
-PEFT_METHODS: Registry = Registry("PEFT method", section="peft")  # options: peft.<key>.*
+PEFT_METHODS: Registry = Registry("PEFT method", section="peft",  # options: peft.<key>.*
+                                   chosen_by=Choice("peft.method", lambda peft: method_names(peft)))
+# (models/text.py adds peft.text.method: the text side's methods read the image side's options)
 
 
 # What a backbone kind is, for the message that refuses a method on it.

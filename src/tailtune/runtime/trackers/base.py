@@ -23,7 +23,7 @@ from tailtune.errors import ConfigError
 from tailtune.registry import Registry
 from tailtune.runtime.files import write_text
 
-TRACKERS: Registry = Registry("tracker", section="log", fills="log.tracker")  # options: log.<name>.*
+TRACKERS: Registry = Registry("tracker", section="log", fills="log.tracker", chosen_by="log.tracker")  # options: log.<name>.*
 
 
 class Tracker:
