@@ -154,3 +154,19 @@ def test_every_registrys_unchosen_options_are_refused_from_a_user(section, regis
         for leaf, applies in getattr(cls, "APPLIES", {}).items():
             other = next(n for n in readers if n not in applies)
             assert _refused(section, key, cls, selector, other, only=leaf), f"{section}.{key}.{leaf} with {selector}={other}"
+
+
+def test_section_shorthands_and_sections_given_a_value_on_the_command_line():
+    """`loss=ce` is loss.name=ce in train as in sweep; a section set to a value, or a key set both
+    whole and inside, is refused instead of one silently replacing the other."""
+    from tailtune.config import load_config
+    from tailtune.errors import ConfigError
+
+    cfg = load_config("lift", overrides=["loss=ce", "peft=lora"])
+    assert cfg.loss.name == "ce" and cfg.peft.method == "lora"
+    with pytest.raises(ConfigError, match="'train' is a section of the config"):
+        load_config("lift", overrides=["train=5"])
+    with pytest.raises(ConfigError, match="sets peft.vpt as a whole"):
+        load_config("lift", overrides=["peft.vpt=1", "peft.vpt.length=5"])
+    with pytest.raises(ConfigError, match="loss.la.tau=2.0 applies to loss.name=la only"):
+        load_config("lift", overrides=["loss=ce", "loss.la.tau=2"])

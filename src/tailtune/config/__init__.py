@@ -9,6 +9,7 @@ from tailtune.config.load import (  # noqa: F401
     RECIPE_BASE,
     RECIPE_FIELDS,
     RECIPE_META,
+    SHORTHANDS,
     RecipeSource,
     from_yaml_text,
     list_presets,

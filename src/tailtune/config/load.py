@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
@@ -250,7 +250,36 @@ def _check_recipe_meta(name: str, meta: dict) -> dict:
     return meta
 
 
+# Short forms on the command line, in `train` as in `sweep`: `loss=ce` is `loss.name=ce`.
+SHORTHANDS = {"loss": "loss.name", "peft": "peft.method"}
+
+
+def expand_shorthand(override: str) -> str:
+    """``loss=ce`` as ``loss.name=ce`` (SHORTHANDS); any other override as it is."""
+    key, sep, value = override.partition("=")
+    return f"{SHORTHANDS[key.strip()]}={value}" if sep and key.strip() in SHORTHANDS else override
+
+
+def _check_override_keys(overrides: list[str]) -> None:
+    """Refuse what OmegaConf's dotlist would turn silently into something else: a section given
+    a value (``train=5``), and a key set both whole and inside (``peft.vpt=1 peft.vpt.length=5``:
+    the later one replaces the earlier without a word)."""
+    keys = [o.partition("=")[0].strip() for o in overrides]
+    sections = [f.name for f in fields(schema()) if is_dataclass(f.default_factory)]
+    for o, key in zip(overrides, keys):
+        if key in sections:
+            example = {"data": "-d NAME (a data preset) or data.root=DIR"}.get(key, f"{key}.{_section_fields(key)[0]}=...")
+            raise ConfigError(f"override {o!r}: {key!r} is a section of the config, not a value; set one of its "
+                              f"keys (e.g. {example}; docs/CONFIG.md or `tailtune config-reference` lists them).")
+        inner = next((other for other, k in zip(overrides, keys) if k.startswith(key + ".")), None)
+        if inner is not None:
+            raise ConfigError(f"overrides {o!r} and {inner!r}: the first sets {key} as a whole, the second a key "
+                              f"inside it, and one would silently replace the other; give only the inner keys.")
+
+
 def _dotlist(overrides: list[str]) -> Any:
+    overrides = [expand_shorthand(o) for o in overrides]
+    _check_override_keys(overrides)
     try:
         return OmegaConf.from_dotlist(overrides)
     except OmegaConfBaseException as e:

@@ -73,8 +73,6 @@ from tailtune.training.trainer import TrainingInterrupted
 
 _log = logging.getLogger(__name__)
 SEEDS = "seeds"
-# Short forms for the keys swept most often (the issue's `loss=ce,la`).
-ALIASES = {"loss": "loss.name", "peft": "peft.method"}
 # Evaluation-only axes: post-hoc adjustment of each point's finished run (no config key).
 POSTHOC, POSTHOC_TAU, NONE = "posthoc", "posthoc.tau", "none"
 POSTHOC_DIR = "posthoc"  # folder of the sweep's cached post-hoc results, one file per point
@@ -185,9 +183,9 @@ def parse_arguments(args: list[str] | tuple[str, ...]) -> tuple[list[Axis], list
                 raise ConfigError(f"seeds={value} must list whole numbers, e.g. seeds=0,1,2.")
             axes.append(Axis(SEEDS, "train.seed", tuple(values)))
         elif len(values) > 1:
-            axes.append(Axis(key, ALIASES.get(key, key), tuple(values)))
+            axes.append(Axis(key, C.SHORTHANDS.get(key, key), tuple(values)))
         else:
-            fixed.append(f"{ALIASES.get(key, key)}={value}")
+            fixed.append(f"{C.SHORTHANDS.get(key, key)}={value}")
     return axes, fixed
 
 
